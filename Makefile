@@ -1,0 +1,36 @@
+# make demo: curate the embedded default corpus (stdlib + installed packages) and print the summary.
+# make test: the test suite. Both create .venv and install everything they need on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSPKGS := git libmagic1
+
+.PHONY: demo test lint sysdeps clean
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory sysdeps
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+sysdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	else echo "not root or no apt-get: make sure these are installed: $(SYSPKGS)"; fi
+
+demo: $(STAMP)
+	$(BIN)/codemill curate installed --out runs/demo/corpus --recipe recipes/demo.yaml
+	$(BIN)/codemill corpus stats runs/demo/corpus --examples 1
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Stage 1: repositories in, a clean corpus out (paper §II)."""

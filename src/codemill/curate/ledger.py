@@ -1,0 +1,131 @@
+"""Accounting: files and bytes in and out of every stage, drops by reason, a row per dropped file.
+
+Each task keeps its own ledger and writes it atomically when it ends, so a task that is rerun after
+a crash replaces its numbers instead of adding to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STAGES = (
+    "read",
+    "language",
+    "license",
+    "file_rules",
+    "repo_score",
+    "exact_dedup",
+    "near_dedup",
+    "syntax",
+    "static_analysis",
+    "sensitive_words",
+    "pii",
+    "decontamination",
+)
+DROP_SCHEMA = pa.schema(
+    [
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("repo", pa.string()),
+        ("path", pa.string()),
+        ("bytes", pa.int64()),
+        ("detail", pa.string()),
+        ("excerpt", pa.string()),
+    ]
+)
+EXCERPT_CHARS = 400
+
+
+def _empty() -> dict:
+    return {"files_in": 0, "bytes_in": 0, "files_out": 0, "bytes_out": 0, "drops": Counter()}
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.stages = {s: _empty() for s in STAGES}
+        self.extra: Counter = Counter()  # e.g. PII replacements per tag
+        self.rows: list[dict] = []
+
+    def keep(self, stage: str, nbytes: int, bytes_out: int | None = None) -> None:
+        s = self.stages[stage]
+        s["files_in"] += 1
+        s["bytes_in"] += nbytes
+        s["files_out"] += 1
+        s["bytes_out"] += nbytes if bytes_out is None else bytes_out
+
+    def drop(self, stage: str, reason: str, nbytes: int, repo: str, path: str, detail: str = "", excerpt: str = "") -> None:
+        s = self.stages[stage]
+        s["files_in"] += 1
+        s["bytes_in"] += nbytes
+        s["drops"][reason] += 1
+        self.rows.append(
+            {
+                "stage": stage,
+                "reason": reason,
+                "repo": repo,
+                "path": path,
+                "bytes": nbytes,
+                "detail": detail[:500],
+                "excerpt": excerpt[:EXCERPT_CHARS],
+            }
+        )
+
+    def save(self, directory: Path, rank: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_json(directory / f"ledger-{rank:05d}.json", {"stages": self.stages, "extra": self.extra})
+        atomic_parquet(pa.Table.from_pylist(self.rows, schema=DROP_SCHEMA), directory / f"drops-{rank:05d}.parquet")
+
+
+def merge(paths: list[Path]) -> tuple[dict, Counter]:
+    """Sum the ledgers of many tasks and steps, in stage order."""
+    stages = {s: _empty() for s in STAGES}
+    extra: Counter = Counter()
+    for p in sorted(paths):
+        d = json.loads(p.read_text())
+        for name, s in d["stages"].items():
+            for k in ("files_in", "bytes_in", "files_out", "bytes_out"):
+                stages[name][k] += s[k]
+            stages[name]["drops"].update(s["drops"])
+        extra.update(d["extra"])
+    return stages, extra
+
+
+def atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=dict))
+    os.replace(tmp, path)
+
+
+def atomic_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+class Progress:
+    """A task's item count in a small file the parent polls for its progress bar."""
+
+    def __init__(self, directory: Path, stage: str, rank: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{stage}-{rank:05d}"
+        self.n = 0
+        self.last = 0.0
+
+    def advance(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last > 0.5:
+            self.flush()
+            self.last = now
+
+    def flush(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(str(self.n))
+        os.replace(tmp, self.path)

@@ -1,0 +1,502 @@
+"""Where repositories come from: directories, git repositories, archives, Stack-style tables and
+`installed` (the standard library and every installed distribution).
+
+A source expands to an ordered list of `Unit`s, one per repository, so tasks can split the work by
+unit index. Opening a unit gives its metadata and a stream of `RawFile`s. Nothing here writes to
+the input; every failure to read becomes a `RawFile` with an `error`, counted downstream.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.metadata as md
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from codemill.curate import licenses
+from codemill.curate.config import CurateConfig
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
+SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".tox"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One repository inside a source: enough to reopen it in any process."""
+
+    kind: str  # dir | git | archive | table | dist | stdlib
+    name: str
+    locator: str
+    extra: tuple = ()
+
+
+@dataclass
+class RawFile:
+    path: str
+    size: int
+    read: Callable[[int], bytes] | None = None  # read(limit) -> at most limit bytes
+    error: str | None = None  # why it cannot be read: unreadable, not_regular, symlink_loop, ...
+
+
+@dataclass
+class RepoMeta:
+    name: str
+    source: str
+    license: str | None = None
+    license_source: str = "none"
+    stars: int | None = None
+    commits: int | None = None
+    license_texts: list[str] = field(default_factory=list)
+
+
+# -- expansion of a source argument into units ------------------------------------------------
+
+
+def expand(source: str, cfg: CurateConfig) -> list[Unit]:
+    """Units of one source argument, in a deterministic order."""
+    if source == "installed":
+        return installed_units()
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"source {source!r} does not exist (a path, or 'installed')")
+    if p.is_file():
+        if source.endswith(ARCHIVE_SUFFIXES):
+            return [Unit("archive", _archive_name(p), str(p))]
+        if source.endswith(TABLE_SUFFIXES):
+            return _table_units(p, cfg)
+        raise ValueError(f"{source}: not an archive ({ARCHIVE_SUFFIXES}) nor a table {TABLE_SUFFIXES}")
+    if _is_single_repo(p):
+        return [_dir_unit(p)]
+    units = []
+    for child in sorted(p.iterdir()):
+        if child.name.startswith(".") or child.is_symlink():
+            continue
+        if child.is_dir():
+            units.append(_dir_unit(child))
+        elif child.name.endswith(ARCHIVE_SUFFIXES):
+            units.append(Unit("archive", _archive_name(child), str(child)))
+    return units
+
+
+def _dir_unit(p: Path) -> Unit:
+    kind = "git" if (p / ".git").exists() else "dir"
+    return Unit(kind, p.resolve().name, str(p))
+
+
+def _is_single_repo(p: Path) -> bool:
+    """A repository has .git or files at its top; a directory of repositories has only folders."""
+    if (p / ".git").exists():
+        return True
+    try:
+        return any(c.is_file() and not c.name.startswith(".") for c in p.iterdir())
+    except OSError:
+        return True
+
+
+def _archive_name(p: Path) -> str:
+    name = p.name
+    for s in ARCHIVE_SUFFIXES:
+        if name.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def installed_units() -> list[Unit]:
+    units = [Unit("stdlib", f"python-stdlib-{sys.version_info.major}.{sys.version_info.minor}", "")]
+    seen = set()
+    for dist in md.distributions():
+        name = dist.metadata["Name"]
+        if not name or name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        units.append(Unit("dist", f"{name}-{dist.version}", str(dist._path)))  # noqa: SLF001
+    return sorted(units, key=lambda u: (u.kind != "stdlib", u.name.lower()))
+
+
+# -- opening a unit ---------------------------------------------------------------------------
+
+
+def open_unit(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    opener = {
+        "dir": _open_dir,
+        "git": _open_git,
+        "archive": _open_archive,
+        "table": _open_table,
+        "dist": _open_dist,
+        "stdlib": _open_stdlib,
+    }[unit.kind]
+    return opener(unit, cfg)
+
+
+def resolve_license(meta: RepoMeta) -> None:
+    """Fill meta.license from license texts when metadata gave none."""
+    if meta.license or not meta.license_texts:
+        return
+    for text in meta.license_texts:
+        spdx = licenses.classify_text(text)
+        if spdx:
+            meta.license, meta.license_source = spdx, "license-file"
+            return
+
+
+def _read_license_text(read: Callable[[int], bytes]) -> str | None:
+    try:
+        return read(200_000).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _walk(root: Path) -> Iterator[RawFile]:
+    """Files under root, sorted, never following directory symlinks; errors become RawFiles."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name, reverse=True)
+        except OSError as e:
+            yield RawFile(str(d.relative_to(root)), 0, error=f"unreadable_dir:{e.errno}")
+            continue
+        for e in entries:
+            rel = str(Path(e.path).relative_to(root))
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if e.name not in SKIP_DIRS:
+                        stack.append(Path(e.path))
+                    continue
+                st = os.stat(e.path)  # follows file symlinks; loops raise ELOOP
+            except OSError as err:
+                yield RawFile(rel, 0, error="symlink_loop" if err.errno == 40 else "unreadable")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue  # a symlink to a directory: not followed
+            if not stat.S_ISREG(st.st_mode):
+                yield RawFile(rel, 0, error="not_regular")
+                continue
+            yield RawFile(rel, st.st_size, read=_file_reader(e.path))
+
+
+def _file_reader(path: str) -> Callable[[int], bytes]:
+    def read(limit: int) -> bytes:
+        with open(path, "rb") as f:
+            return f.read(limit)
+
+    return read
+
+
+def _license_texts_in(files: list[RawFile]) -> list[str]:
+    texts = []
+    for f in files:
+        if "/" not in f.path and f.read and licenses.LICENSE_FILE.match(f.path):
+            text = _read_license_text(f.read)
+            if text:
+                texts.append(text)
+    return texts
+
+
+def _open_dir(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    root = Path(unit.locator)
+    meta = RepoMeta(unit.name, unit.locator)
+    top = [RawFile(e.name, 0, read=_file_reader(e.path)) for e in _top_files(root)]
+    meta.license_texts = _license_texts_in(top)
+    _read_repo_json(root, meta)
+    resolve_license(meta)
+    return meta, _walk(root)
+
+
+def _top_files(root: Path) -> list[os.DirEntry]:
+    try:
+        return sorted((e for e in os.scandir(root) if e.is_file()), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _read_repo_json(root: Path, meta: RepoMeta) -> None:
+    """Optional `.codemill-repo.json` beside a checkout: stars and license from a hosting API."""
+    p = root / ".codemill-repo.json"
+    if not p.is_file():
+        return
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return
+    meta.stars = int(info["stars"]) if info.get("stars") is not None else None
+    if info.get("license"):
+        meta.license, meta.license_source = licenses.normalize(info["license"]), "repo-metadata"
+
+
+def _git(root: str, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", root, *args], capture_output=True, text=True, check=True, timeout=600
+    ).stdout
+
+
+def _open_git(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    """The tree of the default branch (origin/HEAD, else HEAD), read from the object store."""
+    root = unit.locator
+    meta = RepoMeta(unit.name, root)
+    _read_repo_json(Path(root), meta)
+    try:
+        ref = _git(root, "symbolic-ref", "-q", "refs/remotes/origin/HEAD").strip()
+    except subprocess.CalledProcessError:
+        ref = "HEAD"
+    try:
+        meta.commits = int(_git(root, "rev-list", "--count", ref))
+        listing = _git(root, "ls-tree", "-r", "-z", "-l", "--full-tree", ref)
+    except (subprocess.CalledProcessError, ValueError):
+        meta.license_source = "none"
+        return meta, iter([RawFile(".", 0, error="broken_git")])
+    files = []
+    for entry in listing.split("\0"):
+        if not entry:
+            continue
+        info, path = entry.split("\t", 1)
+        mode, kind, sha, size = info.split()
+        if kind != "blob" or mode == "120000":
+            files.append(RawFile(path, 0, error="not_regular"))
+            continue
+        files.append(RawFile(path, int(size), read=_blob_reader(root, sha)))
+    files.sort(key=lambda f: f.path)
+    meta.license_texts = _license_texts_in(files)
+    resolve_license(meta)
+    return meta, iter(files)
+
+
+def _blob_reader(root: str, sha: str) -> Callable[[int], bytes]:
+    def read(limit: int) -> bytes:
+        out = subprocess.run(["git", "-C", root, "cat-file", "blob", sha], capture_output=True)
+        if out.returncode:
+            raise OSError(out.stderr.decode(errors="replace"))
+        return out.stdout[:limit]
+
+    return read
+
+
+def _open_archive(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    meta = RepoMeta(unit.name, unit.locator)
+    try:
+        files = _zip_files(unit.locator) if unit.locator.endswith(".zip") else _tar_files(unit.locator)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+        return meta, iter([RawFile(".", 0, error=f"broken_archive:{type(e).__name__}")])
+    files = _strip_common_root(files)
+    meta.license_texts = _license_texts_in(files)
+    resolve_license(meta)
+    return meta, iter(files)
+
+
+def _strip_common_root(files: list[RawFile]) -> list[RawFile]:
+    tops = {f.path.split("/", 1)[0] for f in files}
+    if len(tops) == 1 and all("/" in f.path for f in files):
+        for f in files:
+            f.path = f.path.split("/", 1)[1]
+    return sorted(files, key=lambda f: f.path)
+
+
+def _tar_files(path: str) -> list[RawFile]:
+    """Members are read into memory by name at read time; the archive is listed once here."""
+    out = []
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            if m.isdir():
+                continue
+            name = m.name.lstrip("./")
+            if not m.isfile():
+                out.append(RawFile(name, 0, error="not_regular"))
+                continue
+            out.append(RawFile(name, m.size, read=_tar_reader(path, m.name)))
+    return out
+
+
+def _tar_reader(path: str, member: str) -> Callable[[int], bytes]:
+    def read(limit: int) -> bytes:
+        try:
+            with tarfile.open(path) as tf:
+                f = tf.extractfile(member)
+                return f.read(limit) if f else b""
+        except (tarfile.TarError, EOFError) as e:
+            raise OSError(str(e)) from e
+
+    return read
+
+
+def _zip_files(path: str) -> list[RawFile]:
+    out = []
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            out.append(RawFile(info.filename, info.file_size, read=_zip_reader(path, info.filename)))
+    return out
+
+
+def _zip_reader(path: str, member: str) -> Callable[[int], bytes]:
+    def read(limit: int) -> bytes:
+        try:
+            with zipfile.ZipFile(path) as zf, zf.open(member) as f:
+                return f.read(limit)
+        except (zipfile.BadZipFile, EOFError, RuntimeError) as e:
+            raise OSError(str(e)) from e
+
+    return read
+
+
+# -- The Stack-style tables -------------------------------------------------------------------
+# A unit holds the row positions of its repository (row numbers for Parquet, byte offsets for
+# JSONL), so opening one reads only its rows, and units come in order of first appearance so
+# consecutive units share Parquet row groups.
+
+
+def _table_units(path: Path, cfg: CurateConfig) -> list[Unit]:
+    col = cfg.columns["repo"]
+    rows: dict[str, list[int]] = {}
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if col not in pf.schema_arrow.names:
+            raise ValueError(f"{path}: no column {col!r}; set curate.columns.repo")
+        i = 0
+        for batch in pf.iter_batches(batch_size=8192, columns=[col]):
+            for name in batch.column(0).to_pylist():
+                rows.setdefault(str(name or "unknown"), []).append(i)
+                i += 1
+    else:
+        with open(path, "rb") as f:
+            offset = 0
+            for line in f:
+                try:
+                    name = json.loads(line).get(col) if line.strip() else None
+                except ValueError:
+                    name = None
+                if line.strip():
+                    rows.setdefault(str(name or "unknown"), []).append(offset)
+                offset += len(line)
+    return [Unit("table", name, str(path), tuple(pos)) for name, pos in rows.items()]
+
+
+@lru_cache(maxsize=4)
+def _row_group(path: str, index: int):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read_row_group(index)
+
+
+def _table_rows(unit: Unit) -> Iterator[dict]:
+    if unit.locator.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        md_ = pq.ParquetFile(unit.locator).metadata
+        starts = [0]
+        for g in range(md_.num_row_groups):
+            starts.append(starts[-1] + md_.row_group(g).num_rows)
+        for pos in unit.extra:
+            g = bisect.bisect_right(starts, pos) - 1
+            yield _row_group(unit.locator, g).slice(pos - starts[g], 1).to_pylist()[0]
+    else:
+        with open(unit.locator, "rb") as f:
+            for pos in unit.extra:
+                f.seek(pos)
+                try:
+                    row = json.loads(f.readline())
+                except ValueError:
+                    row = None
+                yield row if isinstance(row, dict) else {}
+
+
+def _open_table(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    c = cfg.columns
+    meta = RepoMeta(unit.name, unit.locator)
+    files = []
+    for i, r in enumerate(_table_rows(unit)):
+        if r.get(c["license"]) and not meta.license:
+            lic = r[c["license"]]
+            lic = " OR ".join(lic) if isinstance(lic, list) else str(lic)
+            meta.license, meta.license_source = licenses.normalize(lic), "table"
+        if isinstance(r.get(c["stars"]), int | float):
+            meta.stars = max(meta.stars or 0, int(r[c["stars"]]))
+        content = r.get(c["content"])
+        path = str(r.get(c["path"]) or f"row-{i}")
+        if not isinstance(content, str | bytes):
+            files.append(RawFile(path, 0, error="no_content"))
+            continue
+        data = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+        files.append(RawFile(path, len(data), read=lambda n, d=data: d[:n]))
+    return meta, iter(sorted(files, key=lambda f: f.path))
+
+
+# -- installed code ---------------------------------------------------------------------------
+
+
+def _open_stdlib(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    meta = RepoMeta(unit.name, str(root))
+    lic = root / "LICENSE.txt"
+    if lic.is_file():
+        meta.license_texts = [lic.read_text(errors="replace")]
+    resolve_license(meta)
+    site = {"site-packages", "dist-packages"}
+    return meta, (f for f in _walk(root) if f.path.split("/", 1)[0] not in site)
+
+
+def _open_dist(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    dist = md.Distribution.at(unit.locator)
+    meta = RepoMeta(unit.name, unit.locator)
+    m = dist.metadata
+    expr = licenses.normalize(m.get("License-Expression"))
+    if expr:
+        meta.license_source = "License-Expression"
+    else:
+        short = m.get("License")
+        expr = licenses.normalize(short) if short and len(short) < 200 else None
+        meta.license_source = "License" if expr else meta.license_source
+    if not expr:
+        expr = licenses.from_classifiers(m.get_all("Classifier") or [])
+        meta.license_source = "classifiers" if expr else meta.license_source
+    meta.license = expr
+    files = []
+    for f in sorted(dist.files or [], key=str):
+        rel = str(f)
+        full = Path(dist.locate_file(f))
+        if rel.startswith(".."):  # scripts installed outside site-packages
+            continue
+        try:
+            st = full.stat()
+        except OSError:
+            files.append(RawFile(rel, 0, error="unreadable"))
+            continue
+        files.append(RawFile(rel, st.st_size, read=_file_reader(str(full))))
+    if not meta.license:
+        lic_files = [
+            f
+            for f in files
+            if ".dist-info/" in f.path and licenses.LICENSE_FILE.match(f.path.rsplit("/", 1)[-1])
+        ]
+        meta.license_texts = [t for f in lic_files if f.read and (t := _read_license_text(f.read))]
+        short = m.get("License")
+        if short and len(short) >= 200:
+            meta.license_texts.insert(0, short)
+        resolve_license(meta)
+    return meta, iter(files)
+
+
+def read_bytes(f: RawFile, limit: int) -> tuple[bytes | None, str | None]:
+    """Content of a RawFile (at most limit + 1 bytes, so oversize shows), or a drop reason."""
+    if f.error:
+        return None, f.error
+    try:
+        return f.read(limit + 1), None
+    except PermissionError:
+        return None, "permission_denied"
+    except (OSError, io.UnsupportedOperation):
+        return None, "unreadable"

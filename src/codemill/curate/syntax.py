@@ -1,0 +1,38 @@
+"""Tree-sitter syntax check: a file whose tree has an ERROR or MISSING node, or whose parse runs
+past the time budget, does not parse. Grammars come from their PyPI wheels, never downloaded."""
+
+from __future__ import annotations
+
+import time
+
+import tree_sitter
+
+from codemill.langs import ts_language
+
+_parsers: dict[str, tree_sitter.Parser] = {}
+
+
+def parser_for(lang: str) -> tree_sitter.Parser | None:
+    if lang not in _parsers:
+        language = ts_language(lang)
+        _parsers[lang] = tree_sitter.Parser(language) if language is not None else None
+    return _parsers[lang]
+
+
+def check_syntax(lang: str, text: str, timeout_s: float) -> str | None:
+    """None when the file parses (or its language has no grammar), else the drop reason."""
+    parser = parser_for(lang)
+    if parser is None:
+        return None
+    src = text.encode("utf-8")
+    deadline = time.monotonic() + timeout_s
+    try:
+        tree = parser.parse(
+            lambda offset, _point: src[offset : offset + 65536],
+            progress_callback=lambda *_: time.monotonic() > deadline,
+        )
+    except ValueError:  # the progress callback cancelled the parse
+        return "parse_timeout"
+    finally:
+        parser.reset()
+    return "syntax_error" if tree.root_node.has_error else None

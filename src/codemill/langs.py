@@ -1,0 +1,158 @@
+"""The language table: one row per language, shared by every stage.
+
+Identification is by file name first, then by extension (lowercased), the way GitHub linguist and
+go-enry do it without content heuristics. `kind` separates programming languages ("code") from
+markup, data and prose, which curation counts and drops unless a recipe keeps them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import PurePosixPath
+
+
+@dataclass(frozen=True)
+class Lang:
+    name: str
+    extensions: tuple[str, ...]
+    line_comment: str | None = None
+    block_comment: tuple[str, str] | None = None
+    kind: str = "code"  # code | markup | data | prose
+    filenames: tuple[str, ...] = ()
+    grammar: tuple[str, str] | None = None  # (python module, function returning the language pointer)
+
+
+C_STYLE = ("//", ("/*", "*/"))
+HASH = ("#", None)
+
+LANGS: tuple[Lang, ...] = (
+    Lang("Python", (".py", ".pyi", ".pyw"), *HASH, grammar=("tree_sitter_python", "language")),
+    Lang("Java", (".java",), *C_STYLE, grammar=("tree_sitter_java", "language")),
+    Lang(
+        "JavaScript",
+        (".js", ".mjs", ".cjs", ".jsx"),
+        *C_STYLE,
+        grammar=("tree_sitter_javascript", "language"),
+    ),
+    Lang(
+        "TypeScript",
+        (".ts", ".mts", ".cts"),
+        *C_STYLE,
+        grammar=("tree_sitter_typescript", "language_typescript"),
+    ),
+    Lang("TSX", (".tsx",), *C_STYLE, grammar=("tree_sitter_typescript", "language_tsx")),
+    Lang("C", (".c", ".h"), *C_STYLE, grammar=("tree_sitter_c", "language")),
+    Lang(
+        "C++",
+        (".cc", ".cpp", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".ipp", ".tpp", ".inl"),
+        *C_STYLE,
+        grammar=("tree_sitter_cpp", "language"),
+    ),
+    Lang("C#", (".cs",), *C_STYLE, grammar=("tree_sitter_c_sharp", "language")),
+    Lang("Go", (".go",), *C_STYLE, grammar=("tree_sitter_go", "language")),
+    Lang("Rust", (".rs",), *C_STYLE, grammar=("tree_sitter_rust", "language")),
+    Lang("PHP", (".php", ".phtml"), *C_STYLE),
+    Lang("Ruby", (".rb", ".rake", ".gemspec"), *HASH, filenames=("Rakefile", "Gemfile")),
+    Lang("Kotlin", (".kt", ".kts"), *C_STYLE),
+    Lang("Swift", (".swift",), *C_STYLE),
+    Lang("Scala", (".scala", ".sc"), *C_STYLE),
+    Lang("Objective-C", (".m", ".mm"), *C_STYLE),
+    Lang("Dart", (".dart",), *C_STYLE),
+    Lang("Shell", (".sh", ".bash", ".zsh", ".ksh"), *HASH),
+    Lang("PowerShell", (".ps1", ".psm1", ".psd1"), "#", ("<#", "#>")),
+    Lang("Batchfile", (".bat", ".cmd"), "REM"),
+    Lang("Perl", (".pl", ".pm", ".t"), *HASH),
+    Lang("Lua", (".lua",), "--", ("--[[", "]]")),
+    Lang("R", (".r",), *HASH),
+    Lang("Julia", (".jl",), "#", ("#=", "=#")),
+    Lang("MATLAB", (".matlab",), "%", ("%{", "%}")),
+    Lang("Haskell", (".hs", ".lhs"), "--", ("{-", "-}")),
+    Lang("OCaml", (".ml", ".mli"), None, ("(*", "*)")),
+    Lang("F#", (".fs", ".fsi", ".fsx"), "//", ("(*", "*)")),
+    Lang("Elixir", (".ex", ".exs"), *HASH),
+    Lang("Erlang", (".erl", ".hrl"), "%"),
+    Lang("Clojure", (".clj", ".cljs", ".cljc", ".edn"), ";"),
+    Lang("Common Lisp", (".lisp", ".lsp", ".cl"), ";", ("#|", "|#")),
+    Lang("Scheme", (".scm", ".ss", ".rkt"), ";", ("#|", "|#")),
+    Lang("Emacs Lisp", (".el",), ";"),
+    Lang("Groovy", (".groovy", ".gradle", ".gvy"), *C_STYLE),
+    Lang("Visual Basic .NET", (".vb",), "'"),
+    Lang("Fortran", (".f", ".f90", ".f95", ".f03", ".for"), "!"),
+    Lang("Pascal", (".pas", ".pp", ".dpr"), "//", ("{", "}")),
+    Lang("Assembly", (".asm", ".s", ".nasm"), ";"),
+    Lang("Zig", (".zig",), "//"),
+    Lang("Nim", (".nim",), "#", ("#[", "]#")),
+    Lang("Crystal", (".cr",), *HASH),
+    Lang("D", (".d",), *C_STYLE),
+    Lang("Verilog", (".v", ".sv", ".svh"), *C_STYLE),
+    Lang("VHDL", (".vhd", ".vhdl"), "--"),
+    Lang("Solidity", (".sol",), *C_STYLE),
+    Lang("Cython", (".pyx", ".pxd", ".pxi"), *HASH),
+    Lang("CUDA", (".cu", ".cuh"), *C_STYLE),
+    Lang("SQL", (".sql",), "--", ("/*", "*/")),
+    Lang("Tcl", (".tcl",), *HASH),
+    Lang("AWK", (".awk",), *HASH),
+    Lang("Makefile", (".mk", ".mak"), *HASH, filenames=("Makefile", "GNUmakefile", "makefile")),
+    Lang("CMake", (".cmake",), *HASH, filenames=("CMakeLists.txt",)),
+    Lang("Dockerfile", (".dockerfile",), *HASH, filenames=("Dockerfile", "Containerfile")),
+    Lang("Vue", (".vue",), None, ("<!--", "-->")),
+    Lang("Svelte", (".svelte",), None, ("<!--", "-->")),
+    # markup, data and prose: counted, dropped unless a recipe keeps them
+    Lang("HTML", (".html", ".htm", ".xhtml"), None, ("<!--", "-->"), kind="markup"),
+    Lang("CSS", (".css", ".scss", ".sass", ".less"), None, ("/*", "*/"), kind="markup"),
+    Lang("XML", (".xml", ".xsd", ".xsl", ".svg", ".plist"), None, ("<!--", "-->"), kind="data"),
+    Lang("JSON", (".json", ".jsonl", ".geojson", ".ipynb"), kind="data"),
+    Lang("YAML", (".yaml", ".yml"), "#", kind="data"),
+    Lang("TOML", (".toml",), "#", kind="data"),
+    Lang("INI", (".ini", ".cfg", ".conf", ".properties"), "#", kind="data"),
+    Lang("CSV", (".csv", ".tsv"), kind="data"),
+    Lang("Markdown", (".md", ".markdown"), None, ("<!--", "-->"), kind="prose"),
+    Lang("reStructuredText", (".rst",), "..", kind="prose"),
+    Lang("TeX", (".tex", ".sty", ".cls", ".bib"), "%", kind="prose"),
+    Lang(
+        "Text",
+        (".txt", ".text"),
+        kind="prose",
+        filenames=("README", "CHANGES", "AUTHORS", "NEWS"),
+    ),
+)
+
+BY_NAME: dict[str, Lang] = {lang.name: lang for lang in LANGS}
+_BY_FILENAME: dict[str, Lang] = {f: lang for lang in LANGS for f in lang.filenames}
+_BY_EXT: dict[str, Lang] = {e: lang for lang in LANGS for e in lang.extensions}
+
+
+def detect(path: str) -> Lang | None:
+    """Language of a repository path by file name, then extension; None if unknown."""
+    name = PurePosixPath(path).name
+    if name in _BY_FILENAME:
+        return _BY_FILENAME[name]
+    dot = name.rfind(".")
+    return _BY_EXT.get(name[dot:].lower()) if dot > 0 else None
+
+
+@cache
+def ts_language(name: str):
+    """The tree-sitter Language of a table row, from its grammar wheel; None if it has none."""
+    lang = BY_NAME[name]
+    if lang.grammar is None:
+        return None
+    import tree_sitter
+
+    module, func = lang.grammar
+    try:
+        return tree_sitter.Language(getattr(importlib.import_module(module), func)())
+    except ImportError:
+        return None
+
+
+def comment_line(name: str, text: str) -> str:
+    """`text` as a one-line comment in the language's syntax (aiXcoder's per-file header)."""
+    lang = BY_NAME[name]
+    if lang.line_comment:
+        return f"{lang.line_comment} {text}"
+    if lang.block_comment:
+        return f"{lang.block_comment[0]} {text} {lang.block_comment[1]}"
+    return f"# {text}"
