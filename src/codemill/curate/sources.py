@@ -9,6 +9,7 @@ the input; every failure to read becomes a `RawFile` with an `error`, counted do
 from __future__ import annotations
 
 import bisect
+import contextlib
 import importlib.metadata as md
 import io
 import json
@@ -96,11 +97,15 @@ def _dir_unit(p: Path) -> Unit:
 
 
 def _is_single_repo(p: Path) -> bool:
-    """A repository has .git or files at its top; a directory of repositories has only folders."""
+    """A repository has .git or files at its top; a directory of repositories has only folders
+    and archives."""
     if (p / ".git").exists():
         return True
     try:
-        return any(c.is_file() and not c.name.startswith(".") for c in p.iterdir())
+        return any(
+            c.is_file() and not c.name.startswith(".") and not c.name.endswith(ARCHIVE_SUFFIXES)
+            for c in p.iterdir()
+        )
     except OSError:
         return True
 
@@ -121,7 +126,7 @@ def installed_units() -> list[Unit]:
         if not name or name.lower() in seen:
             continue
         seen.add(name.lower())
-        units.append(Unit("dist", f"{name}-{dist.version}", str(dist._path)))  # noqa: SLF001
+        units.append(Unit("dist", f"{name}-{dist.version}", str(dist._path)))
     return sorted(units, key=lambda u: (u.kind != "stdlib", u.name.lower()))
 
 
@@ -217,9 +222,15 @@ def _open_dir(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile
 
 def _top_files(root: Path) -> list[os.DirEntry]:
     try:
-        return sorted((e for e in os.scandir(root) if e.is_file()), key=lambda e: e.name)
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError:
         return []
+    out = []
+    for e in entries:
+        with contextlib.suppress(OSError):  # a symlink loop raises here
+            if e.is_file(follow_symlinks=False):
+                out.append(e)
+    return out
 
 
 def _read_repo_json(root: Path, meta: RepoMeta) -> None:

@@ -233,7 +233,12 @@ class DedupStep(PipelineStep):
         stars = {r["repo"]: r["stars"] or 0 for r in repos.to_pylist()}
         shards = sorted(scan.glob("files-*.parquet"))
         cols = ["repo", "path", "sha256", "n_shingles", "bands"]
-        parts = [pq.read_table(p, columns=cols).append_column("shard", pa.array([i] * pq.ParquetFile(p).metadata.num_rows, pa.int64())) for i, p in enumerate(shards)]
+        parts = [
+            pq.read_table(p, columns=cols).append_column(
+                "shard", pa.array([i] * pq.ParquetFile(p).metadata.num_rows, pa.int64())
+            )
+            for i, p in enumerate(shards)
+        ]
         files = pa.concat_tables(parts) if parts else pa.table({c: [] for c in cols + ["shard"]})
         repo, path = files.column("repo").to_pylist(), files.column("path").to_pylist()
         shard = files.column("shard").to_numpy()
@@ -268,18 +273,41 @@ class DedupStep(PipelineStep):
         for i in sorted(in_cluster):
             r = near_by_index.get(i)
             clusters.append(
-                self._cluster_row("near", r.cluster if r else _root(i, similar, rank), i, r.kept if r else i, r.similarity if r else 1.0, repo, path)
+                self._cluster_row(
+                    "near",
+                    r.cluster if r else _root(i, similar, rank),
+                    i,
+                    r.kept if r else i,
+                    r.similarity if r else 1.0,
+                    repo,
+                    path,
+                )
             )
         atomic_parquet(
             pa.Table.from_pylist(
-                [{"shard": int(shard[i]), "row": int(row[i]), "stage": s, "reason": rs, "detail": d} for i, (s, rs, d) in sorted(removed.items())],
-                schema=pa.schema([("shard", pa.int64()), ("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]),
+                [
+                    {"shard": int(shard[i]), "row": int(row[i]), "stage": s, "reason": rs, "detail": d}
+                    for i, (s, rs, d) in sorted(removed.items())
+                ],
+                schema=pa.schema(
+                    [
+                        ("shard", pa.int64()),
+                        ("row", pa.int64()),
+                        ("stage", pa.string()),
+                        ("reason", pa.string()),
+                        ("detail", pa.string()),
+                    ]
+                ),
             ),
             out / "removed.parquet",
         )
         atomic_parquet(pa.Table.from_pylist(clusters, schema=CLUSTER_SCHEMA), out / "clusters.parquet")
-        scored = repos.append_column("score", pa.array([scores[r] for r in repos.column("repo").to_pylist()], pa.float64()))
-        scored = scored.append_column("score_cut", pa.array([r in cut for r in repos.column("repo").to_pylist()]))
+        scored = repos.append_column(
+            "score", pa.array([scores[r] for r in repos.column("repo").to_pylist()], pa.float64())
+        )
+        scored = scored.append_column(
+            "score_cut", pa.array([r in cut for r in repos.column("repo").to_pylist()])
+        )
         atomic_parquet(scored, out / "repos.parquet")
         atomic_json(out / "pairs.json", {"candidates": len(pairs), "verified_similar": len(similar)})
         yield from ()
@@ -355,7 +383,12 @@ class RefineStep(PipelineStep):
         ledger, progress = Ledger(), Progress(self.work / "progress", "refine", rank)
         removed_t = pq.read_table(self.work / "dedup" / "removed.parquet", filters=[("shard", "=", rank)])
         removed = {r["row"]: r for r in removed_t.to_pylist()}
-        scores = {r["repo"]: r["score"] for r in pq.read_table(self.work / "dedup" / "repos.parquet", columns=["repo", "score"]).to_pylist()}
+        scores = {
+            r["repo"]: r["score"]
+            for r in pq.read_table(
+                self.work / "dedup" / "repos.parquet", columns=["repo", "score"]
+            ).to_pylist()
+        }
         words = list(cfg.sensitive_words)
         if cfg.sensitive_words_file:
             words += [w.strip() for w in Path(cfg.sensitive_words_file).read_text().splitlines() if w.strip()]
@@ -365,7 +398,9 @@ class RefineStep(PipelineStep):
         writer = ShardWriter(self.out / f"files-{rank:05d}.parquet", CORPUS_SCHEMA)
         src = pq.ParquetFile(self.work / "scan" / f"files-{rank:05d}.parquet")
         base = 0
-        for batch in src.iter_batches(batch_size=BATCH, columns=["repo", "path", "lang", "content", "size", "sha256", "license"]):
+        for batch in src.iter_batches(
+            batch_size=BATCH, columns=["repo", "path", "lang", "content", "size", "sha256", "license"]
+        ):
             rows = batch.to_pylist()
             alive = []
             for k, r in enumerate(rows):
@@ -386,10 +421,12 @@ class RefineStep(PipelineStep):
         gone = removed.get(i)
         for stage in ("repo_score", "exact_dedup", "near_dedup"):
             if gone and gone["stage"] == stage:
-                ledger.drop(stage, gone["reason"], r["size"], r["repo"], r["path"], gone["detail"], r["content"])
+                ledger.drop(
+                    stage, gone["reason"], r["size"], r["repo"], r["path"], gone["detail"], r["content"]
+                )
                 return False
             ledger.keep(stage, r["size"])
-        reason = check_syntax(r["lang"], r["content"], self.cfg.parse_timeout_s)
+        reason = check_syntax(r["lang"], r["path"], r["content"], self.cfg.parse_timeout_s)
         if reason:
             ledger.drop("syntax", reason, r["size"], r["repo"], r["path"], excerpt=r["content"])
             return False
@@ -400,14 +437,24 @@ class RefineStep(PipelineStep):
         defects: dict[int, list] = {}
         for analyzer in {id(a): a for a in static.values()}.values():
             idx = [k for k, r in enumerate(rows) if r["lang"] in analyzer.langs]
-            for k, found in zip(idx, analyzer.analyze([(rows[k]["path"], rows[k]["content"]) for k in idx]), strict=True):
+            for k, found in zip(
+                idx, analyzer.analyze([(rows[k]["path"], rows[k]["content"]) for k in idx]), strict=True
+            ):
                 defects[k] = found
         kept = []
         for k, r in enumerate(rows):
             found = [d for d in defects.get(k, []) if d.severity in self.cfg.drop_severities]
             if found:
                 d = found[0]
-                ledger.drop("static_analysis", f"{d.category}:{d.rule}", r["size"], r["repo"], r["path"], f"line {d.line}: {d.message}", r["content"])
+                ledger.drop(
+                    "static_analysis",
+                    f"{d.category}:{d.rule}",
+                    r["size"],
+                    r["repo"],
+                    r["path"],
+                    f"line {d.line}: {d.message}",
+                    r["content"],
+                )
             else:
                 ledger.keep("static_analysis", r["size"])
                 kept.append(r)
@@ -416,7 +463,9 @@ class RefineStep(PipelineStep):
     def _content(self, r: dict, sensitive: SensitiveWords, decont: Decontaminator, ledger: Ledger) -> bool:
         word = sensitive.find(r["content"])
         if word:
-            ledger.drop("sensitive_words", "sensitive_word", r["size"], r["repo"], r["path"], word, r["content"])
+            ledger.drop(
+                "sensitive_words", "sensitive_word", r["size"], r["repo"], r["path"], word, r["content"]
+            )
             return False
         ledger.keep("sensitive_words", r["size"])
         r["pii"] = 0
@@ -429,7 +478,9 @@ class RefineStep(PipelineStep):
         ledger.keep("pii", r["size"], len(r["content"].encode("utf-8")))
         task = decont.match(r["content"])
         if task:
-            ledger.drop("decontamination", "benchmark_overlap", r["size"], r["repo"], r["path"], task, r["content"])
+            ledger.drop(
+                "decontamination", "benchmark_overlap", r["size"], r["repo"], r["path"], task, r["content"]
+            )
             return False
         ledger.keep("decontamination", r["size"])
         r["size"] = len(r["content"].encode("utf-8"))

@@ -19,8 +19,17 @@ def parser_for(lang: str) -> tree_sitter.Parser | None:
     return _parsers[lang]
 
 
-def check_syntax(lang: str, text: str, timeout_s: float) -> str | None:
-    """None when the file parses (or its language has no grammar), else the drop reason."""
+def check_syntax(lang: str, path: str, text: str, timeout_s: float) -> str | None:
+    """None when the file parses (or its language has no grammar), else the drop reason.
+
+    A `.h` header may be C or C++: it passes if either grammar accepts it."""
+    reason = _parse(lang, text, timeout_s)
+    if reason == "syntax_error" and lang == "C" and path.endswith(".h"):
+        return _parse("C++", text, timeout_s)
+    return reason
+
+
+def _parse(lang: str, text: str, timeout_s: float) -> str | None:
     parser = parser_for(lang)
     if parser is None:
         return None
