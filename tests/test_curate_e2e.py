@@ -3,6 +3,7 @@ that the input is never written to."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_corpus_contract(corpus):
     assert repos["tiny"]["files"] == 2001
     # the stages chain: what leaves one enters the next, and the last one is the corpus
     stages = list(manifest["stages"].values())
-    for prev, nxt in zip(stages, stages[1:], strict=False):
+    for prev, nxt in itertools.pairwise(stages):
         assert prev["files_out"] == nxt["files_in"]
     for s in stages:
         assert s["files_in"] == s["files_out"] + sum(s["drops"].values())

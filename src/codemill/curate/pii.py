@@ -185,7 +185,7 @@ def redact(text: str) -> Redaction:
                 low = line.lower()
                 if not any(t in low for t in triggers):
                     continue
-            lines[i] = pattern.sub(lambda m, line=line: replace(m, line, tag), line)
+            lines[i] = pattern.sub(lambda m, line=line, replace=replace: replace(m, line, tag), line)
     return Redaction("".join(lines) if counts else text, counts)
 
 

@@ -76,9 +76,21 @@ class Ruff:
                 Path(tmp, name).write_text(text, encoding="utf-8")
                 names.append(name)
             proc = subprocess.run(
-                [_ruff_bin(), "check", "--isolated", "--no-cache", "--exit-zero", "--quiet"]
-                + ["--output-format", "json", "--target-version", "py313"]
-                + ["--select", ",".join(self.select), "."],
+                [
+                    _ruff_bin(),
+                    "check",
+                    "--isolated",
+                    "--no-cache",
+                    "--exit-zero",
+                    "--quiet",
+                    "--output-format",
+                    "json",
+                    "--target-version",
+                    "py313",
+                    "--select",
+                    ",".join(self.select),
+                    ".",
+                ],
                 cwd=tmp,
                 capture_output=True,
                 text=True,

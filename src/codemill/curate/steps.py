@@ -239,7 +239,7 @@ class DedupStep(PipelineStep):
             )
             for i, p in enumerate(shards)
         ]
-        files = pa.concat_tables(parts) if parts else pa.table({c: [] for c in cols + ["shard"]})
+        files = pa.concat_tables(parts) if parts else pa.table({c: [] for c in [*cols, "shard"]})
         repo, path = files.column("repo").to_pylist(), files.column("path").to_pylist()
         shard = files.column("shard").to_numpy()
         row = np.concatenate([np.arange(t.num_rows) for t in parts]) if parts else np.empty(0, np.int64)
