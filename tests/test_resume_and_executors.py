@@ -1,0 +1,82 @@
+"""A run killed with SIGKILL resumes to the same corpus as an uninterrupted run; the same pipeline
+runs on datatrove's Ray executor."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import MIT, STDLIB
+
+from codemill.curate.config import CurateConfig
+from codemill.curate.pipeline import curate
+
+PACKAGES = ("json", "email", "asyncio", "importlib", "logging", "xml", "http", "unittest", "concurrent", "urllib", "sqlite3", "ctypes")
+
+
+@pytest.fixture(scope="module")
+def many_repos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("many")
+    for name in PACKAGES:
+        shutil.copytree(STDLIB / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
+        (root / name / "LICENSE").write_text(MIT)
+    return root
+
+
+def _corpus(out: Path) -> dict:
+    files = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("files-*.parquet"))])
+    return {
+        "files": files.to_pylist(),
+        "shards": sorted(p.name for p in out.glob("files-*.parquet")),
+        "repos": pq.read_table(out / "repos.parquet").to_pylist(),
+        "clusters": pq.read_table(out / "dedup_clusters.parquet").to_pylist(),
+        "drops": sorted(map(str, pq.read_table(out / "drops.parquet").to_pylist())),
+    }
+
+
+def _cli(src: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "codemill.cli", "curate", str(src), "--out", str(out), "--set", "tasks=6", "--set", "workers=2"]
+
+
+def test_kill_9_then_resume_gives_the_same_corpus(many_repos, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert subprocess.run(_cli(many_repos, clean), capture_output=True, timeout=600).returncode == 0
+    proc = subprocess.Popen(_cli(many_repos, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marks = killed / ".work" / "logs" / "scan" / "completions"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (marks.exists() and any(marks.iterdir())):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
+    res = subprocess.run(_cli(many_repos, killed), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _corpus(killed) == _corpus(clean)
+
+
+def test_resume_with_other_settings_is_refused(many_repos, tmp_path):
+    out = tmp_path / "c"
+    curate([str(many_repos / "json")], out, CurateConfig(tasks=1, workers=1), quiet=True)
+    with pytest.raises(SystemExit, match="other sources or settings"):
+        curate([str(many_repos / "json")], out, CurateConfig(tasks=2, workers=1), quiet=True)
+
+
+def test_ray_executor_gives_the_same_corpus(many_repos, tmp_path):
+    ray = pytest.importorskip("ray")
+    src = [str(many_repos / n) for n in ("json", "http", "sqlite3")]
+    cfg = CurateConfig(tasks=3, workers=2)
+    curate(src, tmp_path / "local", cfg, quiet=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        curate(src, tmp_path / "ray", cfg, executor="ray", quiet=True)
+    finally:
+        ray.shutdown()
+    assert _corpus(tmp_path / "ray") == _corpus(tmp_path / "local")

@@ -1,0 +1,110 @@
+"""Every kind of source: git history and default-branch tree, archives, Stack-style tables, and
+the installed environment with licenses read from metadata."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+import zipfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from conftest import MIT, stdlib
+
+from codemill.curate.config import CurateConfig
+from codemill.curate.sources import expand, open_unit, read_bytes
+from codemill.langs import detect
+
+CFG = CurateConfig()
+
+
+def _files(unit):
+    meta, files = open_unit(unit, CFG)
+    return meta, {f.path: f for f in files}
+
+
+def test_git_repository_reads_default_branch_and_counts_commits(tmp_path):
+    repo = tmp_path / "proj"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git[:3], "init", "-q", "-b", "main"], check=True)
+    (repo / "LICENSE").write_text(MIT)
+    (repo / "a.py").write_text(stdlib("colorsys.py"))
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    (repo / "b.py").write_text("x = 1\ny = 2\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "two"], check=True)
+    (repo / "untracked.py").write_text("junk = 1\n")
+    (repo / "a.py").write_text("modified in the working tree, not committed\n")
+    [unit] = expand(str(repo), CFG)
+    meta, files = _files(unit)
+    assert unit.kind == "git" and meta.commits == 2 and meta.license == "MIT"
+    assert set(files) == {"LICENSE", "a.py", "b.py"}
+    data, err = read_bytes(files["a.py"], 10**6)
+    assert err is None and data.decode() == stdlib("colorsys.py")
+
+
+def test_archives_strip_their_top_folder(tmp_path):
+    src = tmp_path / "src" / "pkg-1.0"
+    src.mkdir(parents=True)
+    (src / "LICENSE").write_text(MIT)
+    (src / "mod.py").write_text(stdlib("colorsys.py"))
+    with tarfile.open(tmp_path / "pkg-1.0.tar.gz", "w:gz") as tf:
+        tf.add(src, arcname="pkg-1.0")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.write(src / "mod.py", "mod.py")
+        zf.write(src / "LICENSE", "LICENSE")
+    for name in ("pkg-1.0.tar.gz", "other.zip"):
+        [unit] = expand(str(tmp_path / name), CFG)
+        meta, files = _files(unit)
+        assert set(files) == {"LICENSE", "mod.py"} and meta.license == "MIT"
+        assert read_bytes(files["mod.py"], 10**6)[0].decode() == stdlib("colorsys.py")
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 truncated")
+    [unit] = expand(str(tmp_path / "bad.zip"), CFG)
+    _, files = _files(unit)
+    assert [f.error for f in files.values()] == ["broken_archive:BadZipFile"]
+
+
+def test_stack_style_tables_with_configured_columns(tmp_path):
+    rows = [
+        {"code": stdlib("colorsys.py"), "file": "c.py", "repository": "org/one", "lic": "MIT", "stars": 12},
+        {"code": "x = 1\n", "file": "x.py", "repository": "org/two", "lic": "GPL-3.0-only", "stars": 1},
+        {"code": stdlib("bisect.py"), "file": "b.py", "repository": "org/one", "lic": "MIT", "stars": 12},
+        {"code": None, "file": "n.py", "repository": "org/two", "lic": "GPL-3.0-only", "stars": 1},
+    ]
+    cfg = CurateConfig(columns={"content": "code", "path": "file", "repo": "repository", "license": "lic", "stars": "stars"})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet", row_group_size=2)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    for name in ("t.parquet", "t.jsonl"):
+        units = expand(str(tmp_path / name), cfg)
+        assert [u.name for u in units][:2] == ["org/one", "org/two"]
+        meta, files = open_unit(units[0], cfg)
+        files = {f.path: f for f in files}
+        assert meta.license == "MIT" and meta.stars == 12 and set(files) == {"b.py", "c.py"}
+        assert read_bytes(files["b.py"], 10**6)[0].decode() == stdlib("bisect.py")
+        meta2, files2 = open_unit(units[1], cfg)
+        assert meta2.license == "GPL-3.0-only"
+        assert {f.path: f.error for f in files2}["n.py"] == "no_content"
+
+
+def test_installed_environment_reads_licenses_from_metadata():
+    units = expand("installed", CFG)
+    assert units[0].kind == "stdlib"
+    by_name = {u.name.rsplit("-", 1)[0].lower(): u for u in units}
+    meta, files = open_unit(by_name["numpy"], CFG)
+    assert meta.license and "BSD-3-Clause" in meta.license and meta.license_source in ("License-Expression", "License", "classifiers")
+    assert any(p.endswith("numpy/__init__.py") for p in (f.path for f in files))
+    meta, files = open_unit(units[0], CFG)
+    assert meta.license == "Python-2.0" and meta.license_source == "license-file"
+    assert any(f.path == "textwrap.py" for f in files)
+
+
+def test_language_table():
+    assert detect("a/b/c.py").name == "Python"
+    assert detect("src/Main.java").name == "Java"
+    assert detect("x.tsx").name == "TSX"
+    assert detect("Makefile").name == "Makefile"
+    assert detect("README.md").kind == "prose"
+    assert detect("data.bin") is None
