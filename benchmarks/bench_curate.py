@@ -53,13 +53,21 @@ def bench_signatures(texts: list[str]) -> dict:
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 
     with tempfile.TemporaryDirectory() as tmp:
-        step = MinhashDedupSignature(output_folder=tmp, config=MinhashConfig(num_buckets=16, hashes_per_bucket=16))
+        step = MinhashDedupSignature(
+            output_folder=tmp, config=MinhashConfig(num_buckets=16, hashes_per_bucket=16)
+        )
         docs = [Document(text=x, id=str(i)) for i, x in enumerate(texts)]
         t = time.perf_counter()
         step.run(iter(docs), rank=0, world_size=1)
         dt = mb / (time.perf_counter() - t)
-    return {"MB": round(mb, 1), "codemill_MBps": round(ours, 2), "datasketch_MBps": round(ds, 2), "datatrove_MBps": round(dt, 2),
-            "vs_datasketch": round(ours / ds, 2), "vs_datatrove": round(ours / dt, 2)}
+    return {
+        "MB": round(mb, 1),
+        "codemill_MBps": round(ours, 2),
+        "datasketch_MBps": round(ds, 2),
+        "datatrove_MBps": round(dt, 2),
+        "vs_datasketch": round(ours / ds, 2),
+        "vs_datatrove": round(ours / dt, 2),
+    }
 
 
 def bench_quality(texts: list[str]) -> dict:
@@ -73,8 +81,14 @@ def bench_quality(texts: list[str]) -> dict:
     found = truth & ours
     removals, _ = dedup.near(ours, lambda i: sh[i], np.arange(len(texts)), 0.85)
     worst = min((r.similarity for r in removals), default=1.0)
-    return {"loose_candidates": len(loose), "true_pairs_J>=0.85": len(truth), "found": len(found),
-            "recall": round(len(found) / max(1, len(truth)), 4), "removed": len(removals), "min_best_match_of_removed": round(worst, 4)}
+    return {
+        "loose_candidates": len(loose),
+        "true_pairs_J>=0.85": len(truth),
+        "found": len(found),
+        "recall": round(len(found) / max(1, len(truth)), 4),
+        "removed": len(removals),
+        "min_best_match_of_removed": round(worst, 4),
+    }
 
 
 def bench_e2e() -> dict:
@@ -85,9 +99,15 @@ def bench_e2e() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         m = curate(["installed"], tmp, cfg)
     code_mb = m["stages"]["file_rules"]["bytes_in"] / 1e6
-    return {"code_MB_read": round(code_mb, 1), "seconds": m["seconds"], "stage_seconds": m["stage_seconds"],
-            "MBps_per_core": round(code_mb / m["seconds"] / cfg.workers, 2),
-            "per_stage_MBps_per_core": {k: round(code_mb / v / cfg.workers, 2) for k, v in m["stage_seconds"].items()}}
+    return {
+        "code_MB_read": round(code_mb, 1),
+        "seconds": m["seconds"],
+        "stage_seconds": m["stage_seconds"],
+        "MBps_per_core": round(code_mb / m["seconds"] / cfg.workers, 2),
+        "per_stage_MBps_per_core": {
+            k: round(code_mb / v / cfg.workers, 2) for k, v in m["stage_seconds"].items()
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -19,7 +19,20 @@ from conftest import MIT, STDLIB
 from codemill.curate.config import CurateConfig
 from codemill.curate.pipeline import curate
 
-PACKAGES = ("json", "email", "asyncio", "importlib", "logging", "xml", "http", "unittest", "concurrent", "urllib", "sqlite3", "ctypes")
+PACKAGES = (
+    "json",
+    "email",
+    "asyncio",
+    "importlib",
+    "logging",
+    "xml",
+    "http",
+    "unittest",
+    "concurrent",
+    "urllib",
+    "sqlite3",
+    "ctypes",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +56,27 @@ def _corpus(out: Path) -> dict:
 
 
 def _cli(src: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "codemill.cli", "curate", str(src), "--out", str(out), "--set", "tasks=6", "--set", "workers=2"]
+    return [
+        sys.executable,
+        "-m",
+        "codemill.cli",
+        "curate",
+        str(src),
+        "--out",
+        str(out),
+        "--set",
+        "tasks=6",
+        "--set",
+        "workers=2",
+    ]
 
 
 def test_kill_9_then_resume_gives_the_same_corpus(many_repos, tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert subprocess.run(_cli(many_repos, clean), capture_output=True, timeout=600).returncode == 0
-    proc = subprocess.Popen(_cli(many_repos, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cli(many_repos, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     marks = killed / ".work" / "logs" / "scan" / "completions"
     deadline = time.time() + 300
     while time.time() < deadline and not (marks.exists() and any(marks.iterdir())):

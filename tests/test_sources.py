@@ -74,7 +74,9 @@ def test_stack_style_tables_with_configured_columns(tmp_path):
         {"code": stdlib("bisect.py"), "file": "b.py", "repository": "org/one", "lic": "MIT", "stars": 12},
         {"code": None, "file": "n.py", "repository": "org/two", "lic": "GPL-3.0-only", "stars": 1},
     ]
-    cfg = CurateConfig(columns={"content": "code", "path": "file", "repo": "repository", "license": "lic", "stars": "stars"})
+    cfg = CurateConfig(
+        columns={"content": "code", "path": "file", "repo": "repository", "license": "lic", "stars": "stars"}
+    )
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet", row_group_size=2)
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
     for name in ("t.parquet", "t.jsonl"):
@@ -94,7 +96,11 @@ def test_installed_environment_reads_licenses_from_metadata():
     assert units[0].kind == "stdlib"
     by_name = {u.name.rsplit("-", 1)[0].lower(): u for u in units}
     meta, files = open_unit(by_name["numpy"], CFG)
-    assert meta.license and "BSD-3-Clause" in meta.license and meta.license_source in ("License-Expression", "License", "classifiers")
+    assert (
+        meta.license
+        and "BSD-3-Clause" in meta.license
+        and meta.license_source in ("License-Expression", "License", "classifiers")
+    )
     assert any(p.endswith("numpy/__init__.py") for p in (f.path for f in files))
     meta, files = open_unit(units[0], CFG)
     assert meta.license == "Python-2.0" and meta.license_source == "license-file"

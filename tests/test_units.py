@@ -109,19 +109,25 @@ def test_sensitive_words():
 
 
 def test_static_analysis_and_syntax():
-    found = Ruff(("blocker", "critical")).analyze([("a.py", stdlib("textwrap.py")), ("b.py", "def f():\n    return nope\n")])
+    found = Ruff(("blocker", "critical")).analyze(
+        [("a.py", stdlib("textwrap.py")), ("b.py", "def f():\n    return nope\n")]
+    )
     assert found[0] == [] and found[1][0].rule == "F821" and found[1][0].severity == "blocker"
     assert check_syntax("Python", "a.py", stdlib("textwrap.py"), 2.0) is None
     assert check_syntax("Python", "a.py", "def f(:\n", 2.0) == "syntax_error"
     assert check_syntax("Java", "A.java", "class A { void f() { int x = ; } }", 2.0) == "syntax_error"
-    assert check_syntax("C", "a.h", "namespace x { template <class T> T f(T a) { return a; } }\n", 2.0) is None
+    assert (
+        check_syntax("C", "a.h", "namespace x { template <class T> T f(T a) { return a; } }\n", 2.0) is None
+    )
     assert check_syntax("Rust", "a.rs", "fn main() { let x = 1; }", 2.0) is None
     huge = "x = [" + "1, " * 3_000_000 + "]\n"
     assert check_syntax("Python", "a.py", huge, 0.01) == "parse_timeout"
 
 
 def test_repo_score_cuts_the_lowest_fraction():
-    rows = [{"repo": f"r{i}", "stars": i * 10, "commits": i, "test_files": i % 3, "kept": 1} for i in range(20)]
+    rows = [
+        {"repo": f"r{i}", "stars": i * 10, "commits": i, "test_files": i % 3, "kept": 1} for i in range(20)
+    ]
     rows.append({"repo": "empty", "stars": 0, "commits": 0, "test_files": 0, "kept": 0})
     scores, cut = repo_scores(pa.Table.from_pylist(rows), CurateConfig(drop_lowest_fraction=0.1))
     assert cut == {"r0", "r1"} and scores["r19"] > scores["r1"]

@@ -23,7 +23,8 @@ EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"
 )
 EXAMPLE_DOMAIN = re.compile(
-    r"(^|\.)(example\.(com|org|net|edu)|[\w-]+\.example|localhost|test|invalid|local|domain\.com)$",
+    r"(^|\.)(example\.(com|org|net|edu)|[\w-]+\.example|localhost|test|invalid|local|domain\.com"
+    r"|utf|iso|euc|ascii|latin)$",  # the last ones: locale names like sd_IN@devanagari.UTF-8
     re.I,
 )
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
@@ -54,7 +55,7 @@ USER_ASSIGN = re.compile(
     r"([A-Za-z][\w.@-]{2,})([\"'])"
 )
 URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)([^\s:/@\"']+):([^\s@/\"']+)@", re.I)
-NAME = r"[A-Z][a-z]+(?:[- ](?:[A-Z]\.|[A-Z][a-z]+|van|von|de|der|da|di|le|la))*[- ][A-Z][a-z]+"
+NAME = r"[A-Z][^\W\d_]+(?:[- ](?:[A-Z]\.|[A-Z][^\W\d_]+|van|von|de|der|da|di|le|la))*[- ][A-Z][^\W\d_]+"
 AUTHOR_LINE = re.compile(
     r"((?i:copyright\b|\(c\)|©|@author\b|__author__\s*=\s*[\"']|\bauthors?\s*:|\bwritten by\b"
     r"|\bmaintainer\s*:|\bcreated by\b)[ \t]*(?:\(c\)|©)?[ \t]*"
