@@ -133,7 +133,7 @@ def main(n_files: int, seed: int) -> None:
             if any(f"<{t}>" in o for t in TAGS) and o.strip()[:6] not in planted_prefixes and len(audit) < 15:
                 audit.append(f"{path.relative_to(root)}: {o.strip()[:100]}")
         # URL credentials plant a USERNAME and a PASSWORD tag together
-        for cat, value, line in planted:
+        for cat, _value, line in planted:
             if "://" in line and out.counts:
                 other = "USERNAME" if cat == "PASSWORD" else "PASSWORD"
                 correct[other] += 1
