@@ -128,7 +128,6 @@ def _value(m: re.Match, tag, name: str, keep) -> str:
 
 # (substrings that must occur in a lowercased line, pattern, replacement given the line and tag)
 _DETECTORS = (
-    (("private key",), None, None),  # multi-line: handled on the whole text
     ((), KEY_FORMATS, lambda m, line, tag: tag("KEY")),
     (
         ("secret", "token", "key"),
@@ -153,7 +152,7 @@ _DETECTORS = (
             m.group(0) if EXAMPLE_DOMAIN.search(m.group(1)) or m.group(0).startswith("git@") else tag("EMAIL")
         ),
     ),
-    ((".",), IPV4, lambda m, line, tag: tag("IP_ADDRESS") if _public_ip(m, line) else m.group(0)),
+    ((), IPV4, lambda m, line, tag: tag("IP_ADDRESS") if _public_ip(m, line) else m.group(0)),
     (("::",), IPV6, lambda m, line, tag: tag("IP_ADDRESS") if _public_ip(m, line) else m.group(0)),
     (
         ("copyright", "(c)", "©", "author", "written by", "maintainer", "created by"),
@@ -163,11 +162,26 @@ _DETECTORS = (
 )
 
 
+_TRIGGERS = [re.compile("|".join(map(re.escape, t))) if t else None for t, _, _ in _DETECTORS]
+
+
+def _line_spans(text: str, lower: str, trigger: re.Pattern) -> list[tuple[int, int]]:
+    """(start, end) of every line holding a trigger, merged, in order."""
+    spans: list[tuple[int, int]] = []
+    for m in trigger.finditer(lower):
+        if spans and m.start() < spans[-1][1]:
+            continue
+        start = text.rfind("\n", 0, m.start()) + 1
+        end = text.find("\n", m.end())
+        spans.append((start, len(text) if end < 0 else end))
+    return spans
+
+
 def redact(text: str) -> Redaction:
     """Replace PII and secrets by their tags; `counts` says how many of each.
 
-    Each detector runs only on lines holding one of its trigger substrings, which keeps the
-    regexes off most of the text."""
+    A detector with trigger substrings runs only on the lines that hold one of them (found by one
+    literal search over the text), which keeps the slower regexes off most of the text."""
     counts: Counter = Counter()
 
     def tag(name: str) -> str:
@@ -176,18 +190,22 @@ def redact(text: str) -> Redaction:
 
     if "PRIVATE KEY-----" in text:
         text = PRIVATE_KEY.sub(lambda m: m.group(1) + tag("KEY") + m.group(3), text)
-    lines = text.splitlines(keepends=True)
-    lower = text.lower()
-    for triggers, pattern, replace in _DETECTORS:
-        if pattern is None or (triggers and not any(t in lower for t in triggers)):
+    for (_, pattern, replace), trigger in zip(_DETECTORS, _TRIGGERS, strict=True):
+        if pattern is None:
             continue
-        for i, line in enumerate(lines):
-            if triggers:
-                low = line.lower()
-                if not any(t in low for t in triggers):
-                    continue
-            lines[i] = pattern.sub(lambda m, line=line, replace=replace: replace(m, line, tag), line)
-    return Redaction("".join(lines) if counts else text, counts)
+        lower = text.lower()
+        spans = [(0, len(text))] if trigger is None else _line_spans(text, lower, trigger)
+        if not spans:
+            continue
+        parts, pos = [], 0
+        for start, end in spans:
+            line = text[start:end]
+            parts.append(text[pos:start])
+            parts.append(pattern.sub(lambda m, line=line, replace=replace: replace(m, line, tag), line))
+            pos = end
+        parts.append(text[pos:])
+        text = "".join(parts)
+    return Redaction(text, counts)
 
 
 class SensitiveWords:
