@@ -59,10 +59,10 @@ def curate(
     out = Path(out)
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    _check_resume(work, sources, cfg)
     units = [u for s in sources for u in expand(s, cfg)]
     if not units:
         raise ValueError(f"no repositories found in {sources}")
+    _check_resume(work, sources, cfg, units)
     n_tasks = max(1, min(cfg.tasks, len(units)))
     _clear_partial(out, work)
     stages = [
@@ -83,9 +83,9 @@ def curate(
     return manifest
 
 
-def _check_resume(work: Path, sources: list[str], cfg: CurateConfig) -> None:
-    """A resumed run must use the same sources and settings, or its shards would not match."""
-    key = {"sources": sources, "config": cfg.to_dict()}
+def _check_resume(work: Path, sources: list[str], cfg: CurateConfig, units) -> None:
+    """A resumed run must see the same repositories and settings, or its shards would not match."""
+    key = {"sources": sources, "config": cfg.to_dict(), "repositories": [u.name for u in units]}
     path = work / "run.json"
     if path.exists():
         if json.loads(path.read_text()) != json.loads(json.dumps(key)):
