@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -13,7 +14,7 @@ app = typer.Typer(
 )
 corpus_app = typer.Typer(no_args_is_help=True, help="Inspect a curated corpus.")
 app.add_typer(corpus_app, name="corpus")
-console = Console()
+console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep whole rows
 
 
 def _config(recipe: Path | None, overrides: list[str]):

@@ -106,7 +106,7 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
     log = work / "logs" / f"{name}.stderr"
     log.parent.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
-    unit = "repos" if name == "scan" else "files"
+    unit = {"scan": "repos", "dedup": "step"}.get(name, "files")
     with Progress(
         TextColumn(f"[bold]{name:<7}"),
         BarColumn(),

@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from codemill.curate.ledger import STAGES
+
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f}"
@@ -19,7 +21,8 @@ def summary(manifest: dict) -> Table:
     t = Table(title=f"codemill curate: {', '.join(manifest['sources'])}", title_justify="left")
     for col in ("stage", "files in", "MB in", "files out", "MB out", "dropped by reason"):
         t.add_column(col, justify="left" if col in ("stage", "dropped by reason") else "right")
-    for name, s in manifest["stages"].items():
+    for name in STAGES:  # manifest.json stores keys sorted; show the flow's order
+        s = manifest["stages"][name]
         top = sorted(s["drops"].items(), key=lambda kv: -kv[1])
         drops = ", ".join(f"{k} {v:,}" for k, v in top[:3]) + (
             f" (+{len(top) - 3} more)" if len(top) > 3 else ""
@@ -59,7 +62,7 @@ def print_stats(corpus: Path, examples: int = 2, console: Console | None = None)
     if not examples or not drops_path.exists():
         return
     drops = pq.read_table(drops_path)
-    for stage in manifest["stages"]:
+    for stage in STAGES:
         sd = drops.filter(pc.equal(drops["stage"], stage))
         for reason in sorted(set(sd.column("reason").to_pylist())):
             rows = sd.filter(pc.equal(sd["reason"], reason)).slice(0, examples).to_pylist()
