@@ -146,13 +146,3 @@ def ts_language(name: str):
         return tree_sitter.Language(getattr(importlib.import_module(module), func)())
     except ImportError:
         return None
-
-
-def comment_line(name: str, text: str) -> str:
-    """`text` as a one-line comment in the language's syntax (aiXcoder's per-file header)."""
-    lang = BY_NAME[name]
-    if lang.line_comment:
-        return f"{lang.line_comment} {text}"
-    if lang.block_comment:
-        return f"{lang.block_comment[0]} {text} {lang.block_comment[1]}"
-    return f"# {text}"
