@@ -79,7 +79,7 @@ def bench_quality(texts: list[str]) -> dict:
     truth = {p for p in loose if minhash.jaccard(sh[p[0]], sh[p[1]]) >= 0.85}
     ours = dedup.candidate_pairs(np.stack([minhash.band_hashes(s, 21, 12) for s in sigs]), active, 64)
     found = truth & ours
-    removals, _ = dedup.near(ours, lambda i: sh[i], np.arange(len(texts)), 0.85)
+    removals, _, _ = dedup.near(ours, lambda i: sh[i], np.arange(len(texts)), 0.85)
     worst = min((r.similarity for r in removals), default=1.0)
     return {
         "loose_candidates": len(loose),

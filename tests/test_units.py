@@ -32,7 +32,7 @@ def test_minhash_bands_find_near_duplicates_and_verification_rejects_others():
         assert (i, i + len(names)) in pairs
         assert minhash.jaccard(sh[i], sh[i + len(names)]) >= 0.85
     rank = np.arange(len(texts))
-    removals, similar = dedup.near(pairs, lambda i: sh[i], rank, 0.85)
+    removals, similar, _ = dedup.near(pairs, lambda i: sh[i], rank, 0.85)
     assert {r.index for r in removals} == set(range(len(names), 2 * len(names)))
     assert all(r.kept == r.index - len(names) for r in removals)
     assert all(s >= 0.85 for *_, s in similar)
@@ -47,7 +47,7 @@ def test_cluster_cover_keeps_every_member_close_to_a_kept_file():
     sh = [minhash.ngram_hashes(t, 5) for t in (a, b, c)]
     j = {(i, k): minhash.jaccard(sh[i], sh[k]) for i, k in itertools.combinations(range(3), 2)}
     pairs = set(j)
-    removals, _ = dedup.near(pairs, lambda i: sh[i], np.array([1, 0, 2]), 0.85)
+    removals, _, _ = dedup.near(pairs, lambda i: sh[i], np.array([1, 0, 2]), 0.85)
     kept = {0, 1, 2} - {r.index for r in removals}
     for r in removals:
         assert r.kept in kept and r.similarity >= 0.85

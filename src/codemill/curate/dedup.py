@@ -64,8 +64,9 @@ def near(
     shingles: Callable[[int], np.ndarray],
     rank: np.ndarray,
     threshold: float,
-) -> tuple[list[Removal], list[tuple[int, int, float]]]:
-    """Verify pairs, cluster, reduce; returns removals and the verified similar pairs."""
+) -> tuple[list[Removal], list[tuple[int, int, float]], dict[int, int]]:
+    """Verify pairs, cluster, reduce; returns removals, the verified similar pairs, and the
+    cluster (its best-ranked member) of every file in a cluster."""
     similar = []
     for i, j in sorted(pairs):
         s = jaccard(shingles(i), shingles(j))
@@ -89,16 +90,17 @@ def near(
     clusters: dict[int, list[int]] = defaultdict(list)
     for x in parent:
         clusters[find(x)].append(x)
-    removals = []
+    removals, cluster_of = [], {}
     for members in clusters.values():
         members.sort(key=lambda m: rank[m])
         cluster_id = members[0]
         kept: list[int] = []
         for m in members:
+            cluster_of[m] = cluster_id
             close = [(neighbours[m][k], k) for k in kept if k in neighbours[m]]
             if close:
                 s, k = max(close)
                 removals.append(Removal(m, "near_duplicate", cluster_id, k, s))
             else:
                 kept.append(m)
-    return removals, similar
+    return removals, similar, cluster_of

@@ -265,24 +265,14 @@ class DedupStep(PipelineStep):
         bands = np.array(files.column("bands").to_pylist(), dtype=np.uint64).reshape(n, cfg.bands)
         pairs = dedup.candidate_pairs(bands, alive & (n_sh > 0), cfg.max_bucket_pairs)
         loader = _ShingleLoader(shards, shard, row, cfg.ngram, pairs)
-        near, similar = dedup.near(pairs, loader, rank, cfg.threshold)
-        for r in near:
-            removed[r.index] = ("near_dedup", r.reason, f"{repo[r.kept]}/{path[r.kept]} J={r.similarity:.3f}")
-        in_cluster = {i for i, j, _ in similar} | {j for i, j, _ in similar}
+        near, similar, cluster_of = dedup.near(pairs, loader, rank, cfg.threshold)
         near_by_index = {r.index: r for r in near}
-        for i in sorted(in_cluster):
+        for i, cluster in sorted(cluster_of.items()):
             r = near_by_index.get(i)
-            clusters.append(
-                self._cluster_row(
-                    "near",
-                    r.cluster if r else _root(i, similar, rank),
-                    i,
-                    r.kept if r else i,
-                    r.similarity if r else 1.0,
-                    repo,
-                    path,
-                )
-            )
+            if r:
+                removed[i] = ("near_dedup", r.reason, f"{repo[r.kept]}/{path[r.kept]} J={r.similarity:.3f}")
+            kept, sim = (r.kept, r.similarity) if r else (i, 1.0)
+            clusters.append(self._cluster_row("near", cluster, i, kept, sim, repo, path))
         atomic_parquet(
             pa.Table.from_pylist(
                 [
@@ -323,21 +313,6 @@ class DedupStep(PipelineStep):
             "duplicate_of": None if kept == i else f"{repo[kept]}/{path[kept]}",
             "jaccard": sim,
         }
-
-
-def _root(i: int, similar, rank) -> int:
-    """Best-ranked member of i's cluster, found by walking the similar pairs."""
-    adj: dict[int, list[int]] = {}
-    for a, b, _ in similar:
-        adj.setdefault(a, []).append(b)
-        adj.setdefault(b, []).append(a)
-    seen, stack = {i}, [i]
-    while stack:
-        for nb in adj.get(stack.pop(), []):
-            if nb not in seen:
-                seen.add(nb)
-                stack.append(nb)
-    return min(seen, key=lambda x: rank[x])
 
 
 CLUSTER_SCHEMA = pa.schema(
