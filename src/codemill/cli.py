@@ -14,19 +14,27 @@ app = typer.Typer(
 )
 corpus_app = typer.Typer(no_args_is_help=True, help="Inspect a curated corpus.")
 app.add_typer(corpus_app, name="corpus")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a tokenizer for code.")
+app.add_typer(tokenizer_app, name="tokenizer")
+data_app = typer.Typer(no_args_is_help=True, help="The training stream: Algorithm 1, NTP / FIM / SFIM, packing.")
+app.add_typer(data_app, name="data")
 console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep whole rows
 
 
-def _config(recipe: Path | None, overrides: list[str]):
-    from codemill.curate.config import CurateConfig
-
+def _config(cls, recipe: Path | None, overrides: list[str]):
+    """A recipe section (`cls.section`) with `--set key=value` overrides applied."""
     d = {}
     if recipe:
-        d = (yaml.safe_load(recipe.read_text()) or {}).get("curate", {}) or {}
+        d = (yaml.safe_load(recipe.read_text()) or {}).get(cls.section, {}) or {}
     for item in overrides:
         key, _, value = item.partition("=")
         d[key] = yaml.safe_load(value)
-    return CurateConfig.from_dict(d)
+    return cls.from_dict(d)
+
+
+def _fail(e: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {e}")
+    return typer.Exit(2)
 
 
 @app.command()
@@ -40,15 +48,15 @@ def curate(
     executor: str = typer.Option("local", help="datatrove executor: local or ray."),
 ) -> None:
     """Curate repositories into a corpus (paper §II)."""
+    from codemill.curate.config import CurateConfig
     from codemill.curate.pipeline import curate as run
     from codemill.curate.report import summary
 
     try:
-        cfg = _config(recipe, set_)
+        cfg = _config(CurateConfig, recipe, set_)
         manifest = run(sources, out, cfg, executor=executor)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+        raise _fail(e) from e
     console.print(summary(manifest))
     console.print(
         f"corpus written to [bold]{out}[/bold]; `codemill corpus stats {out}` shows examples of every drop reason"
@@ -68,6 +76,93 @@ def corpus_stats(
         )
         raise typer.Exit(2)
     print_stats(corpus, examples, console)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: Path = typer.Argument(..., help="A curated corpus directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for tokenizer.json and its config."),
+    vocab_size: int = typer.Option(49152, help="Ids in all, special tokens included (49,152 for the 7B)."),
+    format: str = typer.Option("codemill", help="Format whose special tokens the vocabulary reserves."),
+    max_bytes: int = typer.Option(1 << 30, help="Train on at most this much text (1 GB: the notes' advice)."),
+) -> None:
+    """Train a byte-level BPE for code on a corpus (digits split, indentation kept together)."""
+    import time
+
+    from codemill.data.tokenizer import chunks, corpus_texts, save_tokenizer, train_bpe
+    from codemill.formats import get_format
+
+    try:
+        fmt = get_format(format)
+        t0 = time.perf_counter()
+        tok = train_bpe(chunks(corpus_texts(corpus, max_bytes)), vocab_size, fmt, show_progress=True)
+        save_tokenizer(tok, out, fmt)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(e) from e
+    console.print(
+        f"tokenizer with {tok.get_vocab_size():,} ids trained in {time.perf_counter() - t0:.1f} s; "
+        f"written to [bold]{out}[/bold]"
+    )
+
+
+def _stream(corpus: Path, tokenizer: Path, recipe: Path | None, set_: list[str], stats=None):
+    from codemill.data.config import DataConfig
+    from codemill.data.stream import TrainingStream
+    from codemill.data.tokenizer import load_tokenizer
+
+    return TrainingStream(corpus, load_tokenizer(tokenizer), _config(DataConfig, recipe, set_), stats=stats)
+
+
+@data_app.command("preview")
+def data_preview(
+    corpus: Path = typer.Argument(..., help="A curated corpus directory."),
+    tokenizer: Path = typer.Option(..., help="tokenizer.json / tokenizer.model or its directory."),
+    recipe: Path = typer.Option(None, help="YAML recipe; its `data:` section sets the options."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set sfim_policy=literal."),
+    docs: int = typer.Option(6, help="Documents to show."),
+    repo: str = typer.Option(None, help="Show this repository's documents."),
+    chars: int = typer.Option(600, help="Characters shown per segment."),
+) -> None:
+    """Print training documents with prefix, suffix and middle in colour, naming ordering and objective."""
+    from codemill.data.preview import preview
+
+    try:
+        preview(_stream(corpus, tokenizer, recipe, set_), console, docs, chars, repo)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise _fail(e) from e
+
+
+@data_app.command("stats")
+def data_stats(
+    corpus: Path = typer.Argument(..., help="A curated corpus directory."),
+    tokenizer: Path = typer.Option(..., help="tokenizer.json / tokenizer.model or its directory."),
+    recipe: Path = typer.Option(None, help="YAML recipe; its `data:` section sets the options."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set seq_len=4096."),
+    windows: int = typer.Option(0, help="Stop after this many windows (0: one pass over the corpus)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
+) -> None:
+    """Realized objective mix, PSM/SPM split, SFIM middle lengths, fallbacks, tokens per file."""
+    import json
+
+    from rich.progress import Progress
+
+    from codemill.data.stats import StreamStats
+
+    stats = StreamStats()
+    try:
+        stream = _stream(corpus, tokenizer, recipe, set_, stats)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise _fail(e) from e
+    total = windows or None
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("windows", total=total)
+        while (windows and stats.windows < windows) or (not windows and stream.state["epoch"]["code"] == 0):
+            next(stream)
+            bar.update(task, advance=1, description=f"windows ({stats.repos} repositories)")
+    for table in stats.tables():
+        console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(stats.summary(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

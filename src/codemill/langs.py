@@ -146,3 +146,65 @@ def ts_language(name: str):
         return tree_sitter.Language(getattr(importlib.import_module(module), func)())
     except ImportError:
         return None
+
+
+@cache
+def ts_parser(name: str):
+    """A tree-sitter Parser for a table row (one per process and language); None without a grammar."""
+    import tree_sitter
+
+    language = ts_language(name)
+    return tree_sitter.Parser(language) if language is not None else None
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What data needs from a grammar: function nodes (SFIM) and an import query (Algorithm 1).
+
+    The query captures `@import` on the node naming what is imported; data/deps.py turns that
+    text into repository paths per language.
+    """
+
+    functions: tuple[str, ...]
+    imports: str
+
+
+_JS_FUNCS = (
+    "function_declaration",
+    "generator_function_declaration",
+    "function_expression",
+    "arrow_function",
+    "method_definition",
+)
+_JS_IMPORTS = """
+(import_statement source: (string) @import)
+(export_statement source: (string) @import)
+(call_expression function: (identifier) @fn arguments: (arguments . (string) @import) (#eq? @fn "require"))
+(call_expression function: (import) arguments: (arguments . (string) @import))
+"""
+_C_IMPORTS = "(preproc_include path: (_) @import)"
+
+STRUCTURES: dict[str, Structure] = {
+    "Python": Structure(
+        ("function_definition",),
+        "(import_statement) @import (import_from_statement) @import",
+    ),
+    "Java": Structure(("method_declaration", "constructor_declaration"), "(import_declaration) @import"),
+    "JavaScript": Structure(_JS_FUNCS, _JS_IMPORTS),
+    "TypeScript": Structure(_JS_FUNCS, _JS_IMPORTS),
+    "TSX": Structure(_JS_FUNCS, _JS_IMPORTS),
+    "C": Structure(("function_definition",), _C_IMPORTS),
+    "C++": Structure(("function_definition",), _C_IMPORTS),
+    "Go": Structure(
+        ("function_declaration", "method_declaration", "func_literal"),
+        "(import_spec path: (_) @import)",
+    ),
+    "Rust": Structure(
+        ("function_item",),
+        "(mod_item name: (identifier) @import !body) (use_declaration argument: (_) @import)",
+    ),
+    "C#": Structure(
+        ("method_declaration", "constructor_declaration", "local_function_statement"),
+        "(using_directive) @import",
+    ),
+}

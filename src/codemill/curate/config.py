@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+
+from codemill.config import Settings
 
 
 @dataclass
-class CurateConfig:
+class CurateConfig(Settings):
+    section = "curate"
     # execution
     tasks: int = 4
     workers: int = 2
@@ -67,18 +68,3 @@ class CurateConfig:
     decontam_files: tuple[str, ...] = ()
     decontam_ngram: int = 13
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> CurateConfig:
-        d = dict(d or {})
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown curate settings {unknown}; known: {sorted(names)}")
-        for k, v in d.items():
-            if isinstance(v, list):
-                d[k] = tuple(v)
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import ahocorasick
 
-TAGS = ("EMAIL", "NAME", "IP_ADDRESS", "USERNAME", "PASSWORD", "KEY")
+from codemill.formats import PII_TAGS
+
+TAGS = PII_TAGS
 
 EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"

@@ -5,18 +5,7 @@ from __future__ import annotations
 
 import time
 
-import tree_sitter
-
-from codemill.langs import ts_language
-
-_parsers: dict[str, tree_sitter.Parser] = {}
-
-
-def parser_for(lang: str) -> tree_sitter.Parser | None:
-    if lang not in _parsers:
-        language = ts_language(lang)
-        _parsers[lang] = tree_sitter.Parser(language) if language is not None else None
-    return _parsers[lang]
+from codemill.langs import ts_parser
 
 
 def check_syntax(lang: str, path: str, text: str, timeout_s: float) -> str | None:
@@ -30,7 +19,7 @@ def check_syntax(lang: str, path: str, text: str, timeout_s: float) -> str | Non
 
 
 def _parse(lang: str, text: str, timeout_s: float) -> str | None:
-    parser = parser_for(lang)
+    parser = ts_parser(lang)
     if parser is None:
         return None
     src = text.encode("utf-8")

@@ -1,0 +1,69 @@
+"""Training-stream settings (recipe section `data:`): the paper's rates as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from codemill.config import Settings
+from codemill.data.objectives import OBJECTIVES, SfimPolicy
+from codemill.data.ordering import STRATEGIES
+
+
+@dataclass
+class DataConfig(Settings):
+    section = "data"
+
+    format: str = "codemill"
+    seq_len: int = 2048  # windows hold seq_len + 1 tokens
+    seed: int = 0
+    # Algorithm 1: one strategy per repository
+    ordering: dict[str, float] = field(
+        default_factory=lambda: {"content": 0.3, "path": 0.3, "dependency": 0.3, "random": 0.1}
+    )
+    max_clusters: int = 20
+    # objectives: paper §III-C. The README says SFIM 70 / NTP 30, issue #17 NTP 40: all settable.
+    code_objectives: dict[str, float] = field(default_factory=lambda: {"sfim": 0.7, "fim": 0.15, "ntp": 0.15})
+    text_objectives: dict[str, float] = field(default_factory=lambda: {"fim": 0.5, "ntp": 0.5})
+    objective_unit: str = "file"  # file: drawn per file; repo: one draw per repository
+    fim_spm_rate: float = 0.5
+    sfim_spm_rate: float = 0.7
+    sfim_policy: str = "weighted"  # weighted | literal (see data/objectives.py)
+    sfim_weights: dict[str, float] = field(
+        default_factory=lambda: {"statement": 0.5, "block": 0.3, "expression": 0.2}
+    )
+    sfim_start_at_node: float = 0.5
+    sfim_end_at_node: float = 0.5
+    sfim_fallback: str = "fim"  # objective for files SFIM cannot apply to (no grammar, no function)
+    repo_metadata: bool = True  # the repository name opens its stream (formats with a repo token)
+    # natural language: .parquet / .jsonl files or directories, and their share of tokens
+    text: tuple[str, ...] = ()
+    text_column: str = "text"
+    text_share: float = 0.0
+
+    def __post_init__(self):
+        for name, keys, allowed in (
+            ("ordering", self.ordering, STRATEGIES),
+            ("code_objectives", self.code_objectives, OBJECTIVES),
+            ("text_objectives", self.text_objectives, ("fim", "ntp")),
+        ):
+            if bad := set(keys) - set(allowed):
+                raise ValueError(f"data.{name}: unknown {sorted(bad)}; allowed: {', '.join(allowed)}")
+            if sum(keys.values()) <= 0 or min(keys.values()) < 0:
+                raise ValueError(f"data.{name}: rates must be non-negative and not all zero")
+        if self.objective_unit not in ("file", "repo"):
+            raise ValueError("data.objective_unit must be 'file' or 'repo'")
+        if self.sfim_policy not in ("weighted", "literal"):
+            raise ValueError("data.sfim_policy must be 'weighted' or 'literal'")
+        if set(self.sfim_weights) - {"statement", "block", "expression"}:
+            raise ValueError("data.sfim_weights keys are statement, block and expression")
+        if self.sfim_fallback not in ("fim", "ntp"):
+            raise ValueError("data.sfim_fallback must be 'fim' or 'ntp'")
+        if not 0 <= self.text_share < 1 or (self.text_share > 0 and not self.text):
+            raise ValueError("data.text_share must be in [0, 1) and needs data.text files when above 0")
+        if self.seq_len < 16:
+            raise ValueError("data.seq_len must be at least 16")
+
+    @property
+    def sfim(self) -> SfimPolicy:
+        weights = tuple(self.sfim_weights.items())
+        return SfimPolicy(self.sfim_policy, weights, self.sfim_start_at_node, self.sfim_end_at_node)

@@ -1,0 +1,154 @@
+"""The three training objectives, applied to one file in text space (paper §III-C).
+
+NTP keeps the file whole. FIM cuts it at two uniform random character positions (bigcode's rule).
+SFIM follows the paper: pick a function, parse it, pick a non-root non-leaf node of its tree, and
+take a span inside the node whose start is random and whose end is a line end.
+
+Read literally the rule picks mostly tiny expression nodes, so node choice is a policy:
+- "literal": uniform over the function's non-root non-leaf nodes that contain a line end;
+- "weighted" (default): the same nodes weighted by kind, statements and blocks above expressions,
+  with probability `start_at_node` the span starts where the node starts, as in the paper's
+  Figure 3 (`if i % 5 == 0:` is an SPM middle that opens an if-statement), and with probability
+  `end_at_node` it ends at the node's last line end, so a quarter of middles are whole nodes
+  (the README's "pick a complete node").
+The middle never includes the line end; the suffix starts with it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import re
+from dataclasses import dataclass
+
+import tree_sitter
+
+from codemill.data.repo import SourceFile
+from codemill.langs import STRUCTURES, ts_language
+
+OBJECTIVES = ("ntp", "fim", "sfim")
+_NEWLINE = re.compile(b"\n")
+_BLOCKS = {"block", "suite", "compound_statement", "statement_block", "declaration_list", "field_declaration_list"}
+
+
+@dataclass
+class Sample:
+    objective: str  # ntp | fim | sfim
+    prefix: str
+    middle: str | None = None
+    suffix: str | None = None
+    spm: bool = False
+    fallback: str | None = None  # why SFIM could not be applied to this file
+    node: str | None = None  # the SFIM node type
+
+
+@dataclass(frozen=True)
+class SfimPolicy:
+    policy: str = "weighted"  # weighted | literal
+    weights: tuple[tuple[str, float], ...] = (("statement", 0.5), ("block", 0.3), ("expression", 0.2))
+    start_at_node: float = 0.5
+    end_at_node: float = 0.5
+
+    def choose(self, nodes: list, rng: random.Random):
+        """literal: uniform over nodes; weighted: a kind by its weight among the kinds present, then
+        uniform within it (uniform over nodes would still be dominated by expressions)."""
+        if self.policy == "literal":
+            return rng.choice(nodes)
+        by_kind: dict[str, list] = {}
+        for n in nodes:
+            by_kind.setdefault(node_kind(n.type), []).append(n)
+        kinds = [k for k, _ in self.weights if k in by_kind]
+        weights = [w for k, w in self.weights if k in by_kind]
+        if sum(weights) <= 0:
+            return rng.choice(nodes)
+        return rng.choice(by_kind[rng.choices(kinds, weights)[0]])
+
+
+def node_kind(node_type: str) -> str:
+    """statement | block | expression, from the grammar's node name (the grammars share conventions)."""
+    if node_type in _BLOCKS or node_type.endswith(("_block", "_body")):
+        return "block"
+    if node_type.endswith(("statement", "_declaration", "_definition", "_clause", "_item", "_spec")):
+        return "statement"
+    return "expression"
+
+
+def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
+    a, b = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+    return text[:a], text[a:b], text[b:]
+
+
+_functions: dict[str, tree_sitter.Query | None] = {}
+
+
+def _function_query(lang: str) -> tree_sitter.Query | None:
+    if lang not in _functions:
+        s, language = STRUCTURES.get(lang), ts_language(lang)
+        pattern = "[" + " ".join(f"({t})" for t in s.functions) + "] @f" if s else None
+        _functions[lang] = tree_sitter.Query(language, pattern) if s and language else None
+    return _functions[lang]
+
+
+def _line_ends(newlines: list[int], size: int, start: int, end: int) -> list[int]:
+    """Byte offsets p in (start, end] where a line ends: a newline, or the end of the file."""
+    ends = newlines[bisect.bisect_right(newlines, start) : bisect.bisect_right(newlines, end)]
+    return [*ends, end] if end == size and end > start else ends
+
+
+def sfim_split(file: SourceFile, rng: random.Random, policy: SfimPolicy) -> tuple[str, str, str, str] | str:
+    """(prefix, middle, suffix, node type), or the reason SFIM does not apply to this file."""
+    query = _function_query(file.lang)
+    tree = file.tree() if query is not None else None
+    if tree is None:
+        return "no_grammar"
+    functions = tree_sitter.QueryCursor(query).captures(tree.root_node).get("f", [])
+    if not functions:
+        return "no_function"
+    fn = rng.choice(sorted(functions, key=lambda n: n.start_byte))
+    src = file.src
+    newlines = [m.start() for m in _NEWLINE.finditer(src, fn.start_byte, fn.end_byte + 1)]
+    nodes, stack = [], [c for c in fn.children if c.child_count]
+    while stack:
+        node = stack.pop()
+        if node.type != "ERROR" and _line_ends(newlines, len(src), node.start_byte, node.end_byte):
+            nodes.append(node)
+        stack += [c for c in node.children if c.child_count]
+    if not nodes:
+        return "no_node"
+    node = policy.choose(nodes, rng)
+    ends = _line_ends(newlines, len(src), node.start_byte, node.end_byte)
+    weighted = policy.policy == "weighted"
+    end = ends[-1] if weighted and rng.random() < policy.end_at_node else rng.choice(ends)
+    if weighted and rng.random() < policy.start_at_node:
+        start = node.start_byte
+    else:
+        start = rng.randrange(node.start_byte, end)
+        while start < end and src[start] & 0xC0 == 0x80:  # not inside a UTF-8 character
+            start += 1
+    return src[:start].decode(), src[start:end].decode(), src[end:].decode(), node.type
+
+
+def make_sample(
+    file: SourceFile,
+    objective: str,
+    rng: random.Random,
+    *,
+    fim_spm: float,
+    sfim_spm: float,
+    policy: SfimPolicy,
+    fallback: str = "fim",
+) -> Sample:
+    """Apply `objective` to a file; SFIM falls back to `fallback` (counted) when it cannot apply."""
+    reason = None
+    if objective == "sfim":
+        got = sfim_split(file, rng, policy)
+        if not isinstance(got, str):
+            pre, mid, suf, node = got
+            return Sample("sfim", pre, mid, suf, rng.random() < sfim_spm, node=node)
+        reason, objective = got, fallback
+    if objective == "fim":
+        pre, mid, suf = fim_split(file.text, rng)
+        return Sample("fim", pre, mid, suf, rng.random() < fim_spm, fallback=reason)
+    if objective == "ntp":
+        return Sample("ntp", file.text, fallback=reason)
+    raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")

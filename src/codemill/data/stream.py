@@ -1,0 +1,277 @@
+"""The training stream: ordering → objective → tokenize → pack, deterministic and resumable.
+
+Units are repositories (and chunks of natural-language text). Shard s of S takes units s, s+S, …,
+so ranks and loader workers never overlap and together cover everything. Every random choice comes
+from a generator keyed by (seed, epoch, repository, file), so the stream does not depend on the
+shard count, and the state (unit cursors, position in the current unit, the partial window) is
+enough to rebuild it exactly: the current unit's documents are recomputed, not stored.
+
+Packing: documents go into windows of seq_len + 1 tokens in Algorithm 1 order. NTP documents
+continue across windows (aiXcoder's "Transformer-XL style"); a FIM document is never cut: if it
+does not fit in what is left of the window, the rest is padding (objective 0, no loss) and it
+starts the next window; if it is longer than a window, its prefix keeps its tail and its suffix
+its head, as an inference prompt is truncated. Windows may hold the end of one repository and the
+start of the next.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from codemill.data.config import DataConfig
+from codemill.data.objectives import Sample, fim_split, make_sample
+from codemill.data.ordering import draw, order_files
+from codemill.data.repo import CodeCorpus, SourceFile, TextCorpus
+from codemill.data.stats import StreamStats
+from codemill.formats import Format, Part, get_format
+
+EMPTY = np.zeros(0, dtype=np.int32)
+OBJECTIVE_CODE = {"ntp": 1, "fim": 2, "sfim": 3}  # 0 is padding: no loss
+
+
+def keyed_rng(*key: object) -> random.Random:
+    return random.Random(xxhash.xxh64_intdigest("\x00".join(map(str, key))))
+
+
+@dataclass
+class Doc:
+    ids: np.ndarray  # int32
+    objective: str
+    splittable: bool
+    path: str | None = None
+    sample: Sample | None = None
+    strategy: str | None = None
+    parts: list[Part] = field(default_factory=list)
+
+
+class TrainingStream:
+    """An iterator of windows: {"tokens": int32[seq_len+1], "objective": uint8[seq_len+1]}."""
+
+    def __init__(
+        self,
+        corpus: str | CodeCorpus,
+        tokenizer,
+        cfg: DataConfig,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        worker: int = 0,
+        workers: int = 1,
+        stats: StreamStats | None = None,
+    ):
+        self.cfg, self.tok, self.stats = cfg, tokenizer, stats
+        self.fmt: Format = get_format(cfg.format)
+        self.ids = {t: tokenizer.token_id(t) for t in self.fmt.specials}
+        self.pad_id = self.ids[self.fmt.pad or self.fmt.eos]
+        self.window_len = cfg.seq_len + 1
+        self.sources: dict[str, Any] = {"code": corpus if isinstance(corpus, CodeCorpus) else CodeCorpus(corpus)}
+        self.weights = {"code": 1.0 - cfg.text_share}
+        if cfg.text_share > 0:
+            self.sources["text"] = TextCorpus(list(cfg.text), cfg.text_column)
+            self.weights["text"] = cfg.text_share
+        shard, shards = rank * workers + worker, world * workers
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} out of range for world {world} x workers {workers}")
+        self.units = {name: list(range(shard, len(src), shards)) for name, src in self.sources.items()}
+        for name, units in self.units.items():
+            if not units:
+                raise ValueError(
+                    f"the {name} source has {len(self.sources[name])} units, fewer than the {shards} shards "
+                    "(ranks x loader workers); use fewer loader workers or a larger corpus"
+                )
+        self.state: dict[str, Any] = {
+            "pos": dict.fromkeys(self.sources, 0),
+            "epoch": dict.fromkeys(self.sources, 0),
+            "emitted": dict.fromkeys(self.sources, 0),
+            "current": None,  # {"source", "unit", "epoch", "doc", "offset"}
+            "window": [],
+            "objective": [],
+        }
+        self._plan: list[Callable[[], Doc]] | None = None
+        self._batch: tuple[int, list[Doc]] = (0, [])
+        self.batch_docs = 64
+
+    # --- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            **{k: dict(s[k]) for k in ("pos", "epoch", "emitted")},
+            "current": dict(s["current"]) if s["current"] else None,
+            "window": list(s["window"]),
+            "objective": list(s["objective"]),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["pos"]) != set(self.sources):
+            raise ValueError(f"state is for sources {sorted(state['pos'])}, this stream has {sorted(self.sources)}")
+        self.state = {
+            **{k: dict(state[k]) for k in ("pos", "epoch", "emitted")},
+            "current": dict(state["current"]) if state["current"] else None,
+            "window": list(state["window"]),
+            "objective": list(state["objective"]),
+        }
+        self._plan = None
+
+    # --- documents -----------------------------------------------------------------------------
+    def plan(self, source: str, unit: int, epoch: int) -> list[Callable[[], Doc]]:
+        """The unit's documents in order, as makers: only the ones packed next are built."""
+        if source == "text":
+            texts = self.sources["text"].read(unit)
+            return [partial(self._text_doc, t, (epoch, "text", unit, row)) for row, t in enumerate(texts)]
+        cfg = self.cfg
+        repo, files = self.sources["code"].read(unit)
+        rng = keyed_rng(cfg.seed, epoch, repo)
+        strategy, order = order_files(files, rng, cfg.ordering, cfg.max_clusters)
+        repo_objective = draw(cfg.code_objectives, rng) if cfg.objective_unit == "repo" else None
+        if self.stats is not None:
+            self.stats.repo(strategy, len(files))
+        plan = []
+        if cfg.repo_metadata and self.fmt.repo_name:
+            plan.append(lambda: Doc(EMPTY, "ntp", True, parts=self.fmt.repo_start(repo), strategy=strategy))
+        for i in order:
+            plan.append(partial(self._file_doc, files[i], (epoch, repo), strategy, repo_objective))
+        return plan
+
+    def _file_doc(self, f: SourceFile, key: tuple, strategy: str, objective: str | None) -> Doc:
+        cfg = self.cfg
+        rng = keyed_rng(cfg.seed, *key, f.path)
+        sample = make_sample(
+            f,
+            objective or draw(cfg.code_objectives, rng),
+            rng,
+            fim_spm=cfg.fim_spm_rate,
+            sfim_spm=cfg.sfim_spm_rate,
+            policy=cfg.sfim,
+            fallback=cfg.sfim_fallback,
+        )
+        return self._doc(f.path, sample, strategy)
+
+    def _text_doc(self, text: str, key: tuple) -> Doc:
+        rng = keyed_rng(self.cfg.seed, *key)
+        if draw(self.cfg.text_objectives, rng) == "fim":
+            pre, mid, suf = fim_split(text, rng)
+            return self._doc(None, Sample("fim", pre, mid, suf, rng.random() < self.cfg.fim_spm_rate), None)
+        return self._doc(None, Sample("ntp", text), None)
+
+    def _doc(self, path: str | None, s: Sample, strategy: str | None) -> Doc:
+        parts = self.fmt.document(path=path, prefix=s.prefix, middle=s.middle, suffix=s.suffix, spm=s.spm)
+        return Doc([], s.objective, s.suffix is None, path, s, strategy, parts)
+
+    def encode(self, docs: list[Doc]) -> list[Doc]:
+        """Tokenize every text part of a unit in one batch; specials go in by id."""
+        texts = [p.text for d in docs for p in d.parts if p.role != "special"]
+        encoded = iter(self.tok.encode_batch(texts))
+        out = []
+        for d in docs:
+            pieces = [([self.ids[p.text]] if p.role == "special" else next(encoded), p.role) for p in d.parts]
+            if not d.splittable and sum(len(ids) for ids, _ in pieces) > self.window_len:
+                pieces = self._fit(d, pieces)
+            d.ids = np.fromiter((t for ids, _ in pieces for t in ids), dtype=np.int32)
+            if self.stats is not None:
+                self.stats.doc(d)
+            out.append(d)
+        return out
+
+    def _fit(self, d: Doc, pieces: list[tuple[list[int], str]]) -> list[tuple[list[int], str]]:
+        """Truncate a FIM document's context to one window: the prefix's tail, the suffix's head."""
+        fixed = sum(len(ids) for ids, role in pieces if role not in ("prefix", "suffix"))
+        budget = self.window_len - fixed
+        pre = sum(len(ids) for ids, role in pieces if role == "prefix")
+        suf = sum(len(ids) for ids, role in pieces if role == "suffix")
+        if budget < 0:  # the middle alone does not fit: train on the file as NTP
+            d.splittable, d.objective = True, "ntp"
+            if self.stats is not None:
+                self.stats.count("middle_longer_than_window")
+            return pieces if d.sample is None else self._ntp_pieces(d)
+        keep_suf = min(suf, max(budget // 2, budget - pre))
+        keep_pre = budget - keep_suf
+        if self.stats is not None:
+            self.stats.count("fim_context_truncated")
+        out = []
+        for ids, role in pieces:
+            if role == "prefix":
+                ids = ids[max(0, len(ids) - keep_pre) :] if keep_pre > 0 else []
+                keep_pre -= len(ids)
+            elif role == "suffix":
+                ids, keep_suf = ids[:keep_suf], keep_suf - min(len(ids), keep_suf)
+            out.append((ids, role))
+        return out
+
+    def _ntp_pieces(self, d: Doc) -> list[tuple[list[int], str]]:
+        s = d.sample
+        text = s.prefix + s.middle + s.suffix
+        d.sample = Sample("ntp", text, fallback="middle_longer_than_window")
+        d.parts = self.fmt.document(path=d.path, prefix=text)
+        texts = [p.text for p in d.parts if p.role != "special"]
+        encoded = iter(self.tok.encode_batch(texts))
+        return [([self.ids[p.text]] if p.role == "special" else next(encoded), p.role) for p in d.parts]
+
+    # --- packing -------------------------------------------------------------------------------
+    def _next_unit(self) -> None:
+        s = self.state
+        source = min(self.weights, key=lambda k: (s["emitted"][k] / self.weights[k], k))
+        units = self.units[source]
+        unit, epoch = units[s["pos"][source]], s["epoch"][source]
+        s["pos"][source] += 1
+        if s["pos"][source] == len(units):
+            s["pos"][source], s["epoch"][source] = 0, epoch + 1
+        s["current"] = {"source": source, "unit": unit, "epoch": epoch, "doc": 0, "offset": 0}
+        self._plan = None
+
+    def _doc_at(self, k: int) -> Doc:
+        """Document k of the current unit, building and tokenizing the next batch when needed."""
+        start, batch = self._batch
+        if not start <= k < start + len(batch):
+            batch = self.encode([make() for make in self._plan[k : k + self.batch_docs]])
+            self._batch = (k, batch)
+            start = k
+        return batch[k - start]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        s, w = self.state, self.window_len
+        while True:
+            if s["current"] is None:
+                self._next_unit()
+            cur = s["current"]
+            if self._plan is None:
+                self._plan = self.plan(cur["source"], cur["unit"], cur["epoch"])
+                self._batch = (0, [])
+            if cur["doc"] == len(self._plan):
+                s["current"] = None
+                continue
+            doc, room = self._doc_at(cur["doc"]), w - len(s["window"])
+            code = OBJECTIVE_CODE[doc.objective]
+            if doc.splittable:
+                take = doc.ids[cur["offset"] : cur["offset"] + room]
+                cur["offset"] += len(take)
+                if cur["offset"] == len(doc.ids):
+                    cur["doc"], cur["offset"] = cur["doc"] + 1, 0
+            elif len(doc.ids) <= room:
+                take = doc.ids
+                cur["doc"] += 1
+            else:  # a FIM document is never cut: pad out this window, it opens the next
+                take = doc.ids[:0]
+                s["window"] += [self.pad_id] * room
+                s["objective"] += [0] * room
+            s["window"] += take.tolist()
+            s["objective"] += [code] * len(take)
+            s["emitted"][cur["source"]] += len(take)
+            if len(s["window"]) == w:
+                out = {
+                    "tokens": np.asarray(s["window"], dtype=np.int32),
+                    "objective": np.asarray(s["objective"], dtype=np.uint8),
+                }
+                s["window"], s["objective"] = [], []
+                if self.stats is not None:
+                    self.stats.window(out["objective"])
+                return out

@@ -1,0 +1,174 @@
+"""Tokenizers: train a byte-level BPE for code; load it or a SentencePiece model behind one interface.
+
+The BPE splits text before merging so that digits stand alone, identifiers and punctuation runs
+are words, and a newline keeps the indentation after it (the newline-plus-indent merges are worth
+about 10% of compression on code). Byte-level BPE has no unknown token and no normalizer, so any
+string round-trips exactly. Format sentinels are special tokens that text can never produce
+(`encode_special_tokens`); the PII placeholders curation writes are ordinary added tokens, so the
+text `<EMAIL>` in content becomes one id.
+
+SentencePiece models (aiXcoder-7B's `tokenizer.model`) go through the same interface; each text
+segment is encoded behind a throwaway character so SentencePiece adds no dummy `▁`, as aiXcoder's
+own code does after its PR #35.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from codemill.formats import PII_TOKENS, Format
+
+SPLIT = (
+    r"\p{N}"  # one digit
+    r"|[^\S\r\n]*(?:\r?\n)+[^\S\r\n]*"  # line ends with the indentation that follows them
+    r"|[^\S\r\n]?[\p{L}\p{M}_]+"  # identifiers and words, with one leading space
+    r"|[^\S\r\n]?[^\s\p{L}\p{M}\p{N}_]+"  # punctuation runs
+    r"|[^\S\r\n]+(?!\S)|[^\S\r\n]+"  # other whitespace runs
+)
+
+
+class HFTokenizer:
+    """A `tokenizer.json` (HF tokenizers)."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.tok.encode_special_tokens = True  # sentinel text in content stays text
+
+    @classmethod
+    def load(cls, path: str | Path) -> HFTokenizer:
+        return cls(Tokenizer.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str) -> int:
+        i = self.tok.token_to_id(token)
+        if i is None:
+            raise KeyError(f"token {token!r} is not in this vocabulary; is the format right for this tokenizer?")
+        return i
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+
+class SPTokenizer:
+    """A SentencePiece `tokenizer.model`, encoding each segment without a dummy prefix."""
+
+    GUARD = "☺"
+
+    def __init__(self, path: str | Path):
+        import sentencepiece
+
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self._guard = self.sp.encode(self.GUARD)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def token_id(self, token: str) -> int:
+        i = self.sp.piece_to_id(token)
+        if i == self.sp.unk_id() and token != self.sp.id_to_piece(i):
+            raise KeyError(f"piece {token!r} is not in this SentencePiece model")
+        return i
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        out = []
+        g = len(self._guard)
+        for ids in self.sp.encode([self.GUARD + t for t in texts]):
+            out.append(ids[g:] if ids[:g] == self._guard else ids)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(self._guard + list(ids))[len(self.GUARD) :]
+
+
+def load_tokenizer(path: str | Path) -> HFTokenizer | SPTokenizer:
+    """A tokenizer directory or file: `tokenizer.json` (HF) or `tokenizer.model` (SentencePiece)."""
+    p = Path(path)
+    for candidate in (p, p / "tokenizer.json", p / "tokenizer.model"):
+        if candidate.is_file():
+            return SPTokenizer(candidate) if candidate.suffix == ".model" else HFTokenizer.load(candidate)
+    raise FileNotFoundError(f"no tokenizer.json or tokenizer.model at {p}; train one with `codemill tokenizer train`")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, fmt: Format, show_progress: bool = True) -> Tokenizer:
+    """A byte-level BPE with `vocab_size` ids in all: the format's specials first, PII tokens last."""
+    specials = list(fmt.specials)
+    pii = list(PII_TOKENS) if fmt.pii else []
+    if vocab_size < 256 + len(specials) + len(pii):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the 256 bytes plus the special tokens")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(pii),
+        special_tokens=[AddedToken(s, special=True, normalized=False) for s in specials],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False, single_word=False) for t in pii])
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, out: Path, fmt: Format) -> None:
+    """`tokenizer.json` plus the config files `PreTrainedTokenizerFast` / `AutoTokenizer` read."""
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": fmt.eos,
+        "bos_token": fmt.bos,
+        "pad_token": fmt.pad,
+        "unk_token": None,
+        "additional_special_tokens": [t for t in fmt.specials if t not in (fmt.eos, fmt.bos, fmt.pad)],
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1 << 20,
+        "codemill_format": fmt.name,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    specials = {k: config[k] for k in ("eos_token", "bos_token", "pad_token") if config[k]}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+
+
+def chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
+    """Long files in pieces at line ends, so no single training input holds the trainer's memory."""
+    for t in texts:
+        while len(t) > size:
+            cut = t.rfind("\n", 0, size) + 1 or size
+            yield t[:cut]
+            t = t[cut:]
+        if t:
+            yield t
+
+
+def corpus_texts(corpus: str | Path, max_bytes: int) -> Iterator[str]:
+    """File contents of a curated corpus in corpus order, up to `max_bytes` of UTF-8."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(corpus).glob("files-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+    seen = 0
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(columns=["content"], batch_size=256):
+            for text in batch.column(0).to_pylist():
+                seen += len(text.encode("utf-8"))
+                yield text
+                if seen >= max_bytes:
+                    return

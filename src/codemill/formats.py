@@ -1,0 +1,215 @@
+"""Prompt and training formats: the one definition of special tokens and FIM layouts.
+
+Data builds training documents with `Format.document`; eval and serve build prompts with
+`Format.prompt`, which is the same layout with the middle left open, so a model is always queried
+the way it was trained. Both return `Part`s, not strings: special tokens are inserted by id and text
+segments are tokenized one by one, so code containing the text `<fim_prefix>` can never forge the
+sentinel, and SentencePiece tokenizers add no dummy `▁` between segments (aiXcoder-7B issue #39).
+
+PSM is `<PRE> prefix <SUF> suffix <MID> middle`; SPM is `<PRE> <SUF> suffix <MID> prefix middle`
+(the FIM paper's "variant 2", used by bigcode, SAFIM and aiXcoder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from codemill.langs import detect
+
+PII_TAGS = ("EMAIL", "NAME", "IP_ADDRESS", "USERNAME", "PASSWORD", "KEY")
+PII_TOKENS = tuple(f"<{t}>" for t in PII_TAGS)  # what curation writes in place of PII; single ids
+
+ROLES = ("special", "meta", "header", "prefix", "suffix", "middle", "body")
+
+
+class Part(NamedTuple):
+    """A segment of a document: a special token (inserted by id) or text (tokenized alone)."""
+
+    role: str  # one of ROLES; "special" parts hold the token's string
+    text: str
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    prefix: str
+    suffix: str
+    middle: str
+    eos: str
+    bos: str | None = None
+    pad: str | None = None
+    repo_name: str | None = None
+    file_sep: str | None = None
+    header: bool = False  # aiXcoder's two-line comment header (path, language) before the code
+    path_comment: bool = False  # DeepSeek-Coder: the path as a leading comment
+    spm: bool = True  # whether the model was trained with SPM
+    eos_per_file: bool = True  # every file ends with eos (else only the repository does)
+    pii: bool = False  # the PII placeholders are single tokens of this vocabulary
+    lead: str = ""  # text before the PSM prefix (CodeLlama: "<PRE> {prefix} <SUF>{suffix} <MID>")
+
+    @property
+    def specials(self) -> tuple[str, ...]:
+        """Tokens that must be single ids and never be produced from text."""
+        names = (self.eos, self.bos, self.pad, self.prefix, self.suffix, self.middle)
+        names += (self.repo_name, self.file_sep)
+        return tuple(dict.fromkeys(t for t in names if t))
+
+    @property
+    def stop_tokens(self) -> tuple[str, ...]:
+        """Tokens that end a completion."""
+        extra = (self.file_sep, self.prefix, self.suffix, self.middle, self.pad)
+        return tuple(dict.fromkeys(t for t in (self.eos, *extra) if t))
+
+    def repo_start(self, repo: str) -> list[Part]:
+        """What opens a repository's stream, before its first file."""
+        return [Part("special", self.repo_name), Part("meta", f"{repo}\n")] if self.repo_name else []
+
+    def file_start(self, path: str | None) -> list[Part]:
+        parts = [Part("special", self.bos)] if self.bos else []
+        if self.file_sep and path is not None:
+            parts += [Part("special", self.file_sep), Part("meta", f"{path}\n")]
+        elif self.path_comment and path is not None and (c := comment(path, path)):
+            parts.append(Part("meta", c))
+        return parts
+
+    def file_header(self, path: str | None) -> list[Part]:
+        return [Part("header", h)] if self.header and path and (h := aix_header(path)) else []
+
+    def document(
+        self,
+        *,
+        path: str | None,
+        prefix: str,
+        middle: str | None = None,
+        suffix: str | None = None,
+        spm: bool = False,
+        end: bool = True,
+    ) -> list[Part]:
+        """One file as trained: NTP when suffix is None, else FIM with `middle` after the sentinel.
+
+        With middle=None (and end=False) it is the inference prompt, ending where the middle starts.
+        """
+        parts = self.file_start(path)
+        header = self.file_header(path)
+        if suffix is None:
+            parts += [*header, Part("body", prefix)]
+        else:
+            if spm and not self.spm:
+                raise ValueError(f"format {self.name} has no SPM layout")
+            pre, suf = Part("special", self.prefix), Part("special", self.suffix)
+            mid = Part("special", self.middle)
+            if spm:
+                parts += [pre, suf, Part("suffix", suffix), mid, *header, Part("prefix", prefix)]
+            else:
+                parts += [pre, *header, Part("prefix", self.lead + prefix), suf, Part("suffix", suffix), mid]
+            if middle is not None:
+                parts.append(Part("middle", middle))
+        if end and (self.eos_per_file or suffix is not None):
+            parts.append(Part("special", self.eos))
+        return [p for p in parts if p.role == "special" or p.text]
+
+    def prompt(
+        self,
+        prefix: str,
+        suffix: str | None = None,
+        *,
+        path: str | None = None,
+        spm: bool | None = None,
+        repo: str | None = None,
+        context: list[tuple[str, str]] = (),
+    ) -> list[Part]:
+        """An inference prompt: cross-file `context` files as (path, code), then the file to complete."""
+        parts = self.repo_start(repo) if repo else []
+        for ctx_path, code in context:
+            parts += self.document(path=ctx_path, prefix=code)
+        spm = self.spm if spm is None else spm
+        return parts + self.document(path=path, prefix=prefix, suffix=suffix, spm=spm, end=False)
+
+
+def comment(path: str, text: str) -> str | None:
+    """`text` as a one-line comment in the language of `path`; None if it has no comment syntax."""
+    lang = detect(path)
+    if lang is None:
+        return None
+    if lang.line_comment:
+        return f"{lang.line_comment} {text}\n"
+    if lang.block_comment:
+        return f"{lang.block_comment[0]} {text} {lang.block_comment[1]}\n"
+    return None
+
+
+def aix_header(path: str) -> str | None:
+    """aiXcoder-7B's per-file header: the path, then the language, as two comment lines."""
+    lang = detect(path)
+    first = comment(path, f"the file path is: {path}")
+    if lang is None or first is None:
+        return None
+    return first + comment(path, f"the code file is written by {lang.name}")
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "codemill",
+            "<fim_prefix>",
+            "<fim_suffix>",
+            "<fim_middle>",
+            "<|endoftext|>",
+            pad="<fim_pad>",
+            repo_name="<repo_name>",
+            file_sep="<file_sep>",
+            pii=True,
+        ),
+        Format(
+            "aixcoder",
+            "▁<AIX-SPAN-PRE>",
+            "▁<AIX-SPAN-POST>",
+            "▁<AIX-SPAN-MIDDLE>",
+            "</s>",
+            bos="<s>",
+            header=True,
+        ),
+        Format(
+            "starcoder2",
+            "<fim_prefix>",
+            "<fim_suffix>",
+            "<fim_middle>",
+            "<|endoftext|>",
+            pad="<fim_pad>",
+            repo_name="<repo_name>",
+            file_sep="<file_sep>",
+            eos_per_file=False,
+        ),
+        Format(
+            "deepseek-coder",
+            "<｜fim▁begin｜>",
+            "<｜fim▁hole｜>",
+            "<｜fim▁end｜>",
+            "<｜end▁of▁sentence｜>",
+            bos="<｜begin▁of▁sentence｜>",
+            path_comment=True,
+            spm=False,
+        ),
+        Format(
+            "qwen2.5-coder",
+            "<|fim_prefix|>",
+            "<|fim_suffix|>",
+            "<|fim_middle|>",
+            "<|endoftext|>",
+            pad="<|fim_pad|>",
+            repo_name="<|repo_name|>",
+            file_sep="<|file_sep|>",
+            spm=False,
+            eos_per_file=False,
+        ),
+        Format("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", bos="<s>", spm=False, lead=" "),
+    )
+}
+
+
+def get_format(name: str) -> Format:
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
+    return FORMATS[name]
