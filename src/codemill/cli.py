@@ -16,7 +16,9 @@ corpus_app = typer.Typer(no_args_is_help=True, help="Inspect a curated corpus.")
 app.add_typer(corpus_app, name="corpus")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a tokenizer for code.")
 app.add_typer(tokenizer_app, name="tokenizer")
-data_app = typer.Typer(no_args_is_help=True, help="The training stream: Algorithm 1, NTP / FIM / SFIM, packing.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="The training stream: Algorithm 1, NTP / FIM / SFIM, packing."
+)
 app.add_typer(data_app, name="data")
 console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep whole rows
 
@@ -105,12 +107,13 @@ def tokenizer_train(
     )
 
 
-def _stream(corpus: Path, tokenizer: Path, recipe: Path | None, set_: list[str], stats=None):
+def _stream(corpus: Path, tokenizer: Path, recipe: Path | None, set_: list[str], stats=None, epochs=None):
     from codemill.data.config import DataConfig
     from codemill.data.stream import TrainingStream
     from codemill.data.tokenizer import load_tokenizer
 
-    return TrainingStream(corpus, load_tokenizer(tokenizer), _config(DataConfig, recipe, set_), stats=stats)
+    cfg = _config(DataConfig, recipe, set_)
+    return TrainingStream(corpus, load_tokenizer(tokenizer), cfg, stats=stats, epochs=epochs)
 
 
 @data_app.command("preview")
@@ -150,15 +153,15 @@ def data_stats(
 
     stats = StreamStats()
     try:
-        stream = _stream(corpus, tokenizer, recipe, set_, stats)
+        stream = _stream(corpus, tokenizer, recipe, set_, stats, epochs=None if windows else 1)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise _fail(e) from e
-    total = windows or None
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("windows", total=total)
-        while (windows and stats.windows < windows) or (not windows and stream.state["epoch"]["code"] == 0):
-            next(stream)
+        task = bar.add_task("windows", total=windows or None)
+        for _ in stream:
             bar.update(task, advance=1, description=f"windows ({stats.repos} repositories)")
+            if stats.windows == windows:
+                break
     for table in stats.tables():
         console.print(table)
     if json_out:

@@ -28,7 +28,14 @@ from codemill.langs import STRUCTURES, ts_language
 
 OBJECTIVES = ("ntp", "fim", "sfim")
 _NEWLINE = re.compile(b"\n")
-_BLOCKS = {"block", "suite", "compound_statement", "statement_block", "declaration_list", "field_declaration_list"}
+_BLOCKS = {
+    "block",
+    "suite",
+    "compound_statement",
+    "statement_block",
+    "declaration_list",
+    "field_declaration_list",
+}
 
 
 @dataclass
@@ -95,8 +102,19 @@ def _line_ends(newlines: list[int], size: int, start: int, end: int) -> list[int
     return [*ends, end] if end == size and end > start else ends
 
 
-def sfim_split(file: SourceFile, rng: random.Random, policy: SfimPolicy) -> tuple[str, str, str, str] | str:
-    """(prefix, middle, suffix, node type), or the reason SFIM does not apply to this file."""
+@dataclass(frozen=True)
+class Span:
+    """An SFIM middle as byte offsets, with the node it was drawn from."""
+
+    start: int
+    end: int
+    node: str
+    node_start: int
+    node_end: int
+
+
+def sfim_span(file: SourceFile, rng: random.Random, policy: SfimPolicy) -> Span | str:
+    """The SFIM middle of a file, or the reason SFIM does not apply to it."""
     query = _function_query(file.lang)
     tree = file.tree() if query is not None else None
     if tree is None:
@@ -125,7 +143,7 @@ def sfim_split(file: SourceFile, rng: random.Random, policy: SfimPolicy) -> tupl
         start = rng.randrange(node.start_byte, end)
         while start < end and src[start] & 0xC0 == 0x80:  # not inside a UTF-8 character
             start += 1
-    return src[:start].decode(), src[start:end].decode(), src[end:].decode(), node.type
+    return Span(start, end, node.type, node.start_byte, node.end_byte)
 
 
 def make_sample(
@@ -141,11 +159,16 @@ def make_sample(
     """Apply `objective` to a file; SFIM falls back to `fallback` (counted) when it cannot apply."""
     reason = None
     if objective == "sfim":
-        got = sfim_split(file, rng, policy)
-        if not isinstance(got, str):
-            pre, mid, suf, node = got
-            return Sample("sfim", pre, mid, suf, rng.random() < sfim_spm, node=node)
-        reason, objective = got, fallback
+        span = sfim_span(file, rng, policy)
+        if isinstance(span, Span):
+            src = file.src
+            pre, mid, suf = (
+                src[: span.start].decode(),
+                src[span.start : span.end].decode(),
+                src[span.end :].decode(),
+            )
+            return Sample("sfim", pre, mid, suf, rng.random() < sfim_spm, node=span.node)
+        reason, objective = span, fallback
     if objective == "fim":
         pre, mid, suf = fim_split(file.text, rng)
         return Sample("fim", pre, mid, suf, rng.random() < fim_spm, fallback=reason)

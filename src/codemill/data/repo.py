@@ -46,7 +46,9 @@ class CodeCorpus:
     def __init__(self, corpus: str | Path):
         self.files = sorted(Path(corpus).glob("files-*.parquet"))
         if not self.files:
-            raise FileNotFoundError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+            raise FileNotFoundError(
+                f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`"
+            )
         self.repos: list[str] = []
         self.segments: list[list[Segment]] = []
         for fi, path in enumerate(self.files):
@@ -86,7 +88,7 @@ class CodeCorpus:
 class TextCorpus:
     """Natural-language documents from `.parquet` or `.jsonl` files, in chunks of `chunk` rows."""
 
-    def __init__(self, sources: list[str | Path], column: str = "text", chunk: int = 64):
+    def __init__(self, sources: list[str | Path], column: str = "text", chunk: int = 16):
         self.column, self.chunk = column, chunk
         self.units: list[tuple[Path, int, int]] = []  # (file, first row, row count)
         self._offsets: dict[Path, list[int]] = {}

@@ -80,15 +80,23 @@ class StreamStats:
     def tables(self) -> list[Table]:
         s = self.summary()
         files = max(self.files, 1)
-        mix = Table(title=f"objective mix ({self.files} files in {self.repos} repositories, {self.windows} windows)")
+        mix = Table(
+            title=f"objective mix ({self.files} files in {self.repos} repositories, {self.windows} windows)"
+        )
         for col in ("objective", "files", "share", "PSM", "SPM", "tokens"):
             mix.add_column(col, justify="left" if col == "objective" else "right")
         for o in ("sfim", "fim", "ntp"):
             n = self.objectives[o]
             psm, spm = self.layouts[(o, "PSM")], self.layouts[(o, "SPM")]
-            lay = [f"{psm / max(psm + spm, 1):.0%}", f"{spm / max(psm + spm, 1):.0%}"] if o != "ntp" else ["", ""]
+            lay = (
+                [f"{psm / max(psm + spm, 1):.0%}", f"{spm / max(psm + spm, 1):.0%}"]
+                if o != "ntp"
+                else ["", ""]
+            )
             mix.add_row(o, str(n), f"{n / files:.1%}", *lay, f"{self.token_objective[o]:,}")
-        mix.add_row("padding", "", "", "", "", f"{self.token_objective['padding']:,} ({s['padding_fraction']:.1%})")
+        mix.add_row(
+            "padding", "", "", "", "", f"{self.token_objective['padding']:,} ({s['padding_fraction']:.1%})"
+        )
 
         dist = Table(title="lengths (p10 / p50 / p90)")
         dist.add_column("quantity")

@@ -65,13 +65,17 @@ class TrainingStream:
         worker: int = 0,
         workers: int = 1,
         stats: StreamStats | None = None,
+        epochs: int | None = None,
     ):
-        self.cfg, self.tok, self.stats = cfg, tokenizer, stats
+        """`epochs`: stop after this many passes over the code (None: never stop)."""
+        self.cfg, self.tok, self.stats, self.epochs = cfg, tokenizer, stats, epochs
         self.fmt: Format = get_format(cfg.format)
         self.ids = {t: tokenizer.token_id(t) for t in self.fmt.specials}
         self.pad_id = self.ids[self.fmt.pad or self.fmt.eos]
         self.window_len = cfg.seq_len + 1
-        self.sources: dict[str, Any] = {"code": corpus if isinstance(corpus, CodeCorpus) else CodeCorpus(corpus)}
+        self.sources: dict[str, Any] = {
+            "code": corpus if isinstance(corpus, CodeCorpus) else CodeCorpus(corpus)
+        }
         self.weights = {"code": 1.0 - cfg.text_share}
         if cfg.text_share > 0:
             self.sources["text"] = TextCorpus(list(cfg.text), cfg.text_column)
@@ -80,8 +84,8 @@ class TrainingStream:
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} out of range for world {world} x workers {workers}")
         self.units = {name: list(range(shard, len(src), shards)) for name, src in self.sources.items()}
-        for name, units in self.units.items():
-            if not units:
+        for name, src in self.sources.items():
+            if len(src) < shards:
                 raise ValueError(
                     f"the {name} source has {len(self.sources[name])} units, fewer than the {shards} shards "
                     "(ranks x loader workers); use fewer loader workers or a larger corpus"
@@ -110,7 +114,9 @@ class TrainingStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["pos"]) != set(self.sources):
-            raise ValueError(f"state is for sources {sorted(state['pos'])}, this stream has {sorted(self.sources)}")
+            raise ValueError(
+                f"state is for sources {sorted(state['pos'])}, this stream has {sorted(self.sources)}"
+            )
         self.state = {
             **{k: dict(state[k]) for k in ("pos", "epoch", "emitted")},
             "current": dict(state["current"]) if state["current"] else None,
@@ -214,16 +220,26 @@ class TrainingStream:
         return [([self.ids[p.text]] if p.role == "special" else next(encoded), p.role) for p in d.parts]
 
     # --- packing -------------------------------------------------------------------------------
-    def _next_unit(self) -> None:
+    def _next_unit(self) -> bool:
+        """Move to the next unit of the source furthest behind its share; False when all is done."""
         s = self.state
-        source = min(self.weights, key=lambda k: (s["emitted"][k] / self.weights[k], k))
+        live = [k for k in self.weights if not self._exhausted(k)]
+        if "code" not in live:
+            return False
+        source = min(live, key=lambda k: (s["emitted"][k] / self.weights[k], k))
         units = self.units[source]
+        if s["pos"][source] == len(units):  # the epoch moves on when its last unit is done
+            s["pos"][source], s["epoch"][source] = 0, s["epoch"][source] + 1
         unit, epoch = units[s["pos"][source]], s["epoch"][source]
         s["pos"][source] += 1
-        if s["pos"][source] == len(units):
-            s["pos"][source], s["epoch"][source] = 0, epoch + 1
         s["current"] = {"source": source, "unit": unit, "epoch": epoch, "doc": 0, "offset": 0}
         self._plan = None
+        return True
+
+    def _exhausted(self, source: str) -> bool:
+        s = self.state
+        last = s["pos"][source] == len(self.units[source]) and s["epoch"][source] + 1 >= (self.epochs or 0)
+        return self.epochs is not None and last
 
     def _doc_at(self, k: int) -> Doc:
         """Document k of the current unit, building and tokenizing the next batch when needed."""
@@ -240,8 +256,13 @@ class TrainingStream:
     def __next__(self) -> dict[str, np.ndarray]:
         s, w = self.state, self.window_len
         while True:
-            if s["current"] is None:
-                self._next_unit()
+            if s["current"] is None and not self._next_unit():
+                if not s["window"]:
+                    raise StopIteration
+                room = w - len(s["window"])  # the last window, padded
+                s["window"] += [self.pad_id] * room
+                s["objective"] += [0] * room
+                return self._emit()
             cur = s["current"]
             if self._plan is None:
                 self._plan = self.plan(cur["source"], cur["unit"], cur["epoch"])
@@ -267,11 +288,15 @@ class TrainingStream:
             s["objective"] += [code] * len(take)
             s["emitted"][cur["source"]] += len(take)
             if len(s["window"]) == w:
-                out = {
-                    "tokens": np.asarray(s["window"], dtype=np.int32),
-                    "objective": np.asarray(s["objective"], dtype=np.uint8),
-                }
-                s["window"], s["objective"] = [], []
-                if self.stats is not None:
-                    self.stats.window(out["objective"])
-                return out
+                return self._emit()
+
+    def _emit(self) -> dict[str, np.ndarray]:
+        s = self.state
+        out = {
+            "tokens": np.asarray(s["window"], dtype=np.int32),
+            "objective": np.asarray(s["objective"], dtype=np.uint8),
+        }
+        s["window"], s["objective"] = [], []
+        if self.stats is not None:
+            self.stats.window(out["objective"])
+        return out

@@ -49,7 +49,9 @@ class HFTokenizer:
     def token_id(self, token: str) -> int:
         i = self.tok.token_to_id(token)
         if i is None:
-            raise KeyError(f"token {token!r} is not in this vocabulary; is the format right for this tokenizer?")
+            raise KeyError(
+                f"token {token!r} is not in this vocabulary; is the format right for this tokenizer?"
+            )
         return i
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -97,7 +99,9 @@ def load_tokenizer(path: str | Path) -> HFTokenizer | SPTokenizer:
     for candidate in (p, p / "tokenizer.json", p / "tokenizer.model"):
         if candidate.is_file():
             return SPTokenizer(candidate) if candidate.suffix == ".model" else HFTokenizer.load(candidate)
-    raise FileNotFoundError(f"no tokenizer.json or tokenizer.model at {p}; train one with `codemill tokenizer train`")
+    raise FileNotFoundError(
+        f"no tokenizer.json or tokenizer.model at {p}; train one with `codemill tokenizer train`"
+    )
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, fmt: Format, show_progress: bool = True) -> Tokenizer:

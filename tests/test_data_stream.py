@@ -1,0 +1,223 @@
+"""Algorithm 1, the objectives and the packed stream, on real files."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from codemill.data.config import DataConfig
+from codemill.data.deps import dependencies, dependency_order
+from codemill.data.objectives import SfimPolicy, Span, fim_split, make_sample, sfim_span
+from codemill.data.ordering import STRATEGIES, draw, order_files
+from codemill.data.repo import CodeCorpus
+from codemill.data.stats import StreamStats
+from codemill.data.stream import TrainingStream, keyed_rng
+from codemill.data.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(code_corpus) -> CodeCorpus:
+    return CodeCorpus(code_corpus)
+
+
+@pytest.fixture(scope="module")
+def tok(bpe_dir):
+    return load_tokenizer(bpe_dir)
+
+
+def all_files(corpus):
+    return [f for i in range(len(corpus)) for f in corpus.read(i)[1]]
+
+
+def test_fim_and_sfim_split_the_file_exactly(corpus):
+    files = all_files(corpus)
+    langs = Counter()
+    for seed in range(3):
+        for f in files:
+            rng = random.Random(seed)
+            pre, mid, suf = fim_split(f.text, rng)
+            assert pre + mid + suf == f.text
+            for policy in (SfimPolicy(), SfimPolicy("literal")):
+                span = sfim_span(f, rng, policy)
+                if not isinstance(span, Span):
+                    assert span in ("no_function", "no_node", "no_grammar")
+                    continue
+                langs[f.lang] += 1
+                src = f.src
+                # inside the chosen node, ending at a line end, never empty-by-construction
+                assert span.node_start <= span.start < span.end <= span.node_end
+                assert span.end == len(src) or src[span.end : span.end + 1] == b"\n"
+                sample = make_sample(f, "sfim", random.Random(seed), fim_spm=0.5, sfim_spm=0.7, policy=policy)
+                assert sample.prefix + sample.middle + sample.suffix == f.text
+    assert {"Python", "Java", "TypeScript", "JavaScript", "C", "Go"} <= set(langs)
+
+
+def test_sfim_counts_its_fallbacks(corpus):
+    files = {f.path: f for f in all_files(corpus)}
+    s = make_sample(
+        files["app/__init__.py"], "sfim", random.Random(0), fim_spm=0.5, sfim_spm=0.7, policy=SfimPolicy()
+    )
+    assert s.objective == "fim" and s.fallback == "no_function"
+    s = make_sample(
+        files["app/models.py"], "sfim", random.Random(0), fim_spm=0.5, sfim_spm=0.7, policy=SfimPolicy()
+    )
+    assert s.fallback == "no_function"
+
+
+def test_weighted_policy_yields_longer_middles_than_the_literal_rule(corpus):
+    files = all_files(corpus)
+    lengths = {}
+    for name, policy in (("literal", SfimPolicy("literal")), ("weighted", SfimPolicy())):
+        rng = random.Random(1)
+        spans = [s for f in files * 3 if isinstance(s := sfim_span(f, rng, policy), Span)]
+        lengths[name] = np.percentile([s.end - s.start for s in spans], [50, 90])
+    assert (lengths["weighted"] > 1.3 * lengths["literal"]).all(), lengths
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_order_is_a_permutation(corpus, strategy):
+    for i in range(len(corpus)):
+        _, files = corpus.read(i)
+        for seed in range(3):
+            got, order = order_files(files, random.Random(seed), {strategy: 1.0})
+            assert got == strategy and sorted(order) == list(range(len(files)))
+
+
+def test_dependencies_come_first_and_cycles_are_handled(corpus):
+    _, files = corpus.read(corpus.repos.index("demo/polyglot"))
+    paths = [f.path for f in files]
+    deps = dependencies(files)
+    edges = {(paths[i], paths[j]) for i, d in enumerate(deps) for j in d}
+    assert {
+        ("app/core.py", "app/util.py"),
+        ("src/main/java/org/demo/Circle.java", "src/main/java/org/demo/Shape.java"),
+        ("web/index.ts", "web/lib/math.js"),
+        ("native/vec.c", "native/vec.h"),
+        ("go/cmd/main.go", "go/geo/geo.go"),
+        ("cycle/a.py", "cycle/b.py"),
+        ("cycle/b.py", "cycle/a.py"),
+    } <= edges
+    for seed in range(5):
+        order = dependency_order(deps, random.Random(seed))
+        pos = {paths[i]: k for k, i in enumerate(order)}
+        for user, dep in edges:
+            if not user.startswith("cycle/"):
+                assert pos[dep] < pos[user], (dep, user)
+        assert sorted(order) == list(range(len(files)))
+
+
+def test_realized_rates_converge_to_the_configured_ones(corpus):
+    cfg = DataConfig()
+    n = 20_000
+    objectives = Counter(draw(cfg.code_objectives, keyed_rng(0, 0, "repo", f"f{i}.py")) for i in range(n))
+    for k, p in cfg.code_objectives.items():
+        assert abs(objectives[k] / n - p) < 0.01
+    strategies = Counter(draw(cfg.ordering, keyed_rng(0, 0, f"repo{i}")) for i in range(n))
+    for k, p in cfg.ordering.items():
+        assert abs(strategies[k] / n - p) < 0.01
+    f = all_files(corpus)[0]
+    spm = [
+        make_sample(f, "fim", keyed_rng(i), fim_spm=0.5, sfim_spm=0.7, policy=cfg.sfim).spm
+        for i in range(4000)
+    ]
+    assert abs(np.mean(spm) - 0.5) < 0.03
+
+
+def windows(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+def test_stream_resumes_exactly(code_corpus, tok):
+    cfg = DataConfig(seq_len=256)
+    a = TrainingStream(code_corpus, tok, cfg)
+    first = windows(a, 7)
+    state = json.loads(json.dumps(a.state_dict()))  # survives a JSON round trip
+    rest = windows(a, 25)
+    b = TrainingStream(code_corpus, tok, cfg)
+    b.load_state_dict(state)
+    for x, y in zip(rest, windows(b, 25), strict=True):
+        assert np.array_equal(x["tokens"], y["tokens"]) and np.array_equal(x["objective"], y["objective"])
+    c = TrainingStream(code_corpus, tok, cfg)  # and a fresh stream is the same stream
+    assert all(np.array_equal(x["tokens"], y["tokens"]) for x, y in zip(first, windows(c, 7), strict=True))
+
+
+def test_shards_cover_every_repository_once(code_corpus, tok):
+    cfg = DataConfig(seq_len=512)
+    seen = []
+    for rank in range(2):
+        for worker in range(2):
+            stats = StreamStats()
+            s = TrainingStream(
+                code_corpus, tok, cfg, rank=rank, world=2, worker=worker, workers=2, stats=stats, epochs=1
+            )
+            assert all(len(w["tokens"]) == 513 for w in s)
+            assert stats.repos == len(s.units["code"])  # one epoch read each of its repositories once
+            seen += s.units["code"]
+    assert sorted(seen) == list(range(len(CodeCorpus(code_corpus))))
+    with pytest.raises(ValueError, match="fewer than"):
+        TrainingStream(code_corpus, tok, cfg, world=4, workers=4)
+
+
+def test_packing_never_cuts_a_middle_and_masks_padding(code_corpus, tok):
+    stats = StreamStats()
+    s = TrainingStream(code_corpus, tok, DataConfig(seq_len=128), stats=stats)
+    ids = {
+        t: tok.token_id(t)
+        for t in ("<fim_prefix>", "<fim_middle>", "<|endoftext|>", "<fim_pad>", "<file_sep>")
+    }
+    fim_docs = 0
+    for _ in range(400):
+        w = next(s)
+        tokens, obj = w["tokens"], w["objective"]
+        assert len(tokens) == 129
+        assert np.array_equal(tokens[obj == 0], np.full((obj == 0).sum(), ids["<fim_pad>"]))
+        assert (tokens[obj > 0] != ids["<fim_pad>"]).all()
+        fim = np.isin(obj, (2, 3))
+        if fim.any():  # FIM documents lie whole in the window: file_sep first, eos last
+            starts = np.flatnonzero(fim & ~np.r_[False, fim[:-1]])
+            ends = np.flatnonzero(fim & ~np.r_[fim[1:], False])
+            for a, b in zip(starts, ends, strict=True):
+                doc = tokens[a : b + 1].tolist()
+                while doc:  # consecutive FIM documents share a run
+                    assert doc[0] == ids["<file_sep>"]
+                    end = doc.index(ids["<|endoftext|>"])
+                    assert ids["<fim_middle>"] in doc[:end] and ids["<fim_prefix>"] in doc[:end]
+                    doc = doc[end + 1 :]
+                    fim_docs += 1
+    assert fim_docs > 10
+    summary = stats.summary()
+    assert summary["events"]["fim_context_truncated"] > 0  # 128-token windows force truncation
+    assert 0 < summary["padding_fraction"] < 0.5
+
+
+def test_text_source_gets_its_share(tok, tmp_path):
+    from conftest import STDLIB, write_corpus
+
+    files = sorted((STDLIB / "email").glob("*.py"))
+    corpus = write_corpus(tmp_path / "corpus", {f"r/{f.stem}": {f.name: f.read_text()[:1500]} for f in files})
+    path = tmp_path / "text.jsonl"
+    path.write_text("".join(json.dumps({"text": f.read_text()[-400:]}) + "\n" for f in files * 5))
+    stats = StreamStats()
+    s = TrainingStream(corpus, tok, DataConfig(seq_len=256, text=(str(path),), text_share=0.3), stats=stats)
+    while s.state["epoch"]["code"] < 10:  # sources switch between units: the error is one unit
+        next(s)
+    emitted = s.state["emitted"]
+    assert abs(emitted["text"] / (emitted["text"] + emitted["code"]) - 0.3) < 0.025
+    assert stats.objectives["fim"] > 0 and s.state["epoch"]["text"] > 0
+
+
+def test_bad_settings_say_what_to_do(code_corpus, tok):
+    with pytest.raises(ValueError, match="allowed"):
+        DataConfig(code_objectives={"sfim": 0.5, "span": 0.5})
+    with pytest.raises(ValueError, match="needs data"):
+        DataConfig(text_share=0.2)
+    with pytest.raises(ValueError, match="unknown data settings"):
+        DataConfig.from_dict({"seq_length": 4})
+    with pytest.raises(KeyError, match="format"):
+        TrainingStream(code_corpus, tok, DataConfig(format="aixcoder"))
+    with pytest.raises(FileNotFoundError, match="codemill curate"):
+        CodeCorpus(code_corpus / "nowhere")
