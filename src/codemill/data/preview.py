@@ -63,11 +63,11 @@ def preview(stream: TrainingStream, console: Console, docs: int, limit: int, rep
     while shown < docs and unit < len(units):
         plan = stream.plan("code", units[unit], 0)
         for make in plan:
-            doc = stream.encode([make()])[0]
-            if doc.sample is None:
-                continue
-            console.print(Panel(render(doc, limit), title=title(doc), title_align="left"))
-            shown += 1
-            if shown == docs:
+            for doc in stream.encode([make()])[0]:
+                if doc.sample is None:
+                    continue  # repository metadata, spilled context
+                console.print(Panel(render(doc, limit), title=title(doc), title_align="left"))
+                shown += 1
+            if shown >= docs:
                 break
         unit += 1

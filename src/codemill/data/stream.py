@@ -94,7 +94,7 @@ class TrainingStream:
             "pos": dict.fromkeys(self.sources, 0),
             "epoch": dict.fromkeys(self.sources, 0),
             "emitted": dict.fromkeys(self.sources, 0),
-            "current": None,  # {"source", "unit", "epoch", "doc", "offset"}
+            "current": None,  # {"source", "unit", "epoch", "doc", "part", "offset"}
             "window": [],
             "objective": [],
         }
@@ -170,54 +170,60 @@ class TrainingStream:
         parts = self.fmt.document(path=path, prefix=s.prefix, middle=s.middle, suffix=s.suffix, spm=s.spm)
         return Doc([], s.objective, s.suffix is None, path, s, strategy, parts)
 
-    def encode(self, docs: list[Doc]) -> list[Doc]:
-        """Tokenize every text part of a unit in one batch; specials go in by id."""
+    def encode(self, docs: list[Doc]) -> list[list[Doc]]:
+        """Tokenize every text part of a batch of documents at once (specials go in by id); each
+        document comes back as a group: itself, plus what a long FIM document spilled."""
         texts = [p.text for d in docs for p in d.parts if p.role != "special"]
         encoded = iter(self.tok.encode_batch(texts))
         out = []
         for d in docs:
             pieces = [([self.ids[p.text]] if p.role == "special" else next(encoded), p.role) for p in d.parts]
             if not d.splittable and sum(len(ids) for ids, _ in pieces) > self.window_len:
-                pieces = self._fit(d, pieces)
+                out.append(self._fit(d, pieces))
+                continue
             d.ids = np.fromiter((t for ids, _ in pieces for t in ids), dtype=np.int32)
             if self.stats is not None:
                 self.stats.doc(d)
-            out.append(d)
+            out.append([d])
         return out
 
-    def _fit(self, d: Doc, pieces: list[tuple[list[int], str]]) -> list[tuple[list[int], str]]:
-        """Truncate a FIM document's context to one window: the prefix's tail, the suffix's head."""
-        fixed = sum(len(ids) for ids, role in pieces if role not in ("prefix", "suffix"))
-        budget = self.window_len - fixed
+    def _fit(self, d: Doc, pieces: list[tuple[list[int], str]]) -> list[Doc]:
+        """A FIM document longer than a window keeps the prefix's tail and the suffix's head; the rest
+        of the file is not lost but spilled as NTP before and after it."""
+        budget = self.window_len - sum(len(ids) for ids, role in pieces if role not in ("prefix", "suffix"))
+        if budget < 0:  # the middle alone does not fit: train on the file as NTP
+            s = d.sample
+            self._count("middle_longer_than_window")
+            text = s.prefix + s.middle + s.suffix
+            ntp = Sample("ntp", text, fallback="middle_longer_than_window")
+            return self.encode([self._doc(d.path, ntp, d.strategy)])[0]
         pre = sum(len(ids) for ids, role in pieces if role == "prefix")
         suf = sum(len(ids) for ids, role in pieces if role == "suffix")
-        if budget < 0:  # the middle alone does not fit: train on the file as NTP
-            d.splittable, d.objective = True, "ntp"
-            if self.stats is not None:
-                self.stats.count("middle_longer_than_window")
-            return pieces if d.sample is None else self._ntp_pieces(d)
         keep_suf = min(suf, max(budget // 2, budget - pre))
         keep_pre = budget - keep_suf
-        if self.stats is not None:
-            self.stats.count("fim_context_truncated")
-        out = []
+        kept, head, tail = [], [], []
         for ids, role in pieces:
             if role == "prefix":
-                ids = ids[max(0, len(ids) - keep_pre) :] if keep_pre > 0 else []
-                keep_pre -= len(ids)
+                head, ids = ids[: len(ids) - keep_pre], ids[len(ids) - keep_pre :]
             elif role == "suffix":
-                ids, keep_suf = ids[:keep_suf], keep_suf - min(len(ids), keep_suf)
-            out.append((ids, role))
-        return out
+                ids, tail = ids[:keep_suf], ids[keep_suf:]
+            kept += ids
+        start = []  # the file's opening (bos, file separator, path): what precedes the first FIM sentinel
+        for ids, role in pieces:
+            if role == "special" and ids == [self.ids[self.fmt.prefix]]:
+                break
+            start += ids
+        end = [self.ids[self.fmt.eos]] if self.fmt.eos_per_file else []
+        d.ids = np.asarray(kept, dtype=np.int32)
+        self._count("fim_context_spilled")
+        if self.stats is not None:
+            self.stats.doc(d)
+        spill = lambda ids: Doc(np.asarray(ids, dtype=np.int32), "ntp", True, d.path, strategy=d.strategy)  # noqa: E731
+        return ([spill(start + head)] if head else []) + [d] + ([spill(start + tail + end)] if tail else [])
 
-    def _ntp_pieces(self, d: Doc) -> list[tuple[list[int], str]]:
-        s = d.sample
-        text = s.prefix + s.middle + s.suffix
-        d.sample = Sample("ntp", text, fallback="middle_longer_than_window")
-        d.parts = self.fmt.document(path=d.path, prefix=text)
-        texts = [p.text for p in d.parts if p.role != "special"]
-        encoded = iter(self.tok.encode_batch(texts))
-        return [([self.ids[p.text]] if p.role == "special" else next(encoded), p.role) for p in d.parts]
+    def _count(self, event: str) -> None:
+        if self.stats is not None:
+            self.stats.count(event)
 
     # --- packing -------------------------------------------------------------------------------
     def _next_unit(self) -> bool:
@@ -232,7 +238,7 @@ class TrainingStream:
             s["pos"][source], s["epoch"][source] = 0, s["epoch"][source] + 1
         unit, epoch = units[s["pos"][source]], s["epoch"][source]
         s["pos"][source] += 1
-        s["current"] = {"source": source, "unit": unit, "epoch": epoch, "doc": 0, "offset": 0}
+        s["current"] = {"source": source, "unit": unit, "epoch": epoch, "doc": 0, "part": 0, "offset": 0}
         self._plan = None
         return True
 
@@ -241,14 +247,14 @@ class TrainingStream:
         last = s["pos"][source] == len(self.units[source]) and s["epoch"][source] + 1 >= (self.epochs or 0)
         return self.epochs is not None and last
 
-    def _doc_at(self, k: int) -> Doc:
-        """Document k of the current unit, building and tokenizing the next batch when needed."""
-        start, batch = self._batch
-        if not start <= k < start + len(batch):
-            batch = self.encode([make() for make in self._plan[k : k + self.batch_docs]])
-            self._batch = (k, batch)
+    def _group(self, k: int) -> list[Doc]:
+        """The documents of plan entry k, building and tokenizing the next batch when needed."""
+        start, groups = self._batch
+        if not start <= k < start + len(groups):
+            groups = self.encode([make() for make in self._plan[k : k + self.batch_docs]])
+            self._batch = (k, groups)
             start = k
-        return batch[k - start]
+        return groups[k - start]
 
     def __iter__(self):
         return self
@@ -270,20 +276,24 @@ class TrainingStream:
             if cur["doc"] == len(self._plan):
                 s["current"] = None
                 continue
-            doc, room = self._doc_at(cur["doc"]), w - len(s["window"])
+            group = self._group(cur["doc"])
+            doc, room = group[cur["part"]], w - len(s["window"])
             code = OBJECTIVE_CODE[doc.objective]
+            done = False
             if doc.splittable:
                 take = doc.ids[cur["offset"] : cur["offset"] + room]
                 cur["offset"] += len(take)
-                if cur["offset"] == len(doc.ids):
-                    cur["doc"], cur["offset"] = cur["doc"] + 1, 0
+                done = cur["offset"] == len(doc.ids)
             elif len(doc.ids) <= room:
-                take = doc.ids
-                cur["doc"] += 1
+                take, done = doc.ids, True
             else:  # a FIM document is never cut: pad out this window, it opens the next
                 take = doc.ids[:0]
                 s["window"] += [self.pad_id] * room
                 s["objective"] += [0] * room
+            if done:
+                cur["part"], cur["offset"] = cur["part"] + 1, 0
+                if cur["part"] == len(group):
+                    cur["doc"], cur["part"] = cur["doc"] + 1, 0
             s["window"] += take.tolist()
             s["objective"] += [code] * len(take)
             s["emitted"][cur["source"]] += len(take)

@@ -1,0 +1,187 @@
+"""Benchmark the data stage on a curated corpus (default: the demo corpus `make demo` writes).
+
+1. Stream throughput per core: ordering + objectives + tokenization + packing, one full pass over a
+   shard of the corpus, against raw tokenization of the same files with the same tokenizer.
+2. SFIM middle lengths (bytes, lines) under the literal rule and the weighted policy.
+3. Tokenizer: our byte-level BPE against a SentencePiece BPE of the same vocabulary trained on the
+   same text: training time, bytes per token on held-out files, exact round trip.
+
+    python benchmarks/bench_data.py --corpus runs/demo/corpus
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # per-core figures: the tokenizer's Rust threads off
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from codemill.data.config import DataConfig
+from codemill.data.objectives import SfimPolicy, Span, sfim_span
+from codemill.data.repo import CodeCorpus
+from codemill.data.stats import StreamStats
+from codemill.data.stream import TrainingStream
+from codemill.data.tokenizer import HFTokenizer, chunks, corpus_texts, save_tokenizer, train_bpe
+from codemill.formats import get_format
+
+console = Console(width=140)
+
+
+def tokenizer_for(corpus: Path, vocab: int, out: Path) -> HFTokenizer:
+    fmt = get_format("codemill")
+    save_tokenizer(
+        train_bpe(chunks(corpus_texts(corpus, 50_000_000)), vocab, fmt, show_progress=False), out, fmt
+    )
+    return HFTokenizer.load(out / "tokenizer.json")
+
+
+def bench_stream(corpus: CodeCorpus, tok: HFTokenizer, shards: int, seq_len: int) -> dict:
+    files = [f for i in range(0, len(corpus), shards) for f in corpus.read(i)[1]]
+    texts = [f.text for f in files]
+    t0 = time.perf_counter()
+    raw = sum(len(ids) for ids in tok.encode_batch(texts))
+    t_raw = time.perf_counter() - t0
+    rows = {}
+    for name, cfg in (
+        (
+            "stream: NTP only, random order",
+            DataConfig(seq_len=seq_len, ordering={"random": 1}, code_objectives={"ntp": 1}),
+        ),
+        ("stream: Algorithm 1 + SFIM/FIM/NTP (paper)", DataConfig(seq_len=seq_len)),
+    ):
+        stats = StreamStats()
+        stream = TrainingStream(corpus, tok, cfg, world=shards, stats=stats, epochs=1)
+        t0 = time.perf_counter()
+        tokens = sum(len(w["tokens"]) for w in stream)
+        rows[name] = (tokens, time.perf_counter() - t0, stats.summary())
+    table = Table(
+        title=f"stream throughput, 1 core, shard 1/{shards}: {len(files)} files, {sum(map(len, texts)) / 1e6:.1f} M chars"
+    )
+    for col in ("what", "tokens", "seconds", "tokens/s/core", "vs raw tokenization"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+    table.add_row(
+        "raw tokenization (encode_batch, 1 thread)", f"{raw:,}", f"{t_raw:.1f}", f"{raw / t_raw:,.0f}", "1.00"
+    )
+    for name, (tokens, dt, _) in rows.items():
+        table.add_row(
+            name, f"{tokens:,}", f"{dt:.1f}", f"{tokens / dt:,.0f}", f"{(tokens / dt) / (raw / t_raw):.2f}"
+        )
+    console.print(table)
+    return rows["stream: Algorithm 1 + SFIM/FIM/NTP (paper)"][2]
+
+
+def bench_sfim(corpus: CodeCorpus, n: int) -> None:
+    files = [f for i in range(len(corpus)) for f in corpus.read(i)[1]]
+    random.Random(0).shuffle(files)
+    files = files[:n]
+    table = Table(title=f"SFIM middle lengths on {len(files)} corpus files")
+    for col in ("policy", "applied", "bytes p10/p50/p90", "lines p10/p50/p90"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, policy in (
+        ("literal (uniform node, random start, any line end)", SfimPolicy("literal")),
+        ("weighted (default)", SfimPolicy()),
+        ("weighted, no node-start/end snapping", SfimPolicy(start_at_node=0, end_at_node=0)),
+        ("weighted, whole nodes only", SfimPolicy(start_at_node=1, end_at_node=1)),
+    ):
+        rng = random.Random(0)
+        spans = [(f, s) for f in files if isinstance(s := sfim_span(f, rng, policy), Span)]
+        b = [s.end - s.start for _, s in spans]
+        lines = [f.src[s.start : s.end].count(b"\n") + 1 for f, s in spans]
+        q = lambda xs: " / ".join(f"{v:.0f}" for v in np.percentile(xs, [10, 50, 90]))  # noqa: E731
+        table.add_row(name, f"{len(spans) / len(files):.0%}", q(b), q(lines))
+    console.print(table)
+
+
+def bench_tokenizer(corpus: Path, vocab: int, train_bytes: int, held_out: int) -> None:
+    import sentencepiece as spm
+
+    texts = list(corpus_texts(corpus, train_bytes + 20_000_000))
+    random.Random(0).shuffle(texts)
+    test, train = texts[:held_out], texts[held_out:]
+    size, kept = 0, []
+    for t in train:
+        kept.append(t)
+        size += len(t.encode())
+        if size >= train_bytes:
+            break
+    test_bytes = sum(len(t.encode()) for t in test)
+    table = Table(
+        title=f"tokenizers, vocabulary {vocab:,}, trained on {size / 1e6:.0f} MB, {held_out} held-out files"
+    )
+    for col in ("tokenizer", "train s", "bytes/token", "exact round trip"):
+        table.add_column(col, justify="left" if col == "tokenizer" else "right")
+    t0 = time.perf_counter()
+    hf = HFTokenizer(train_bpe(chunks(kept), vocab, get_format("codemill"), show_progress=False))
+    t_hf = time.perf_counter() - t0
+    ids = hf.encode_batch(test)
+    exact = all(hf.decode(i) == t for i, t in zip(ids, test, strict=True))
+    table.add_row(
+        "codemill byte-level BPE (HF tokenizers)",
+        f"{t_hf:.1f}",
+        f"{test_bytes / sum(map(len, ids)):.2f}",
+        str(exact),
+    )
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(list(chunks(kept, 4000))),
+            model_prefix=f"{d}/sp",
+            vocab_size=vocab,
+            model_type="bpe",
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            byte_fallback=True,
+            split_digits=True,
+            max_sentence_length=16384,
+            num_threads=1,
+            minloglevel=2,
+        )
+        t_sp = time.perf_counter() - t0
+        sp = spm.SentencePieceProcessor(model_file=f"{d}/sp.model")
+        sids = sp.encode(test)
+        exact = all(sp.decode(i) == t for i, t in zip(sids, test, strict=True))
+    table.add_row(
+        "SentencePiece BPE (code settings)",
+        f"{t_sp:.1f}",
+        f"{test_bytes / sum(map(len, sids)):.2f}",
+        str(exact),
+    )
+    console.print(table)
+    console.print(f"training time ratio SentencePiece / ours: {t_sp / t_hf:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=Path("runs/demo/corpus"))
+    ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--shards", type=int, default=8, help="Measure a full pass over 1 of this many shards.")
+    ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--sfim-files", type=int, default=3000)
+    ap.add_argument("--train-mb", type=int, default=40)
+    ap.add_argument("--held-out", type=int, default=300)
+    args = ap.parse_args()
+    corpus = CodeCorpus(args.corpus)
+    with tempfile.TemporaryDirectory() as d:
+        tok = tokenizer_for(args.corpus, args.vocab, Path(d))
+        summary = bench_stream(corpus, tok, args.shards, args.seq_len)
+    console.print(
+        f"realized mix {summary['objectives']}, padding {summary['padding_fraction']:.1%}, "
+        f"fallbacks {summary['fallbacks']}, events {summary['events']}"
+    )
+    bench_sfim(corpus, args.sfim_files)
+    bench_tokenizer(args.corpus, args.vocab, args.train_mb * 1_000_000, args.held_out)
+
+
+if __name__ == "__main__":
+    main()
