@@ -1,4 +1,5 @@
-# make demo: curate the embedded default corpus (stdlib + installed packages) and print the summary.
+# make demo: curate the embedded default corpus (stdlib + installed packages), train a tokenizer on it
+# and show the training stream built from it.
 # make test: the test suite. Both create .venv and install everything they need on a fresh machine.
 PY ?= python3
 VENV := .venv
@@ -25,6 +26,9 @@ sysdeps:
 demo: $(STAMP)
 	$(BIN)/codemill curate installed --out runs/demo/corpus --recipe recipes/demo.yaml
 	$(BIN)/codemill corpus stats runs/demo/corpus --examples 1
+	$(BIN)/codemill tokenizer train runs/demo/corpus --out runs/demo/tokenizer --vocab-size 8192 --max-bytes 100000000
+	$(BIN)/codemill data preview runs/demo/corpus --tokenizer runs/demo/tokenizer --recipe recipes/demo.yaml --docs 3 --chars 300
+	$(BIN)/codemill data stats runs/demo/corpus --tokenizer runs/demo/tokenizer --recipe recipes/demo.yaml --windows 2000
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

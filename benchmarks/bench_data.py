@@ -66,7 +66,7 @@ def bench_stream(corpus: CodeCorpus, tok: HFTokenizer, shards: int, seq_len: int
     table = Table(
         title=f"stream throughput, 1 core, shard 1/{shards}: {len(files)} files, {sum(map(len, texts)) / 1e6:.1f} M chars"
     )
-    for col in ("what", "tokens", "seconds", "tokens/s/core", "vs raw tokenization"):
+    for col in ("what", "tokens", "seconds", "tokens/s/core", "trained tokens/s/core", "vs raw tokenization"):
         table.add_column(col, justify="left" if col == "what" else "right")
     table.add_row(
         "raw tokenization (encode_batch, 1 thread)", f"{raw:,}", f"{t_raw:.1f}", f"{raw / t_raw:,.0f}", "1.00"

@@ -80,9 +80,15 @@ def corpus_stats(
     print_stats(corpus, examples, console)
 
 
+CORPUS = typer.Argument(..., help="A curated corpus directory.")
+TOKENIZER = typer.Option(..., help="tokenizer.json / tokenizer.model or its directory.")
+DATA_RECIPE = typer.Option(None, help="YAML recipe; its `data:` section sets the options.")
+DATA_SET = typer.Option([], "--set", help="Override a data setting, e.g. --set seq_len=4096.")
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
-    corpus: Path = typer.Argument(..., help="A curated corpus directory."),
+    corpus: Path = CORPUS,
     out: Path = typer.Option(..., "--out", "-o", help="Directory for tokenizer.json and its config."),
     vocab_size: int = typer.Option(49152, help="Ids in all, special tokens included (49,152 for the 7B)."),
     format: str = typer.Option("codemill", help="Format whose special tokens the vocabulary reserves."),
@@ -118,10 +124,10 @@ def _stream(corpus: Path, tokenizer: Path, recipe: Path | None, set_: list[str],
 
 @data_app.command("preview")
 def data_preview(
-    corpus: Path = typer.Argument(..., help="A curated corpus directory."),
-    tokenizer: Path = typer.Option(..., help="tokenizer.json / tokenizer.model or its directory."),
-    recipe: Path = typer.Option(None, help="YAML recipe; its `data:` section sets the options."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set sfim_policy=literal."),
+    corpus: Path = CORPUS,
+    tokenizer: Path = TOKENIZER,
+    recipe: Path = DATA_RECIPE,
+    set_: list[str] = DATA_SET,
     docs: int = typer.Option(6, help="Documents to show."),
     repo: str = typer.Option(None, help="Show this repository's documents."),
     chars: int = typer.Option(600, help="Characters shown per segment."),
@@ -137,10 +143,10 @@ def data_preview(
 
 @data_app.command("stats")
 def data_stats(
-    corpus: Path = typer.Argument(..., help="A curated corpus directory."),
-    tokenizer: Path = typer.Option(..., help="tokenizer.json / tokenizer.model or its directory."),
-    recipe: Path = typer.Option(None, help="YAML recipe; its `data:` section sets the options."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set seq_len=4096."),
+    corpus: Path = CORPUS,
+    tokenizer: Path = TOKENIZER,
+    recipe: Path = DATA_RECIPE,
+    set_: list[str] = DATA_SET,
     windows: int = typer.Option(0, help="Stop after this many windows (0: one pass over the corpus)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
 ) -> None:

@@ -12,6 +12,7 @@ PSM is `<PRE> prefix <SUF> suffix <MID> middle`; SPM is `<PRE> <SUF> suffix <MID
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -148,20 +149,24 @@ def aix_header(path: str) -> str | None:
     return first + comment(path, f"the code file is written by {lang.name}")
 
 
+STARCODER2 = Format(
+    "starcoder2",
+    "<fim_prefix>",
+    "<fim_suffix>",
+    "<fim_middle>",
+    "<|endoftext|>",
+    pad="<fim_pad>",
+    repo_name="<repo_name>",
+    file_sep="<file_sep>",
+    eos_per_file=False,
+)
+# codemill's own: StarCoder2's sentinels, an end token after every file, the PII placeholders
+CODEMILL = dataclasses.replace(STARCODER2, name="codemill", eos_per_file=True, pii=True)
+
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format(
-            "codemill",
-            "<fim_prefix>",
-            "<fim_suffix>",
-            "<fim_middle>",
-            "<|endoftext|>",
-            pad="<fim_pad>",
-            repo_name="<repo_name>",
-            file_sep="<file_sep>",
-            pii=True,
-        ),
+        CODEMILL,
         Format(
             "aixcoder",
             "▁<AIX-SPAN-PRE>",
@@ -171,17 +176,7 @@ FORMATS: dict[str, Format] = {
             bos="<s>",
             header=True,
         ),
-        Format(
-            "starcoder2",
-            "<fim_prefix>",
-            "<fim_suffix>",
-            "<fim_middle>",
-            "<|endoftext|>",
-            pad="<fim_pad>",
-            repo_name="<repo_name>",
-            file_sep="<file_sep>",
-            eos_per_file=False,
-        ),
+        STARCODER2,
         Format(
             "deepseek-coder",
             "<｜fim▁begin｜>",

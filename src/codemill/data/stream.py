@@ -49,6 +49,19 @@ class Doc:
     sample: Sample | None = None
     strategy: str | None = None
     parts: list[Part] = field(default_factory=list)
+    # FIM documents: tokens before the first sentinel, and where the prefix's tokens lie in `ids`
+    opening: int = 0
+    prefix_at: int = 0
+    prefix_len: int = 0
+
+    def without_head(self, n: int) -> np.ndarray:
+        """The document with the first n tokens of its prefix moved out (spilled as NTP before it)."""
+        return np.concatenate([self.ids[: self.prefix_at], self.ids[self.prefix_at + n :]]) if n else self.ids
+
+    def head(self, start: int, n: int) -> np.ndarray:
+        """The file's opening and prefix tokens [start, start + n): what a spill puts before it."""
+        at = self.prefix_at + start
+        return np.concatenate([self.ids[: self.opening], self.ids[at : at + n]])
 
 
 class TrainingStream:
@@ -181,9 +194,7 @@ class TrainingStream:
             if not d.splittable and sum(len(ids) for ids, _ in pieces) > self.window_len:
                 out.append(self._fit(d, pieces))
                 continue
-            d.ids = np.fromiter((t for ids, _ in pieces for t in ids), dtype=np.int32)
-            if self.stats is not None:
-                self.stats.doc(d)
+            self._set_ids(d, pieces)
             out.append([d])
         return out
 
@@ -207,19 +218,26 @@ class TrainingStream:
                 head, ids = ids[: len(ids) - keep_pre], ids[len(ids) - keep_pre :]
             elif role == "suffix":
                 ids, tail = ids[:keep_suf], ids[keep_suf:]
-            kept += ids
-        start = []  # the file's opening (bos, file separator, path): what precedes the first FIM sentinel
-        for ids, role in pieces:
-            if role == "special" and ids == [self.ids[self.fmt.prefix]]:
-                break
-            start += ids
+            kept.append((ids, role))
+        self._set_ids(d, kept)
+        start = d.ids[: d.opening].tolist()
         end = [self.ids[self.fmt.eos]] if self.fmt.eos_per_file else []
-        d.ids = np.asarray(kept, dtype=np.int32)
         self._count("fim_context_spilled")
-        if self.stats is not None:
-            self.stats.doc(d)
         spill = lambda ids: Doc(np.asarray(ids, dtype=np.int32), "ntp", True, d.path, strategy=d.strategy)  # noqa: E731
         return ([spill(start + head)] if head else []) + [d] + ([spill(start + tail + end)] if tail else [])
+
+    def _set_ids(self, d: Doc, pieces: list[tuple[list[int], str]]) -> None:
+        d.ids = np.fromiter((t for ids, _ in pieces for t in ids), dtype=np.int32)
+        if not d.splittable:
+            at, opened = 0, False
+            for ids, role in pieces:
+                if role == "special" and ids[0] == self.ids[self.fmt.prefix]:
+                    d.opening, opened = (at if not opened else d.opening), True
+                if role == "prefix":
+                    d.prefix_at, d.prefix_len = at, len(ids)
+                at += len(ids)
+        if self.stats is not None:
+            self.stats.doc(d)
 
     def _count(self, event: str) -> None:
         if self.stats is not None:
@@ -279,23 +297,27 @@ class TrainingStream:
             group = self._group(cur["doc"])
             doc, room = group[cur["part"]], w - len(s["window"])
             code = OBJECTIVE_CODE[doc.objective]
-            done = False
+            done, pad = False, 0
             if doc.splittable:
                 take = doc.ids[cur["offset"] : cur["offset"] + room]
                 cur["offset"] += len(take)
                 done = cur["offset"] == len(doc.ids)
-            elif len(doc.ids) <= room:
-                take, done = doc.ids, True
-            else:  # a FIM document is never cut: pad out this window, it opens the next
-                take = doc.ids[:0]
-                s["window"] += [self.pad_id] * room
-                s["objective"] += [0] * room
+            elif len(ids := doc.without_head(cur["offset"])) <= room:
+                take, done = ids, True
+            else:  # a FIM document is never cut: it opens the next window
+                # what is left here takes the head of its prefix as NTP, as long as the document keeps
+                # a quarter of its prefix (at least 64 tokens); padding fills the rest
+                keep = min(doc.prefix_len, max(64, doc.prefix_len // 4))
+                n = max(0, min(room - doc.opening, doc.prefix_len - cur["offset"] - keep))
+                take = doc.head(cur["offset"], n) if n else doc.ids[:0]
+                cur["offset"] += n
+                code, pad = OBJECTIVE_CODE["ntp"], room - len(take)
             if done:
                 cur["part"], cur["offset"] = cur["part"] + 1, 0
                 if cur["part"] == len(group):
                     cur["doc"], cur["part"] = cur["doc"] + 1, 0
-            s["window"] += take.tolist()
-            s["objective"] += [code] * len(take)
+            s["window"] += take.tolist() + [self.pad_id] * pad
+            s["objective"] += [code] * len(take) + [0] * pad
             s["emitted"][cur["source"]] += len(take)
             if len(s["window"]) == w:
                 return self._emit()
