@@ -2,6 +2,7 @@
 
 1. Stream throughput per core: ordering + objectives + tokenization + packing, one full pass over a
    shard of the corpus, against raw tokenization of the same files with the same tokenizer.
+   And the padding fraction at 1k, 4k and 32k windows.
 2. SFIM middle lengths (bytes, lines) under the literal rule and the weighted policy.
 3. Tokenizer: our byte-level BPE against a SentencePiece BPE of the same vocabulary trained on the
    same text: training time, bytes per token on held-out files, exact round trip.
@@ -89,6 +90,28 @@ def bench_stream(corpus: CodeCorpus, tok: HFTokenizer, shards: int, seq_len: int
         )
     console.print(table)
     return rows["stream: Algorithm 1 + SFIM/FIM/NTP (paper)"][2]
+
+
+def bench_padding(corpus: CodeCorpus, tok: HFTokenizer, tokens: int = 3_000_000) -> None:
+    table = Table(title=f"padding by window length ({tokens / 1e6:.0f} M tokens of shard 1/16)")
+    for col in ("seq_len", "padding", "FIM documents spilled", "middles longer than a window"):
+        table.add_column(col, justify="right")
+    for seq_len in (1024, 4096, 32768):
+        stats = StreamStats()
+        stream = TrainingStream(corpus, tok, DataConfig(seq_len=seq_len), world=16, stats=stats, epochs=1)
+        n = 0
+        for w in stream:
+            n += len(w["tokens"])
+            if n >= tokens:
+                break
+        s = stats.summary()
+        table.add_row(
+            f"{seq_len:,}",
+            f"{s['padding_fraction']:.1%}",
+            str(s["events"].get("fim_context_spilled", 0)),
+            str(s["events"].get("middle_longer_than_window", 0)),
+        )
+    console.print(table)
 
 
 def bench_sfim(corpus: CodeCorpus, n: int) -> None:
@@ -187,6 +210,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tok = tokenizer_for(args.corpus, args.vocab, Path(d))
         summary = bench_stream(corpus, tok, args.shards, args.seq_len)
+        bench_padding(corpus, tok)
     console.print(
         f"realized mix {summary['objectives']}, padding {summary['padding_fraction']:.1%}, "
         f"fallbacks {summary['fallbacks']}, events {summary['events']}"
