@@ -16,6 +16,10 @@ corpus_app = typer.Typer(no_args_is_help=True, help="Inspect a curated corpus.")
 app.add_typer(corpus_app, name="corpus")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a tokenizer for code.")
 app.add_typer(tokenizer_app, name="tokenizer")
+train_app = typer.Typer(
+    help="Train a model (paper §III-A, §III-D); `codemill train plot RUN` draws its loss."
+)
+app.add_typer(train_app, name="train")
 data_app = typer.Typer(
     no_args_is_help=True, help="The training stream: Algorithm 1, NTP / FIM / SFIM, packing."
 )
@@ -172,6 +176,56 @@ def data_stats(
         console.print(table)
     if json_out:
         json_out.write_text(json.dumps(stats.summary(), indent=2) + "\n")
+
+
+@train_app.callback(invoke_without_command=True)
+def train(
+    ctx: typer.Context,
+    corpus: Path = typer.Option(None, help="A curated corpus directory."),
+    tokenizer: Path = typer.Option(None, help="tokenizer.json / tokenizer.model or its directory."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (rerun the same command to resume)."),
+    recipe: Path = typer.Option(None, help="YAML recipe; its `data:` and `train:` sections set the options."),
+    set_: list[str] = typer.Option([], "--set", help="Override: lr=1e-3 (train) or data.seq_len=512 (data)."),
+    init_from: Path = typer.Option(
+        None, help="A Hugging Face Llama-family checkpoint to continue pretraining."
+    ),
+) -> None:
+    """Train from scratch or continue a checkpoint: `torchrun --nproc-per-node N -m codemill.cli train ...`
+    runs the same command on N processes (FSDP2)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from codemill.data.config import DataConfig
+    from codemill.train.config import TrainConfig
+    from codemill.train.loop import train as run
+
+    if corpus is None or out is None:
+        raise _fail(ValueError("--corpus and --out are needed (and --tokenizer unless --init-from has one)"))
+    data_set = [o.removeprefix("data.") for o in set_ if o.startswith("data.")]
+    train_set = [o.removeprefix("train.") for o in set_ if not o.startswith("data.")]
+    try:
+        dcfg, tcfg = _config(DataConfig, recipe, data_set), _config(TrainConfig, recipe, train_set)
+        if init_from is not None:
+            tcfg.init_from = str(init_from)
+        tokenizer = tokenizer or (Path(tcfg.init_from) if tcfg.init_from else None)
+        if tokenizer is None:
+            raise ValueError("--tokenizer is needed; train one with `codemill tokenizer train`")
+        final = run(corpus, tokenizer, out, dcfg, tcfg, console)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise _fail(e) from e
+    console.print(
+        f"model written to [bold]{final}[/bold] (Hugging Face Llama layout); `codemill train plot {out}` draws the loss"
+    )
+
+
+@train_app.command("plot")
+def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run directory.")) -> None:
+    """Write RUN/loss.png: the loss curve, total and per objective."""
+    from codemill.train.metrics import plot
+
+    try:
+        console.print(f"wrote {plot(run)}")
+    except FileNotFoundError as e:
+        raise _fail(e) from e
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""The training loop: one code path from a laptop CPU to torchrun on many nodes.
+
+The global batch is drawn from `data_shards` training streams, each contributing
+global_batch / data_shards windows per step, and rank r reads shards r, r + world, ... So the
+sequences of a step do not depend on the world size, the loss is normalized by the global count of
+trained tokens, and one process and N processes take the same optimizer step (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codemill.data.config import DataConfig
+from codemill.data.stream import TrainingStream
+from codemill.data.tokenizer import load_tokenizer
+from codemill.model.hf import export_hf, import_hf
+from codemill.model.llama import Llama, preset
+from codemill.train import checkpoint
+from codemill.train.config import TrainConfig
+from codemill.train.dist import Dist, all_reduce, setup, shard, teardown
+from codemill.train.loss import OBJECTIVES, objective_sums
+from codemill.train.metrics import Metrics, flops_per_token, peak_flops
+from codemill.train.optim import build_optimizer, lr_at
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def build_model(tcfg: TrainConfig, vocab: int, seq_len: int, device: torch.device) -> Llama:
+    if tcfg.init_from:
+        model = import_hf(tcfg.init_from, **tcfg.model)
+        if model.cfg.vocab_size < vocab:
+            raise ValueError(
+                f"{tcfg.init_from} has {model.cfg.vocab_size} ids but the tokenizer {vocab}: use the checkpoint's tokenizer"
+            )
+        return model.to(device)
+    cfg = preset(tcfg.preset, **tcfg.model)
+    cfg.vocab_size = -(-vocab // 128) * 128  # padded to a multiple of 128 (Megatron's rule)
+    cfg.max_seq_len = max(cfg.max_seq_len, seq_len)
+    with torch.device("meta"):
+        model = Llama(cfg)
+    model.to_empty(device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tcfg.seed)  # the same initial weights on every rank and world size
+        model.init_weights()
+    return model
+
+
+def _autocast(tcfg: TrainConfig, device: torch.device):
+    bf16 = tcfg.dtype == "bf16" or (tcfg.dtype == "auto" and device.type == "cuda")
+    if tcfg.dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.dtype must be auto, bf16 or fp32, not {tcfg.dtype!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _plan(tcfg: TrainConfig, d: Dist) -> tuple[list[int], int, int]:
+    """This rank's data shards, windows per shard per step, and micro-steps per step."""
+    shards = tcfg.data_shards or d.world
+    per_rank = tcfg.global_batch // d.world
+    if shards % d.world or tcfg.global_batch % shards or per_rank % tcfg.micro_batch:
+        raise ValueError(
+            f"global_batch {tcfg.global_batch} must split evenly over data_shards {shards}, world size {d.world} "
+            f"and micro_batch {tcfg.micro_batch}"
+        )
+    return list(range(d.rank, shards, d.world)), tcfg.global_batch // shards, per_rank // tcfg.micro_batch
+
+
+def train(
+    corpus: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    dcfg: DataConfig,
+    tcfg: TrainConfig,
+    console=None,
+) -> Path:
+    """Train (or resume the run in `out`); returns the exported final model directory."""
+    out = Path(out)
+    d = setup()
+    try:
+        return _train(Path(corpus), Path(tokenizer), out, dcfg, tcfg, d, console)
+    finally:
+        teardown(d)
+
+
+def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    tok = load_tokenizer(tokenizer)
+    shards, per_shard, accum = _plan(tcfg, d)
+    model = build_model(tcfg, tok.vocab_size, dcfg.seq_len, d.device)
+    model.checkpointing = tcfg.activation_checkpointing
+    fpt = flops_per_token(model, dcfg.seq_len)
+    n_params = model.num_params()
+    model = shard(model, d)
+    if tcfg.compile:
+        for block in model.model.layers:
+            block.compile()
+    optim = build_optimizer(model, tcfg)
+    streams = {
+        s: TrainingStream(corpus, tok, dcfg, rank=s, world=tcfg.data_shards or d.world) for s in shards
+    }
+    torch.manual_seed(tcfg.seed + 1 + d.rank)  # dropout streams, one per rank
+
+    out.mkdir(parents=True, exist_ok=True)
+    state_dir = out / "state"
+    step, tokens_seen = 0, 0
+    if (last := checkpoint.latest(state_dir)) is not None:
+        meta, data = checkpoint.load(last, model, optim, shards, d)
+        for s, st in data.items():
+            streams[s].load_state_dict(st)
+        step, tokens_seen = meta["step"], meta["tokens"]
+    if d.main:
+        config = {
+            "data": dcfg.to_dict(),
+            "train": tcfg.to_dict(),
+            "model": model.cfg.to_dict(),
+            "corpus": str(corpus),
+        }
+        (out / "run.json").write_text(json.dumps(config, indent=2) + "\n")
+    metrics = Metrics(out, d.main, step)
+    peak = peak_flops(d.device, tcfg.peak_flops)
+    progress = _progress(console, tcfg.max_steps, step) if d.main and console else None
+    t_last, tokens_last = time.perf_counter(), tokens_seen
+    while step < tcfg.max_steps:
+        batch = [w for s in shards for w in (next(streams[s]) for _ in range(per_shard))]
+        tokens = torch.from_numpy(np.stack([w["tokens"] for w in batch]).astype(np.int64)).to(d.device)
+        codes = torch.from_numpy(np.stack([w["objective"] for w in batch]).astype(np.int64)).to(d.device)
+        count = all_reduce((codes[:, 1:] > 0).sum().double(), d).item()
+        sums = torch.zeros(4, 2, dtype=torch.float64, device=d.device)
+        model.train()
+        for m in range(accum):
+            rows = slice(m * tcfg.micro_batch, (m + 1) * tcfg.micro_batch)
+            x, y, c = tokens[rows, :-1], tokens[rows, 1:], codes[rows, 1:].flatten()
+            with _autocast(tcfg, d.device):
+                losses = model(x, targets=y, loss_chunk=tcfg.loss_chunk)
+            mask = (c > 0).to(losses.dtype)
+            # FSDP averages gradients over ranks: scale by world so the step is the global token mean
+            ((losses * mask).sum() * (d.world / max(count, 1.0))).backward()
+            sums += objective_sums(losses.detach().double(), c)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        lr = lr_at(step, tcfg)
+        for group in optim.param_groups:
+            group["lr"] = lr
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tcfg.global_batch * dcfg.seq_len
+        sums = all_reduce(sums, d)
+        if step % tcfg.log_every == 0 or step == tcfg.max_steps:
+            now = time.perf_counter()
+            rate = (tokens_seen - tokens_last) / (now - t_last) / d.world
+            t_last, tokens_last = now, tokens_seen
+            record = {
+                "step": step,
+                "loss": (sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)).item(),
+                **{
+                    f"loss_{name}": (sums[c, 0] / sums[c, 1]).item() if sums[c, 1] > 0 else None
+                    for c, name in OBJECTIVES.items()
+                },
+                "lr": lr,
+                "grad_norm": float(
+                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                ),
+                "tokens": tokens_seen,
+                "tokens_per_s_per_device": rate,
+                "mfu": rate * fpt / peak if peak else None,
+                "padding": 1 - count / (tcfg.global_batch * dcfg.seq_len),
+            }
+            metrics.log(record)
+            if progress:
+                progress[0].update(progress[1], completed=step, info=_describe(record))
+        elif progress:
+            progress[0].update(progress[1], completed=step)
+        if step % tcfg.ckpt_every == 0 or step == tcfg.max_steps:
+            data = {s: streams[s].state_dict() for s in shards}
+            checkpoint.save(state_dir, step, model, optim, data, {"tokens": tokens_seen}, d, tcfg.keep_last)
+    if progress:
+        progress[0].stop()
+    metrics.close()
+    return _export(model, out, tokenizer, dcfg, tcfg, d, n_params)
+
+
+def _describe(r: dict) -> str:
+    parts = [f"loss {r['loss']:.3f}"]
+    parts += [f"{k[5:]} {r[k]:.2f}" for k in ("loss_ntp", "loss_fim", "loss_sfim") if r[k] is not None]
+    parts.append(f"{r['tokens_per_s_per_device']:,.0f} tok/s")
+    if r["mfu"] is not None:
+        parts.append(f"MFU {r['mfu']:.1%}")
+    return " · ".join(parts)
+
+
+def _progress(console, total: int, start: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        console=console,
+    )  # fmt: skip
+    task = bar.add_task("train", total=total, completed=start, info="")
+    bar.start()
+    return bar, task
+
+
+def _export(
+    model, out: Path, tokenizer: Path, dcfg: DataConfig, tcfg: TrainConfig, d: Dist, n_params: int
+) -> Path:
+    """The final model in the HF Llama layout, with its tokenizer and codemill.json."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    final = out / "final"
+    if d.main:
+        with torch.device("meta"):
+            plain = Llama(model.cfg)
+        plain.load_state_dict(full, assign=True)
+        export_hf(plain, final, dtype=torch.float32 if d.device.type == "cpu" else torch.bfloat16)
+        src = tokenizer if tokenizer.is_dir() else tokenizer.parent
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                shutil.copy2(src / name, final / name)
+        info = {
+            "format": dcfg.format,
+            "parameters": n_params,
+            "data": dcfg.to_dict(),
+            "train": tcfg.to_dict(),
+        }
+        (final / "codemill.json").write_text(json.dumps(info, indent=2) + "\n")
+    return final

@@ -1,0 +1,88 @@
+"""What a run reports: MFU (torchtitan's FLOP convention), metrics.jsonl and TensorBoard, the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from codemill.model.llama import Llama
+
+# bf16 dense peak FLOP/s per device (vendor data sheets); a CPU has no entry: pass peak_flops
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+def flops_per_token(model: Llama, seq_len: int) -> float:
+    """6 x (parameters - embedding) + 12 x layers x heads x head_dim x seq_len (no causal discount)."""
+    c = model.cfg
+    return 6 * model.num_params(embeddings=False) + 12 * c.num_layers * c.num_heads * c.head_dim * seq_len
+
+
+def peak_flops(device: torch.device, override: float) -> float | None:
+    if override:
+        return override
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return None
+
+
+class Metrics:
+    """metrics.jsonl (one record per logged step) and TensorBoard scalars, written by rank 0 only."""
+
+    def __init__(self, run: Path, enabled: bool, resume_step: int):
+        self.enabled = enabled
+        self.path = run / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():  # steps logged after the checkpoint we resume from are redone
+            keep = [
+                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run / "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k != "step" and isinstance(v, int | float):
+                self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot(run: Path) -> Path:
+    """loss.png: the total loss and the loss per objective against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; is {run} a `codemill train` run directory?")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for key, style in (("loss", "-"), ("loss_ntp", "--"), ("loss_fim", "--"), ("loss_sfim", "--")):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=key.replace("loss_", "").replace("loss", "total"))
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(f"training loss: {run.name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = run / "loss.png"
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
