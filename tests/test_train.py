@@ -1,0 +1,143 @@
+"""The trainer as users run it: one process, two (torchrun + FSDP2 on gloo), killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+MODEL = "model={hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2}"
+BASE = ["--set", MODEL, "--set", "data.seq_len=64", "--set", "global_batch=4", "--set", "micro_batch=2"]
+BASE += ["--set", "warmup_steps=2", "--set", "log_every=1", "--set", "threads=1"]
+
+
+def train_cmd(corpus, tok, out, *extra, torchrun: int = 0) -> list[str]:
+    head = [sys.executable, "-m", "codemill.cli"]
+    if torchrun:
+        head = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(torchrun),
+            "-m",
+            "codemill.cli",
+        ]
+    return [
+        *head,
+        "train",
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(out),
+        *BASE,
+        *extra,
+    ]
+
+
+def run(cmd) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def losses(out) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_two_processes_take_the_same_steps_as_one(code_corpus, bpe_dir, tmp_path):
+    extra = ["--set", "max_steps=2", "--set", "data_shards=2"]
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "one", *extra))
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "two", *extra, torchrun=2))
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2]
+    assert all(abs(x - y) < 1e-5 for (_, x), (_, y) in zip(a, b, strict=True))
+    wa, wb = (load_file(tmp_path / r / "final" / "model.safetensors") for r in ("one", "two"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+def test_killed_run_resumes_to_the_same_loss_curve(code_corpus, bpe_dir, tmp_path):
+    extra = ["--set", "max_steps=10", "--set", "ckpt_every=3", "--set", "keep_last=2"]
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "straight", *extra))
+    cmd = train_cmd(code_corpus, bpe_dir, tmp_path / "killed", *extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "state"
+    deadline = time.time() + 120
+    while not (state / "step-00000003").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in state.glob("step-*"))
+    assert done and "step-00000010" not in done, "the run finished before it could be killed"
+    run(cmd)  # the same command resumes
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")  # bitwise on CPU
+    wa, wb = (load_file(tmp_path / r / "final" / "model.safetensors") for r in ("straight", "killed"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    kept = sorted(p.name for p in state.glob("step-*"))
+    assert kept == ["step-00000009", "step-00000010"]  # the last two, no leftovers
+
+
+def test_continue_pretraining_from_a_hf_checkpoint_then_plot(code_corpus, bpe_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=2048,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "base")
+    run(
+        train_cmd(
+            code_corpus,
+            bpe_dir,
+            tmp_path / "cont",
+            "--init-from",
+            str(tmp_path / "base"),
+            "--set",
+            "max_steps=3",
+        )
+    )
+    final = tmp_path / "cont" / "final"
+    assert (final / "tokenizer.json").exists() and json.loads((final / "codemill.json").read_text())[
+        "format"
+    ] == "codemill"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    assert model.config.vocab_size == 2048
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    r = subprocess.run(
+        [sys.executable, "-m", "codemill.cli", "train", "plot", str(tmp_path / "cont")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and (tmp_path / "cont" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_errors_say_what_to_do(code_corpus, bpe_dir, tmp_path):
+    r = subprocess.run(
+        train_cmd(code_corpus, bpe_dir, tmp_path / "x", "--set", "global_batch=3"),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "split evenly" in r.stdout
+    r = subprocess.run(
+        train_cmd(code_corpus, bpe_dir, tmp_path / "x", "--set", "lr_max=1"), capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "unknown train settings" in r.stdout
+    with pytest.raises(AssertionError):
+        run([sys.executable, "-m", "codemill.cli", "train", "plot", str(tmp_path / "nothing")])
