@@ -84,6 +84,7 @@ def test_killed_run_resumes_to_the_same_loss_curve(code_corpus, bpe_dir, tmp_pat
     assert losses(tmp_path / "killed") == losses(tmp_path / "straight")  # bitwise on CPU
     wa, wb = (load_file(tmp_path / r / "final" / "model.safetensors") for r in ("straight", "killed"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any((tmp_path / "killed" / "tensorboard").iterdir())
     kept = sorted(p.name for p in state.glob("step-*"))
     assert kept == ["step-00000009", "step-00000010"]  # the last two, no leftovers
 
