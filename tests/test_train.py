@@ -68,7 +68,7 @@ def test_two_processes_take_the_same_steps_as_one(code_corpus, bpe_dir, tmp_path
 
 
 def test_killed_run_resumes_to_the_same_loss_curve(code_corpus, bpe_dir, tmp_path):
-    extra = ["--set", "max_steps=10", "--set", "ckpt_every=3", "--set", "keep_last=2"]
+    extra = ["--set", "max_steps=10", "--set", "ckpt_every=3", "--set", "keep_last=2", "--set", "log_every=2"]
     run(train_cmd(code_corpus, bpe_dir, tmp_path / "straight", *extra))
     cmd = train_cmd(code_corpus, bpe_dir, tmp_path / "killed", *extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

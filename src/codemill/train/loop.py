@@ -110,11 +110,13 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state_dir = out / "state"
     step, tokens_seen = 0, 0
+    interval = torch.zeros(4, 2, dtype=torch.float64, device=d.device)  # loss sums since the last log
     if (last := checkpoint.latest(state_dir)) is not None:
         meta, data = checkpoint.load(last, model, optim, shards, d)
         for s, st in data.items():
             streams[s].load_state_dict(st)
         step, tokens_seen = meta["step"], meta["tokens"]
+        interval = torch.tensor(meta["interval"], dtype=torch.float64, device=d.device)
     if d.main:
         config = {
             "data": dcfg.to_dict(),
@@ -151,8 +153,9 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
         optim.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tcfg.global_batch * dcfg.seq_len
-        sums = all_reduce(sums, d)
+        interval += all_reduce(sums, d)
         if step % tcfg.log_every == 0 or step == tcfg.max_steps:
+            sums, interval = interval, torch.zeros_like(interval)
             now = time.perf_counter()
             rate = (tokens_seen - tokens_last) / (now - t_last) / d.world
             t_last, tokens_last = now, tokens_seen
@@ -179,7 +182,8 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
             progress[0].update(progress[1], completed=step)
         if step % tcfg.ckpt_every == 0 or step == tcfg.max_steps:
             data = {s: streams[s].state_dict() for s in shards}
-            checkpoint.save(state_dir, step, model, optim, data, {"tokens": tokens_seen}, d, tcfg.keep_last)
+            meta = {"tokens": tokens_seen, "interval": interval.tolist()}
+            checkpoint.save(state_dir, step, model, optim, data, meta, d, tcfg.keep_last)
     if progress:
         progress[0].stop()
     metrics.close()
