@@ -228,5 +228,58 @@ def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run dire
         raise _fail(e) from e
 
 
+@app.command("eval")
+def eval_(
+    suite: str = typer.Argument(..., help="humaneval, mbpp or santacoder-fim."),
+    model: str = typer.Option(..., help="A checkpoint directory, `reference` (self-test: 100%) or `empty`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for results.json and report.md."),
+    format: str = typer.Option(
+        None, help="Prompt format of the checkpoint (default: its codemill.json, else codemill)."
+    ),
+    data: str = typer.Option(None, help="The benchmark file (MBPP jsonl, SantaCoder-FIM parquet)."),
+    split: str = typer.Option("all", help="MBPP: all (974, the paper) or test (500, bigcode)."),
+    limit: int = typer.Option(None, help="Only the first N tasks."),
+    workers: int = typer.Option(None, help="Parallel sandboxed executions (default: CPU count)."),
+    unsafe: bool = typer.Option(
+        False, "--unsafe", help="Run generated code without bubblewrap (limits only)."
+    ),
+) -> None:
+    """Evaluate a model like the paper: generate, execute in a sandbox, report."""
+    from rich.table import Table
+
+    from codemill.eval.models import load_model
+    from codemill.eval.runner import evaluate
+    from codemill.eval.sandbox import SandboxUnavailable
+
+    options = {"data": data} if data else {}
+    if suite == "mbpp":
+        options["split"] = split
+    try:
+        results = evaluate(
+            suite,
+            load_model(model, format),
+            out,
+            limit=limit,
+            workers=workers,
+            unsafe=unsafe,
+            console=console,
+            **options,
+        )
+    except (ValueError, FileNotFoundError, SandboxUnavailable) as e:
+        raise _fail(e) from e
+    table = Table(title=f"{suite}: {results['model']}")
+    cols = sorted({k for r in results["summary"].values() for k in r} - {"tasks"})
+    for c in ("language", "tasks", *cols):
+        table.add_column(c, justify="left" if c == "language" else "right")
+    for lang, r in results["summary"].items():
+        table.add_row(
+            lang,
+            str(r["tasks"]),
+            *(f"{r[c]:.1f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols),
+        )
+    console.print(table)
+    console.print(f"every sample in [bold]{out}/results.json[/bold], the report in {out}/report.md")
+
+
 if __name__ == "__main__":
     app()

