@@ -121,3 +121,31 @@ def test_without_bubblewrap_execution_is_refused(tmp_path):
     env = {**os.environ, "PATH": "/nonexistent"}
     r = codemill("eval", "humaneval", "--model", "reference", "--out", str(tmp_path), "--limit", "2", env=env)
     assert r.returncode == 2 and "--unsafe" in r.stdout
+
+
+STRLEN = {  # HumanEval/23 solved by hand in each language, as a model's completion would be
+    "cpp": "\n    return string.size();\n}\n",
+    "java": "\n        return string.length();\n    }\n",
+    "js": "\n  return string.length;\n}\n",
+}
+
+
+@needs_bwrap
+@pytest.mark.skipif(
+    not (BENCH / "multipl-e").exists(), reason="../shared/benchmarks is not beside this checkout"
+)
+@pytest.mark.parametrize("language", STRLEN)
+def test_multipl_e_runners_compile_and_judge(language):
+    from codemill.eval.models import truncate
+    from codemill.eval.suites import SUITES
+
+    tasks = SUITES[f"multipl-e-{language}"]()
+    assert len(tasks) == {"cpp": 161, "java": 158, "js": 161}[language]
+    task = next(t for t in tasks if t.id == "HumanEval_23_strlen")
+    for completion, verdict in (
+        (STRLEN[language], "passed"),
+        ("\n    return 0;\n", "failed"),
+        ("", "failed"),
+    ):
+        argv, files = task.program(truncate(completion, task.request.stop))
+        assert run(argv, files, task.limits).status == verdict, (language, completion)

@@ -230,7 +230,9 @@ def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run dire
 
 @app.command("eval")
 def eval_(
-    suite: str = typer.Argument(..., help="humaneval, mbpp or santacoder-fim."),
+    suite: str = typer.Argument(
+        ..., help="humaneval, mbpp, santacoder-fim, multipl-e-cpp, multipl-e-java or multipl-e-js."
+    ),
     model: str = typer.Option(..., help="A checkpoint directory, `reference` (self-test: 100%) or `empty`."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for results.json and report.md."),
     format: str = typer.Option(

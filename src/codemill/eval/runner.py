@@ -56,7 +56,7 @@ def evaluate(
                 sample["exact_match"] = first_line(completion).strip() == task.target.strip()
             if task.program is not None:
                 argv, files = task.program(first_line(completion) if task.target is not None else completion)
-                o = sandbox.run(argv, files, unsafe=unsafe)
+                o = sandbox.run(argv, files, task.limits, unsafe=unsafe)
                 sample.update(
                     verdict=o.status, stdout=o.stdout[-2000:], stderr=o.stderr[-2000:], seconds=o.seconds
                 )

@@ -12,12 +12,16 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from codemill.eval.models import Request
-from codemill.eval.sandbox import python
+from codemill.eval.sandbox import Limits, python
 
 BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"  # a checkout's sibling
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Task:
     # how to judge: a program to run (argv, files), or None when the suite scores by matching only
     program: Callable[[str], tuple[list[str], dict[str, str]]] | None = None
     target: str | None = None  # for exact match
+    limits: Limits = DEFAULT_LIMITS
 
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
@@ -111,6 +116,43 @@ def santacoder_fim(data: str | None = None, **_) -> list[Task]:
     return tasks
 
 
+JAVATUPLES = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java, installed by make
+MULTIPLE_RUN = {
+    "cpp": ("prog.cpp", ["sh", "-c", "g++ -std=c++17 -O0 -o prog prog.cpp && ./prog"]),
+    "java": (
+        "Problem.java",
+        [
+            "sh",
+            "-c",
+            f"javac -J-Xmx256m -encoding UTF8 -cp {JAVATUPLES} -d . Problem.java"
+            f" && java -Xmx256m -ea -cp .:{JAVATUPLES} Problem",
+        ],
+    ),
+    "js": ("prog.js", ["node", "prog.js"]),
+}
+# compilers and the JVM need more address space and threads than a Python sample
+MULTIPLE_LIMITS = Limits(cpu_s=30, wall_s=60, memory_mb=8192, processes=256)
+
+
+def multipl_e(language: str = "cpp", data: str | None = None, **_) -> list[Task]:
+    """MultiPL-E's HumanEval in C++, Java or JavaScript: prompt.strip() + completion + tests, compiled
+    and run; the completion is cut at the task's own stop tokens. The files carry no reference
+    solutions, so the `reference` model scores 0 here."""
+    if language not in MULTIPLE_RUN:
+        raise ValueError(f"MultiPL-E language must be one of {', '.join(MULTIPLE_RUN)}")
+    name, argv = MULTIPLE_RUN[language]
+    tasks = []
+    for line in _data(data, f"multipl-e/humaneval-{language}.jsonl").read_text().splitlines():
+        p = json.loads(line)
+
+        def program(completion: str, p=p) -> tuple[list[str], dict[str, str]]:
+            return list(argv), {name: p["prompt"].strip() + completion + "\n" + p["tests"]}
+
+        req = Request(p["prompt"].strip(), stop=tuple(p["stop_tokens"]), path=name)
+        tasks.append(Task(p["name"], language, req, program, limits=MULTIPLE_LIMITS))
+    return tasks
+
+
 def first_line(text: str) -> str:
     """SantaCoder-FIM's middle is one line: the first non-empty line of the completion."""
     return next((line for line in text.splitlines() if line.strip()), "")
@@ -120,4 +162,7 @@ SUITES: dict[str, Callable[..., list[Task]]] = {
     "humaneval": humaneval,
     "mbpp": mbpp,
     "santacoder-fim": santacoder_fim,
+    "multipl-e-cpp": partial(multipl_e, language="cpp"),
+    "multipl-e-java": partial(multipl_e, language="java"),
+    "multipl-e-js": partial(multipl_e, language="js"),
 }
