@@ -149,3 +149,47 @@ def test_multipl_e_runners_compile_and_judge(language):
     ):
         argv, files = task.program(truncate(completion, task.request.stop))
         assert run(argv, files, task.limits).status == verdict, (language, completion)
+
+
+def test_bleu4_and_edit_similarity_follow_their_definitions():
+    from codemill.eval.metrics import bleu4, edit_similarity
+
+    # 4/5, 3/4, 2/3, 1/2 n-gram precisions, no brevity penalty: (0.2) ** (1/4)
+    assert abs(bleu4("a b c d e", "a b c d f") - 100 * 0.2**0.25) < 1e-9
+    assert bleu4("x = 1", "x = 1") == 100.0 and bleu4("", "x") == 0.0 and bleu4("y", "x") == 0.0
+    assert abs(bleu4("a b c d", "a b c d e") - 100 * np.exp(1 - 5 / 4)) < 1e-9  # brevity penalty
+    assert round(edit_similarity("return self.model(x)", "return self.model(inputs)"), 2) == 84.44
+
+
+@needs_bwrap
+def test_fim_eval_format_reference_and_empty(tmp_path):
+    from conftest import STDLIB
+
+    rows = []
+    for i, f in enumerate(sorted((STDLIB / "json").glob("*.py"))):
+        lines = f.read_text().splitlines(keepends=True)
+        k = len(lines) // 2
+        rows.append({"task_id": i, "pre_mask_code": "".join(lines[:k]), "post_mask_code": "".join(lines[k + 1 :]),
+                     "canonical_solution": lines[k], "task_type": "single_line"})  # fmt: skip
+    (tmp_path / "fim").mkdir()
+    (tmp_path / "fim" / "python_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for model in ("reference", "empty"):
+        r = codemill(
+            "eval",
+            "fim-eval",
+            "--model",
+            model,
+            "--data",
+            str(tmp_path / "fim"),
+            "--out",
+            str(tmp_path / model),
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        summary = json.loads((tmp_path / model / "results.json").read_text())["summary"]
+        row = summary["Python / single_line"]
+        if model == "reference":
+            assert row["exact_match"] == row["bleu4"] == row["edit_similarity"] == 100.0
+            refs = [r["canonical_solution"] for r in rows]  # stripped prediction over raw reference
+            assert row["length_ratio"] == sum(len(x.strip()) for x in refs) / sum(map(len, refs))
+        else:
+            assert row["exact_match"] == row["bleu4"] == row["edit_similarity"] == row["length_ratio"] == 0.0

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from codemill.eval import sandbox
-from codemill.eval.metrics import pass_at_k
+from codemill.eval.metrics import bleu4, edit_similarity, pass_at_k
 from codemill.eval.models import Model
 from codemill.eval.suites import SUITES, first_line
 
@@ -52,7 +52,14 @@ def evaluate(
             if task.request.suffix is not None:
                 sample["suffix"] = task.request.suffix
             sample["completion"] = completion
-            if task.target is not None:
+            if task.request.meta.get("task_type"):
+                sample["task_type"] = task.request.meta["task_type"]
+            if task.target is not None and task.scoring == "text":
+                sample["exact_match"] = completion.strip() == task.target.strip()
+                sample["bleu4"] = bleu4(completion, task.target)
+                sample["edit_similarity"] = edit_similarity(completion, task.target)
+                sample["chars"] = [len(completion.strip()), len(task.target)]
+            elif task.target is not None:
                 sample["exact_match"] = first_line(completion).strip() == task.target.strip()
             if task.program is not None:
                 argv, files = task.program(first_line(completion) if task.target is not None else completion)
@@ -83,6 +90,8 @@ def summarize(samples: list[dict]) -> dict:
     groups: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
         groups[s["language"]].append(s)
+        if "task_type" in s:
+            groups[f"{s['language']} / {s['task_type']}"].append(s)
     groups["all"] = samples
     out = {}
     for lang, group in groups.items():
@@ -95,6 +104,12 @@ def summarize(samples: list[dict]) -> dict:
             row["executed"] = len(executed)
         if any("exact_match" in s for s in group):
             row["exact_match"] = 100 * sum(s.get("exact_match", False) for s in group) / len(group)
+        for key in ("bleu4", "edit_similarity"):
+            if any(key in s for s in group):
+                row[key] = sum(s.get(key, 0.0) for s in group) / len(group)
+        if any("chars" in s for s in group):  # FIM-Eval: mean predicted chars / mean reference chars
+            pred, ref = (sum(s["chars"][i] for s in group if "chars" in s) for i in (0, 1))
+            row["length_ratio"] = pred / ref if ref else 0.0
         out[lang] = row
     return out
 

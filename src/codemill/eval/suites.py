@@ -33,6 +33,7 @@ class Task:
     program: Callable[[str], tuple[list[str], dict[str, str]]] | None = None
     target: str | None = None  # for exact match
     limits: Limits = DEFAULT_LIMITS
+    scoring: str = "line"  # exact match on the first non-empty line (SantaCoder-FIM) or whole "text"
 
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
@@ -153,6 +154,44 @@ def multipl_e(language: str = "cpp", data: str | None = None, **_) -> list[Task]
     return tasks
 
 
+FIM_EVAL_LANGS = {"python": ("Python", "py"), "java": ("Java", "java"), "javascript": ("JavaScript", "js"),
+                  "cplus": ("C++", "cpp"), "cpp": ("C++", "cpp")}  # fmt: skip
+
+
+def fim_eval(data: str | None = None, **_) -> list[Task]:
+    """aiXcoder's FIM-Eval in its published format (`task_id, pre_mask_code, post_mask_code,
+    canonical_solution, task_type`), one `{language}*.jsonl` per language (python, java, javascript,
+    cplus), scored by exact match, BLEU-4, edit similarity and length ratio per language and task type."""
+    if data is None:
+        raise FileNotFoundError(
+            "FIM-Eval is not distributed here: pass its directory of {language}_*.jsonl with --data"
+        )
+    root = Path(data)
+    files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
+    tasks = []
+    for f in files:
+        key = f.stem.split("_")[0].lower()
+        if key not in FIM_EVAL_LANGS:
+            raise ValueError(f"{f.name}: the file name must start with one of {', '.join(FIM_EVAL_LANGS)}")
+        lang, ext = FIM_EVAL_LANGS[key]
+        for line in f.read_text().splitlines():
+            p = json.loads(line)
+            req = Request(
+                p["pre_mask_code"], p["post_mask_code"], reference=p["canonical_solution"], path=f"test.{ext}"
+            )
+            req.meta = {"task_type": p["task_type"]}
+            tasks.append(
+                Task(
+                    f"FIM-Eval/{lang}/{p['task_id']}",
+                    lang,
+                    req,
+                    target=p["canonical_solution"],
+                    scoring="text",
+                )
+            )
+    return tasks
+
+
 def first_line(text: str) -> str:
     """SantaCoder-FIM's middle is one line: the first non-empty line of the completion."""
     return next((line for line in text.splitlines() if line.strip()), "")
@@ -162,6 +201,7 @@ SUITES: dict[str, Callable[..., list[Task]]] = {
     "humaneval": humaneval,
     "mbpp": mbpp,
     "santacoder-fim": santacoder_fim,
+    "fim-eval": fim_eval,
     "multipl-e-cpp": partial(multipl_e, language="cpp"),
     "multipl-e-java": partial(multipl_e, language="java"),
     "multipl-e-js": partial(multipl_e, language="js"),
