@@ -193,3 +193,36 @@ def test_fim_eval_format_reference_and_empty(tmp_path):
             assert row["length_ratio"] == sum(len(x.strip()) for x in refs) / sum(map(len, refs))
         else:
             assert row["exact_match"] == row["bleu4"] == row["edit_similarity"] == row["length_ratio"] == 0.0
+
+
+def test_fim_builder_holds_out_repositories_and_splits_files_exactly(code_corpus, bpe_dir, tmp_path):
+    from codemill.data.config import DataConfig
+    from codemill.data.repo import CodeCorpus
+    from codemill.data.stream import TrainingStream
+    from codemill.data.tokenizer import load_tokenizer
+    from codemill.eval.builders import TYPES, build_fim, held_out
+
+    got = build_fim(code_corpus, tmp_path / "fim", holdout=0.5, per_type=20, seed=3)
+    held = (tmp_path / "fim" / "heldout_repos.txt").read_text().split()
+    corpus = CodeCorpus(code_corpus)
+    assert held and set(held) == {r for r in corpus.repos if held_out(r, 0.5, 3)} != set(corpus.repos)
+    contents = {(r, f.path): f.text for i, r in enumerate(corpus.repos) for f in corpus.read(i)[1]}
+    kinds = set()
+    for path in (tmp_path / "fim").glob("*_test.jsonl"):
+        for row in map(json.loads, path.read_text().splitlines()):
+            assert row["repo"] in held and row["task_type"] in TYPES
+            original = contents[(row["repo"], row["path"])]
+            assert row["pre_mask_code"] + row["canonical_solution"] + row["post_mask_code"] == original
+            if row["task_type"] == "empty":
+                assert row["canonical_solution"] == ""
+            if row["task_type"] == "if_statement":
+                assert row["canonical_solution"].startswith("if")
+            kinds.add(row["task_type"])
+    assert {"method_signature", "method_body", "single_line", "if_statement", "for_statement"} <= kinds
+    assert sum(got["tasks"].values()) == sum(
+        len(p.read_text().splitlines()) for p in (tmp_path / "fim").glob("*.jsonl")
+    )
+    # the held-out repositories never enter the training stream
+    cfg = DataConfig(seq_len=256, exclude_repos=str(tmp_path / "fim" / "heldout_repos.txt"))
+    stream = TrainingStream(code_corpus, load_tokenizer(bpe_dir), cfg)
+    assert {corpus.repos[u] for u in stream.units["code"]} == set(corpus.repos) - set(held)

@@ -16,6 +16,10 @@ corpus_app = typer.Typer(no_args_is_help=True, help="Inspect a curated corpus.")
 app.add_typer(corpus_app, name="corpus")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a tokenizer for code.")
 app.add_typer(tokenizer_app, name="tokenizer")
+bench_app = typer.Typer(no_args_is_help=True, help="Build benchmarks from held-out repositories.")
+bench_build_app = typer.Typer(no_args_is_help=True, help="Build a benchmark of a published shape.")
+bench_app.add_typer(bench_build_app, name="build")
+app.add_typer(bench_app, name="bench")
 train_app = typer.Typer(
     help="Train a model (paper §III-A, §III-D); `codemill train plot RUN` draws its loss."
 )
@@ -281,6 +285,39 @@ def eval_(
         )
     console.print(table)
     console.print(f"every sample in [bold]{out}/results.json[/bold], the report in {out}/report.md")
+
+
+@bench_build_app.command("fim")
+def bench_build_fim(
+    corpus: Path = CORPUS,
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Directory for {language}_test.jsonl and heldout_repos.txt."
+    ),
+    holdout: float = typer.Option(
+        0.1, help="Fraction of repositories held out (by a keyed hash of the name)."
+    ),
+    per_type: int = typer.Option(100, help="Tasks per task type and language at most."),
+    seed: int = typer.Option(0),
+) -> None:
+    """A FIM-Eval-shaped benchmark (13 task types; Python, Java, JavaScript, C++) from held-out repositories.
+    Train with `--set data.exclude_repos=OUT/heldout_repos.txt` so they stay unseen."""
+    from rich.table import Table
+
+    from codemill.eval.builders import build_fim
+
+    try:
+        got = build_fim(corpus, out, holdout=holdout, per_type=per_type, seed=seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(e) from e
+    table = Table(title=f"FIM tasks from {got['repos']} held-out repositories")
+    table.add_column("language / task type")
+    table.add_column("tasks", justify="right")
+    for k, n in got["tasks"].items():
+        table.add_row(k, str(n))
+    console.print(table)
+    console.print(
+        f"written to [bold]{out}[/bold]; evaluate with `codemill eval fim-eval --data {out} --model ...`"
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ class DataConfig(Settings):
     sfim_end_at_node: float = 0.5
     sfim_fallback: str = "fim"  # objective for files SFIM cannot apply to (no grammar, no function)
     repo_metadata: bool = True  # the repository name opens its stream (formats with a repo token)
+    # repositories kept out of training (a file of names, one per line: `codemill bench build` writes one)
+    exclude_repos: str | None = None
     # natural language: .parquet / .jsonl files or directories, and their share of tokens
     text: tuple[str, ...] = ()
     text_column: str = "text"

@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,10 @@ class TrainingStream:
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} out of range for world {world} x workers {workers}")
         self.units = {name: list(range(shard, len(src), shards)) for name, src in self.sources.items()}
+        if cfg.exclude_repos:  # held-out repositories never enter the stream
+            names = set(Path(cfg.exclude_repos).read_text().split())
+            repos = self.sources["code"].repos
+            self.units["code"] = [u for u in self.units["code"] if repos[u] not in names]
         for name, src in self.sources.items():
             if len(src) < shards:
                 raise ValueError(

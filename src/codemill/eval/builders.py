@@ -1,0 +1,151 @@
+"""Benchmarks of FIM-Eval's shape built from held-out repositories of a curated corpus.
+
+Repositories are held out by a keyed hash of their name (`heldout_repos.txt` is written beside the
+benchmark; `data.exclude_repos` keeps them out of training), so a model is evaluated on code it never
+saw. Spans come from tree-sitter, one task per type per file at most, in FIM-Eval's 13 types.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import tree_sitter
+import xxhash
+
+from codemill.langs import STRUCTURES, ts_language, ts_parser
+
+LANGS = {"Python": "python", "Java": "java", "JavaScript": "javascript", "C++": "cplus"}
+STATEMENTS = {
+    "if_statement": ("if_statement",),
+    "for_statement": ("for_statement", "enhanced_for_statement", "for_in_statement", "for_range_loop"),
+    "while_statement": ("while_statement", "do_statement"),
+    "try_statement": ("try_statement", "try_with_resources_statement"),
+    "switch_case": ("switch_block_statement_group", "switch_rule", "switch_case", "case_statement"),
+}
+TYPES = (
+    "method_signature",
+    "method_body",
+    "single_line",
+    "method_with_comment",
+    "empty",
+    "method_body_top",
+    "method_body_mid",
+    "method_body_bottom",
+    *STATEMENTS,
+)
+_queries: dict[str, tree_sitter.Query] = {}
+
+
+def held_out(repo: str, fraction: float, seed: int) -> bool:
+    return xxhash.xxh64_intdigest(f"{seed}\x00{repo}") % 1_000_000 < fraction * 1_000_000
+
+
+def _functions(lang: str, tree) -> list[tree_sitter.Node]:
+    if lang not in _queries:
+        pattern = "[" + " ".join(f"({t})" for t in STRUCTURES[lang].functions) + "] @f"
+        _queries[lang] = tree_sitter.Query(ts_language(lang), pattern)
+    return tree_sitter.QueryCursor(_queries[lang]).captures(tree.root_node).get("f", [])
+
+
+def _trim(src: bytes, a: int, b: int) -> tuple[int, int]:
+    while a < b and src[a : a + 1].isspace():
+        a += 1
+    while b > a and src[b - 1 : b].isspace():
+        b -= 1
+    return a, b
+
+
+def _lines(src: bytes, a: int, b: int) -> list[tuple[int, int]]:
+    """Non-empty lines in [a, b) as (first non-space, line end) byte spans."""
+    out = []
+    for m in re.finditer(rb"[^\n]+", src[a:b]):
+        s, e = _trim(src, a + m.start(), a + m.end())
+        if s < e:
+            out.append((s, e))
+    return out
+
+
+def spans(lang: str, src: bytes, tree) -> dict[str, list[tuple[int, int]]]:
+    """Candidate middles per task type, as byte spans."""
+    found: dict[str, list[tuple[int, int]]] = {t: [] for t in TYPES}
+    for fn in _functions(lang, tree):
+        body = fn.child_by_field_name("body")
+        if body is None or body.end_byte - body.start_byte < 2:
+            continue
+        found["method_signature"].append(_trim(src, fn.start_byte, body.start_byte))
+        inner = (
+            (body.start_byte + 1, body.end_byte - 1)
+            if src[body.start_byte : body.start_byte + 1] == b"{"
+            else (body.start_byte, body.end_byte)
+        )
+        inner = _trim(src, *inner)
+        if inner[0] < inner[1]:
+            found["method_body"].append(inner)
+            lines = _lines(src, *inner)
+            found["single_line"] += lines
+            found["empty"] += [(s, s) for s, _ in lines[1:]]
+            if len(lines) >= 3:
+                k = len(lines) // 3
+                found["method_body_top"].append((lines[0][0], lines[k - 1][1]))
+                found["method_body_mid"].append((lines[k][0], lines[2 * k - 1][1]))
+                found["method_body_bottom"].append((lines[2 * k][0], lines[-1][1]))
+        prev = fn.prev_named_sibling
+        if prev is not None and "comment" in prev.type and fn.start_point.row - prev.end_point.row <= 1:
+            found["method_with_comment"].append((prev.start_byte, fn.end_byte))
+        stack = list(fn.children)
+        while stack:
+            n = stack.pop()
+            for kind, names in STATEMENTS.items():
+                if n.type in names and not (kind == "switch_case" and lang == "Python"):
+                    found[kind].append((n.start_byte, n.end_byte))
+            stack += n.children
+    return found
+
+
+def build_fim(
+    corpus: str | Path, out: str | Path, *, holdout: float = 0.1, per_type: int = 100, seed: int = 0
+) -> dict:
+    """Write `{python,java,javascript,cplus}_test.jsonl` and `heldout_repos.txt`; return counts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(Path(corpus).glob("files-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+    rows: dict[str, list[dict]] = {k: [] for k in LANGS.values()}
+    counts: Counter[tuple[str, str]] = Counter()
+    repos: set[str] = set()
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(
+            columns=["repo", "path", "lang", "content"], batch_size=512
+        ):
+            for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
+                if lang not in LANGS or not held_out(repo, holdout, seed):
+                    continue
+                repos.add(repo)
+                src = text.encode()
+                rng = random.Random(xxhash.xxh64_intdigest(f"{seed}\x00{repo}\x00{path}"))
+                for kind, cands in spans(lang, src, ts_parser(lang).parse(src)).items():
+                    if not cands or counts[(lang, kind)] >= per_type:
+                        continue
+                    a, b = rng.choice(cands)
+                    key = LANGS[lang]
+                    rows[key].append({
+                        "task_id": f"{repo}/{path}#{kind}",
+                        "pre_mask_code": src[:a].decode(),
+                        "post_mask_code": src[b:].decode(),
+                        "canonical_solution": src[a:b].decode(),
+                        "task_type": kind,
+                        "repo": repo,
+                        "path": path,
+                    })  # fmt: skip
+                    counts[(lang, kind)] += 1
+    for key, items in rows.items():
+        if items:
+            (out / f"{key}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(repos)))
+    return {"repos": len(repos), "tasks": {f"{lang}/{kind}": n for (lang, kind), n in sorted(counts.items())}}
