@@ -226,3 +226,21 @@ def test_fim_builder_holds_out_repositories_and_splits_files_exactly(code_corpus
     cfg = DataConfig(seq_len=256, exclude_repos=str(tmp_path / "fim" / "heldout_repos.txt"))
     stream = TrainingStream(code_corpus, load_tokenizer(bpe_dir), cfg)
     assert {corpus.repos[u] for u in stream.units["code"]} == set(corpus.repos) - set(held)
+
+
+@needs_bwrap
+def test_compare_puts_runs_side_by_side(tmp_path):
+    for model in ("reference", "empty"):
+        r = codemill("eval", "humaneval", "--model", model, "--out", str(tmp_path / model), "--limit", "20")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (tmp_path / model / "by_task_type.png").read_bytes()[:4] == b"\x89PNG"
+    r = codemill(
+        "eval",
+        "compare",
+        str(tmp_path / "reference"),
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "c.md"),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| all | pass@1 | 100.0 | 0.0 |" in (tmp_path / "c.md").read_text()

@@ -235,10 +235,16 @@ def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run dire
 @app.command("eval")
 def eval_(
     suite: str = typer.Argument(
-        ..., help="humaneval, mbpp, santacoder-fim, multipl-e-cpp, multipl-e-java or multipl-e-js."
+        ...,
+        help="humaneval, mbpp, santacoder-fim, fim-eval, multipl-e-cpp, multipl-e-java, multipl-e-js; or compare.",
     ),
-    model: str = typer.Option(..., help="A checkpoint directory, `reference` (self-test: 100%) or `empty`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for results.json and report.md."),
+    runs: list[Path] = typer.Argument(
+        None, help="With `compare`: eval output directories to put side by side."
+    ),
+    model: str = typer.Option(None, help="A checkpoint directory, `reference` (self-test: 100%) or `empty`."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="results.json and report.md go here (compare: a .md file)."
+    ),
     format: str = typer.Option(
         None, help="Prompt format of the checkpoint (default: its codemill.json, else codemill)."
     ),
@@ -250,12 +256,25 @@ def eval_(
         False, "--unsafe", help="Run generated code without bubblewrap (limits only)."
     ),
 ) -> None:
-    """Evaluate a model like the paper: generate, execute in a sandbox, report."""
+    """Evaluate a model like the paper: generate, execute in a sandbox, report.
+    `codemill eval compare RUN...` puts several runs of one suite side by side."""
     from rich.table import Table
 
     from codemill.eval.models import load_model
-    from codemill.eval.runner import evaluate
+    from codemill.eval.runner import compare, evaluate
     from codemill.eval.sandbox import SandboxUnavailable
+
+    if suite == "compare":
+        try:
+            table = compare(runs or [])
+        except (ValueError, FileNotFoundError) as e:
+            raise _fail(e) from e
+        console.print(table)
+        if out:
+            out.write_text(table)
+        return
+    if model is None or out is None:
+        raise _fail(ValueError("--model and --out are needed"))
 
     options = {"data": data} if data else {}
     if suite == "mbpp":

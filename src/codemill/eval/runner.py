@@ -82,7 +82,71 @@ def evaluate(
     }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "report.md").write_text(report(results))
+    chart(results, out / "by_task_type.png")
     return results
+
+
+def _main_metric(row: dict) -> str:
+    return next(k for k in ("pass@1", "exact_match", "edit_similarity") if k in row)
+
+
+def chart(results: dict, path: Path) -> Path | None:
+    """A bar per language (and per task type where there are types) of the suite's main score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {k: v for k, v in results["summary"].items() if k != "all"}
+    if not rows:
+        return None
+    metric = _main_metric(next(iter(rows.values())))
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4.5), dpi=110)
+    ax.bar(range(len(names)), [rows[n].get(metric, 0.0) for n in names], color="#4C72B0")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{results['suite']}: {results['model']}")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def compare(runs: list[Path]) -> str:
+    """A markdown table: one column per run, one row per (language or task type, metric)."""
+    loaded = [json.loads((Path(r) / "results.json").read_text()) for r in runs]
+    suites = {r["suite"] for r in loaded}
+    if len(suites) > 1:
+        raise ValueError(f"runs are of different suites: {sorted(suites)}")
+    head = [f"{r['model']} ({Path(p).name})" for r, p in zip(loaded, runs, strict=True)]
+    keys = list(dict.fromkeys(k for r in loaded for k in r["summary"]))
+    lines = [
+        f"# {suites.pop()}",
+        "",
+        "| group | metric | " + " | ".join(head) + " |",
+        "|---|---|" + "---|" * len(head),
+    ]
+    for key in keys:
+        metrics = list(
+            dict.fromkeys(
+                m for r in loaded for m in r["summary"].get(key, {}) if m not in ("tasks", "executed")
+            )
+        )
+        for m in metrics:
+            vals = [r["summary"].get(key, {}).get(m) for r in loaded]
+            cells = [
+                f"{v:.1f}"
+                if isinstance(v, float) and m != "length_ratio"
+                else f"{v:.2f}"
+                if isinstance(v, float)
+                else "-"
+                for v in vals
+            ]
+            lines.append(f"| {key} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summarize(samples: list[dict]) -> dict:
