@@ -244,3 +244,51 @@ def test_compare_puts_runs_side_by_side(tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "| all | pass@1 | 100.0 | 0.0 |" in (tmp_path / "c.md").read_text()
+
+
+def test_crossfile_builder_and_crosscodeeval_settings(code_corpus, tmp_path):
+    from codemill.data.repo import CodeCorpus
+    from codemill.eval.builders import build_crossfile
+    from codemill.eval.metrics import identifier_scores, line_match
+    from codemill.eval.suites import statement
+
+    got = build_crossfile(code_corpus, tmp_path / "cc", holdout=1.0, per_repo=5)
+    assert got["repos"] == 8 and got["tasks"]["python"] > 5
+    corpus = CodeCorpus(code_corpus)
+    contents = {(r, f.path): f.text for i, r in enumerate(corpus.repos) for f in corpus.read(i)[1]}
+    rows = [
+        json.loads(x)
+        for x in (tmp_path / "cc" / "python" / "line_completion_oracle_bm25.jsonl").read_text().splitlines()
+    ]
+    for row in rows:
+        meta = row["metadata"]
+        text = contents[(meta["repository"], meta["file"])]
+        assert text.startswith(row["prompt"] + row["groundtruth"]) and text.endswith(row["right_context"])
+        files = {c["filename"] for c in row["crossfile_context"]["list"]}
+        assert meta["file"] not in files and len(files) >= 1  # snippets come from the other files
+    assert (
+        statement("    x = f(y); z = 1\nmore", "java") == "    x = f(y);"
+        and statement("\nreturn a\nb", "python") == "return a"
+    )
+    assert (
+        line_match("a(b)\n", " a(b)")
+        and identifier_scores("self.fit(x)", "self.fit(y)", "python")[1] == 2 * 0.5 * 0.5 / 1.0
+    )
+    for setting in ("infile", "retrieval", "oracle"):
+        for model, score in (("reference", 100.0), ("empty", 0.0)):
+            out = tmp_path / f"{setting}-{model}"
+            r = codemill(
+                "eval",
+                "crosscodeeval",
+                "--data",
+                str(tmp_path / "cc"),
+                "--setting",
+                setting,
+                "--model",
+                model,
+                "--out",
+                str(out),
+            )
+            assert r.returncode == 0, r.stdout + r.stderr
+            summary = json.loads((out / "results.json").read_text())["summary"]["all"]
+            assert summary["exact_match"] == summary["identifier_em"] == score

@@ -236,7 +236,7 @@ def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run dire
 def eval_(
     suite: str = typer.Argument(
         ...,
-        help="humaneval, mbpp, santacoder-fim, fim-eval, multipl-e-cpp, multipl-e-java, multipl-e-js; or compare.",
+        help="humaneval, mbpp, santacoder-fim, fim-eval, crosscodeeval, multipl-e-cpp|java|js; or compare.",
     ),
     runs: list[Path] = typer.Argument(
         None, help="With `compare`: eval output directories to put side by side."
@@ -250,6 +250,7 @@ def eval_(
     ),
     data: str = typer.Option(None, help="The benchmark file (MBPP jsonl, SantaCoder-FIM parquet)."),
     split: str = typer.Option("all", help="MBPP: all (974, the paper) or test (500, bigcode)."),
+    setting: str = typer.Option("retrieval", help="CrossCodeEval: infile, retrieval (BM25 rg1) or oracle."),
     limit: int = typer.Option(None, help="Only the first N tasks."),
     workers: int = typer.Option(None, help="Parallel sandboxed executions (default: CPU count)."),
     unsafe: bool = typer.Option(
@@ -279,6 +280,8 @@ def eval_(
     options = {"data": data} if data else {}
     if suite == "mbpp":
         options["split"] = split
+    if suite == "crosscodeeval":
+        options["setting"] = setting
     try:
         results = evaluate(
             suite,
@@ -336,6 +339,31 @@ def bench_build_fim(
     console.print(table)
     console.print(
         f"written to [bold]{out}[/bold]; evaluate with `codemill eval fim-eval --data {out} --model ...`"
+    )
+
+
+@bench_build_app.command("crossfile")
+def bench_build_crossfile(
+    corpus: Path = CORPUS,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for {language}/line_completion*.jsonl."),
+    holdout: float = typer.Option(
+        0.1, help="Fraction of repositories held out (by a keyed hash of the name)."
+    ),
+    per_repo: int = typer.Option(20, help="Tasks per repository at most."),
+    seed: int = typer.Option(0),
+) -> None:
+    """A CrossCodeEval-shaped benchmark (in-file, BM25 retrieval, oracle) from held-out repositories."""
+    from codemill.eval.builders import build_crossfile
+
+    try:
+        got = build_crossfile(corpus, out, holdout=holdout, per_repo=per_repo, seed=seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(e) from e
+    console.print(
+        f"{sum(got['tasks'].values())} tasks {got['tasks']} from {got['repos']} held-out repositories in [bold]{out}[/bold]"
+    )
+    console.print(
+        f"evaluate with `codemill eval crosscodeeval --data {out} --setting infile|retrieval|oracle --model ...`"
     )
 
 

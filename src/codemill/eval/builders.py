@@ -149,3 +149,111 @@ def build_fim(
             (out / f"{key}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
     (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(repos)))
     return {"repos": len(repos), "tasks": {f"{lang}/{kind}": n for (lang, kind), n in sorted(counts.items())}}
+
+
+CROSSFILE_LANGS = {"Python": "python", "Java": "java", "TypeScript": "typescript", "C#": "csharp"}
+_DEFS = {
+    "Python": "(function_definition name: (identifier) @d) (class_definition name: (identifier) @d)",
+    "Java": "(method_declaration name: (identifier) @d) (class_declaration name: (identifier) @d)",
+    "TypeScript": "(function_declaration name: (identifier) @d) (class_declaration name: (type_identifier) @d)",
+    "C#": "(method_declaration name: (identifier) @d) (class_declaration name: (identifier) @d)",
+}
+_WORD = re.compile(r"\w+")
+
+
+def _definitions(lang: str, src: bytes) -> set[str]:
+    query = tree_sitter.Query(ts_language(lang), _DEFS[lang])
+    nodes = tree_sitter.QueryCursor(query).captures(ts_parser(lang).parse(src).root_node).get("d", [])
+    return {n.text.decode() for n in nodes if len(n.text) > 3}
+
+
+def _chunks(path: str, text: str, size: int = 10) -> list[tuple[str, str]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [(path, "\n".join(lines[i : i + size])) for i in range(0, len(lines), size)]
+
+
+def _retrieve(chunks: list[tuple[str, str]], query: str, top: int = 5) -> list[dict]:
+    from rank_bm25 import BM25Okapi
+
+    if not chunks:
+        return []
+    bm25 = BM25Okapi([_WORD.findall(c) or [""] for _, c in chunks])
+    scores = bm25.get_scores(_WORD.findall(query))
+    best = sorted(range(len(chunks)), key=lambda i: -scores[i])[:top]
+    return [
+        {"retrieved_chunk": chunks[i][1], "filename": chunks[i][0], "score": float(scores[i])} for i in best
+    ]
+
+
+def build_crossfile(
+    corpus: str | Path, out: str | Path, *, holdout: float = 0.1, seed: int = 0, per_repo: int = 20
+) -> dict:
+    """CrossCodeEval-shaped tasks from held-out repositories: the target line uses a name defined in
+    another file of the repository and not in its own; the three files of the published layout
+    (in-file, BM25 over 10-line chunks of the other files queried by the last 10 prompt lines, and
+    the same queried with the reference line: the oracle)."""
+    out = Path(out)
+    files = sorted(Path(corpus).glob("files-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+    by_repo: dict[str, list[tuple[str, str, str]]] = {}
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(
+            columns=["repo", "path", "lang", "content"], batch_size=512
+        ):
+            for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
+                if lang in CROSSFILE_LANGS and held_out(repo, holdout, seed):
+                    by_repo.setdefault(repo, []).append((path, lang, text))
+    rows: dict[str, dict[str, list[dict]]] = {
+        k: {s: [] for s in ("infile", "retrieval", "oracle")} for k in CROSSFILE_LANGS.values()
+    }
+    for repo, items in sorted(by_repo.items()):
+        defs = {path: _definitions(lang, text.encode()) for path, lang, text in items}
+        rng = random.Random(xxhash.xxh64_intdigest(f"{seed}\x00{repo}"))
+        made = 0
+        for path, lang, text in rng.sample(items, len(items)):
+            if made >= per_repo:
+                break
+            foreign = {d for p, ds in defs.items() if p != path for d in ds} - defs[path]
+            lines = text.splitlines(keepends=True)
+            candidates = [
+                i
+                for i, line in enumerate(lines)
+                if i > 5 and foreign & set(_WORD.findall(line)) and line.strip()
+            ]
+            if not candidates:
+                continue
+            i = rng.choice(candidates)
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            prompt = "".join(lines[:i]) + lines[i][:indent]
+            truth = lines[i][indent:].rstrip("\n")
+            chunks = [c for p, _, t in items if p != path for c in _chunks(p, t)]
+            tail = "\n".join([x for x in prompt.splitlines() if x.strip()][-10:])
+            base = {
+                "prompt": prompt,
+                "groundtruth": truth,
+                "right_context": "".join(lines[i + 1 :]),
+                "metadata": {"task_id": f"{repo}/{path}:{i + 1}", "repository": repo, "file": path, "groundtruth_start_lineno": i},
+            }  # fmt: skip
+            key = CROSSFILE_LANGS[lang]
+            rows[key]["infile"].append({**base, "crossfile_context": {"text": "", "list": []}})
+            for setting, query in (("retrieval", tail), ("oracle", tail + "\n" + truth)):
+                rows[key][setting].append(
+                    {**base, "crossfile_context": {"text": "", "list": _retrieve(chunks, query)}}
+                )
+            made += 1
+    names = {
+        "infile": "line_completion.jsonl",
+        "retrieval": "line_completion_rg1_bm25.jsonl",
+        "oracle": "line_completion_oracle_bm25.jsonl",
+    }
+    counts = {}
+    for key, settings in rows.items():
+        if not settings["infile"]:
+            continue
+        (out / key).mkdir(parents=True, exist_ok=True)
+        for setting, items in settings.items():
+            (out / key / names[setting]).write_text("".join(json.dumps(r) + "\n" for r in items))
+        counts[key] = len(settings["infile"])
+    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(by_repo)))
+    return {"repos": len(by_repo), "tasks": counts}

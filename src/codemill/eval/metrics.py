@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import keyword
+import re
+
 import numpy as np
 
 
@@ -48,3 +51,54 @@ def edit_similarity(prediction: str, reference: str) -> float:
     from rapidfuzz import fuzz
 
     return float(fuzz.ratio(prediction.strip(), reference.strip()))
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KEYWORDS = {
+    "python": set(keyword.kwlist) | {"self", "True", "False", "None"},
+    "java": {
+        "abstract", "assert", "boolean", "break", "byte", "case", "catch", "char", "class", "const", "continue",
+        "default", "do", "double", "else", "enum", "extends", "final", "finally", "float", "for", "goto", "if",
+        "implements", "import", "instanceof", "int", "interface", "long", "native", "new", "package", "private",
+        "protected", "public", "return", "short", "static", "strictfp", "super", "switch", "synchronized", "this",
+        "throw", "throws", "transient", "try", "void", "volatile", "while", "true", "false", "null", "var",
+    },
+    "typescript": {
+        "break", "case", "catch", "class", "const", "continue", "debugger", "default", "delete", "do", "else",
+        "enum", "export", "extends", "false", "finally", "for", "function", "if", "import", "in", "instanceof",
+        "new", "null", "return", "super", "switch", "this", "throw", "true", "try", "typeof", "var", "void",
+        "while", "with", "let", "static", "yield", "await", "async", "of", "as", "interface", "type", "any",
+        "number", "string", "boolean", "undefined", "implements", "private", "protected", "public", "readonly",
+    },
+    "csharp": {
+        "abstract", "as", "base", "bool", "break", "byte", "case", "catch", "char", "checked", "class", "const",
+        "continue", "decimal", "default", "delegate", "do", "double", "else", "enum", "event", "explicit",
+        "extern", "false", "finally", "fixed", "float", "for", "foreach", "goto", "if", "implicit", "in", "int",
+        "interface", "internal", "is", "lock", "long", "namespace", "new", "null", "object", "operator", "out",
+        "override", "params", "private", "protected", "public", "readonly", "ref", "return", "sbyte", "sealed",
+        "short", "sizeof", "static", "string", "struct", "switch", "this", "throw", "true", "try", "typeof",
+        "uint", "ulong", "unchecked", "unsafe", "ushort", "using", "var", "virtual", "void", "volatile", "while",
+    },
+}  # fmt: skip
+
+
+def identifiers(code: str, language: str) -> list[str]:
+    return [t for t in _IDENT.findall(code) if t not in KEYWORDS.get(language, set())]
+
+
+def line_match(prediction: str, reference: str) -> bool:
+    """CrossCodeEval's exact match: equal lists of non-empty stripped lines."""
+    lines = lambda s: [x.strip() for x in s.splitlines() if x.strip()]  # noqa: E731
+    return lines(prediction) == lines(reference)
+
+
+def identifier_scores(prediction: str, reference: str, language: str) -> tuple[bool, float]:
+    """(identifier exact match, identifier F1 over sets), CrossCodeEval's definitions."""
+    p, r = identifiers(prediction, language), identifiers(reference, language)
+    if not p and not r:
+        return True, 1.0
+    common = len(set(p) & set(r))
+    if common == 0:
+        return p == r, 0.0
+    precision, recall = common / len(set(p)), common / len(set(r))
+    return p == r, 2 * precision * recall / (precision + recall)

@@ -21,6 +21,8 @@ class Request:
     max_tokens: int = 512
     reference: str = ""  # the benchmark's solution: what the `reference` model answers
     path: str | None = None
+    context: list[tuple[str, str]] = field(default_factory=list)  # cross-file (path, code) snippets
+    context_tokens: int = 512  # CrossCodeEval's budget for them
     meta: dict = field(default_factory=dict)
 
 
@@ -76,9 +78,16 @@ class Checkpoint:
         self.context = getattr(self.model.config, "max_position_embeddings", 2048)
 
     def prompt_ids(self, r: Request) -> list[int]:
-        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path) if r.suffix is not None else None
-        if parts is None:  # left to right: the file so far, as trained (NTP document, no end token)
-            parts = self.fmt.document(path=r.path, prefix=r.prefix, end=False)
+        context, used = [], 0
+        for (path, code), ids in zip(
+            r.context, self.tok.encode_batch([c for _, c in r.context]), strict=True
+        ):
+            if used + len(ids) > r.context_tokens:
+                break
+            context.append((path, code))
+            used += len(ids)
+        # the format puts cross-file snippets where training put other files of the repository
+        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path, context=context)
         texts = [p.text for p in parts if p.role != "special"]
         enc = iter(self.tok.encode_batch(texts))
         pieces = [([self.tok.token_id(p.text)] if p.role == "special" else next(enc), p.role) for p in parts]

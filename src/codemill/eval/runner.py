@@ -11,9 +11,9 @@ from pathlib import Path
 from rich.progress import Progress
 
 from codemill.eval import sandbox
-from codemill.eval.metrics import bleu4, edit_similarity, pass_at_k
+from codemill.eval.metrics import bleu4, edit_similarity, identifier_scores, line_match, pass_at_k
 from codemill.eval.models import Model
-from codemill.eval.suites import SUITES, first_line
+from codemill.eval.suites import SUITES, first_line, statement
 
 
 def evaluate(
@@ -59,6 +59,17 @@ def evaluate(
                 sample["bleu4"] = bleu4(completion, task.target)
                 sample["edit_similarity"] = edit_similarity(completion, task.target)
                 sample["chars"] = [len(completion.strip()), len(task.target)]
+            elif task.target is not None and task.scoring == "statement":
+                pred = statement(completion, task.language)
+                ident_em, ident_f1 = identifier_scores(pred, task.target, task.language)
+                sample.update(
+                    prediction=pred,
+                    exact_match=line_match(pred, task.target),
+                    edit_similarity=edit_similarity(pred, task.target),
+                    identifier_em=ident_em,
+                    identifier_f1=100 * ident_f1,
+                    context_files=[p for p, _ in task.request.context],
+                )
             elif task.target is not None:
                 sample["exact_match"] = first_line(completion).strip() == task.target.strip()
             if task.program is not None:
@@ -168,7 +179,9 @@ def summarize(samples: list[dict]) -> dict:
             row["executed"] = len(executed)
         if any("exact_match" in s for s in group):
             row["exact_match"] = 100 * sum(s.get("exact_match", False) for s in group) / len(group)
-        for key in ("bleu4", "edit_similarity"):
+        if any("identifier_em" in s for s in group):
+            row["identifier_em"] = 100 * sum(s.get("identifier_em", False) for s in group) / len(group)
+        for key in ("bleu4", "edit_similarity", "identifier_f1"):
             if any(key in s for s in group):
                 row[key] = sum(s.get(key, 0.0) for s in group) / len(group)
         if any("chars" in s for s in group):  # FIM-Eval: mean predicted chars / mean reference chars

@@ -33,7 +33,9 @@ class Task:
     program: Callable[[str], tuple[list[str], dict[str, str]]] | None = None
     target: str | None = None  # for exact match
     limits: Limits = DEFAULT_LIMITS
-    scoring: str = "line"  # exact match on the first non-empty line (SantaCoder-FIM) or whole "text"
+    scoring: str = (
+        "line"  # first non-empty line (SantaCoder-FIM), whole "text" (FIM-Eval), "statement" (cceval)
+    )
 
 
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
@@ -192,6 +194,52 @@ def fim_eval(data: str | None = None, **_) -> list[Task]:
     return tasks
 
 
+CCEVAL_FILES = {
+    "infile": "line_completion.jsonl",
+    "retrieval": "line_completion_rg1_bm25.jsonl",
+    "oracle": "line_completion_oracle_bm25.jsonl",
+}
+CCEVAL_LANGS = ("python", "java", "typescript", "csharp")
+
+
+def crosscodeeval(data: str | None = None, setting: str = "retrieval", **_) -> list[Task]:
+    """CrossCodeEval in its published layout (`{python,java,typescript,csharp}/line_completion*.jsonl`),
+    in the paper's three settings: in-file context only, BM25-retrieved chunks (rg1), retrieval with
+    the reference (oracle). Left to right, 50 new tokens, snippets within 512 tokens."""
+    if setting not in CCEVAL_FILES:
+        raise ValueError(f"CrossCodeEval setting must be one of {', '.join(CCEVAL_FILES)}")
+    if data is None:
+        raise FileNotFoundError("CrossCodeEval is not distributed here: pass its data directory with --data")
+    tasks = []
+    for lang in CCEVAL_LANGS:
+        f = Path(data) / lang / CCEVAL_FILES[setting]
+        if not f.exists():
+            continue
+        for line in f.read_text().splitlines():
+            p = json.loads(line)
+            ctx = [] if setting == "infile" else (p.get("crossfile_context") or {}).get("list", [])
+            req = Request(
+                p["prompt"], max_tokens=50, reference=p["groundtruth"], path=p["metadata"].get("file")
+            )
+            req.context = [(c.get("filename", ""), c["retrieved_chunk"]) for c in ctx]
+            tasks.append(
+                Task(p["metadata"]["task_id"], lang, req, target=p["groundtruth"], scoring="statement")
+            )
+    if not tasks:
+        raise FileNotFoundError(f"no */{CCEVAL_FILES[setting]} under {data}")
+    return tasks
+
+
+def statement(completion: str, language: str) -> str:
+    """CrossCodeEval's statement-level truncation: the first line; in Java, C# and TypeScript also cut
+    after the first `;`, `{` or `}`."""
+    text = completion.lstrip("\n").split("\n", 1)[0]
+    if language != "python":
+        cut = [i for i in (text.find(c) for c in ";{}") if i != -1]
+        text = text[: min(cut) + 1] if cut else text
+    return text
+
+
 def first_line(text: str) -> str:
     """SantaCoder-FIM's middle is one line: the first non-empty line of the completion."""
     return next((line for line in text.splitlines() if line.strip()), "")
@@ -202,6 +250,7 @@ SUITES: dict[str, Callable[..., list[Task]]] = {
     "mbpp": mbpp,
     "santacoder-fim": santacoder_fim,
     "fim-eval": fim_eval,
+    "crosscodeeval": crosscodeeval,
     "multipl-e-cpp": partial(multipl_e, language="cpp"),
     "multipl-e-java": partial(multipl_e, language="java"),
     "multipl-e-js": partial(multipl_e, language="js"),
