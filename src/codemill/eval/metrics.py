@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
 
@@ -23,13 +24,20 @@ def pass_at_k(n: list[int], c: list[int | bool], k: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+@functools.cache
+def _bleu(order: int):
+    import logging
+
+    from sacrebleu.metrics import BLEU
+
+    logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # it recommends effective_order; FIM-Eval does not
+    return BLEU(max_ngram_order=order, smooth_method="none", tokenize="13a")
+
+
 def bleu4(prediction: str, reference: str) -> float:
     """aiXcoder FIM-Eval's per-sample BLEU-4 (0-100): 13a tokens, no smoothing, brevity penalty, the
     maximum order lowered to the reference's length when it has fewer than 4 tokens, 100 on an exact
     match and 0 when either side is empty. Computed by sacrebleu."""
-    import warnings
-
-    from sacrebleu.metrics import BLEU
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
     p, r = prediction.strip(), reference.strip()
@@ -37,12 +45,7 @@ def bleu4(prediction: str, reference: str) -> float:
         return 0.0
     if p == r:
         return 100.0
-    order = min(4, len(Tokenizer13a()(r).split()))
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # sacrebleu recommends effective_order for sentences; FIM-Eval does not
-        return BLEU(max_ngram_order=order, smooth_method="none", tokenize="13a").sentence_score(p, [r]).score
+    return _bleu(min(4, len(Tokenizer13a()(r).split()))).sentence_score(p, [r]).score
 
 
 def edit_similarity(prediction: str, reference: str) -> float:
