@@ -229,6 +229,28 @@ def test_fim_builder_holds_out_repositories_and_splits_files_exactly(code_corpus
 
 
 @needs_bwrap
+def test_samples_give_pass_at_k(tmp_path):
+    r = codemill(
+        "eval",
+        "humaneval",
+        "--model",
+        "reference",
+        "--out",
+        str(tmp_path),
+        "--limit",
+        "4",
+        "--samples",
+        "10",
+        "--temperature",
+        "0.5",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["summary"]["all"] == {"tasks": 4, "pass@1": 100.0, "pass@10": 100.0, "executed": 40}
+    assert sorted({s["sample"] for s in results["samples"]}) == list(range(10))
+
+
+@needs_bwrap
 def test_compare_puts_runs_side_by_side(tmp_path):
     for model in ("reference", "empty"):
         r = codemill("eval", "humaneval", "--model", model, "--out", str(tmp_path / model), "--limit", "20")

@@ -252,6 +252,10 @@ def eval_(
     split: str = typer.Option("all", help="MBPP: all (974, the paper) or test (500, bigcode)."),
     setting: str = typer.Option("retrieval", help="CrossCodeEval: infile, retrieval (BM25 rg1) or oracle."),
     limit: int = typer.Option(None, help="Only the first N tasks."),
+    samples: int = typer.Option(
+        1, help="Samples per task (pass@k for every k up to it); needs --temperature."
+    ),
+    temperature: float = typer.Option(0.0, help="0: greedy."),
     workers: int = typer.Option(None, help="Parallel sandboxed executions (default: CPU count)."),
     unsafe: bool = typer.Option(
         False, "--unsafe", help="Run generated code without bubblewrap (limits only)."
@@ -290,6 +294,8 @@ def eval_(
             limit=limit,
             workers=workers,
             unsafe=unsafe,
+            samples=samples,
+            temperature=temperature,
             console=console,
             **options,
         )

@@ -23,6 +23,9 @@ class Request:
     path: str | None = None
     context: list[tuple[str, str]] = field(default_factory=list)  # cross-file (path, code) snippets
     context_tokens: int = 512  # CrossCodeEval's budget for them
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.95
+    seed: int = 0  # sampling is reproducible per request
     meta: dict = field(default_factory=dict)
 
 
@@ -57,7 +60,7 @@ class Empty:
 
 
 class Checkpoint:
-    """A codemill or Hugging Face checkpoint directory, decoded greedily with transformers."""
+    """A codemill or Hugging Face checkpoint directory, decoded with transformers (greedy by default)."""
 
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None):
         import torch
@@ -118,11 +121,15 @@ class Checkpoint:
         out = []
         for r in requests:
             ids = torch.tensor([self.prompt_ids(r)], device=self.device)
+            sampling = {"do_sample": r.temperature > 0}
+            if r.temperature > 0:
+                sampling.update(temperature=r.temperature, top_p=r.top_p)
+                torch.manual_seed(r.seed)
             with torch.no_grad():
                 gen = self.model.generate(
                     ids,
                     max_new_tokens=r.max_tokens,
-                    do_sample=False,
+                    **sampling,
                     eos_token_id=self.stop_ids,
                     pad_token_id=self.stop_ids[0],
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import defaultdict
@@ -24,6 +25,8 @@ def evaluate(
     limit: int | None = None,
     workers: int | None = None,
     unsafe: bool = False,
+    samples: int = 1,
+    temperature: float = 0.0,
     batch: int = 8,
     console=None,
     **options,
@@ -37,18 +40,27 @@ def evaluate(
     tasks = SUITES[suite](**options)[:limit]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if samples > 1 and temperature <= 0:
+        raise ValueError("several samples per task need --temperature above 0")
+    jobs = [(t, k) for t in tasks for k in range(samples)]
     completions: list[str] = []
     with Progress(console=console, transient=True) as bar:
-        gen = bar.add_task(f"{suite}: generating with {model.name}", total=len(tasks))
-        for i in range(0, len(tasks), batch):
-            chunk = tasks[i : i + batch]
-            completions += model.complete([t.request for t in chunk])
+        gen = bar.add_task(f"{suite}: generating with {model.name}", total=len(jobs))
+        for i in range(0, len(jobs), batch):
+            chunk = jobs[i : i + batch]
+            requests = [dataclasses.replace(t.request, temperature=temperature, seed=k) for t, k in chunk]
+            completions += model.complete(requests)
             bar.advance(gen, len(chunk))
-        run = bar.add_task(f"{suite}: executing in the sandbox", total=len(tasks))
+        run = bar.add_task(f"{suite}: executing in the sandbox", total=len(jobs))
 
         def judge(args):
-            task, completion = args
-            sample = {"task_id": task.id, "language": task.language, "prompt": task.request.prefix}
+            (task, k), completion = args
+            sample = {
+                "task_id": task.id,
+                "sample": k,
+                "language": task.language,
+                "prompt": task.request.prefix,
+            }
             if task.request.suffix is not None:
                 sample["suffix"] = task.request.suffix
             sample["completion"] = completion
@@ -82,14 +94,20 @@ def evaluate(
             return sample
 
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            samples = list(pool.map(judge, zip(tasks, completions, strict=True)))
-    summary = summarize(samples)
+            judged = list(pool.map(judge, zip(jobs, completions, strict=True)))
+    summary = summarize(judged)
     results = {
         "suite": suite,
         "model": model.name,
-        "settings": {"limit": limit, "sandbox": "bubblewrap" if sandbox.available() else "unsafe", **options},
+        "settings": {
+            "limit": limit,
+            "samples": samples,
+            "temperature": temperature,
+            "sandbox": "bubblewrap" if sandbox.available() else "unsafe",
+            **options,
+        },
         "summary": summary,
-        "samples": samples,
+        "samples": judged,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "report.md").write_text(report(results))
@@ -170,12 +188,17 @@ def summarize(samples: list[dict]) -> dict:
     groups["all"] = samples
     out = {}
     for lang, group in groups.items():
-        row: dict = {"tasks": len(group)}
+        row: dict = {"tasks": len({s["task_id"] for s in group})}
         executed = [s for s in group if "verdict" in s]
-        if executed:
-            row["pass@1"] = 100 * pass_at_k(
-                [1] * len(executed), [s["verdict"] == "passed" for s in executed], 1
-            )
+        if executed:  # the unbiased pass@k over each task's samples
+            per_task: dict[str, list[bool]] = defaultdict(list)
+            for s in executed:
+                per_task[s["task_id"]].append(s["verdict"] == "passed")
+            n = [len(v) for v in per_task.values()]
+            c = [sum(v) for v in per_task.values()]
+            for k in (1, 10, 100):
+                if min(n) >= k:
+                    row[f"pass@{k}"] = 100 * pass_at_k(n, c, k)
             row["executed"] = len(executed)
         if any("exact_match" in s for s in group):
             row["exact_match"] = 100 * sum(s.get("exact_match", False) for s in group) / len(group)
@@ -197,8 +220,8 @@ def report(results: dict) -> str:
     lines = [
         f"# {results['suite']}: {results['model']}",
         "",
-        f"Settings: {json.dumps(results['settings'])}. Greedy decoding; pass@1 is the fraction of tasks whose "
-        "program exits 0 in the sandbox.",
+        f"Settings: {json.dumps(results['settings'])}. pass@k is the unbiased estimator over each task's "
+        "samples (greedy, one sample: the fraction of tasks whose program exits 0 in the sandbox).",
         "",
         "| language | tasks | " + " | ".join(cols) + " |",
         "|---" * (len(cols) + 2) + "|",
