@@ -128,6 +128,29 @@ class Format:
         return parts + self.document(path=path, prefix=prefix, suffix=suffix, spm=spm, end=False)
 
 
+def encode(parts: list[Part], tok, budget: int | None = None) -> list[int]:
+    """Token ids of a prompt: specials by id, each text segment tokenized alone. Past `budget` tokens
+    the prefix (or body) keeps its tail and the suffix its head, as training truncated documents."""
+    texts = [p.text for p in parts if p.role != "special"]
+    enc = iter(tok.encode_batch(texts))
+    pieces = [([tok.token_id(p.text)] if p.role == "special" else next(enc), p.role) for p in parts]
+    over = sum(len(ids) for ids, _ in pieces) - budget if budget is not None else 0
+    if over > 0:
+        pre = sum(len(ids) for ids, role in pieces if role in ("prefix", "body"))
+        suf = sum(len(ids) for ids, role in pieces if role == "suffix")
+        cut_suf = min(suf, max(over // 2, over - pre))
+        cut_pre = over - cut_suf
+        cut = []
+        for ids, role in pieces:
+            if role in ("prefix", "body"):
+                ids = ids[cut_pre:]
+            elif role == "suffix":
+                ids = ids[: len(ids) - cut_suf]
+            cut.append((ids, role))
+        pieces = cut
+    return [i for ids, _ in pieces for i in ids]
+
+
 def comment(path: str, text: str) -> str | None:
     """`text` as a one-line comment in the language of `path`; None if it has no comment syntax."""
     lang = detect(path)

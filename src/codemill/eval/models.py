@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from codemill.formats import encode
+
 
 @dataclass
 class Request:
@@ -91,29 +93,7 @@ class Checkpoint:
             used += len(ids)
         # the format puts cross-file snippets where training put other files of the repository
         parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path, context=context)
-        texts = [p.text for p in parts if p.role != "special"]
-        enc = iter(self.tok.encode_batch(texts))
-        pieces = [([self.tok.token_id(p.text)] if p.role == "special" else next(enc), p.role) for p in parts]
-        over = sum(len(ids) for ids, _ in pieces) - (self.context - r.max_tokens)
-        if (
-            over > 0
-        ):  # cut inside the segments, as training did: the prefix keeps its tail, the suffix its head
-            pre = sum(len(ids) for ids, role in pieces if role in ("prefix", "body"))
-            suf = sum(len(ids) for ids, role in pieces if role == "suffix")
-            cut_suf = min(suf, max(over // 2, over - pre))
-            cut_pre = over - cut_suf
-            pieces = [
-                (
-                    ids[cut_pre:]
-                    if role in ("prefix", "body")
-                    else ids[: len(ids) - cut_suf]
-                    if role == "suffix"
-                    else ids,
-                    role,
-                )
-                for ids, role in pieces
-            ]
-        return [i for ids, _ in pieces for i in ids]
+        return encode(parts, self.tok, self.context - r.max_tokens)
 
     def complete(self, requests: list[Request]) -> list[str]:
         import torch

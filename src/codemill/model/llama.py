@@ -119,6 +119,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+@dataclass
+class KVCache:
+    """Keys and values of one sequence for every layer, preallocated; `length` tokens are valid.
+    Rolling back to a shared prefix is setting `length` (serve reuses it across requests)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, max_len: int, device, dtype) -> KVCache:
+        shape = (1, cfg.num_kv_heads, max_len, cfg.head_dim)
+        new = lambda: [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]  # noqa: E731
+        return cls(new(), new())
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -129,18 +149,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, causal = None, True
+        if cache is not None:  # new tokens attend to the cached prefix and causally among themselves
+            start = cache.length
+            cache.k[layer][:, :, start : start + t] = k
+            cache.v[layer][:, :, start : start + t] = v
+            k, v = cache.k[layer][:, :, : start + t], cache.v[layer][:, :, : start + t]
+            causal = False
+            if t > 1:
+                mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            is_causal=True,
+            attn_mask=mask,
+            is_causal=causal,
             dropout_p=c.attention_dropout if self.training else 0.0,
             enable_gqa=c.num_kv_heads != c.num_heads,
         )
@@ -167,8 +204,15 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin))
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -201,16 +245,27 @@ class Llama(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
 
-    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """Final normed hidden states [B, T, hidden]: the loss applies the head in chunks."""
-        cos, sin = rope_tables(self.cfg, torch.arange(ids.shape[1], device=ids.device))
+    def hidden(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final normed hidden states [B, T, hidden]: the loss applies the head in chunks. With a
+        cache, `ids` continue the cached sequence (batch 1) and their keys and values are added."""
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + ids.shape[1] > cache.capacity:
+            raise ValueError(f"{start + ids.shape[1]} tokens do not fit the cache of {cache.capacity}")
+        cos, sin = rope_tables(self.cfg, torch.arange(start, start + ids.shape[1], device=ids.device))
         x = self.model.embed_tokens(ids)
-        for block in self.model.layers:
+        for i, block in enumerate(self.model.layers):
             if self.checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False, preserve_rng_state=True)
             else:
-                x = block(x, cos, sin)
+                x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += ids.shape[1]
         return self.model.norm(x)
+
+    @torch.no_grad()
+    def next_logits(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [vocab] (fp32) after feeding `ids` [1, T] on top of the cache."""
+        return self.lm_head(self.hidden(ids, cache)[0, -1]).float()
 
     def forward(
         self, ids: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int = 4096

@@ -1,0 +1,144 @@
+"""The completion engine: one model, one KV cache reused across requests.
+
+A request's prompt is compared with the tokens already in the cache; only what follows their
+longest common prefix is evaluated. With SPM the suffix comes first and typing at the cursor only
+appends to the prefix, so consecutive keystrokes reuse almost everything. Decoding is greedy by
+default (temperature, top-p and top-k on request), text is released only when it ends on a whole
+UTF-8 character, and generation stops on the format's stop tokens, stop strings, a token cap or a
+time budget.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from codemill.formats import encode, get_format
+from codemill.model.hf import import_hf
+from codemill.model.llama import KVCache
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    stop_type: str = "limit"  # eos | word | limit | time
+    tokens: list[int] = field(default_factory=list)
+    tokens_cached: int = 0
+    tokens_evaluated: int = 0
+    prompt_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self, path: str | Path, fmt: str | None = None, device: str | None = None, max_len: int | None = None
+    ):
+        from codemill.data.tokenizer import load_tokenizer
+
+        path = Path(path)
+        info = json.loads((path / "codemill.json").read_text()) if (path / "codemill.json").exists() else {}
+        self.fmt = get_format(fmt or info.get("format", "codemill"))
+        self.tok = load_tokenizer(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = import_hf(path, dtype=dtype).to(self.device).eval()
+        self.name = path.name
+        self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
+        self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype)
+        self.cached: list[int] = []  # the token ids whose keys and values are in the cache
+        self.stop_ids = {self.tok.token_id(t) for t in self.fmt.stop_tokens}
+
+    def prompt(self, prefix: str, suffix: str | None = None, *, path: str | None = None, max_tokens: int = 64,
+               context: list[tuple[str, str]] = ()) -> list[int]:  # fmt: skip
+        """Prompt ids from formats.py, truncated inside its segments to leave room for the answer."""
+        parts = self.fmt.prompt(prefix, suffix, path=path, context=list(context))
+        return encode(parts, self.tok, self.max_len - max_tokens)
+
+    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+        """Logits after `ids`, evaluating only what the cache does not already hold."""
+        common = 0
+        for a, b in zip(self.cached, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # at least one token is evaluated, for its logits
+        self.cache.length = common
+        self.cached = self.cached[:common]
+        logits = self.model.next_logits(torch.tensor([ids[common:]], device=self.device), self.cache)
+        self.cached = list(ids)
+        return logits, common
+
+    def generate(self, ids: list[int], *, max_tokens: int = 64, stop: tuple[str, ...] = (), temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, time_budget_s: float | None = None,
+                 seed: int | None = None) -> Iterator[tuple[str, Completion]]:  # fmt: skip
+        """Yield (new text, running Completion) as text becomes final; the last yield has the stop type."""
+        if not ids:
+            raise ValueError("empty prompt")
+        max_tokens = min(max_tokens, self.max_len - len(ids))
+        if max_tokens <= 0:
+            raise ValueError(
+                f"the prompt ({len(ids)} tokens) leaves no room in the context of {self.max_len}"
+            )
+        gen = torch.Generator(device=self.device)
+        if seed is not None:
+            gen.manual_seed(seed)
+        out = Completion()
+        t0 = time.perf_counter()
+        logits, out.tokens_cached = self._prefill(ids)
+        out.tokens_evaluated = len(ids) - out.tokens_cached
+        out.prompt_ms = 1000 * (time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        emitted = ""
+        while True:
+            token = self._pick(logits, temperature, top_p, top_k, gen)
+            if token in self.stop_ids:
+                out.stop_type = "eos"
+                break
+            out.tokens.append(token)
+            text = self.tok.decode(out.tokens)
+            hit = min((i for s in stop if s and (i := text.find(s)) != -1), default=-1)
+            if hit != -1:
+                out.text, out.stop_type = text[:hit], "word"
+                break
+            if not text.endswith("\ufffd"):  # never release half a UTF-8 character
+                out.text = text
+                if len(text) > len(emitted):
+                    yield text[len(emitted) :], out
+                    emitted = text
+            if len(out.tokens) >= max_tokens:
+                out.stop_type = "limit"
+                break
+            if time_budget_s is not None and time.perf_counter() - t1 > time_budget_s:
+                out.stop_type = "time"
+                break
+            logits = self.model.next_logits(torch.tensor([[token]], device=self.device), self.cache)
+            self.cached.append(token)
+        out.decode_ms = 1000 * (time.perf_counter() - t1)
+        out.text = out.text if out.stop_type == "word" else self.tok.decode(out.tokens).rstrip("\ufffd")
+        yield out.text[len(emitted) :], out
+
+    def complete(self, ids: list[int], **kw) -> Completion:
+        *_, (_, result) = self.generate(ids, **kw)
+        return result
+
+    @staticmethod
+    def _pick(
+        logits: torch.Tensor, temperature: float, top_p: float, top_k: int, gen: torch.Generator
+    ) -> int:
+        if temperature <= 0:
+            return int(logits.argmax())
+        logits = logits / temperature
+        if top_k > 0:
+            kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(0) - sorted_p < top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs, 1, generator=gen))
