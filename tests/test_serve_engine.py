@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import torch
@@ -93,3 +94,81 @@ def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):
     assert sampled[0] == sampled[1]
     with pytest.raises(ValueError, match="no room"):
         engine.complete(list(range(1, 600)), max_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    from codemill.serve.engine import Engine
+    from codemill.serve.http import Server, create_app
+
+    app = create_app(Engine(checkpoint), api_key="sekret", max_tokens=64, max_body_bytes=100_000)
+    with Server(app) as s:
+        yield s
+
+
+def test_openai_client_against_the_server(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="sekret", max_retries=0)
+    assert len(client.models.list().data) == 1
+    r = client.completions.create(model="x", prompt=PREFIX, suffix=SUFFIX, max_tokens=12)
+    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 12
+    pieces = [
+        c.choices[0].text
+        for c in client.completions.create(
+            model="x", prompt=PREFIX, suffix=SUFFIX, max_tokens=12, stream=True
+        )
+    ]
+    assert "".join(pieces) == r.choices[0].text  # streaming gives the same greedy text
+    with pytest.raises(openai.BadRequestError, match="limit of 64"):
+        client.completions.create(model="x", prompt=PREFIX, max_tokens=500)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="x", prompt=PREFIX, max_tokens=-3)
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.completions.create(model="x", prompt="x", max_tokens=2)
+
+
+def test_llama_cpp_infill_bodies(server):
+    import httpx
+
+    h = {"Authorization": "Bearer sekret"}
+    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "input_extra": [{"filename": "util.py", "text": "def helper():\n    pass\n"}],
+            "prompt": "", "n_predict": 0}  # fmt: skip
+    warm = httpx.post(server.url + "/infill", json=body, headers=h).json()  # llama.vim's warm-up request
+    assert warm["content"] == "" and warm["tokens_evaluated"] > 0
+    body.update(n_predict=16, prompt="da", n_indent=4, t_max_predict_ms=2000, stop=["\n\n"])
+    r = httpx.post(server.url + "/infill", json=body, headers=h).json()
+    assert r["stop_type"] in ("eos", "word", "limit") and r["tokens_cached"] > warm["tokens_evaluated"] // 2
+    assert set(r["timings"]) >= {"prompt_ms", "predicted_ms", "predicted_n"}
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert "codemill_requests_total" in httpx.get(server.url + "/metrics", headers=h).text
+    big = httpx.post(
+        server.url + "/infill", content=b"x" * 200_000, headers={**h, "content-type": "application/json"}
+    )
+    assert big.status_code == 413 and "limit" in big.json()["error"]["message"]
+    junk = httpx.post(
+        server.url + "/infill", content=b"{not json", headers={**h, "content-type": "application/json"}
+    )
+    assert junk.status_code == 400
+    assert httpx.post(server.url + "/infill", json={"n_predict": -1}, headers=h).status_code == 400
+    assert httpx.get(server.url + "/health").status_code == 200  # still alive after all of it
+
+
+def test_a_disconnect_stops_decoding(server):
+    import httpx
+
+    h = {"Authorization": "Bearer sekret"}
+    before = httpx.get(server.url + "/metrics", headers=h).text
+    body = {"prompt": PREFIX, "max_tokens": 64, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=h) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                break  # read one event, then hang up
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        text = httpx.get(server.url + "/metrics", headers=h).text
+        if "codemill_disconnects_total" in text:
+            break
+        time.sleep(0.05)
+    assert "codemill_disconnects_total 1" in text and "codemill_disconnects_total" not in before

@@ -373,5 +373,30 @@ def bench_build_crossfile(
     )
 
 
+@app.command("serve")
+def serve_(
+    model: Path = typer.Argument(..., help="A codemill or Hugging Face Llama-family checkpoint directory."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on (loopback unless you mean otherwise)."
+    ),
+    port: int = typer.Option(8012),
+    api_key: str = typer.Option(None, help="Require `Authorization: Bearer KEY`."),
+    format: str = typer.Option(None, help="Prompt format (default: the checkpoint's codemill.json)."),
+    max_tokens: int = typer.Option(512, help="Server-side cap on new tokens per request."),
+) -> None:
+    """Serve completions: OpenAI-compatible /v1/completions and llama.cpp-style /infill."""
+    from codemill.serve.engine import Engine
+    from codemill.serve.http import serve
+
+    try:
+        engine = Engine(model, format)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise _fail(e) from e
+    console.print(
+        f"serving {engine.name} on http://{host}:{port} (/v1/completions, /infill, /v1/models, /health)"
+    )
+    serve(engine, host, port, api_key=api_key, max_tokens=max_tokens)
+
+
 if __name__ == "__main__":
     app()

@@ -11,6 +11,7 @@ time budget.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class Engine:
 
     def generate(self, ids: list[int], *, max_tokens: int = 64, stop: tuple[str, ...] = (), temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, time_budget_s: float | None = None,
-                 seed: int | None = None) -> Iterator[tuple[str, Completion]]:  # fmt: skip
+                 seed: int | None = None, n_indent: int = 0) -> Iterator[tuple[str, Completion]]:  # fmt: skip
         """Yield (new text, running Completion) as text becomes final; the last yield has the stop type."""
         if not ids:
             raise ValueError("empty prompt")
@@ -93,7 +94,7 @@ class Engine:
         out.tokens_evaluated = len(ids) - out.tokens_cached
         out.prompt_ms = 1000 * (time.perf_counter() - t0)
         t1 = time.perf_counter()
-        emitted = ""
+        emitted = ""  # released text is final: held back while a stop could still cut into it
         while True:
             token = self._pick(logits, temperature, top_p, top_k, gen)
             if token in self.stop_ids:
@@ -102,14 +103,15 @@ class Engine:
             out.tokens.append(token)
             text = self.tok.decode(out.tokens)
             hit = min((i for s in stop if s and (i := text.find(s)) != -1), default=-1)
+            if n_indent:  # llama.cpp's rule: a new line indented less than n_indent ends the completion
+                hit = min([h for h in (hit, _dedent_at(text, n_indent)) if h != -1], default=-1)
             if hit != -1:
                 out.text, out.stop_type = text[:hit], "word"
                 break
-            if not text.endswith("\ufffd"):  # never release half a UTF-8 character
-                out.text = text
-                if len(text) > len(emitted):
-                    yield text[len(emitted) :], out
-                    emitted = text
+            safe = _releasable(text, stop, n_indent)
+            if len(safe) > len(emitted):
+                yield safe[len(emitted) :], out
+                emitted = safe
             if len(out.tokens) >= max_tokens:
                 out.stop_type = "limit"
                 break
@@ -119,7 +121,8 @@ class Engine:
             logits = self.model.next_logits(torch.tensor([[token]], device=self.device), self.cache)
             self.cached.append(token)
         out.decode_ms = 1000 * (time.perf_counter() - t1)
-        out.text = out.text if out.stop_type == "word" else self.tok.decode(out.tokens).rstrip("\ufffd")
+        if out.stop_type != "word":
+            out.text = self.tok.decode(out.tokens).rstrip("\ufffd")
         yield out.text[len(emitted) :], out
 
     def complete(self, ids: list[int], **kw) -> Completion:
@@ -142,3 +145,25 @@ class Engine:
             keep = sorted_p.cumsum(0) - sorted_p < top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _dedent_at(text: str, n_indent: int) -> int:
+    """Offset of the first line end followed by a non-blank line indented less than n_indent, or -1."""
+    for m in re.finditer(r"\n([ \t]*)(?=\S)", text):
+        if len(m.group(1).expandtabs(4)) < n_indent:
+            return m.start()
+    return -1
+
+
+def _releasable(text: str, stop: tuple[str, ...], n_indent: int) -> str:
+    """The part of the text no later stop can take back: no half UTF-8 character, no partial stop
+    string at the end, and (with n_indent) not a trailing line whose indentation is still unknown."""
+    text = text.rstrip("\ufffd")
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                text = text[:-k]
+                break
+    if n_indent and "\n" in text and not text[text.rfind("\n") + 1 :].strip():
+        text = text[: text.rfind("\n")]
+    return text

@@ -1,0 +1,269 @@
+"""HTTP API for editors: OpenAI-compatible `/v1/completions` and llama.cpp-style `/infill`.
+
+One engine serves one request at a time (it owns one KV cache); waiting requests queue up to
+`max_queue`, past which the server answers 429 with `x-should-retry: false`. Decoding runs token by
+token in a worker thread and the client's connection is checked between tokens, so a disconnect
+stops decoding within one token. Invalid requests get a 4xx with an OpenAI error object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from codemill.serve.engine import Engine
+
+
+class CompletionBody(BaseModel):
+    model: str | None = None
+    prompt: str
+    suffix: str | None = None
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    seed: int | None = None
+
+
+class InfillExtra(BaseModel):
+    filename: str = ""
+    text: str
+
+
+class InfillBody(BaseModel):
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[InfillExtra] = []
+    prompt: str = ""
+    n_predict: int = Field(64, ge=0)
+    n_indent: int = Field(0, ge=0)
+    t_max_predict_ms: int = Field(0, ge=0)
+    cache_prompt: bool = True
+    stop: list[str] = []
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stream: bool = False
+
+
+def error(
+    status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(
+    engine: Engine,
+    *,
+    api_key: str | None = None,
+    max_tokens: int = 512,
+    max_body_bytes: int = 1 << 20,
+    max_queue: int = 8,
+) -> FastAPI:
+    app = FastAPI(title="codemill serve")
+    lock = asyncio.Lock()
+    waiting = {"n": 0}
+    stats: Counter[str] = Counter()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_req: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
+        return error(400, f"invalid request: {where}: {first.get('msg', 'malformed body')}")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        authorized = request.headers.get("authorization", "") == f"Bearer {api_key}"
+        if api_key and request.url.path != "/health" and not authorized:
+            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        size = int(request.headers.get("content-length") or 0)
+        if size > max_body_bytes:
+            return error(413, f"request body of {size} bytes is over the limit of {max_body_bytes}")
+        stats["requests"] += 1
+        return await call_next(request)
+
+    async def run(request: Request, ids: list[int], stream_piece, **kw) -> Any:
+        """Decode under the engine lock, a token at a time, watching the connection."""
+        if waiting["n"] >= max_queue:
+            return error(
+                429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"}
+            )
+        waiting["n"] += 1
+        try:
+            async with lock:
+                gen = engine.generate(ids, **kw)
+                result = None
+                while True:
+                    step = await run_in_threadpool(next, gen, None)
+                    if step is None:
+                        break
+                    piece, result = step
+                    if await request.is_disconnected():
+                        gen.close()
+                        stats["disconnects"] += 1
+                        return None
+                    if piece and stream_piece is not None:
+                        await stream_piece(piece)
+                stats["tokens_generated"] += len(result.tokens)
+                stats["tokens_cached"] += result.tokens_cached
+                stats["tokens_evaluated"] += result.tokens_evaluated
+                return result
+        finally:
+            waiting["n"] -= 1
+
+    def check_prompt(ids: list[int], n: int) -> JSONResponse | None:
+        if n > max_tokens:
+            return error(400, f"max_tokens {n} is over the server's limit of {max_tokens}")
+        if len(ids) + n > engine.max_len:
+            return error(
+                400, f"prompt of {len(ids)} tokens plus {n} new ones exceeds the context of {engine.max_len}"
+            )
+        return None
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "codemill"}]}
+
+    @app.get("/metrics")
+    async def metrics():
+        lines = [f"codemill_{k}_total {v}" for k, v in sorted(stats.items())]
+        lines.append(f"codemill_queue_waiting {waiting['n']}")
+        return PlainTextResponse("\n".join(lines) + "\n")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody, request: Request):
+        ids = engine.prompt(body.prompt, body.suffix, max_tokens=min(body.max_tokens, max_tokens))
+        if (bad := check_prompt(ids, body.max_tokens)) is not None:
+            return bad
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        kw = {
+            "max_tokens": body.max_tokens,
+            "stop": stop,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "seed": body.seed,
+        }
+        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(text: str, finish: str | None) -> dict:
+            return {"id": cid, "object": "text_completion", "created": created, "model": engine.name,
+                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+
+        if body.stream:
+            queue: asyncio.Queue = asyncio.Queue()
+
+            async def produce():
+                async def put(piece: str):
+                    await queue.put(chunk(piece, None))
+
+                result = await run(request, ids, put, **kw)
+                if isinstance(result, JSONResponse):
+                    await queue.put(json.loads(result.body))
+                elif result is not None:
+                    await queue.put(chunk("", "length" if result.stop_type in ("limit", "time") else "stop"))
+                await queue.put(None)
+
+            async def events():
+                task = asyncio.create_task(produce())
+                while (item := await queue.get()) is not None:
+                    yield f"data: {json.dumps(item)}\n\n"
+                yield "data: [DONE]\n\n"
+                await task
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        result = await run(request, ids, None, **kw)
+        if result is None or isinstance(result, JSONResponse):
+            return result
+        out = chunk(result.text, "length" if result.stop_type in ("limit", "time") else "stop")
+        out["usage"] = {"prompt_tokens": len(ids), "completion_tokens": len(result.tokens),
+                        "total_tokens": len(ids) + len(result.tokens)}  # fmt: skip
+        return out
+
+    @app.post("/infill")
+    async def infill(body: InfillBody, request: Request):
+        n = body.n_predict
+        if n > max_tokens:
+            return error(400, f"n_predict {n} is over the server's limit of {max_tokens}")
+        context = [(e.filename, e.text) for e in body.input_extra]
+        ids = engine.prompt(
+            body.input_prefix + body.prompt, body.input_suffix, max_tokens=max(n, 1), context=context
+        )
+        if not body.cache_prompt:
+            engine.cached, engine.cache.length = [], 0
+        if n == 0:  # warm-up: fill the cache with the prompt, generate nothing
+            async with lock:
+                t0 = time.perf_counter()
+                _, cached = await run_in_threadpool(engine._prefill, ids)
+            return {"content": "", "stop_type": "limit", "tokens_cached": cached, "tokens_evaluated": len(ids) - cached,
+                    "timings": {"prompt_ms": 1000 * (time.perf_counter() - t0), "predicted_ms": 0.0, "predicted_n": 0}}  # fmt: skip
+        kw = {"max_tokens": n, "stop": tuple(body.stop), "temperature": body.temperature, "top_k": body.top_k,
+              "top_p": body.top_p, "n_indent": body.n_indent,
+              "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None}  # fmt: skip
+        result = await run(request, ids, None, **kw)
+        if result is None or isinstance(result, JSONResponse):
+            return result
+        per_s = len(result.tokens) / (result.decode_ms / 1000) if result.decode_ms else 0.0
+        return {
+            "content": result.text,
+            "stop_type": {"eos": "eos", "word": "word"}.get(result.stop_type, "limit"),
+            "tokens_cached": result.tokens_cached,
+            "tokens_evaluated": result.tokens_evaluated,
+            "timings": {
+                "prompt_ms": result.prompt_ms,
+                "predicted_ms": result.decode_ms,
+                "predicted_n": len(result.tokens),
+                "predicted_per_second": per_s,
+            },
+        }
+
+    return app
+
+
+def serve(engine: Engine, host: str, port: int, **kw) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(engine, **kw), host=host, port=port, log_level="warning")
+
+
+class Server:
+    """uvicorn in a background thread (tests and benchmarks run a real server on 127.0.0.1)."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
