@@ -197,3 +197,26 @@ def bpe_dir(code_corpus, tmp_path_factory) -> Path:
         train_bpe(chunks(corpus_texts(code_corpus, 1 << 30)), 2000, fmt, show_progress=False), out, fmt
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, bpe_dir) -> Path:
+    """A random 2-layer Llama exported in the HF layout with the test tokenizer and codemill.json."""
+    import shutil
+
+    import torch
+
+    from codemill.model.hf import export_hf
+    from codemill.model.llama import Llama, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=2048, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2, max_seq_len=512)  # fmt: skip
+    model = Llama(cfg)
+    model.init_weights()
+    out = tmp_path_factory.mktemp("ckpt")
+    export_hf(model, out, dtype=torch.float32)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(bpe_dir / name, out / name)
+    (out / "codemill.json").write_text('{"format": "codemill"}')
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,31 +84,10 @@ def test_mbpp_and_santacoder_fim_reference_score_100(tmp_path):
     assert summary["all"]["exact_match"] == 100.0 and summary["all"]["pass@1"] == 100.0
 
 
-def test_checkpoint_model_generates_through_formats(tmp_path, bpe_dir):
-    import torch
-
-    from codemill.model.hf import export_hf
-    from codemill.model.llama import Llama, ModelConfig
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=2048,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=1,
-        num_heads=4,
-        num_kv_heads=2,
-        max_seq_len=512,
-    )
-    model = Llama(cfg)
-    model.init_weights()
-    export_hf(model, tmp_path / "ckpt", dtype=torch.float32)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(bpe_dir / name, tmp_path / "ckpt" / name)
-    (tmp_path / "ckpt" / "codemill.json").write_text('{"format": "codemill"}')
+def test_checkpoint_model_generates_through_formats(tiny_checkpoint):
     from codemill.eval.models import Request, load_model
 
-    m = load_model(str(tmp_path / "ckpt"))
+    m = load_model(str(tiny_checkpoint))
     outs = m.complete(
         [Request("def add(a, b):\n", max_tokens=8), Request("x = 1\n", "\ny = 2\n", max_tokens=8)]
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -10,28 +9,8 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, bpe_dir):
-    from codemill.model.hf import export_hf
-    from codemill.model.llama import Llama, ModelConfig
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=2048,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        max_seq_len=512,
-    )
-    model = Llama(cfg)
-    model.init_weights()
-    out = tmp_path_factory.mktemp("ckpt")
-    export_hf(model, out, dtype=torch.float32)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(bpe_dir / name, out / name)
-    (out / "codemill.json").write_text('{"format": "codemill"}')
-    return out
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 PREFIX = "import json\n\n\ndef load(path):\n    with open(path) as f:\n        "
