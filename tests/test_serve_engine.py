@@ -151,3 +151,24 @@ def test_a_disconnect_stops_decoding(server):
             break
         time.sleep(0.05)
     assert "codemill_disconnects_total 1" in text and "codemill_disconnects_total" not in before
+
+
+def test_complete_a_position_in_a_file(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    from codemill.serve.engine import Engine
+
+    src = tmp_path / "io.py"
+    src.write_text(PREFIX + SUFFIX)
+    line = PREFIX.count("\n") + 1
+    col = len(PREFIX.rsplit("\n", 1)[1]) + 1
+    r = subprocess.run([sys.executable, "-m", "codemill.cli", "complete", f"{src}:{line}:{col}", "--model", str(checkpoint),
+                        "--max-tokens", "10"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    engine = Engine(checkpoint)
+    expected = engine.complete(engine.prompt(PREFIX, SUFFIX, path="io.py", max_tokens=10), max_tokens=10).text
+    assert r.stdout == expected + "\n"
+    bad = subprocess.run([sys.executable, "-m", "codemill.cli", "complete", f"{src}:99:1", "--model", str(checkpoint)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "outside" in bad.stdout

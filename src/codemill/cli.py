@@ -398,5 +398,34 @@ def serve_(
     serve(engine, host, port, api_key=api_key, max_tokens=max_tokens)
 
 
+@app.command("complete")
+def complete_(
+    position: str = typer.Argument(..., help="FILE:LINE:COL, 1-based, the cursor."),
+    model: Path = typer.Option(..., help="A codemill or Hugging Face Llama-family checkpoint directory."),
+    max_tokens: int = typer.Option(64),
+    format: str = typer.Option(None, help="Prompt format (default: the checkpoint's codemill.json)."),
+) -> None:
+    """Print the completion a model gives at a position in a file (the text before the cursor is the
+    prefix, the text after it the suffix)."""
+    from codemill.serve.engine import Engine
+
+    path, _, rest = position.rpartition(":")
+    path, _, line = path.rpartition(":")
+    try:
+        line_no, col = int(line), int(rest)
+        text = Path(path).read_text()
+    except (ValueError, OSError) as e:
+        raise _fail(ValueError(f"{position!r}: give FILE:LINE:COL with an existing file ({e})")) from e
+    lines = text.splitlines(keepends=True)
+    if not 1 <= line_no <= len(lines) + 1 or col < 1:
+        raise _fail(ValueError(f"line {line_no}, column {col} is outside {path} ({len(lines)} lines)"))
+    offset = sum(len(x) for x in lines[: line_no - 1]) + min(
+        col - 1, len(lines[line_no - 1].rstrip("\n")) if line_no <= len(lines) else 0
+    )
+    engine = Engine(model, format)
+    ids = engine.prompt(text[:offset], text[offset:], path=Path(path).name, max_tokens=max_tokens)
+    sys.stdout.write(engine.complete(ids, max_tokens=max_tokens).text + "\n")
+
+
 if __name__ == "__main__":
     app()
