@@ -127,6 +127,7 @@ class KVCache:
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     length: int = 0
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin for every position
 
     @classmethod
     def empty(cls, cfg: ModelConfig, max_len: int, device, dtype) -> KVCache:
@@ -251,7 +252,12 @@ class Llama(nn.Module):
         start = cache.length if cache is not None else 0
         if cache is not None and start + ids.shape[1] > cache.capacity:
             raise ValueError(f"{start + ids.shape[1]} tokens do not fit the cache of {cache.capacity}")
-        cos, sin = rope_tables(self.cfg, torch.arange(start, start + ids.shape[1], device=ids.device))
+        if cache is None:
+            cos, sin = rope_tables(self.cfg, torch.arange(ids.shape[1], device=ids.device))
+        else:  # decoding: slice tables built once per cache instead of rebuilding them every token
+            if cache.rope is None:
+                cache.rope = rope_tables(self.cfg, torch.arange(cache.capacity, device=ids.device))
+            cos, sin = (t[start : start + ids.shape[1]] for t in cache.rope)
         x = self.model.embed_tokens(ids)
         for i, block in enumerate(self.model.layers):
             if self.checkpointing and self.training:
