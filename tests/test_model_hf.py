@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qw
 
 from codemill.model.hf import export_hf, import_hf
 from codemill.model.llama import Llama, ModelConfig, preset
-from codemill.train.loss import token_losses
+from codemill.model.loss import token_losses
 
 TINY = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4}
 

@@ -128,27 +128,41 @@ class Format:
         return parts + self.document(path=path, prefix=prefix, suffix=suffix, spm=spm, end=False)
 
 
+Pieces = list[tuple[list[int], str]]  # token ids per part, with the part's role
+
+
+def pieces(parts: list[Part], tok) -> Pieces:
+    """Specials by id, each text segment tokenized alone."""
+    enc = iter(tok.encode_batch([p.text for p in parts if p.role != "special"]))
+    return [([tok.token_id(p.text)] if p.role == "special" else next(enc), p.role) for p in parts]
+
+
+def fit(pieces: Pieces, budget: int) -> tuple[Pieces, list[int], list[int]]:
+    """Cut pieces to `budget` tokens the one way training and inference both do: the prefix (or body)
+    keeps its tail and the suffix its head, the room left by the other parts split evenly between them
+    (what one side does not need goes to the other). Returns the kept pieces and the prefix head and
+    suffix tail that were cut."""
+    room = max(0, budget - sum(len(ids) for ids, role in pieces if role not in ("prefix", "body", "suffix")))
+    pre = sum(len(ids) for ids, role in pieces if role in ("prefix", "body"))
+    suf = sum(len(ids) for ids, role in pieces if role == "suffix")
+    keep_suf = min(suf, max(room // 2, room - pre))
+    keep_pre = min(pre, room - keep_suf)
+    kept, head, tail = [], [], []
+    for ids, role in pieces:
+        if role in ("prefix", "body"):
+            head, ids = ids[: len(ids) - keep_pre], ids[len(ids) - keep_pre :]
+        elif role == "suffix":
+            ids, tail = ids[:keep_suf], ids[keep_suf:]
+        kept.append((ids, role))
+    return kept, head, tail
+
+
 def encode(parts: list[Part], tok, budget: int | None = None) -> list[int]:
-    """Token ids of a prompt: specials by id, each text segment tokenized alone. Past `budget` tokens
-    the prefix (or body) keeps its tail and the suffix its head, as training truncated documents."""
-    texts = [p.text for p in parts if p.role != "special"]
-    enc = iter(tok.encode_batch(texts))
-    pieces = [([tok.token_id(p.text)] if p.role == "special" else next(enc), p.role) for p in parts]
-    over = sum(len(ids) for ids, _ in pieces) - budget if budget is not None else 0
-    if over > 0:
-        pre = sum(len(ids) for ids, role in pieces if role in ("prefix", "body"))
-        suf = sum(len(ids) for ids, role in pieces if role == "suffix")
-        cut_suf = min(suf, max(over // 2, over - pre))
-        cut_pre = over - cut_suf
-        cut = []
-        for ids, role in pieces:
-            if role in ("prefix", "body"):
-                ids = ids[cut_pre:]
-            elif role == "suffix":
-                ids = ids[: len(ids) - cut_suf]
-            cut.append((ids, role))
-        pieces = cut
-    return [i for ids, _ in pieces for i in ids]
+    """Token ids of a prompt, cut with `fit` when longer than `budget`."""
+    got = pieces(parts, tok)
+    if budget is not None and sum(len(ids) for ids, _ in got) > budget:
+        got = fit(got, budget)[0]
+    return [i for ids, _ in got for i in ids]
 
 
 def comment(path: str, text: str) -> str | None:

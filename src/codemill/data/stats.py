@@ -28,7 +28,7 @@ class StreamStats:
         self.token_objective: Counter[str] = Counter()
         self.files = self.repos = self.windows = 0
 
-    def repo(self, strategy: str, files: int) -> None:
+    def repo(self, strategy: str) -> None:
         self.strategies[strategy] += 1
         self.repos += 1
 

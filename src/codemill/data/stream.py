@@ -3,15 +3,15 @@
 Units are repositories (and chunks of natural-language text). Shard s of S takes units s, s+S, …,
 so ranks and loader workers never overlap and together cover everything. Every random choice comes
 from a generator keyed by (seed, epoch, repository, file), so the stream does not depend on the
-shard count, and the state (unit cursors, position in the current unit, the partial window) is
-enough to rebuild it exactly: the current unit's documents are recomputed, not stored.
+shard count, and the state (unit cursors, the position in the current unit) is enough to rebuild it
+exactly: the current unit's documents are recomputed, not stored.
 
 Packing: documents go into windows of seq_len + 1 tokens in Algorithm 1 order. NTP documents
-continue across windows (aiXcoder's "Transformer-XL style"); a FIM document is never cut: if it
-does not fit in what is left of the window, the rest is padding (objective 0, no loss) and it
-starts the next window; if it is longer than a window, its prefix keeps its tail and its suffix
-its head, as an inference prompt is truncated. Windows may hold the end of one repository and the
-start of the next.
+continue across windows (aiXcoder's "Transformer-XL style"); a FIM document is never cut: when it
+does not fit in what is left of a window, the head of its prefix fills that space as NTP and the
+document opens the next window (padding, objective 0, fills any rest); a document longer than a window
+is cut as prompts are (`formats.fit`) and what was cut is spilled as NTP around it. Windows may hold
+the end of one repository and the start of the next.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from codemill.data.objectives import Sample, fim_split, make_sample
 from codemill.data.ordering import draw, order_files
 from codemill.data.repo import CodeCorpus, SourceFile, TextCorpus
 from codemill.data.stats import StreamStats
-from codemill.formats import Format, Part, get_format
+from codemill.formats import Format, Part, Pieces, fit, get_format
 
 EMPTY = np.zeros(0, dtype=np.int32)
 OBJECTIVE_CODE = {"ntp": 1, "fim": 2, "sfim": 3}  # 0 is padding: no loss
@@ -105,7 +105,7 @@ class TrainingStream:
         for name, src in self.sources.items():
             if len(src) < shards:
                 raise ValueError(
-                    f"the {name} source has {len(self.sources[name])} units, fewer than the {shards} shards "
+                    f"the {name} source has {len(src)} units, fewer than the {shards} shards "
                     "(ranks x loader workers); use fewer loader workers or a larger corpus"
                 )
         self.state: dict[str, Any] = {
@@ -113,8 +113,6 @@ class TrainingStream:
             "epoch": dict.fromkeys(self.sources, 0),
             "emitted": dict.fromkeys(self.sources, 0),
             "current": None,  # {"source", "unit", "epoch", "doc", "part", "offset"}
-            "window": [],
-            "objective": [],
         }
         self._plan: list[Callable[[], Doc]] | None = None
         self._batch: tuple[int, list[Doc]] = (0, [])
@@ -126,8 +124,6 @@ class TrainingStream:
         return {
             **{k: dict(s[k]) for k in ("pos", "epoch", "emitted")},
             "current": dict(s["current"]) if s["current"] else None,
-            "window": list(s["window"]),
-            "objective": list(s["objective"]),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -138,8 +134,6 @@ class TrainingStream:
         self.state = {
             **{k: dict(state[k]) for k in ("pos", "epoch", "emitted")},
             "current": dict(state["current"]) if state["current"] else None,
-            "window": list(state["window"]),
-            "objective": list(state["objective"]),
         }
         self._plan = None
 
@@ -155,7 +149,7 @@ class TrainingStream:
         strategy, order = order_files(files, rng, cfg.ordering, cfg.max_clusters)
         repo_objective = draw(cfg.code_objectives, rng) if cfg.objective_unit == "repo" else None
         if self.stats is not None:
-            self.stats.repo(strategy, len(files))
+            self.stats.repo(strategy)
         plan = []
         if cfg.repo_metadata and self.fmt.repo_name:
             plan.append(lambda: Doc(EMPTY, "ntp", True, parts=self.fmt.repo_start(repo), strategy=strategy))
@@ -186,7 +180,7 @@ class TrainingStream:
 
     def _doc(self, path: str | None, s: Sample, strategy: str | None) -> Doc:
         parts = self.fmt.document(path=path, prefix=s.prefix, middle=s.middle, suffix=s.suffix, spm=s.spm)
-        return Doc([], s.objective, s.suffix is None, path, s, strategy, parts)
+        return Doc(EMPTY, s.objective, s.suffix is None, path, s, strategy, parts)
 
     def encode(self, docs: list[Doc]) -> list[list[Doc]]:
         """Tokenize every text part of a batch of documents at once (specials go in by id); each
@@ -203,27 +197,15 @@ class TrainingStream:
             out.append([d])
         return out
 
-    def _fit(self, d: Doc, pieces: list[tuple[list[int], str]]) -> list[Doc]:
-        """A FIM document longer than a window keeps the prefix's tail and the suffix's head; the rest
-        of the file is not lost but spilled as NTP before and after it."""
-        budget = self.window_len - sum(len(ids) for ids, role in pieces if role not in ("prefix", "suffix"))
-        if budget < 0:  # the middle alone does not fit: train on the file as NTP
-            s = d.sample
+    def _fit(self, d: Doc, pieces: Pieces) -> list[Doc]:
+        """A FIM document longer than a window is cut as prompts are (`formats.fit`); the cut prefix
+        head and suffix tail are not lost but spilled as NTP before and after it."""
+        if sum(len(ids) for ids, role in pieces if role not in ("prefix", "suffix")) > self.window_len:
+            s = d.sample  # the middle alone does not fit: train on the file as NTP
             self._count("middle_longer_than_window")
-            text = s.prefix + s.middle + s.suffix
-            ntp = Sample("ntp", text, fallback="middle_longer_than_window")
+            ntp = Sample("ntp", s.prefix + s.middle + s.suffix, fallback="middle_longer_than_window")
             return self.encode([self._doc(d.path, ntp, d.strategy)])[0]
-        pre = sum(len(ids) for ids, role in pieces if role == "prefix")
-        suf = sum(len(ids) for ids, role in pieces if role == "suffix")
-        keep_suf = min(suf, max(budget // 2, budget - pre))
-        keep_pre = budget - keep_suf
-        kept, head, tail = [], [], []
-        for ids, role in pieces:
-            if role == "prefix":
-                head, ids = ids[: len(ids) - keep_pre], ids[len(ids) - keep_pre :]
-            elif role == "suffix":
-                ids, tail = ids[:keep_suf], ids[keep_suf:]
-            kept.append((ids, role))
+        kept, head, tail = fit(pieces, self.window_len)
         self._set_ids(d, kept)
         start = d.ids[: d.opening].tolist()
         end = [self.ids[self.fmt.eos]] if self.fmt.eos_per_file else []
@@ -231,16 +213,23 @@ class TrainingStream:
         spill = lambda ids: Doc(np.asarray(ids, dtype=np.int32), "ntp", True, d.path, strategy=d.strategy)  # noqa: E731
         return ([spill(start + head)] if head else []) + [d] + ([spill(start + tail + end)] if tail else [])
 
-    def _set_ids(self, d: Doc, pieces: list[tuple[list[int], str]]) -> None:
+    def _set_ids(self, d: Doc, pieces: Pieces) -> None:
         d.ids = np.fromiter((t for ids, _ in pieces for t in ids), dtype=np.int32)
-        if not d.splittable:
-            at, opened = 0, False
-            for ids, role in pieces:
-                if role == "special" and ids[0] == self.ids[self.fmt.prefix]:
-                    d.opening, opened = (at if not opened else d.opening), True
-                if role == "prefix":
-                    d.prefix_at, d.prefix_len = at, len(ids)
-                at += len(ids)
+        if not d.splittable:  # where the file's opening ends and where its prefix lies
+            starts = np.cumsum([0] + [len(ids) for ids, _ in pieces])
+            roles = [role for _, role in pieces]
+            d.opening = int(
+                starts[
+                    next(
+                        i
+                        for i, (ids, r) in enumerate(pieces)
+                        if r == "special" and ids == [self.ids[self.fmt.prefix]]
+                    )
+                ]
+            )
+            if "prefix" in roles:
+                i = roles.index("prefix")
+                d.prefix_at, d.prefix_len = int(starts[i]), len(pieces[i][0])
         if self.stats is not None:
             self.stats.doc(d)
 
@@ -284,14 +273,14 @@ class TrainingStream:
 
     def __next__(self) -> dict[str, np.ndarray]:
         s, w = self.state, self.window_len
+        window: list[int] = []  # windows are filled within one call, so the state never holds one
+        objective: list[int] = []
         while True:
             if s["current"] is None and not self._next_unit():
-                if not s["window"]:
+                if not window:
                     raise StopIteration
-                room = w - len(s["window"])  # the last window, padded
-                s["window"] += [self.pad_id] * room
-                s["objective"] += [0] * room
-                return self._emit()
+                room = w - len(window)  # the last window, padded
+                return self._emit(window + [self.pad_id] * room, objective + [0] * room)
             cur = s["current"]
             if self._plan is None:
                 self._plan = self.plan(cur["source"], cur["unit"], cur["epoch"])
@@ -300,7 +289,7 @@ class TrainingStream:
                 s["current"] = None
                 continue
             group = self._group(cur["doc"])
-            doc, room = group[cur["part"]], w - len(s["window"])
+            doc, room = group[cur["part"]], w - len(window)
             code = OBJECTIVE_CODE[doc.objective]
             done, pad = False, 0
             if doc.splittable:
@@ -321,19 +310,17 @@ class TrainingStream:
                 cur["part"], cur["offset"] = cur["part"] + 1, 0
                 if cur["part"] == len(group):
                     cur["doc"], cur["part"] = cur["doc"] + 1, 0
-            s["window"] += take.tolist() + [self.pad_id] * pad
-            s["objective"] += [code] * len(take) + [0] * pad
+            window += take.tolist() + [self.pad_id] * pad
+            objective += [code] * len(take) + [0] * pad
             s["emitted"][cur["source"]] += len(take)
-            if len(s["window"]) == w:
-                return self._emit()
+            if len(window) == w:
+                return self._emit(window, objective)
 
-    def _emit(self) -> dict[str, np.ndarray]:
-        s = self.state
+    def _emit(self, window: list[int], objective: list[int]) -> dict[str, np.ndarray]:
         out = {
-            "tokens": np.asarray(s["window"], dtype=np.int32),
-            "objective": np.asarray(s["objective"], dtype=np.uint8),
+            "tokens": np.asarray(window, dtype=np.int32),
+            "objective": np.asarray(objective, dtype=np.uint8),
         }
-        s["window"], s["objective"] = [], []
         if self.stats is not None:
             self.stats.window(out["objective"])
         return out

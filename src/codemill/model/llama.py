@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from codemill.model.loss import token_losses
+
 
 @dataclass
 class ModelConfig:
@@ -277,12 +279,10 @@ class Llama(nn.Module):
         self, ids: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int = 4096
     ) -> torch.Tensor:
         """Logits [B, T, vocab] in fp32; with targets, per-token losses [B * T] computed in chunks
-        of `loss_chunk` tokens so the logits never exist whole (train/loss.py)."""
+        of `loss_chunk` tokens so the logits never exist whole (model/loss.py)."""
         h = self.hidden(ids)
         if targets is None:
             return self.lm_head(h).float()
-        from codemill.train.loss import token_losses
-
         return token_losses(h.flatten(0, 1), self.lm_head.weight, targets.flatten(), loss_chunk)
 
     def num_params(self, embeddings: bool = True) -> int:
