@@ -49,7 +49,7 @@ def main() -> None:
 
     def ours(prompt: list[int], cold: bool) -> float:
         if cold:
-            engine.cached, engine.cache.length = [], 0
+            engine.reset()
         t0 = time.perf_counter()
         engine.complete(prompt, max_tokens=args.tokens, stop=())
         return time.perf_counter() - t0

@@ -46,7 +46,7 @@ def test_cache_is_reused_and_gives_the_same_answers(checkpoint):
         typed += ch
         ids = warm.prompt(typed, SUFFIX, path="io.py", max_tokens=16)
         a = warm.complete(ids, max_tokens=16)
-        cold.cached, cold.cache.length = [], 0
+        cold.reset()
         b = cold.complete(ids, max_tokens=16)
         assert a.tokens == b.tokens  # reuse never changes the answer
         assert a.tokens_cached >= len(first) - 8 and a.tokens_evaluated < 12

@@ -13,7 +13,9 @@ PSM is `<PRE> prefix <SUF> suffix <MID> middle`; SPM is `<PRE> <SUF> suffix <MID
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from codemill.langs import detect
@@ -239,6 +241,14 @@ FORMATS: dict[str, Format] = {
         Format("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>", bos="<s>", spm=False, lead=" "),
     )
 }
+
+
+def checkpoint_format(path: str | Path, name: str | None = None) -> Format:
+    """`name`, else the format a checkpoint was trained with (its `codemill.json`), else codemill's."""
+    info = Path(path) / "codemill.json"
+    return get_format(
+        name or (json.loads(info.read_text()).get("format") if info.exists() else None) or "codemill"
+    )
 
 
 def get_format(name: str) -> Format:

@@ -7,7 +7,6 @@ used, from the format named in the checkpoint's `codemill.json` (or given on the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -69,11 +68,10 @@ class Checkpoint:
         from transformers import AutoModelForCausalLM
 
         from codemill.data.tokenizer import load_tokenizer
-        from codemill.formats import get_format
+        from codemill.formats import checkpoint_format
 
         path = Path(path)
-        info = json.loads((path / "codemill.json").read_text()) if (path / "codemill.json").exists() else {}
-        self.fmt = get_format(fmt or info.get("format", "codemill"))
+        self.fmt = checkpoint_format(path, fmt)
         self.tok = load_tokenizer(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32

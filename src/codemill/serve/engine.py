@@ -10,7 +10,6 @@ time budget.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from codemill.formats import encode, get_format
+from codemill.formats import checkpoint_format, encode
 from codemill.model.hf import import_hf
 from codemill.model.llama import KVCache
 
@@ -42,8 +41,7 @@ class Engine:
         from codemill.data.tokenizer import load_tokenizer
 
         path = Path(path)
-        info = json.loads((path / "codemill.json").read_text()) if (path / "codemill.json").exists() else {}
-        self.fmt = get_format(fmt or info.get("format", "codemill"))
+        self.fmt = checkpoint_format(path, fmt)
         self.tok = load_tokenizer(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -60,7 +58,11 @@ class Engine:
         parts = self.fmt.prompt(prefix, suffix, path=path, context=list(context))
         return encode(parts, self.tok, self.max_len - max_tokens)
 
-    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+    def reset(self) -> None:
+        """Forget the cached prompt (llama.cpp's `cache_prompt: false`, or a cold measurement)."""
+        self.cached, self.cache.length = [], 0
+
+    def prefill(self, ids: list[int]) -> tuple[torch.Tensor, int]:
         """Logits after `ids`, evaluating only what the cache does not already hold."""
         common = 0
         for a, b in zip(self.cached, ids, strict=False):
@@ -90,7 +92,7 @@ class Engine:
             gen.manual_seed(seed)
         out = Completion()
         t0 = time.perf_counter()
-        logits, out.tokens_cached = self._prefill(ids)
+        logits, out.tokens_cached = self.prefill(ids)
         out.tokens_evaluated = len(ids) - out.tokens_cached
         out.prompt_ms = 1000 * (time.perf_counter() - t0)
         t1 = time.perf_counter()

@@ -206,11 +206,11 @@ def create_app(
             body.input_prefix + body.prompt, body.input_suffix, max_tokens=max(n, 1), context=context
         )
         if not body.cache_prompt:
-            engine.cached, engine.cache.length = [], 0
+            engine.reset()
         if n == 0:  # warm-up: fill the cache with the prompt, generate nothing
             async with lock:
                 t0 = time.perf_counter()
-                _, cached = await run_in_threadpool(engine._prefill, ids)
+                _, cached = await run_in_threadpool(engine.prefill, ids)
             return {"content": "", "stop_type": "limit", "tokens_cached": cached, "tokens_evaluated": len(ids) - cached,
                     "timings": {"prompt_ms": 1000 * (time.perf_counter() - t0), "predicted_ms": 0.0, "predicted_n": 0}}  # fmt: skip
         kw = {"max_tokens": n, "stop": tuple(body.stop), "temperature": body.temperature, "top_k": body.top_k,
