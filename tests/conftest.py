@@ -26,6 +26,21 @@ GPL = (
 )
 
 
+def benchmarks_dir(root: Path) -> Path:
+    """`../shared/benchmarks` beside this checkout, or beside the repository it was cloned from (CI
+    runs a fresh clone elsewhere), or $CODEMILL_BENCHMARKS."""
+    import subprocess
+
+    candidates = [Path(os.environ["CODEMILL_BENCHMARKS"])] if "CODEMILL_BENCHMARKS" in os.environ else []
+    candidates.append(root.parent / "shared" / "benchmarks")
+    origin = subprocess.run(
+        ["git", "-C", str(root), "config", "remote.origin.url"], capture_output=True, text=True
+    )
+    if origin.returncode == 0 and origin.stdout.strip() and Path(origin.stdout.strip()).is_dir():
+        candidates.append(Path(origin.stdout.strip()).resolve().parent / "shared" / "benchmarks")
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
+
+
 def stdlib(name: str) -> str:
     return (STDLIB / name).read_text()
 

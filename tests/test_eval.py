@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import benchmarks_dir
 
 from codemill.eval.metrics import pass_at_k
 from codemill.eval.sandbox import Limits, available, python, run
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT.parent / "shared" / "benchmarks"
+BENCH = benchmarks_dir(ROOT)
 needs_bwrap = pytest.mark.skipif(not available(), reason="bubblewrap is not installed (make installs it)")
 
 PROBES = {
@@ -72,13 +73,36 @@ def test_humaneval_reference_scores_100_and_empty_0(tmp_path):
 
 
 @needs_bwrap
-@pytest.mark.skipif(not (BENCH / "mbpp").exists(), reason="../shared/benchmarks is not beside this checkout")
+@pytest.mark.skipif(
+    not (BENCH / "mbpp").exists(), reason="no ../shared/benchmarks beside this checkout or its origin"
+)
 def test_mbpp_and_santacoder_fim_reference_score_100(tmp_path):
-    r = codemill("eval", "mbpp", "--model", "reference", "--split", "test", "--out", str(tmp_path / "mbpp"))
+    mbpp = str(BENCH / "mbpp" / "mbpp.jsonl")
+    r = codemill(
+        "eval",
+        "mbpp",
+        "--model",
+        "reference",
+        "--split",
+        "test",
+        "--data",
+        mbpp,
+        "--out",
+        str(tmp_path / "mbpp"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((tmp_path / "mbpp" / "results.json").read_text())["summary"]["all"]["pass@1"] == 100.0
     r = codemill(
-        "eval", "santacoder-fim", "--model", "reference", "--limit", "300", "--out", str(tmp_path / "fim")
+        "eval",
+        "santacoder-fim",
+        "--model",
+        "reference",
+        "--limit",
+        "300",
+        "--out",
+        str(tmp_path / "fim"),
+        "--data",
+        str(BENCH / "santacoder-fim" / "santacoder-fim-task.train.parquet"),
     )
     summary = json.loads((tmp_path / "fim" / "results.json").read_text())["summary"]
     assert summary["all"]["exact_match"] == 100.0 and summary["all"]["pass@1"] == 100.0
@@ -110,14 +134,14 @@ STRLEN = {  # HumanEval/23 solved by hand in each language, as a model's complet
 
 @needs_bwrap
 @pytest.mark.skipif(
-    not (BENCH / "multipl-e").exists(), reason="../shared/benchmarks is not beside this checkout"
+    not (BENCH / "multipl-e").exists(), reason="no ../shared/benchmarks beside this checkout or its origin"
 )
 @pytest.mark.parametrize("language", STRLEN)
 def test_multipl_e_runners_compile_and_judge(language):
     from codemill.eval.models import truncate
     from codemill.eval.suites import SUITES
 
-    tasks = SUITES[f"multipl-e-{language}"]()
+    tasks = SUITES[f"multipl-e-{language}"](data=str(BENCH / "multipl-e" / f"humaneval-{language}.jsonl"))
     assert len(tasks) == {"cpp": 161, "java": 158, "js": 161}[language]
     task = next(t for t in tasks if t.id == "HumanEval_23_strlen")
     for completion, verdict in (
