@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -191,10 +192,22 @@ def test_fim_eval_format_reference_and_empty(tmp_path):
         row = summary["Python / single_line"]
         if model == "reference":
             assert row["exact_match"] == row["bleu4"] == row["edit_similarity"] == 100.0
+            for s in json.loads((tmp_path / model / "results.json").read_text())["samples"]:
+                t = s["codebleu_terms"]  # identical code: full syntax match; BLEU is 1 from 4 tokens on
+                assert t["syntax_match"] == 1.0 and (t["ngram_match"] == 1.0) == (
+                    len(s["completion"].split()) >= 4
+                )
             refs = [r["canonical_solution"] for r in rows]  # stripped prediction over raw reference
             assert row["length_ratio"] == sum(len(x.strip()) for x in refs) / sum(map(len, refs))
+            report = (tmp_path / model / "report.md").read_text()
+            assert (
+                "Table V. FIM-Eval" in report
+                and "| reference | - | - | - | - | - | - | - | - | - | 100.0 | 100.0 |" in report
+            )
         else:
             assert row["exact_match"] == row["bleu4"] == row["edit_similarity"] == row["length_ratio"] == 0.0
+            # an empty completion still gets the data-flow term under the codebleu package's convention
+            assert row["codebleu"] - row["codebleu_codexglue"] == 25.0
 
 
 def test_fim_builder_holds_out_repositories_and_splits_files_exactly(code_corpus, bpe_dir, tmp_path):
@@ -253,21 +266,27 @@ def test_samples_give_pass_at_k(tmp_path):
 
 
 @needs_bwrap
-def test_compare_puts_runs_side_by_side(tmp_path):
-    for model in ("reference", "empty"):
-        r = codemill("eval", "humaneval", "--model", model, "--out", str(tmp_path / model), "--limit", "20")
+def test_compare_puts_runs_side_by_side_in_the_papers_tables(tmp_path):
+    runs = []
+    for suite, model in itertools.product(("humaneval", "mbpp"), ("reference", "empty")):
+        out = tmp_path / f"{suite}-{model}"
+        r = codemill("eval", suite, "--model", model, "--out", str(out), "--limit", "12")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert (tmp_path / model / "by_task_type.png").read_bytes()[:4] == b"\x89PNG"
-    r = codemill(
-        "eval",
-        "compare",
-        str(tmp_path / "reference"),
-        str(tmp_path / "empty"),
-        "--out",
-        str(tmp_path / "c.md"),
+        assert (out / "by_task_type.png").read_bytes()[:4] == b"\x89PNG"
+        runs.append(str(out))
+    assert (
+        "| reference | 100.0 | - | - | - | - | - |"
+        in (tmp_path / "humaneval-reference" / "report.md").read_text()
     )
+    r = codemill("eval", "compare", *runs, "--out", str(tmp_path / "c.md"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "| all | pass@1 | 100.0 | 0.0 |" in (tmp_path / "c.md").read_text()
+    text = (tmp_path / "c.md").read_text()
+    assert "Table II. NL2Code" in text and "Table V" not in text  # only the tables some run fills
+    assert (
+        "| reference | 100.0 | 100.0 | - | - | - | - |" in text
+        and "| empty | 0.0 | 0.0 | - | - | - | - |" in text
+    )
+    assert "## mbpp" in text and "| all | pass@1 | 100.0 | 0.0 |" in text
 
 
 def test_crossfile_builder_and_crosscodeeval_settings(code_corpus, tmp_path):

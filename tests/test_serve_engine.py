@@ -7,6 +7,8 @@ import time
 import pytest
 import torch
 
+from codemill.eval.sandbox import available
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_checkpoint):
@@ -172,3 +174,22 @@ def test_complete_a_position_in_a_file(checkpoint, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "codemill.cli", "complete", f"{src}:99:1", "--model", str(checkpoint)],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "outside" in bad.stdout
+
+
+@pytest.mark.skipif(not available(), reason="bubblewrap is needed to execute HumanEval")
+def test_eval_through_the_server_equals_eval_of_the_checkpoint(checkpoint, tmp_path):
+    """`codemill eval --model http://...` against our own server gives the checkpoint's own answers."""
+    from codemill.eval.models import Checkpoint, Endpoint
+    from codemill.eval.runner import evaluate
+    from codemill.serve.engine import Engine
+    from codemill.serve.http import Server, create_app
+
+    with Server(create_app(Engine(checkpoint), max_tokens=512)) as s:
+        via_http = evaluate("humaneval", Endpoint(s.url), tmp_path / "http", limit=3, max_tokens=48)
+    direct = evaluate("humaneval", Checkpoint(checkpoint), tmp_path / "direct", limit=3, max_tokens=48)
+    assert via_http["model"] == checkpoint.name
+    got = [x["completion"] for x in via_http["samples"]]
+    assert got == [x["completion"] for x in direct["samples"]] and any(got)
+    assert via_http["summary"] == direct["summary"]
+    with pytest.raises(ConnectionError, match="is the server up"):
+        Endpoint(s.url)  # the server is gone

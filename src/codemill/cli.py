@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -241,9 +242,16 @@ def eval_(
     runs: list[Path] = typer.Argument(
         None, help="With `compare`: eval output directories to put side by side."
     ),
-    model: str = typer.Option(None, help="A checkpoint directory, `reference` (self-test: 100%) or `empty`."),
+    model: str = typer.Option(
+        None,
+        help="A checkpoint directory, an OpenAI-compatible URL (http://host:port/v1[#model]; key from "
+        "$CODEMILL_API_KEY), `reference` (self-test: 100%) or `empty`.",
+    ),
     out: Path = typer.Option(
-        None, "--out", "-o", help="results.json and report.md go here (compare: a .md file)."
+        None,
+        "--out",
+        "-o",
+        help="results.json and report.md go here (compare: a .md file, and a .png per task type).",
     ),
     format: str = typer.Option(
         None, help="Prompt format of the checkpoint (default: its codemill.json, else codemill)."
@@ -256,13 +264,14 @@ def eval_(
         1, help="Samples per task (pass@k for every k up to it); needs --temperature."
     ),
     temperature: float = typer.Option(0.0, help="0: greedy."),
+    max_tokens: int = typer.Option(None, help="New tokens per task (default: the suite's, 512 for NL2Code)."),
     workers: int = typer.Option(None, help="Parallel sandboxed executions (default: CPU count)."),
     unsafe: bool = typer.Option(
         False, "--unsafe", help="Run generated code without bubblewrap (limits only)."
     ),
 ) -> None:
     """Evaluate a model like the paper: generate, execute in a sandbox, report.
-    `codemill eval compare RUN...` puts several runs of one suite side by side."""
+    `codemill eval compare RUN...` puts runs side by side in the paper's tables."""
     from rich.table import Table
 
     from codemill.eval.models import load_model
@@ -271,7 +280,7 @@ def eval_(
 
     if suite == "compare":
         try:
-            table = compare(runs or [])
+            table = compare(runs or [], out.with_suffix(".png") if out else None)
         except (ValueError, FileNotFoundError) as e:
             raise _fail(e) from e
         console.print(table)
@@ -289,17 +298,18 @@ def eval_(
     try:
         results = evaluate(
             suite,
-            load_model(model, format),
+            load_model(model, format, api_key=os.environ.get("CODEMILL_API_KEY")),
             out,
             limit=limit,
             workers=workers,
             unsafe=unsafe,
             samples=samples,
             temperature=temperature,
+            max_tokens=max_tokens,
             console=console,
             **options,
         )
-    except (ValueError, FileNotFoundError, SandboxUnavailable) as e:
+    except (ValueError, FileNotFoundError, SandboxUnavailable, ConnectionError) as e:
         raise _fail(e) from e
     table = Table(title=f"{suite}: {results['model']}")
     cols = sorted({k for r in results["summary"].values() for k in r} - {"tasks"})

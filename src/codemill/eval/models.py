@@ -1,4 +1,5 @@
-"""What answers a benchmark: a checkpoint, the benchmark's own solutions, or nothing.
+"""What answers a benchmark: a checkpoint, an OpenAI-compatible server, the benchmark's own
+solutions, or nothing.
 
 Every model takes `Request`s (a prefix, an optional suffix for FIM, stop strings) and returns one
 completion per request. Prompts for checkpoints are built by `formats.py`, the definitions training
@@ -7,6 +8,7 @@ used, from the format named in the checkpoint's `codemill.json` (or given on the
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -112,20 +114,77 @@ class Checkpoint:
                     pad_token_id=self.stop_ids[0],
                 )
             new = [t for t in gen[0, ids.shape[1] :].tolist() if t not in self.stop_ids]
-            out.append(truncate(self.tok.decode(new), r.stop))
+            text = self.tok.decode(new).removesuffix("\ufffd")  # a character cut by the token cap, as serve
+            out.append(truncate(text, r.stop))
         return out
 
 
-def load_model(spec: str, fmt: str | None = None) -> Model:
+class Endpoint:
+    """An OpenAI-compatible server (codemill serve, vLLM, llama.cpp): `POST /v1/completions` with
+    `prompt` and `suffix`, greedy unless the request samples, requests sent concurrently. Cross-file
+    snippets travel as llama.cpp's `input_extra` and the file path as `path`, which codemill serve
+    places by the model's format; a server that ignores them sees the in-file context only. Stop strings are also
+    applied here, since OpenAI's API caps them at four."""
+
+    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, workers: int = 4):
+        import httpx
+
+        base = url.rstrip("/")
+        base = base if base.endswith("/v1") else base + "/v1"
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(600.0, connect=10.0))
+        self.workers = workers
+        if model is None:
+            try:
+                listed = self.client.get("/models")
+                listed.raise_for_status()
+                model = listed.json()["data"][0]["id"]
+            except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+                raise ConnectionError(f"{base}/models did not name a model ({e}); is the server up?") from e
+        self.name = model
+
+    def _one(self, r: Request) -> str:
+        import httpx
+
+        body = {"model": self.name, "prompt": r.prefix, "max_tokens": r.max_tokens, "temperature": r.temperature,
+                "top_p": r.top_p if r.temperature > 0 else 1.0, "seed": r.seed}  # fmt: skip
+        if r.suffix is not None:
+            body["suffix"] = r.suffix
+        if r.stop:
+            body["stop"] = list(r.stop[:4])
+        if r.path is not None:
+            body["path"] = r.path  # codemill serve's extension; other servers ignore it
+        if r.context:
+            body["input_extra"] = [{"filename": p, "text": c} for p, c in r.context]
+        for attempt in range(6):
+            resp = self.client.post("/completions", json=body)
+            if resp.status_code not in (429, 503):
+                break
+            time.sleep(0.5 * 2**attempt)  # busy or loading: back off
+        if resp.status_code != 200:
+            raise httpx.HTTPStatusError(
+                f"{resp.status_code}: {resp.text[:300]}", request=resp.request, response=resp
+            )
+        return truncate(resp.json()["choices"][0]["text"], r.stop)
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(self._one, requests))
+
+
+def load_model(spec: str, fmt: str | None = None, api_key: str | None = None) -> Model:
     if spec == "reference":
         return Reference()
     if spec == "empty":
         return Empty()
     if spec.startswith(("http://", "https://")):
-        raise ValueError("OpenAI-compatible endpoints are not supported yet (issue 6 builds the server)")
+        url, _, name = spec.partition("#")  # http://host:port/v1#model-id picks one of several models
+        return Endpoint(url, name or None, api_key)
     path = Path(spec)
     if not (path / "config.json").exists():
         raise FileNotFoundError(
-            f"{spec} is not a checkpoint directory (no config.json), nor reference / empty"
+            f"{spec} is not a checkpoint directory (no config.json), an http(s):// endpoint, reference or empty"
         )
     return Checkpoint(path, fmt)

@@ -12,9 +12,14 @@ from pathlib import Path
 from rich.progress import Progress
 
 from codemill.eval import sandbox
+from codemill.eval.codebleu import LANGS as CODEBLEU_KEYS
+from codemill.eval.codebleu import code_bleu, combine
 from codemill.eval.metrics import bleu4, edit_similarity, identifier_scores, line_match, pass_at_k
 from codemill.eval.models import Model
 from codemill.eval.suites import SUITES, first_line, statement
+from codemill.eval.tables import paper_tables
+
+CODEBLEU_LANGS = set(CODEBLEU_KEYS.values())
 
 
 def evaluate(
@@ -28,6 +33,7 @@ def evaluate(
     samples: int = 1,
     temperature: float = 0.0,
     batch: int = 8,
+    max_tokens: int | None = None,
     console=None,
     **options,
 ) -> dict:
@@ -48,7 +54,10 @@ def evaluate(
         gen = bar.add_task(f"{suite}: generating with {model.name}", total=len(jobs))
         for i in range(0, len(jobs), batch):
             chunk = jobs[i : i + batch]
-            requests = [dataclasses.replace(t.request, temperature=temperature, seed=k) for t, k in chunk]
+            cap = {"max_tokens": max_tokens} if max_tokens else {}
+            requests = [
+                dataclasses.replace(t.request, temperature=temperature, seed=k, **cap) for t, k in chunk
+            ]
             completions += model.complete(requests)
             bar.advance(gen, len(chunk))
         run = bar.add_task(f"{suite}: executing in the sandbox", total=len(jobs))
@@ -71,6 +80,11 @@ def evaluate(
                 sample["bleu4"] = bleu4(completion, task.target)
                 sample["edit_similarity"] = edit_similarity(completion, task.target)
                 sample["chars"] = [len(completion.strip()), len(task.target)]
+                if task.language in CODEBLEU_LANGS:  # both data-flow conventions (eval/codebleu.py)
+                    terms = code_bleu([task.target], [completion], task.language)
+                    sample["codebleu"] = 100 * terms.pop("codebleu")
+                    sample["codebleu_codexglue"] = 100 * combine(terms, dataflow="codexglue")
+                    sample["codebleu_terms"] = terms
             elif task.target is not None and task.scoring == "statement":
                 pred = statement(completion, task.language)
                 ident_em, ident_f1 = identifier_scores(pred, task.target, task.language)
@@ -103,6 +117,7 @@ def evaluate(
             "limit": limit,
             "samples": samples,
             "temperature": temperature,
+            "max_tokens": max_tokens,
             "sandbox": "bubblewrap" if sandbox.available() else "unsafe",
             **options,
         },
@@ -144,38 +159,67 @@ def chart(results: dict, path: Path) -> Path | None:
     return path
 
 
-def compare(runs: list[Path]) -> str:
-    """A markdown table: one column per run, one row per (language or task type, metric)."""
+def compare(runs: list[Path], chart_path: Path | None = None) -> str:
+    """Markdown: the paper's tables for every suite present, then per suite one column per run and
+    one row per (language or task type, metric). With `chart_path`, Figure 4: FIM-Eval exact match
+    per task type, a bar per run."""
     loaded = [json.loads((Path(r) / "results.json").read_text()) for r in runs]
-    suites = {r["suite"] for r in loaded}
-    if len(suites) > 1:
-        raise ValueError(f"runs are of different suites: {sorted(suites)}")
-    head = [f"{r['model']} ({Path(p).name})" for r, p in zip(loaded, runs, strict=True)]
-    keys = list(dict.fromkeys(k for r in loaded for k in r["summary"]))
-    lines = [
-        f"# {suites.pop()}",
-        "",
-        "| group | metric | " + " | ".join(head) + " |",
-        "|---|---|" + "---|" * len(head),
-    ]
-    for key in keys:
-        metrics = list(
-            dict.fromkeys(
-                m for r in loaded for m in r["summary"].get(key, {}) if m not in ("tasks", "executed")
+    if not loaded:
+        raise ValueError("name at least one eval output directory")
+    lines = ["# Comparison", "", paper_tables(loaded)]
+    for suite in dict.fromkeys(r["suite"] for r in loaded):
+        group = [(r, p) for r, p in zip(loaded, runs, strict=True) if r["suite"] == suite]
+        head = [f"{r['model']} ({Path(p).name})" for r, p in group]
+        keys = list(dict.fromkeys(k for r, _ in group for k in r["summary"]))
+        lines += [
+            f"## {suite}",
+            "",
+            "| group | metric | " + " | ".join(head) + " |",
+            "|---|---|" + "---|" * len(head),
+        ]
+        for key in keys:
+            metrics = dict.fromkeys(
+                m for r, _ in group for m in r["summary"].get(key, {}) if m not in ("tasks", "executed")
             )
-        )
-        for m in metrics:
-            vals = [r["summary"].get(key, {}).get(m) for r in loaded]
-            cells = [
-                f"{v:.1f}"
-                if isinstance(v, float) and m != "length_ratio"
-                else f"{v:.2f}"
-                if isinstance(v, float)
-                else "-"
-                for v in vals
-            ]
-            lines.append(f"| {key} | {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            for m in metrics:
+                vals = [r["summary"].get(key, {}).get(m) for r, _ in group]
+                cells = [
+                    f"{v:.2f}" if m == "length_ratio" else f"{v:.1f}" if isinstance(v, float) else "-"
+                    for v in vals
+                ]
+                lines.append(f"| {key} | {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    fim = [(r, p) for r, p in zip(loaded, runs, strict=True) if any(" / " in k for k in r["summary"])]
+    if chart_path is not None and fim:
+        _task_type_chart(fim, chart_path)
+    return "\n".join(lines)
+
+
+def _task_type_chart(runs: list[tuple[dict, Path]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    types = sorted({k.split(" / ", 1)[1] for r, _ in runs for k in r["summary"] if " / " in k})
+    fig, ax = plt.subplots(figsize=(max(7, 0.7 * len(types) + 2), 4.5), dpi=110)
+    width = 0.8 / len(runs)
+    for i, (r, p) in enumerate(runs):
+        by_type: dict[str, list[float]] = defaultdict(list)
+        for k, row in r["summary"].items():
+            if " / " in k:
+                by_type[k.split(" / ", 1)[1]].append(row.get("exact_match", 0.0))
+        vals = [float(np.mean(by_type[t])) if by_type[t] else 0.0 for t in types]
+        ax.bar(np.arange(len(types)) + i * width, vals, width, label=f"{r['model']} ({Path(p).name})")
+    ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types, rotation=50, ha="right", fontsize=8)
+    ax.set_ylabel("exact match (%), mean over languages")
+    ax.set_title("Exact match per task type")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def summarize(samples: list[dict]) -> dict:
@@ -204,12 +248,13 @@ def summarize(samples: list[dict]) -> dict:
             row["exact_match"] = 100 * sum(s.get("exact_match", False) for s in group) / len(group)
         if any("identifier_em" in s for s in group):
             row["identifier_em"] = 100 * sum(s.get("identifier_em", False) for s in group) / len(group)
-        for key in ("bleu4", "edit_similarity", "identifier_f1"):
+        for key in ("bleu4", "codebleu", "codebleu_codexglue", "edit_similarity", "identifier_f1"):
             if any(key in s for s in group):
                 row[key] = sum(s.get(key, 0.0) for s in group) / len(group)
         if any("chars" in s for s in group):  # FIM-Eval: mean predicted chars / mean reference chars
             pred, ref = (sum(s["chars"][i] for s in group if "chars" in s) for i in (0, 1))
             row["length_ratio"] = pred / ref if ref else 0.0
+            row["pred_chars"], row["ref_chars"] = pred / len(group), ref / len(group)
         out[lang] = row
     return out
 
@@ -220,6 +265,7 @@ def report(results: dict) -> str:
     lines = [
         f"# {results['suite']}: {results['model']}",
         "",
+        paper_tables([results]),
         f"Settings: {json.dumps(results['settings'])}. pass@k is the unbiased estimator over each task's "
         "samples (greedy, one sample: the fraction of tasks whose program exits 0 in the sandbox).",
         "",

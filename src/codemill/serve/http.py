@@ -25,6 +25,11 @@ from starlette.concurrency import run_in_threadpool
 from codemill.serve.engine import Engine
 
 
+class InfillExtra(BaseModel):
+    filename: str = ""
+    text: str
+
+
 class CompletionBody(BaseModel):
     model: str | None = None
     prompt: str
@@ -35,17 +40,15 @@ class CompletionBody(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     seed: int | None = None
-
-
-class InfillExtra(BaseModel):
-    filename: str = ""
-    text: str
+    input_extra: list[InfillExtra] = []  # llama.cpp's cross-file snippets, placed by the model's format
+    path: str | None = None  # codemill's extension: the file's path, where the format puts it
 
 
 class InfillBody(BaseModel):
     input_prefix: str = ""
     input_suffix: str = ""
     input_extra: list[InfillExtra] = []
+    path: str | None = None  # codemill's extension, as in /v1/completions
     prompt: str = ""
     n_predict: int = Field(64, ge=0)
     n_indent: int = Field(0, ge=0)
@@ -127,6 +130,10 @@ def create_app(
     def check_prompt(ids: list[int], n: int) -> JSONResponse | None:
         if n > max_tokens:
             return error(400, f"max_tokens {n} is over the server's limit of {max_tokens}")
+        if not ids:
+            return error(
+                400, f"max_tokens {n} leaves no room for the prompt in the context of {engine.max_len}"
+            )
         if len(ids) + n > engine.max_len:
             return error(
                 400, f"prompt of {len(ids)} tokens plus {n} new ones exceeds the context of {engine.max_len}"
@@ -149,7 +156,14 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request):
-        ids = engine.prompt(body.prompt, body.suffix, max_tokens=min(body.max_tokens, max_tokens))
+        context = [(e.filename, e.text) for e in body.input_extra]
+        ids = engine.prompt(
+            body.prompt,
+            body.suffix,
+            path=body.path,
+            max_tokens=min(body.max_tokens, max_tokens),
+            context=context,
+        )
         if (bad := check_prompt(ids, body.max_tokens)) is not None:
             return bad
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
@@ -203,7 +217,11 @@ def create_app(
             return error(400, f"n_predict {n} is over the server's limit of {max_tokens}")
         context = [(e.filename, e.text) for e in body.input_extra]
         ids = engine.prompt(
-            body.input_prefix + body.prompt, body.input_suffix, max_tokens=max(n, 1), context=context
+            body.input_prefix + body.prompt,
+            body.input_suffix,
+            path=body.path,
+            max_tokens=max(n, 1),
+            context=context,
         )
         if not body.cache_prompt:
             engine.reset()

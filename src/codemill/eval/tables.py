@@ -1,0 +1,122 @@
+"""Results laid out like the paper's tables: one row per model (or run), one column per benchmark
+or language, so a codemill run can be read beside aiXcoder-7B's published numbers.
+
+Tables: II NL2Code Pass@1; III SantaCoder-FIM exact match; IV CrossCodeEval EM/ES per setting;
+V FIM-Eval EM/BLEU-4/CodeBLEU per language; VI FIM-Eval generated:reference length in characters.
+A table appears when at least one run has its suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+NL2CODE = {"humaneval": "HumanEval", "mbpp": "MBPP", "multipl-e-cpp": "C++", "multipl-e-java": "Java",
+           "multipl-e-js": "JavaScript"}  # fmt: skip
+SANTACODER = {"py": "Python", "js": "JavaScript", "java": "Java"}
+CCEVAL = {"python": "Python", "java": "Java", "typescript": "TypeScript", "csharp": "C#"}
+FIM_EVAL = ("Java", "C++", "JavaScript", "Python")  # the paper's column order
+
+
+def _name(run: dict) -> str:
+    setting = run["settings"].get("setting")
+    return f"{run['model']} ({setting})" if run["suite"] == "crosscodeeval" and setting else run["model"]
+
+
+def _markdown(title: str, head: list[str], rows: list[list[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _mean_row(values: list[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    return _fmt(sum(present) / len(present)) if present and len(present) == len(values) else "-"
+
+
+def _models(runs: list[dict], suites: set[str], name: Callable[[dict], str] = _name) -> dict[str, dict]:
+    """{row name: {suite: run}} over the runs of the given suites, in first-seen order."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        if r["suite"] in suites:
+            out.setdefault(name(r), {})[r["suite"]] = r
+    return out
+
+
+def nl2code(runs: list[dict]) -> str | None:
+    models = _models(runs, set(NL2CODE), lambda r: r["model"])
+    if not models:
+        return None
+    rows = []
+    for model, by_suite in models.items():
+        vals = [by_suite[s]["summary"]["all"].get("pass@1") if s in by_suite else None for s in NL2CODE]
+        rows.append([model, *map(_fmt, vals), _mean_row(vals)])
+    head = ["Model", "HumanEval", "MBPP", "MultiPL-E C++", "MultiPL-E Java", "MultiPL-E JS", "Average"]
+    return _markdown("Table II. NL2Code, Pass@1 (%)", head, rows)
+
+
+def santacoder(runs: list[dict]) -> str | None:
+    models = _models(runs, {"santacoder-fim"})
+    if not models:
+        return None
+    rows = []
+    for model, by_suite in models.items():
+        summary = by_suite["santacoder-fim"]["summary"]
+        vals = [summary.get(k, {}).get("exact_match") for k in SANTACODER]
+        rows.append([model, *map(_fmt, vals), _mean_row(vals)])
+    return _markdown(
+        "Table III. SantaCoder-FIM single-line, exact match (%)",
+        ["Model", *SANTACODER.values(), "Average"],
+        rows,
+    )
+
+
+def cceval(runs: list[dict]) -> str | None:
+    models = _models(runs, {"crosscodeeval"})
+    if not models:
+        return None
+    rows = []
+    for model, by_suite in models.items():
+        summary = by_suite["crosscodeeval"]["summary"]
+        cells = []
+        for lang in CCEVAL:
+            s = summary.get(lang, {})
+            cells += [_fmt(s.get("exact_match")), _fmt(s.get("edit_similarity"))]
+        rows.append([model, *cells])
+    head = ["Model (setting)"] + [f"{v} {m}" for v in CCEVAL.values() for m in ("EM", "ES")]
+    return _markdown("Table IV. CrossCodeEval, exact match and edit similarity (%)", head, rows)
+
+
+def fim_eval(runs: list[dict]) -> str | None:
+    models = _models(runs, {"fim-eval"})
+    if not models:
+        return None
+    scores, lengths = [], []
+    for model, by_suite in models.items():
+        summary = by_suite["fim-eval"]["summary"]
+        cells, lens = [], []
+        for lang in FIM_EVAL:
+            s = summary.get(lang, {})
+            cells += [_fmt(s.get(k)) for k in ("exact_match", "bleu4", "codebleu")]
+            lens.append(f"{s['pred_chars']:.0f}:{s['ref_chars']:.0f}" if "pred_chars" in s else "-")
+        scores.append([model, *cells])
+        lengths.append([model, *lens])
+    head = ["Model"] + [f"{lang} {m}" for lang in FIM_EVAL for m in ("EM", "BLEU-4", "CodeBLEU")]
+    return (
+        _markdown("Table V. FIM-Eval, EM / BLEU-4 / CodeBLEU (%)", head, scores)
+        + "\n"
+        + _markdown(
+            "Table VI. FIM-Eval, mean generated : reference length (characters)",
+            ["Model", *FIM_EVAL],
+            lengths,
+        )
+    )
+
+
+def paper_tables(runs: list[dict]) -> str:
+    """Every table some run can fill, in the paper's order."""
+    parts = [t for t in (nl2code(runs), santacoder(runs), cceval(runs), fim_eval(runs)) if t]
+    return "\n".join(parts)
