@@ -383,6 +383,41 @@ def bench_build_crossfile(
     )
 
 
+@app.command("run")
+def run_(
+    recipe: Path = typer.Argument(..., help="A recipe: recipes/demo.yaml, recipes/small.yaml, ..."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/RECIPE-NAME)."),
+) -> None:
+    """The whole flow: curate, tokenizer, held-out benchmarks, train, eval, report. Rerun to resume:
+    finished stages with unchanged settings are skipped."""
+    from codemill.eval.sandbox import SandboxUnavailable
+    from codemill.flow.run import run
+
+    try:
+        run(recipe, out or Path("runs") / recipe.stem, console)
+    except (ValueError, FileNotFoundError, KeyError, SandboxUnavailable) as e:
+        raise _fail(e) from e
+
+
+@app.command("ablate")
+def ablate_(
+    recipe: Path = typer.Argument(..., help="A recipe; its data section is the base of every variant."),
+    out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="One directory per variant inside."),
+    variants: str = typer.Option(
+        None, help="Comma-separated subset of ntp, ntp-fim, paper, paper-random-order."
+    ),
+) -> None:
+    """NTP vs NTP+FIM vs the paper's mix, and Algorithm 1 vs random order, at equal token budgets."""
+    from codemill.eval.sandbox import SandboxUnavailable
+    from codemill.flow.ablate import ablate
+
+    try:
+        path = ablate(recipe, out, console, variants.split(",") if variants else None)
+    except (ValueError, FileNotFoundError, KeyError, SandboxUnavailable) as e:
+        raise _fail(e) from e
+    console.print(path.read_text())
+
+
 @app.command("serve")
 def serve_(
     model: Path = typer.Argument(..., help="A codemill or Hugging Face Llama-family checkpoint directory."),

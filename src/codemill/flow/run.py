@@ -1,0 +1,233 @@
+"""`codemill run RECIPE.yaml`: curate -> tokenizer -> held-out benchmarks -> train -> eval -> report.
+
+Every stage writes into one run directory and records a stamp (a hash of its settings and of the
+stamps it depends on) in `stages.json` when it finishes. A rerun skips a stage whose stamp is
+unchanged and whose output exists, and redoes it and everything after it otherwise; curate and train
+resume an interrupted run themselves (their own checkpoints), eval redoes only unfinished suites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from codemill.config import Settings
+
+
+@dataclass
+class RunConfig(Settings):
+    section = "run"
+
+    sources: tuple[str, ...] = ("installed",)  # what `codemill curate` takes
+    vocab_size: int = 8192
+    tokenizer_bytes: int = 100_000_000
+    holdout: float = 0.1  # share of repositories held out of training for the built benchmarks
+    fim_per_type: int = 10  # FIM-Eval-shaped tasks per language and task type
+    crossfile_per_repo: int = 5
+    # suites to run: humaneval, mbpp, multipl-e-*, santacoder-fim; fim-eval and crosscodeeval[/setting]
+    # run on the benchmarks built from the held-out repositories
+    suites: tuple[str, ...] = ("humaneval", "fim-eval", "crosscodeeval/infile", "crosscodeeval/retrieval")
+    eval_limit: int | None = None  # tasks per suite
+    eval_max_tokens: int | None = 128
+    unsafe: bool = False  # run generated code without bubblewrap
+
+
+def load_recipe(path: str | Path) -> dict:
+    recipe = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of sections (run, curate, data, train)")
+    return recipe
+
+
+def _stamp(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stages:
+    """stages.json: the stamp of every finished stage."""
+
+    path: Path
+    done: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, out: Path) -> Stages:
+        p = out / "stages.json"
+        return cls(p, json.loads(p.read_text()) if p.exists() else {})
+
+    def fresh(self, name: str, stamp: str, output: Path) -> bool:
+        return self.done.get(name) == stamp and output.exists()
+
+    def finish(self, name: str, stamp: str) -> None:
+        self.done[name] = stamp
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.done, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
+def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path | None = None,
+        data_overrides: dict | None = None) -> dict:  # fmt: skip
+    """Run the flow; return {stage: seconds} (0 for stages that were up to date). With `shared`,
+    the corpus, tokenizer and benchmarks live there (runs that differ only in training share them)."""
+    from codemill.curate.config import CurateConfig
+    from codemill.data.config import DataConfig
+    from codemill.train.config import TrainConfig
+
+    recipe = load_recipe(recipe_path)
+    rcfg = RunConfig.from_dict(recipe.get("run"))
+    ccfg = CurateConfig.from_dict(recipe.get("curate"))
+    out = Path(out)
+    base = Path(shared) if shared else out
+    for d in (out, base):
+        d.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str, stamp: str, output: Path, work, where: Path = out) -> None:
+        stages = Stages.open(where)
+        if stages.fresh(name, stamp, output):
+            console.print(f"[dim]{name}: up to date ({output})[/dim]")
+            seconds[name] = 0.0
+            return
+        console.rule(f"[bold]{name}")
+        t0 = time.perf_counter()
+        work()
+        seconds[name] = time.perf_counter() - t0
+        stages.finish(name, stamp)
+
+    corpus, tokenizer, bench = base / "corpus", base / "tokenizer", base / "bench"
+    s_corpus = _stamp(rcfg.sources, ccfg.to_dict())
+    stage("curate", s_corpus, corpus / "manifest.json", lambda: _curate(rcfg, ccfg, corpus, console), base)
+    s_tok = _stamp(s_corpus, rcfg.vocab_size, rcfg.tokenizer_bytes, (recipe.get("data") or {}).get("format"))
+    stage(
+        "tokenizer",
+        s_tok,
+        tokenizer / "tokenizer.json",
+        lambda: _tokenizer(rcfg, recipe, corpus, tokenizer),
+        base,
+    )
+    s_bench = _stamp(s_corpus, rcfg.holdout, rcfg.fim_per_type, rcfg.crossfile_per_repo)
+    stage(
+        "bench",
+        s_bench,
+        bench / "fim" / "heldout_repos.txt",
+        lambda: _bench(rcfg, corpus, bench, console),
+        base,
+    )
+
+    data = {**(recipe.get("data") or {}), **(data_overrides or {})}
+    data["exclude_repos"] = str(bench / "fim" / "heldout_repos.txt")
+    dcfg = DataConfig.from_dict(data)
+    tcfg = TrainConfig.from_dict(recipe.get("train"))
+    train_dir = out / "train"
+    s_train = _stamp(s_tok, s_bench, dcfg.to_dict(), tcfg.to_dict())
+    stage(
+        "train",
+        s_train,
+        train_dir / "final" / "config.json",
+        lambda: _train(corpus, tokenizer, train_dir, dcfg, tcfg, console),
+    )
+
+    final = train_dir / "final"
+    for suite in rcfg.suites:
+        name = f"eval {suite}"
+        target = out / "eval" / suite.replace("/", "-")
+        s_eval = _stamp(s_train, suite, rcfg.eval_limit, rcfg.eval_max_tokens)
+        stage(
+            name,
+            s_eval,
+            target / "results.json",
+            lambda s=suite, t=target: _eval(rcfg, s, final, bench, t, console),
+        )
+    report = write_report(out, base)
+    console.print(f"report: [bold]{report}[/bold]")
+    console.print(f"serve the model: [bold]codemill serve {final} --port 8012[/bold]")
+    return seconds
+
+
+def _curate(rcfg: RunConfig, ccfg, corpus: Path, console) -> None:
+    from codemill.curate.pipeline import curate
+    from codemill.curate.report import summary
+
+    console.print(summary(curate(list(rcfg.sources), corpus, ccfg)))
+
+
+def _tokenizer(rcfg: RunConfig, recipe: dict, corpus: Path, out: Path) -> None:
+    from codemill.data.tokenizer import chunks, corpus_texts, save_tokenizer, train_bpe
+    from codemill.formats import get_format
+
+    fmt = get_format((recipe.get("data") or {}).get("format", "codemill"))
+    tok = train_bpe(
+        chunks(corpus_texts(corpus, rcfg.tokenizer_bytes)), rcfg.vocab_size, fmt, show_progress=True
+    )
+    save_tokenizer(tok, out, fmt)
+
+
+def _bench(rcfg: RunConfig, corpus: Path, bench: Path, console) -> None:
+    from codemill.eval.builders import build_crossfile, build_fim
+
+    cross = build_crossfile(
+        corpus, bench / "crossfile", holdout=rcfg.holdout, per_repo=rcfg.crossfile_per_repo
+    )
+    fim = build_fim(corpus, bench / "fim", holdout=rcfg.holdout, per_type=rcfg.fim_per_type)
+    console.print(f"held-out benchmarks: FIM {fim}, cross-file {cross}")
+
+
+def _train(corpus: Path, tokenizer: Path, out: Path, dcfg, tcfg, console) -> None:
+    from codemill.train.loop import train
+    from codemill.train.metrics import plot
+
+    train(corpus, tokenizer, out, dcfg, tcfg, console)
+    plot(out)
+
+
+def _eval(rcfg: RunConfig, suite: str, model_dir: Path, bench: Path, out: Path, console) -> None:
+    from codemill.eval.models import Checkpoint
+    from codemill.eval.runner import evaluate
+
+    name, _, setting = suite.partition("/")
+    options: dict = {}
+    if name == "fim-eval":
+        options["data"] = str(bench / "fim")
+    elif name == "crosscodeeval":
+        options.update(data=str(bench / "crossfile"), setting=setting or "retrieval")
+    results = evaluate(name, Checkpoint(model_dir), out, limit=rcfg.eval_limit, max_tokens=rcfg.eval_max_tokens,
+                       unsafe=rcfg.unsafe, console=console, **options)  # fmt: skip
+    row = results["summary"]["all"]
+    console.print(f"{suite}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)))
+
+
+def write_report(out: Path, base: Path) -> Path:
+    """report.md: corpus, held-out benchmarks, training curve, evaluation in the paper's tables."""
+    from codemill.eval.tables import paper_tables
+
+    lines = [f"# codemill run: {out.name}", ""]
+    manifest = base / "corpus" / "manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        r, f = m["repositories"], m["files"]
+        lines += ["## Corpus", "", f"Sources {', '.join(m['sources'])}: {r['in']:,} repositories in, "
+                  f"{r['with_kept_files']:,} with kept files; {f['out']:,} files, {f['bytes_out'] / 1e6:.1f} MB kept; "
+                  f"curated in {m['seconds']:.0f} s. Per stage: `codemill corpus stats {base / 'corpus'}`.", ""]  # fmt: skip
+    held = base / "bench" / "fim" / "heldout_repos.txt"
+    if held.exists():
+        n = len(held.read_text().split())
+        lines += [f"{n} repositories held out of training for the built FIM and cross-file benchmarks.", ""]
+    metrics = out / "train" / "metrics.jsonl"
+    if metrics.exists():
+        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        if rows:
+            last = rows[-1]
+            lines += ["## Training", "", f"{last['step']} steps, {last['tokens']:,} tokens, final loss {last['loss']:.3f}.",
+                      "", "![loss](train/loss.png)", ""]  # fmt: skip
+    runs = [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*/results.json"))]
+    if runs:
+        lines += ["## Evaluation", "", paper_tables(runs), ""]
+    lines += ["## Serve", "", "```", f"codemill serve {out / 'train' / 'final'} --port 8012", "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
