@@ -193,3 +193,78 @@ def test_eval_through_the_server_equals_eval_of_the_checkpoint(checkpoint, tmp_p
     assert via_http["summary"] == direct["summary"]
     with pytest.raises(ConnectionError, match="is the server up"):
         Endpoint(s.url)  # the server is gone
+
+
+def test_a_newer_request_from_the_same_client_replaces_its_queued_older_one():
+    import asyncio
+
+    from codemill.serve.http import Busy, EngineSlot, Replaced
+
+    async def scenario():
+        slot, log = EngineSlot(max_queue=4), []
+
+        async def request(client: str, name: str, hold: asyncio.Event | None = None):
+            try:
+                async with slot.hold(client):
+                    log.append(f"{name} runs")
+                    if hold is not None:
+                        await hold.wait()
+            except Replaced:
+                log.append(f"{name} replaced")
+            except Busy:
+                log.append(f"{name} busy")
+
+        release = asyncio.Event()
+        running = asyncio.create_task(request("editor-b", "b1", release))
+        await asyncio.sleep(0.01)
+        a1 = asyncio.create_task(request("editor-a", "a1"))
+        await asyncio.sleep(0.01)
+        a2 = asyncio.create_task(request("editor-a", "a2"))
+        c1 = asyncio.create_task(request("editor-c", "c1"))
+        await asyncio.sleep(0.01)
+        assert log == ["b1 runs", "a1 replaced"]  # at once, while b1 still holds the engine
+        others = [asyncio.create_task(request(f"x{i}", f"x{i}")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        assert log[-1] == "x1 busy"  # b1, a2, c1, x0 fill the queue of 4
+        release.set()
+        await asyncio.gather(running, a1, a2, c1, *others)
+        assert log == ["b1 runs", "a1 replaced", "x1 busy", "a2 runs", "c1 runs", "x0 runs"]
+        assert slot.n == 0 and not slot.waiting and not slot.lock.locked()
+
+    asyncio.run(scenario())
+
+
+def test_health_is_503_while_the_model_loads(checkpoint):
+    import threading
+
+    import httpx
+
+    from codemill.serve.engine import Engine
+    from codemill.serve.http import Server, create_app
+
+    ready = threading.Event()
+
+    def load():
+        ready.wait(30)
+        return Engine(checkpoint)
+
+    with Server(create_app(load)) as s:
+        r = httpx.get(s.url + "/health")
+        assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x = ", "max_tokens": 2})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        ready.set()
+        for _ in range(300):
+            if httpx.get(s.url + "/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x = ", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+    def broken():
+        raise FileNotFoundError("no weights here")
+
+    with Server(create_app(broken)) as s:
+        time.sleep(0.1)
+        r = httpx.get(s.url + "/health")
+        assert r.status_code == 503 and "no weights here" in r.json()["error"]["message"]

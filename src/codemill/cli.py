@@ -433,14 +433,13 @@ def serve_(
     from codemill.serve.engine import Engine
     from codemill.serve.http import serve
 
-    try:
-        engine = Engine(model, format)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise _fail(e) from e
+    if not (model / "config.json").exists():
+        raise _fail(FileNotFoundError(f"{model} is not a checkpoint directory (no config.json)"))
     console.print(
-        f"serving {engine.name} on http://{host}:{port} (/v1/completions, /infill, /v1/models, /health)"
+        f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /v1/models, /health); "
+        "/health answers 503 until the model is loaded"
     )
-    serve(engine, host, port, api_key=api_key, max_tokens=max_tokens)
+    serve(lambda: Engine(model, format), host, port, api_key=api_key, max_tokens=max_tokens)
 
 
 @app.command("complete")

@@ -156,8 +156,10 @@ class Endpoint:
             body["path"] = r.path  # codemill serve's extension; other servers ignore it
         if r.context:
             body["input_extra"] = [{"filename": p, "text": c} for p, c in r.context]
+        # concurrent requests are separate clients, or codemill serve would let each replace the last
+        headers = {"x-client-id": f"codemill-eval-{id(r)}"}
         for attempt in range(6):
-            resp = self.client.post("/completions", json=body)
+            resp = self.client.post("/completions", json=body, headers=headers)
             if resp.status_code not in (429, 503):
                 break
             time.sleep(0.5 * 2**attempt)  # busy or loading: back off

@@ -1,19 +1,25 @@
 """HTTP API for editors: OpenAI-compatible `/v1/completions` and llama.cpp-style `/infill`.
 
 One engine serves one request at a time (it owns one KV cache); waiting requests queue up to
-`max_queue`, past which the server answers 429 with `x-should-retry: false`. Decoding runs token by
-token in a worker thread and the client's connection is checked between tokens, so a disconnect
-stops decoding within one token. Invalid requests get a 4xx with an OpenAI error object.
+`max_queue`, past which the server answers 429 with `x-should-retry: false`. A newer request from the
+same client (its `x-client-id` header, else its address) replaces that client's queued older one,
+which is answered 409 at once: an editor that sent a request per keystroke only waits for the last.
+Decoding runs token by token in a worker thread and the client's connection is checked between
+tokens, so a disconnect stops decoding within one token. The server listens while the model loads:
+`/health` and every other route answer 503 until it is ready. Invalid requests get a 4xx with an
+OpenAI error object.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -68,18 +74,82 @@ def error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class Busy(Exception):
+    pass
+
+
+class Replaced(Exception):
+    pass
+
+
+class EngineSlot:
+    """The engine's turn-taking: one holder, FIFO waiters up to `max_queue` (holder included), and
+    a newer waiter from the same client replacing the older one (which raises `Replaced`)."""
+
+    def __init__(self, max_queue: int):
+        self.lock = asyncio.Lock()
+        self.max_queue = max_queue
+        self.n = 0
+        self.waiting: dict[str, asyncio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, client: str):
+        if self.n >= self.max_queue:
+            raise Busy
+        self.n += 1
+        mine = asyncio.Event()
+        if (older := self.waiting.get(client)) is not None:
+            older.set()
+        self.waiting[client] = mine
+        try:
+            acquire = asyncio.ensure_future(self.lock.acquire())
+            replaced = asyncio.ensure_future(mine.wait())
+            await asyncio.wait({acquire, replaced}, return_when=asyncio.FIRST_COMPLETED)
+            if mine.is_set():
+                if acquire.done() and not acquire.cancelled():
+                    self.lock.release()
+                else:
+                    acquire.cancel()
+                raise Replaced
+            replaced.cancel()
+            if self.waiting.get(client) is mine:
+                del self.waiting[client]  # running now: a newer request queues behind it
+            try:
+                yield
+            finally:
+                self.lock.release()
+        finally:
+            self.n -= 1
+            if self.waiting.get(client) is mine:
+                del self.waiting[client]
+
+
+def _client(request: Request) -> str:
+    return request.headers.get("x-client-id") or (request.client.host if request.client else "")
+
+
 def create_app(
-    engine: Engine,
+    engine: Engine | Callable[[], Engine],
     *,
     api_key: str | None = None,
     max_tokens: int = 512,
     max_body_bytes: int = 1 << 20,
     max_queue: int = 8,
 ) -> FastAPI:
+    """`engine` or a function that loads one: the server then answers 503 until it returns."""
     app = FastAPI(title="codemill serve")
-    lock = asyncio.Lock()
-    waiting = {"n": 0}
+    slot = EngineSlot(max_queue)
     stats: Counter[str] = Counter()
+    loaded: dict[str, Any] = {"engine": engine if isinstance(engine, Engine) else None, "error": None}
+    if loaded["engine"] is None:
+
+        def load():
+            try:
+                loaded["engine"] = engine()
+            except Exception as e:  # the server stays up and says why on every route
+                loaded["error"] = f"{type(e).__name__}: {e}"
+
+        threading.Thread(target=load, daemon=True).start()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_req: Request, exc: RequestValidationError):
@@ -89,6 +159,11 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        if loaded["engine"] is None:
+            message = (
+                f"the model failed to load: {loaded['error']}" if loaded["error"] else "the model is loading"
+            )
+            return error(503, message, "unavailable", {"retry-after": "1"})
         authorized = request.headers.get("authorization", "") == f"Bearer {api_key}"
         if api_key and request.url.path != "/health" and not authorized:
             return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
@@ -98,36 +173,48 @@ def create_app(
         stats["requests"] += 1
         return await call_next(request)
 
-    async def run(request: Request, ids: list[int], stream_piece, **kw) -> Any:
-        """Decode under the engine lock, a token at a time, watching the connection."""
-        if waiting["n"] >= max_queue:
-            return error(
-                429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"}
-            )
-        waiting["n"] += 1
+    @contextlib.asynccontextmanager
+    async def turn(request: Request):
+        """The engine for this request, or an error response when it may not have it."""
         try:
-            async with lock:
-                gen = engine.generate(ids, **kw)
-                result = None
-                while True:
-                    step = await run_in_threadpool(next, gen, None)
-                    if step is None:
-                        break
-                    piece, result = step
-                    if await request.is_disconnected():
-                        gen.close()
-                        stats["disconnects"] += 1
-                        return None
-                    if piece and stream_piece is not None:
-                        await stream_piece(piece)
-                stats["tokens_generated"] += len(result.tokens)
-                stats["tokens_cached"] += result.tokens_cached
-                stats["tokens_evaluated"] += result.tokens_evaluated
-                return result
-        finally:
-            waiting["n"] -= 1
+            async with slot.hold(_client(request)):
+                yield loaded["engine"], None
+        except Busy:
+            yield (
+                None,
+                error(429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"}),
+            )
+        except Replaced:
+            stats["replaced"] += 1
+            yield None, error(409, "replaced by a newer request from the same client", "request_replaced")
+
+    async def run(request: Request, ids: list[int], stream_piece, reset: bool = False, **kw) -> Any:
+        """Decode in the engine's turn, a token at a time, watching the connection."""
+        async with turn(request) as (engine, refused):
+            if refused is not None:
+                return refused
+            if reset:  # cache_prompt false: evaluate the whole prompt
+                engine.reset()
+            gen = engine.generate(ids, **kw)
+            result = None
+            while True:
+                step = await run_in_threadpool(next, gen, None)
+                if step is None:
+                    break
+                piece, result = step
+                if await request.is_disconnected():
+                    gen.close()
+                    stats["disconnects"] += 1
+                    return None
+                if piece and stream_piece is not None:
+                    await stream_piece(piece)
+            stats["tokens_generated"] += len(result.tokens)
+            stats["tokens_cached"] += result.tokens_cached
+            stats["tokens_evaluated"] += result.tokens_evaluated
+            return result
 
     def check_prompt(ids: list[int], n: int) -> JSONResponse | None:
+        engine = loaded["engine"]
         if n > max_tokens:
             return error(400, f"max_tokens {n} is over the server's limit of {max_tokens}")
         if not ids:
@@ -146,16 +233,18 @@ def create_app(
 
     @app.get("/v1/models")
     async def models():
+        engine = loaded["engine"]
         return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "codemill"}]}
 
     @app.get("/metrics")
     async def metrics():
         lines = [f"codemill_{k}_total {v}" for k, v in sorted(stats.items())]
-        lines.append(f"codemill_queue_waiting {waiting['n']}")
+        lines.append(f"codemill_queue_waiting {slot.n}")
         return PlainTextResponse("\n".join(lines) + "\n")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request):
+        engine = loaded["engine"]
         context = [(e.filename, e.text) for e in body.input_extra]
         ids = engine.prompt(
             body.prompt,
@@ -212,6 +301,7 @@ def create_app(
 
     @app.post("/infill")
     async def infill(body: InfillBody, request: Request):
+        engine = loaded["engine"]
         n = body.n_predict
         if n > max_tokens:
             return error(400, f"n_predict {n} is over the server's limit of {max_tokens}")
@@ -223,10 +313,12 @@ def create_app(
             max_tokens=max(n, 1),
             context=context,
         )
-        if not body.cache_prompt:
-            engine.reset()
         if n == 0:  # warm-up: fill the cache with the prompt, generate nothing
-            async with lock:
+            async with turn(request) as (_, refused):
+                if refused is not None:
+                    return refused
+                if not body.cache_prompt:
+                    engine.reset()
                 t0 = time.perf_counter()
                 _, cached = await run_in_threadpool(engine.prefill, ids)
             return {"content": "", "stop_type": "limit", "tokens_cached": cached, "tokens_evaluated": len(ids) - cached,
@@ -234,7 +326,7 @@ def create_app(
         kw = {"max_tokens": n, "stop": tuple(body.stop), "temperature": body.temperature, "top_k": body.top_k,
               "top_p": body.top_p, "n_indent": body.n_indent,
               "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None}  # fmt: skip
-        result = await run(request, ids, None, **kw)
+        result = await run(request, ids, None, reset=not body.cache_prompt, **kw)
         if result is None or isinstance(result, JSONResponse):
             return result
         per_s = len(result.tokens) / (result.decode_ms / 1000) if result.decode_ms else 0.0
@@ -254,7 +346,7 @@ def create_app(
     return app
 
 
-def serve(engine: Engine, host: str, port: int, **kw) -> None:
+def serve(engine: Engine | Callable[[], Engine], host: str, port: int, **kw) -> None:
     import uvicorn
 
     uvicorn.run(create_app(engine, **kw), host=host, port=port, log_level="warning")
