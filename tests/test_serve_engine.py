@@ -268,3 +268,46 @@ def test_health_is_503_while_the_model_loads(checkpoint):
         time.sleep(0.1)
         r = httpx.get(s.url + "/health")
         assert r.status_code == 503 and "no weights here" in r.json()["error"]["message"]
+
+
+def test_syntax_stop_cuts_where_the_file_parses_again(checkpoint, server):
+    import httpx
+
+    from codemill.langs import syntax_stop
+    from codemill.serve.engine import Engine
+
+    pre, suf = "def mean(xs):\n", "    return total / len(xs)\n"
+    assert syntax_stop(pre, suf, "stats.py")("    total = sum(") == -1  # no line end yet
+    multi = "    total = sum(\n        xs)\n"  # the first line end leaves a bracket open
+    assert syntax_stop(pre, suf, "stats.py")(multi + "    n = len(\n") == len(multi)
+    assert syntax_stop(pre, suf, "stats.py")("    total = sum(xs)\n    n = 2\n") == len(
+        "    total = sum(xs)\n"
+    )
+    assert syntax_stop(pre, suf, "notes.txt") is None
+
+    engine = Engine(checkpoint)  # inside a string every line parses: sampled text stops at its first line end
+    pre, suf = "def f():\n    s = '''\n", "'''\n    return s\n"
+    ids = engine.prompt(pre, suf, path="a.py", max_tokens=64)
+    stopped = 0
+    for seed in range(8):
+        free = engine.complete(ids, max_tokens=64, temperature=1.0, seed=seed)
+        r = engine.complete(
+            ids, max_tokens=64, temperature=1.0, seed=seed, until=syntax_stop(pre, suf, "a.py")
+        )
+        if r.stop_type == "syntax":
+            stopped += 1
+            assert r.text.endswith("\n") and free.text.startswith(r.text) and r.text.count("\n") >= 1
+            assert syntax_stop(pre, suf, "a.py")(r.text) == len(r.text)
+        else:
+            assert r.text == free.text
+    assert stopped >= 1
+    h = {"authorization": "Bearer sekret"}
+    r = httpx.post(
+        server.url + "/infill",
+        headers=h,
+        json={"input_prefix": pre, "input_suffix": suf, "syntax_stop": True},
+    )
+    assert r.status_code == 400 and "path" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/infill", headers=h,
+                   json={"input_prefix": pre, "input_suffix": suf, "syntax_stop": True, "path": "a.py", "n_predict": 32})  # fmt: skip
+    assert r.status_code == 200 and r.json()["stop_type"] in ("eos", "limit")

@@ -265,6 +265,9 @@ def eval_(
     ),
     temperature: float = typer.Option(0.0, help="0: greedy."),
     max_tokens: int = typer.Option(None, help="New tokens per task (default: the suite's, 512 for NL2Code)."),
+    syntax_stop: bool = typer.Option(
+        False, "--syntax-stop", help="FIM: cut completions where they close a syntactic unit (as serve can)."
+    ),
     workers: int = typer.Option(None, help="Parallel sandboxed executions (default: CPU count)."),
     unsafe: bool = typer.Option(
         False, "--unsafe", help="Run generated code without bubblewrap (limits only)."
@@ -306,6 +309,7 @@ def eval_(
             samples=samples,
             temperature=temperature,
             max_tokens=max_tokens,
+            syntax_stop=syntax_stop,
             console=console,
             **options,
         )

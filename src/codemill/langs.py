@@ -8,6 +8,7 @@ markup, data and prose, which curation counts and drops unless a recipe keeps th
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import PurePosixPath
@@ -208,3 +209,26 @@ STRUCTURES: dict[str, Structure] = {
         "(using_directive) @import",
     ),
 }
+
+
+def syntax_stop(prefix: str, suffix: str, path: str | None) -> Callable[[str], int] | None:
+    """The syntax-aware stop (what SFIM trains for): a function of the growing completion that
+    returns the end of its first line after which prefix + completion + suffix parses without
+    errors, or -1. Only line ends are tried, each once, so it is called as text grows. None when
+    the path's language has no grammar."""
+    lang = detect(path) if path else None
+    parser = ts_parser(lang.name) if lang is not None and lang.grammar else None
+    if parser is None:
+        return None
+    checked = 0
+
+    def cut(text: str) -> int:
+        nonlocal checked
+        while (nl := text.find("\n", checked)) != -1:
+            checked = nl + 1
+            middle = text[:checked]
+            if middle.strip() and not parser.parse((prefix + middle + suffix).encode()).root_node.has_error:
+                return checked
+        return -1
+
+    return cut

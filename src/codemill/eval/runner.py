@@ -18,6 +18,7 @@ from codemill.eval.metrics import bleu4, edit_similarity, identifier_scores, lin
 from codemill.eval.models import Model
 from codemill.eval.suites import SUITES, first_line, statement
 from codemill.eval.tables import paper_tables
+from codemill.langs import syntax_stop
 
 CODEBLEU_LANGS = set(CODEBLEU_KEYS.values())
 
@@ -34,6 +35,7 @@ def evaluate(
     temperature: float = 0.0,
     batch: int = 8,
     max_tokens: int | None = None,
+    syntax_stop: bool = False,
     console=None,
     **options,
 ) -> dict:
@@ -58,7 +60,10 @@ def evaluate(
             requests = [
                 dataclasses.replace(t.request, temperature=temperature, seed=k, **cap) for t, k in chunk
             ]
-            completions += model.complete(requests)
+            answers = model.complete(requests)
+            if syntax_stop:  # what serve's syntax-aware stop would have returned (same greedy tokens)
+                answers = [_syntax_cut(r, a) for r, a in zip(requests, answers, strict=True)]
+            completions += answers
             bar.advance(gen, len(chunk))
         run = bar.add_task(f"{suite}: executing in the sandbox", total=len(jobs))
 
@@ -118,6 +123,7 @@ def evaluate(
             "samples": samples,
             "temperature": temperature,
             "max_tokens": max_tokens,
+            "syntax_stop": syntax_stop,
             "sandbox": "bubblewrap" if sandbox.available() else "unsafe",
             **options,
         },
@@ -128,6 +134,12 @@ def evaluate(
     (out / "report.md").write_text(report(results))
     chart(results, out / "by_task_type.png")
     return results
+
+
+def _syntax_cut(r, completion: str) -> str:
+    until = syntax_stop(r.prefix, r.suffix, r.path) if r.suffix is not None else None
+    cut = until(completion) if until is not None else -1
+    return completion if cut == -1 else completion[:cut]
 
 
 def _main_metric(row: dict) -> str:

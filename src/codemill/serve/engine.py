@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +78,10 @@ class Engine:
 
     def generate(self, ids: list[int], *, max_tokens: int = 64, stop: tuple[str, ...] = (), temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, time_budget_s: float | None = None,
-                 seed: int | None = None, n_indent: int = 0) -> Iterator[tuple[str, Completion]]:  # fmt: skip
-        """Yield (new text, running Completion) as text becomes final; the last yield has the stop type."""
+                 seed: int | None = None, n_indent: int = 0,
+                 until: Callable[[str], int] | None = None) -> Iterator[tuple[str, Completion]]:  # fmt: skip
+        """Yield (new text, running Completion) as text becomes final; the last yield has the stop type.
+        `until` (langs.syntax_stop) cuts the text at a line end it returns: stop type "syntax"."""
         if not ids:
             raise ValueError("empty prompt")
         max_tokens = min(max_tokens, self.max_len - len(ids))
@@ -107,10 +109,13 @@ class Engine:
             hit = min((i for s in stop if s and (i := text.find(s)) != -1), default=-1)
             if n_indent:  # llama.cpp's rule: a new line indented less than n_indent ends the completion
                 hit = min([h for h in (hit, _dedent_at(text, n_indent)) if h != -1], default=-1)
+            if until is not None and (cut := until(text)) != -1 and (hit == -1 or cut < hit):
+                out.text, out.stop_type = text[:cut], "syntax"
+                break
             if hit != -1:
                 out.text, out.stop_type = text[:hit], "word"
                 break
-            safe = _releasable(text, stop, n_indent)
+            safe = _releasable(text, stop, n_indent, until is not None)
             if len(safe) > len(emitted):
                 yield safe[len(emitted) :], out
                 emitted = safe
@@ -123,7 +128,7 @@ class Engine:
             logits = self.model.next_logits(torch.tensor([[token]], device=self.device), self.cache)
             self.cached.append(token)
         out.decode_ms = 1000 * (time.perf_counter() - t1)
-        if out.stop_type != "word":
+        if out.stop_type not in ("word", "syntax"):
             out.text = self.tok.decode(out.tokens).rstrip("\ufffd")
         yield out.text[len(emitted) :], out
 
@@ -157,10 +162,13 @@ def _dedent_at(text: str, n_indent: int) -> int:
     return -1
 
 
-def _releasable(text: str, stop: tuple[str, ...], n_indent: int) -> str:
+def _releasable(text: str, stop: tuple[str, ...], n_indent: int, whole_lines: bool = False) -> str:
     """The part of the text no later stop can take back: no half UTF-8 character, no partial stop
-    string at the end, and (with n_indent) not a trailing line whose indentation is still unknown."""
+    string at the end, (with n_indent) not a trailing line whose indentation is still unknown, and
+    (with a syntax stop) no line before it ends."""
     text = text.rstrip("\ufffd")
+    if whole_lines:
+        text = text[: text.rfind("\n") + 1]
     for s in stop:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
             if text.endswith(s[:k]):

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from codemill.langs import syntax_stop
 from codemill.serve.engine import Engine
 
 
@@ -48,13 +49,15 @@ class CompletionBody(BaseModel):
     seed: int | None = None
     input_extra: list[InfillExtra] = []  # llama.cpp's cross-file snippets, placed by the model's format
     path: str | None = None  # codemill's extension: the file's path, where the format puts it
+    syntax_stop: bool = False  # codemill's extension: stop where the completion closes a syntactic unit
 
 
 class InfillBody(BaseModel):
     input_prefix: str = ""
     input_suffix: str = ""
     input_extra: list[InfillExtra] = []
-    path: str | None = None  # codemill's extension, as in /v1/completions
+    path: str | None = None  # codemill's extensions, as in /v1/completions
+    syntax_stop: bool = False
     prompt: str = ""
     n_predict: int = Field(64, ge=0)
     n_indent: int = Field(0, ge=0)
@@ -256,7 +259,11 @@ def create_app(
         if (bad := check_prompt(ids, body.max_tokens)) is not None:
             return bad
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        until = syntax_stop(body.prompt, body.suffix or "", body.path) if body.syntax_stop else None
+        if body.syntax_stop and until is None:
+            return error(400, "syntax_stop needs a `path` whose language has a tree-sitter grammar")
         kw = {
+            "until": until,
             "max_tokens": body.max_tokens,
             "stop": stop,
             "temperature": body.temperature,
@@ -323,7 +330,14 @@ def create_app(
                 _, cached = await run_in_threadpool(engine.prefill, ids)
             return {"content": "", "stop_type": "limit", "tokens_cached": cached, "tokens_evaluated": len(ids) - cached,
                     "timings": {"prompt_ms": 1000 * (time.perf_counter() - t0), "predicted_ms": 0.0, "predicted_n": 0}}  # fmt: skip
-        kw = {"max_tokens": n, "stop": tuple(body.stop), "temperature": body.temperature, "top_k": body.top_k,
+        until = (
+            syntax_stop(body.input_prefix + body.prompt, body.input_suffix, body.path)
+            if body.syntax_stop
+            else None
+        )
+        if body.syntax_stop and until is None:
+            return error(400, "syntax_stop needs a `path` whose language has a tree-sitter grammar")
+        kw = {"until": until, "max_tokens": n, "stop": tuple(body.stop), "temperature": body.temperature, "top_k": body.top_k,
               "top_p": body.top_p, "n_indent": body.n_indent,
               "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None}  # fmt: skip
         result = await run(request, ids, None, reset=not body.cache_prompt, **kw)
@@ -332,7 +346,7 @@ def create_app(
         per_s = len(result.tokens) / (result.decode_ms / 1000) if result.decode_ms else 0.0
         return {
             "content": result.text,
-            "stop_type": {"eos": "eos", "word": "word"}.get(result.stop_type, "limit"),
+            "stop_type": {"eos": "eos", "syntax": "eos", "word": "word"}.get(result.stop_type, "limit"),
             "tokens_cached": result.tokens_cached,
             "tokens_evaluated": result.tokens_evaluated,
             "timings": {
