@@ -5,12 +5,21 @@ Same checkpoint, same prompt (a real file split at a line), 64 new tokens, greed
 - codemill cold (empty cache), warm (the same request again), and typing (the prompt grown by the
   characters a user types, one request per keystroke, as an editor sends them).
 
-    python benchmarks/bench_serve.py --model runs/demo/train/final
+Then, through the HTTP server on 127.0.0.1 (uvicorn, httpx clients):
+- keystroke replay: real files typed character by character (60-180 ms between keys, seeded), an
+  editor-like client sending `/infill` after each debounce pause and dropping (disconnecting) the
+  request still in flight when a newer one goes out: p50 / p90 latency, tokens reused against
+  evaluated, and the time spent on requests that were cancelled;
+- concurrent clients: N clients each completing M different positions at once: p50 / p90 / p95
+  latency and the error count.
+
+    python benchmarks/bench_serve.py --model runs/demo/train/final [--replay-files 3 --clients 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sysconfig
 import time
@@ -30,6 +39,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument(
+        "--replay-files", type=int, default=3, help="files typed in the keystroke replay (0: skip)"
+    )
+    ap.add_argument("--chars", type=int, default=80, help="characters typed per file")
+    ap.add_argument("--debounce", type=str, default="100,350", help="debounce pauses to replay, ms")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent clients (0: skip)")
+    ap.add_argument("--requests", type=int, default=6, help="requests per concurrent client")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()
@@ -80,6 +96,134 @@ def main() -> None:
     Console().print(
         f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size})"
     )
+
+    engine.stop_ids = {engine.tok.token_id(t) for t in engine.fmt.stop_tokens}
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
+    if args.replay_files:
+        for debounce in (int(x) for x in args.debounce.split(",")):
+            asyncio.run(replay(engine, files[: args.replay_files], args.chars, debounce / 1000))
+    if args.clients:
+        asyncio.run(concurrent(engine, files, args.clients, args.requests))
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def _positions(files: list[Path], n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """n (path, prefix, suffix) cut at the start of a random line of a real file."""
+    import random
+
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        f = rng.choice(files)
+        text = f.read_text(errors="replace")
+        lines = text.splitlines(keepends=True)
+        if len(lines) < 20:
+            continue
+        k = rng.randrange(10, len(lines) - 5)
+        out.append((f.name, "".join(lines[:k]), "".join(lines[k:])))
+    return out
+
+
+async def replay(engine: Engine, files: list[Path], chars: int, debounce: float) -> None:
+    import random
+
+    import httpx
+
+    from codemill.serve.http import Server, create_app
+
+    rng = random.Random(0)
+    done, cancelled_s, cached, evaluated, sent = [], [], 0, 0, 0
+    with Server(create_app(engine)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            for path, prefix, rest in _positions(files, len(files), seed=1):
+                typed, inflight, timer = rest[:chars], None, None
+
+                async def send(prefix=prefix, path=path, rest=rest):
+                    nonlocal inflight, sent
+                    if inflight is not None and not inflight.done():
+                        inflight.cancel()  # the editor drops it: the connection closes, decoding stops
+                    sent += 1
+                    inflight = asyncio.create_task(one(client, path, prefix, rest))
+
+                async def one(client, path, prefix, suffix):
+                    nonlocal cached, evaluated
+                    t0 = time.perf_counter()
+                    try:
+                        body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 32, "path": path}
+                        r = (await client.post("/infill", json=body)).json()
+                    except asyncio.CancelledError:
+                        cancelled_s.append(time.perf_counter() - t0)
+                        raise
+                    done.append(time.perf_counter() - t0)
+                    cached += r["tokens_cached"]
+                    evaluated += r["tokens_evaluated"]
+
+                for i in range(len(typed)):
+                    prefix_now, rest_now = (
+                        prefix + typed[: i + 1],
+                        rest[len(typed) :],
+                    )  # new code, same suffix
+                    if timer is not None:
+                        timer.cancel()
+
+                    async def later(p=prefix_now, r=rest_now, path=path):
+                        await asyncio.sleep(debounce)
+                        await send(p, path, r)
+
+                    timer = asyncio.create_task(later())
+                    await asyncio.sleep(rng.uniform(0.06, 0.18))
+                await timer
+                if inflight is not None:
+                    await asyncio.gather(inflight, return_exceptions=True)
+    table = Table(
+        title=f"keystroke replay: {len(files)} files x {chars} typed characters, debounce {1000 * debounce:.0f} ms"
+    )
+    for col in (
+        "requests sent",
+        "completed",
+        "cancelled",
+        "p50 s",
+        "p90 s",
+        "tokens reused : evaluated",
+        "s on cancelled",
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(str(sent), str(len(done)), str(len(cancelled_s)), f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}",
+                  f"{cached:,} : {evaluated:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
+    Console().print(table)
+
+
+async def concurrent(engine: Engine, files: list[Path], clients: int, requests: int) -> None:
+    import httpx
+
+    from codemill.serve.http import Server, create_app
+
+    latencies, errors = [], 0
+    positions = _positions(files, clients * requests, seed=2)
+    with Server(create_app(engine)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+
+            async def user(k: int):
+                nonlocal errors
+                for path, prefix, suffix in positions[k * requests : (k + 1) * requests]:
+                    t0 = time.perf_counter()
+                    body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 32, "path": path}
+                    r = await client.post("/infill", json=body, headers={"x-client-id": f"user-{k}"})
+                    errors += r.status_code != 200
+                    latencies.append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(user(k) for k in range(clients)))
+            wall = time.perf_counter() - t0
+    table = Table(title=f"{clients} concurrent clients x {requests} completions (32 tokens), loopback")
+    for col in ("requests", "errors", "p50 s", "p90 s", "p95 s", "wall s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(len(latencies)), str(errors), f"{_pct(latencies, 0.5):.3f}", f"{_pct(latencies, 0.9):.3f}",
+                  f"{_pct(latencies, 0.95):.3f}", f"{wall:.1f}")  # fmt: skip
+    Console().print(table)
 
 
 if __name__ == "__main__":
