@@ -1,5 +1,5 @@
-# make demo: curate the embedded default corpus (stdlib + installed packages), train a tokenizer on it,
-# show the training stream built from it, and train the demo model on it.
+# make demo: `codemill run recipes/demo.yaml`: curate the embedded default corpus (stdlib + installed
+# packages), train a tokenizer, build held-out benchmarks, train the demo model, evaluate it, report.
 # make test: the test suite. Both create .venv and install everything they need on a fresh machine.
 PY ?= python3
 VENV := .venv
@@ -24,13 +24,7 @@ sysdeps:
 	else echo "not root or no apt-get: make sure these are installed: $(SYSPKGS)"; fi
 
 demo: $(STAMP)
-	$(BIN)/codemill curate installed --out runs/demo/corpus --recipe recipes/demo.yaml
-	$(BIN)/codemill corpus stats runs/demo/corpus --examples 1
-	$(BIN)/codemill tokenizer train runs/demo/corpus --out runs/demo/tokenizer --vocab-size 8192 --max-bytes 100000000
-	$(BIN)/codemill data preview runs/demo/corpus --tokenizer runs/demo/tokenizer --recipe recipes/demo.yaml --docs 3 --chars 300
-	$(BIN)/codemill data stats runs/demo/corpus --tokenizer runs/demo/tokenizer --recipe recipes/demo.yaml --windows 2000
-	$(BIN)/codemill train --corpus runs/demo/corpus --tokenizer runs/demo/tokenizer --out runs/demo/train --recipe recipes/demo.yaml
-	$(BIN)/codemill train plot runs/demo/train
+	$(BIN)/codemill run recipes/demo.yaml --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

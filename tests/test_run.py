@@ -79,3 +79,18 @@ def test_run_chains_the_stages_and_skips_what_is_done(sources, tmp_path):
     recipe.write_text(yaml.safe_dump(RECIPE))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and r.stdout.count("up to date") == 4, r.stdout
+
+
+@pytest.mark.parametrize("name", ["demo", "small", "aixcoder-7b", "ablate-cpu"])
+def test_shipped_recipes_are_valid(name):
+    from pathlib import Path
+
+    from codemill.curate.config import CurateConfig
+    from codemill.data.config import DataConfig
+    from codemill.flow.run import RunConfig, load_recipe
+    from codemill.train.config import TrainConfig
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / f"{name}.yaml")
+    assert set(recipe) <= {"run", "curate", "data", "train"}
+    for cls in (RunConfig, CurateConfig, DataConfig, TrainConfig):
+        cls.from_dict(recipe.get(cls.section))  # unknown keys or bad values raise
