@@ -118,6 +118,14 @@ def test_checkpoint_model_generates_through_formats(tiny_checkpoint):
     )
     assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
     assert "<fim_middle>" not in outs[1]
+    # greedy requests go through generate() together, left-padded: the same answers as one by one
+    import dataclasses
+
+    from codemill.eval.suites import humaneval
+
+    reqs = [dataclasses.replace(t.request, max_tokens=24) for t in humaneval()[:6]]
+    reqs.append(Request("x = 1\n", "\ny = 2\n", max_tokens=5))
+    assert m.complete(reqs) == m._one_by_one(reqs)
 
 
 def test_without_bubblewrap_execution_is_refused(tmp_path):

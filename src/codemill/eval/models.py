@@ -63,7 +63,8 @@ class Empty:
 
 
 class Checkpoint:
-    """A codemill or Hugging Face checkpoint directory, decoded with transformers (greedy by default)."""
+    """A codemill or Hugging Face checkpoint directory, decoded with transformers: greedy requests of a
+    batch together (left-padded), sampled ones one by one with their own seeds."""
 
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None):
         import torch
@@ -96,6 +97,38 @@ class Checkpoint:
         return encode(parts, self.tok, self.context - r.max_tokens)
 
     def complete(self, requests: list[Request]) -> list[str]:
+        if len(requests) > 1 and all(r.temperature <= 0 for r in requests):
+            batched = self._greedy_batch(requests)
+            if batched is not None:
+                return batched
+        return self._one_by_one(requests)
+
+    def _finish(self, r: Request, tokens: list[int]) -> str:
+        tokens = tokens[: r.max_tokens]
+        for i, t in enumerate(tokens):
+            if t in self.stop_ids:
+                tokens = tokens[:i]
+                break
+        text = self.tok.decode(tokens).removesuffix("\ufffd")  # a character cut by the token cap, as serve
+        return truncate(text, r.stop)
+
+    def _greedy_batch(self, requests: list[Request]) -> list[str] | None:
+        """Greedy requests decoded together, prompts left-padded; None when they do not fit the context."""
+        import torch
+
+        prompts = [self.prompt_ids(r) for r in requests]
+        width, new = max(map(len, prompts)), max(r.max_tokens for r in requests)
+        if width + new > self.context:
+            return None
+        pad = self.stop_ids[0]
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        with torch.no_grad():
+            gen = self.model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                                      eos_token_id=self.stop_ids, pad_token_id=pad)  # fmt: skip
+        return [self._finish(r, row.tolist()) for r, row in zip(requests, gen[:, width:], strict=True)]
+
+    def _one_by_one(self, requests: list[Request]) -> list[str]:
         import torch
 
         out = []
@@ -113,9 +146,7 @@ class Checkpoint:
                     eos_token_id=self.stop_ids,
                     pad_token_id=self.stop_ids[0],
                 )
-            new = [t for t in gen[0, ids.shape[1] :].tolist() if t not in self.stop_ids]
-            text = self.tok.decode(new).removesuffix("\ufffd")  # a character cut by the token cap, as serve
-            out.append(truncate(text, r.stop))
+            out.append(self._finish(r, gen[0, ids.shape[1] :].tolist()))
         return out
 
 
