@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=80, help="characters typed per file")
     ap.add_argument("--debounce", type=str, default="100,350", help="debounce pauses to replay, ms")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients (0: skip)")
+    ap.add_argument("--compile-http", action="store_true", help="serve the HTTP parts with the compiled step")
     ap.add_argument("--requests", type=int, default=6, help="requests per concurrent client")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,25 +64,31 @@ def main() -> None:
                         pad_token_id=stops[0])  # fmt: skip
         return time.perf_counter() - t0
 
-    def ours(prompt: list[int], cold: bool) -> float:
+    def ours(eng: Engine, prompt: list[int], cold: bool) -> float:
         if cold:
-            engine.reset()
+            eng.reset()
         t0 = time.perf_counter()
-        engine.complete(prompt, max_tokens=args.tokens, stop=())
+        eng.complete(prompt, max_tokens=args.tokens, stop=())
         return time.perf_counter() - t0
 
-    engine.stop_ids = set()  # both decode exactly `tokens` tokens
-    hf_run(), ours(ids, True)  # warm-up
-    rows = {
-        "transformers generate()": [hf_run() for _ in range(args.repeats)],
-        "codemill, cold cache": [ours(ids, True) for _ in range(args.repeats)],
-        "codemill, same request again": [ours(ids, False) for _ in range(args.repeats)],
-    }
-    typed, times = prefix, []
-    for ch in "return text"[: args.repeats * 2]:
-        typed += ch
-        times.append(ours(engine.prompt(typed, suffix, path="textwrap.py", max_tokens=args.tokens), False))
-    rows["codemill, typing (one request per keystroke)"] = times
+    t0 = time.perf_counter()
+    compiled = Engine(args.model, compile=True)
+    compile_s = time.perf_counter() - t0
+    rows = {"transformers generate()": []}
+    hf_run()  # warm-up
+    rows["transformers generate()"] = [hf_run() for _ in range(args.repeats)]
+    for label, eng in (("codemill", engine), ("codemill --compile", compiled)):
+        eng.stop_ids = set()  # both decode exactly `tokens` tokens
+        ours(eng, ids, True)  # warm-up
+        rows[f"{label}, cold cache"] = [ours(eng, ids, True) for _ in range(args.repeats)]
+        rows[f"{label}, same request again"] = [ours(eng, ids, False) for _ in range(args.repeats)]
+        typed, times = prefix, []
+        for ch in "return text"[: args.repeats * 2]:
+            typed += ch
+            times.append(
+                ours(eng, eng.prompt(typed, suffix, path="textwrap.py", max_tokens=args.tokens), False)
+            )
+        rows[f"{label}, typing (one request per keystroke)"] = times
     base = statistics.median(rows["transformers generate()"])
     table = Table(
         title=f"{args.tokens}-token greedy completion, prompt {len(ids)} tokens, CPU, {args.threads} threads"
@@ -94,10 +101,12 @@ def main() -> None:
     Console().print(table)
     cfg = engine.model.cfg
     Console().print(
-        f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size})"
+        f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}); "
+        f"--compile took {compile_s:.1f} s at load"
     )
+    engine = compiled if args.compile_http else engine
 
-    engine.stop_ids = {engine.tok.token_id(t) for t in engine.fmt.stop_tokens}
+    engine.stop_ids = {engine.tok.token_id(t) for t in engine.fmt.stop_tokens}  # real stops again
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
     if args.replay_files:
         for debounce in (int(x) for x in args.debounce.split(",")):

@@ -19,14 +19,15 @@ PREFIX = "import json\n\n\ndef load(path):\n    with open(path) as f:\n        "
 SUFFIX = "\n    return data\n"
 
 
-def test_greedy_output_equals_transformers_generate(checkpoint):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled-step"])
+def test_greedy_output_equals_transformers_generate(checkpoint, compiled):
     from transformers import AutoModelForCausalLM
 
     from codemill.serve.engine import Engine
 
-    engine = Engine(checkpoint)
+    engine = Engine(checkpoint, compile=compiled)
     hf = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    for suffix in (None, SUFFIX):
+    for suffix in (None, SUFFIX, None):  # the third reuses the first's cache
         ids = engine.prompt(PREFIX, suffix, path="io.py", max_tokens=40)
         ours = engine.complete(ids, max_tokens=40)
         stops = sorted(engine.stop_ids)

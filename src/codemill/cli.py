@@ -432,6 +432,11 @@ def serve_(
     api_key: str = typer.Option(None, help="Require `Authorization: Bearer KEY`."),
     format: str = typer.Option(None, help="Prompt format (default: the checkpoint's codemill.json)."),
     max_tokens: int = typer.Option(512, help="Server-side cap on new tokens per request."),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="Decode with a torch.compile'd one-token step (compiled while /health says loading).",
+    ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions and llama.cpp-style /infill."""
     from codemill.serve.engine import Engine
@@ -443,7 +448,7 @@ def serve_(
         f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /v1/models, /health); "
         "/health answers 503 until the model is loaded"
     )
-    serve(lambda: Engine(model, format), host, port, api_key=api_key, max_tokens=max_tokens)
+    serve(lambda: Engine(model, format, compile=compile), host, port, api_key=api_key, max_tokens=max_tokens)
 
 
 @app.command("complete")

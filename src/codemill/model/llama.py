@@ -152,6 +152,28 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
 
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        b, t, _ = x.shape
+        c = self.cfg
+        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def step(
+        self, x: torch.Tensor, cos, sin, cache: KVCache, layer: int, pos: torch.Tensor, mask
+    ) -> torch.Tensor:
+        """One token at position `pos` (a tensor) against the whole preallocated cache, masked past
+        it: every shape is static, so a compiled step serves every position."""
+        c = self.cfg
+        q, k, v = self._qkv(x, cos, sin)
+        cache.k[layer].index_copy_(2, pos, k)
+        cache.v[layer].index_copy_(2, pos, v)
+        y = F.scaled_dot_product_attention(
+            q, cache.k[layer], cache.v[layer], attn_mask=mask, enable_gqa=c.num_kv_heads != c.num_heads
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(1, 1, c.num_heads * c.head_dim))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -162,10 +184,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, t, _ = x.shape
         c = self.cfg
-        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._qkv(x, cos, sin)
         mask, causal = None, True
         if cache is not None:  # new tokens attend to the cached prefix and causally among themselves
             start = cache.length
@@ -274,6 +293,18 @@ class Llama(nn.Module):
     def next_logits(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [vocab] (fp32) after feeding `ids` [1, T] on top of the cache."""
         return self.lm_head(self.hidden(ids, cache)[0, -1]).float()
+
+    @torch.no_grad()
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [vocab] after one token [1, 1] at position `pos` [1] (serve's compiled decode step;
+        the caller advances `cache.length`). Equal to `next_logits` for the same token."""
+        cos, sin = (t.index_select(0, pos) for t in cache.rope)
+        mask = (torch.arange(cache.capacity, device=token.device) <= pos).view(1, 1, 1, -1)
+        x = self.model.embed_tokens(token)
+        for i, block in enumerate(self.model.layers):
+            x = x + block.self_attn.step(block.input_layernorm(x), cos, sin, cache, i, pos, mask)
+            x = x + block.mlp(block.post_attention_layernorm(x))
+        return self.lm_head(self.model.norm(x)[0, -1]).float()
 
     def forward(
         self, ids: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int = 4096

@@ -20,7 +20,7 @@ import torch
 
 from codemill.formats import checkpoint_format, encode
 from codemill.model.hf import import_hf
-from codemill.model.llama import KVCache
+from codemill.model.llama import KVCache, rope_tables
 
 
 @dataclass
@@ -35,9 +35,10 @@ class Completion:
 
 
 class Engine:
-    def __init__(
-        self, path: str | Path, fmt: str | None = None, device: str | None = None, max_len: int | None = None
-    ):
+    def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
+                 max_len: int | None = None, compile: bool = False):  # fmt: skip
+        """`compile`: decode with a torch.compile'd one-token step over the whole preallocated cache
+        (static shapes, one graph for every position), compiled here, before the first request."""
         from codemill.data.tokenizer import load_tokenizer
 
         path = Path(path)
@@ -51,6 +52,13 @@ class Engine:
         self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype)
         self.cached: list[int] = []  # the token ids whose keys and values are in the cache
         self.stop_ids = {self.tok.token_id(t) for t in self.fmt.stop_tokens}
+        self._step = None
+        if compile:
+            self.cache.rope = rope_tables(self.model.cfg, torch.arange(self.max_len, device=self.device))
+            step = torch.compile(self.model.decode_step, dynamic=False)
+            zero = torch.zeros(1, dtype=torch.long, device=self.device)
+            step(zero.view(1, 1), zero, self.cache)  # compile now: the server says "loading" meanwhile
+            self._step = step
 
     def prompt(self, prefix: str, suffix: str | None = None, *, path: str | None = None, max_tokens: int = 64,
                context: list[tuple[str, str]] = ()) -> list[int]:  # fmt: skip
@@ -125,12 +133,20 @@ class Engine:
             if time_budget_s is not None and time.perf_counter() - t1 > time_budget_s:
                 out.stop_type = "time"
                 break
-            logits = self.model.next_logits(torch.tensor([[token]], device=self.device), self.cache)
+            logits = self._decode(token)
             self.cached.append(token)
         out.decode_ms = 1000 * (time.perf_counter() - t1)
         if out.stop_type not in ("word", "syntax"):
             out.text = self.tok.decode(out.tokens).rstrip("\ufffd")
         yield out.text[len(emitted) :], out
+
+    def _decode(self, token: int) -> torch.Tensor:
+        ids = torch.tensor([[token]], device=self.device)
+        if self._step is None:
+            return self.model.next_logits(ids, self.cache)
+        logits = self._step(ids, torch.tensor([self.cache.length], device=self.device), self.cache)
+        self.cache.length += 1
+        return logits
 
     def complete(self, ids: list[int], **kw) -> Completion:
         *_, (_, result) = self.generate(ids, **kw)
