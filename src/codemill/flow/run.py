@@ -195,7 +195,9 @@ def _eval(rcfg: RunConfig, suite: str, model_dir: Path, bench: Path, out: Path, 
         options["data"] = str(bench / "fim")
     elif name == "crosscodeeval":
         options.update(data=str(bench / "crossfile"), setting=setting or "retrieval")
-    results = evaluate(name, Checkpoint(model_dir), out, limit=rcfg.eval_limit, max_tokens=rcfg.eval_max_tokens,
+    model = Checkpoint(model_dir)
+    model.name = model_dir.parent.parent.name  # the run's name, not "final"
+    results = evaluate(name, model, out, limit=rcfg.eval_limit, max_tokens=rcfg.eval_max_tokens,
                        unsafe=rcfg.unsafe, console=console, **options)  # fmt: skip
     row = results["summary"]["all"]
     console.print(f"{suite}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)))
