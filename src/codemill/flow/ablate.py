@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from codemill.eval.runner import compare
 from codemill.flow.run import run
 
 VARIANTS: dict[str, dict] = {
@@ -31,6 +32,13 @@ def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | N
         run(recipe, out / name, console, shared=out / "shared", data_overrides=VARIANTS[name])
     path = out / "ablation.md"
     path.write_text(table(out, names))
+    fim = [
+        out / n / "eval" / "fim-eval"
+        for n in names
+        if (out / n / "eval" / "fim-eval" / "results.json").exists()
+    ]
+    if fim:  # Figure 4 across the variants
+        compare(fim, out / "fim_by_task_type.png")
     console.print(f"ablation table: [bold]{path}[/bold]")
     return path
 
