@@ -171,10 +171,10 @@ def chart(results: dict, path: Path) -> Path | None:
     return path
 
 
-def compare(runs: list[Path], chart_path: Path | None = None) -> str:
+def compare(runs: list[Path], chart_path: Path | None = None, chart_metric: str = "exact_match") -> str:
     """Markdown: the paper's tables for every suite present, then per suite one column per run and
-    one row per (language or task type, metric). With `chart_path`, Figure 4: FIM-Eval exact match
-    per task type, a bar per run."""
+    one row per (language or task type, metric). With `chart_path`, Figure 4: a FIM-Eval metric per
+    task type, a bar per run."""
     loaded = [json.loads((Path(r) / "results.json").read_text()) for r in runs]
     if not loaded:
         raise ValueError("name at least one eval output directory")
@@ -203,11 +203,11 @@ def compare(runs: list[Path], chart_path: Path | None = None) -> str:
         lines.append("")
     fim = [(r, p) for r, p in zip(loaded, runs, strict=True) if any(" / " in k for k in r["summary"])]
     if chart_path is not None and fim:
-        _task_type_chart(fim, chart_path)
+        _task_type_chart(fim, chart_path, chart_metric)
     return "\n".join(lines)
 
 
-def _task_type_chart(runs: list[tuple[dict, Path]], path: Path) -> None:
+def _task_type_chart(runs: list[tuple[dict, Path]], path: Path, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,12 +221,12 @@ def _task_type_chart(runs: list[tuple[dict, Path]], path: Path) -> None:
         by_type: dict[str, list[float]] = defaultdict(list)
         for k, row in r["summary"].items():
             if " / " in k:
-                by_type[k.split(" / ", 1)[1]].append(row.get("exact_match", 0.0))
+                by_type[k.split(" / ", 1)[1]].append(row.get(metric, 0.0))
         vals = [float(np.mean(by_type[t])) if by_type[t] else 0.0 for t in types]
         ax.bar(np.arange(len(types)) + i * width, vals, width, label=f"{r['model']} ({Path(p).name})")
     ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types, rotation=50, ha="right", fontsize=8)
-    ax.set_ylabel("exact match (%), mean over languages")
-    ax.set_title("Exact match per task type")
+    ax.set_ylabel(f"{metric} (%), mean over languages")
+    ax.set_title(f"{metric} per task type")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
