@@ -196,6 +196,9 @@ def create_app(
         async with turn(request) as (engine, refused):
             if refused is not None:
                 return refused
+            if await request.is_disconnected():  # gone while queued: no prefill for nobody
+                stats["disconnects"] += 1
+                return None
             if reset:  # cache_prompt false: evaluate the whole prompt
                 engine.reset()
             gen = engine.generate(ids, **kw)
