@@ -22,14 +22,19 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | None = None) -> Path:
+def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | None = None,
+           seed: int | None = None, shared: str | Path | None = None) -> Path:  # fmt: skip
+    """`seed` replaces the data and training seeds (a repeat measures the noise); `shared` reuses
+    the corpus, tokenizer and benchmarks of an earlier ablation."""
     out = Path(out)
     names = variants or list(VARIANTS)
     if unknown := set(names) - set(VARIANTS):
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    seeds = {"seed": seed} if seed is not None else {}
     for name in names:
         console.rule(f"[bold magenta]ablation: {name}")
-        run(recipe, out / name, console, shared=out / "shared", data_overrides=VARIANTS[name])
+        run(recipe, out / name, console, shared=shared or out / "shared", data_overrides={**VARIANTS[name], **seeds},
+            train_overrides=seeds)  # fmt: skip
     path = out / "ablation.md"
     path.write_text(table(out, names))
     fim = [
@@ -79,10 +84,10 @@ def table(out: Path, names: list[str]) -> str:
             cells.append("-" if v is None else f"{v:.2f}" if metric == "length_ratio" else f"{v:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for key, row in _summary(out / name, "fim-eval").items():
-            if " / " in key:
-                types.setdefault(key.split(" / ", 1)[1], {}).setdefault(name, []).append(row["exact_match"])
+            if " / " in key and "codebleu" in row:
+                types.setdefault(key.split(" / ", 1)[1], {}).setdefault(name, []).append(row["codebleu"])
     if types:
-        lines += ["", "FIM exact match per task type (mean over languages):", "",
+        lines += ["", "FIM CodeBLEU per task type (mean over languages; exact match is near 0 at small scale):", "",
                   "| task type | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]  # fmt: skip
         for t, by in sorted(types.items()):
             vals = [f"{sum(by[n]) / len(by[n]):.1f}" if n in by else "-" for n in names]

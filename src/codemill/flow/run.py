@@ -71,7 +71,7 @@ class Stages:
 
 
 def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path | None = None,
-        data_overrides: dict | None = None) -> dict:  # fmt: skip
+        data_overrides: dict | None = None, train_overrides: dict | None = None) -> dict:  # fmt: skip
     """Run the flow; return {stage: seconds} (0 for stages that were up to date). With `shared`,
     the corpus, tokenizer and benchmarks live there (runs that differ only in training share them)."""
     from codemill.curate.config import CurateConfig
@@ -122,7 +122,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
     data = {**(recipe.get("data") or {}), **(data_overrides or {})}
     data["exclude_repos"] = str(bench / "fim" / "heldout_repos.txt")
     dcfg = DataConfig.from_dict(data)
-    tcfg = TrainConfig.from_dict(recipe.get("train"))
+    tcfg = TrainConfig.from_dict({**(recipe.get("train") or {}), **(train_overrides or {})})
     train_dir = out / "train"
     s_train = _stamp(s_tok, s_bench, dcfg.to_dict(), tcfg.to_dict())
     stage(
