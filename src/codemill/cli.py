@@ -410,13 +410,17 @@ def ablate_(
     variants: str = typer.Option(
         None, help="Comma-separated subset of ntp, ntp-fim, paper, paper-random-order."
     ),
+    seed: int = typer.Option(
+        None, help="Data and training seed for every variant (repeat to measure noise)."
+    ),
+    shared: Path = typer.Option(None, help="Reuse the corpus, tokenizer and benchmarks in this directory."),
 ) -> None:
     """NTP vs NTP+FIM vs the paper's mix, and Algorithm 1 vs random order, at equal token budgets."""
     from codemill.eval.sandbox import SandboxUnavailable
     from codemill.flow.ablate import ablate
 
     try:
-        path = ablate(recipe, out, console, variants.split(",") if variants else None)
+        path = ablate(recipe, out, console, variants.split(",") if variants else None, seed, shared)
     except (ValueError, FileNotFoundError, KeyError, SandboxUnavailable) as e:
         raise _fail(e) from e
     console.print(path.read_text())
