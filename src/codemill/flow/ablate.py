@@ -69,7 +69,7 @@ def table(out: Path, names: list[str]) -> str:
         ("HumanEval pass@1", "humaneval", "pass@1"),
     ]
     lines = ["| variant | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    types: dict[str, dict[str, list[float]]] = {}
+    types: dict[str, dict[str, list[tuple[float, int]]]] = {}
     for name in names:
         cells = []
         for _, suite, metric in cols:
@@ -85,11 +85,16 @@ def table(out: Path, names: list[str]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for key, row in _summary(out / name, "fim-eval").items():
             if " / " in key and "codebleu" in row:
-                types.setdefault(key.split(" / ", 1)[1], {}).setdefault(name, []).append(row["codebleu"])
+                types.setdefault(key.split(" / ", 1)[1], {}).setdefault(name, []).append(
+                    (row["codebleu"], row["tasks"])
+                )
     if types:
-        lines += ["", "FIM CodeBLEU per task type (mean over languages; exact match is near 0 at small scale):", "",
+        lines += ["", "FIM CodeBLEU per task type (all languages' tasks pooled; exact match is near 0 at small scale):", "",
                   "| task type | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]  # fmt: skip
         for t, by in sorted(types.items()):
-            vals = [f"{sum(by[n]) / len(by[n]):.1f}" if n in by else "-" for n in names]
+            vals = [
+                f"{sum(v * k for v, k in by[n]) / sum(k for _, k in by[n]):.1f}" if n in by else "-"
+                for n in names
+            ]
             lines.append(f"| {t} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
