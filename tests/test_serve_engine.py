@@ -285,6 +285,11 @@ def test_syntax_stop_cuts_where_the_file_parses_again(checkpoint, server):
         "    total = sum(xs)\n"
     )
     assert syntax_stop(pre, suf, "notes.txt") is None
+    # a loop header parses before a dedented suffix (with an empty body): not complete until its body
+    loop = "    for x in xs:\n        total += x\n"
+    assert syntax_stop(pre, "    return total\n", "stats.py")(loop) == len(loop)
+    # when the suffix's lines continue the loop's body, the loop never closes inside the completion
+    assert syntax_stop(pre, "        total -= 1\n    return total\n", "stats.py")(loop) == -1
 
     engine = Engine(checkpoint)  # inside a string every line parses: sampled text stops at its first line end
     pre, suf = "def f():\n    s = '''\n", "'''\n    return s\n"
