@@ -6,7 +6,8 @@ Same checkpoint, same prompt (a real file split at a line), 64 new tokens, greed
   characters a user types, one request per keystroke, as an editor sends them).
 
 Then, through the HTTP server on 127.0.0.1 (uvicorn, httpx clients):
-- keystroke replay: real files typed character by character (60-180 ms between keys, seeded), an
+- keystroke replay: real files typed character by character (60-180 ms between keys and a 0.4-1.2 s
+  pause before one key in ten, seeded), an
   editor-like client sending `/infill` after each debounce pause and dropping (disconnecting) the
   request still in flight when a newer one goes out: p50 / p90 latency, tokens reused against
   evaluated, and the time spent on requests that were cancelled;
@@ -183,7 +184,10 @@ async def replay(engine: Engine, files: list[Path], chars: int, debounce: float)
                         await send(p, path, r)
 
                     timer = asyncio.create_task(later())
-                    await asyncio.sleep(rng.uniform(0.06, 0.18))
+                    # 60-180 ms between keys, and a pause to think before one key in ten
+                    await asyncio.sleep(
+                        rng.uniform(0.06, 0.18) + (rng.uniform(0.4, 1.2) if rng.random() < 0.1 else 0)
+                    )
                 await timer
                 if inflight is not None:
                     await asyncio.gather(inflight, return_exceptions=True)
