@@ -278,7 +278,8 @@ def test_compare_puts_runs_side_by_side_in_the_papers_tables(tmp_path):
     runs = []
     for suite, model in itertools.product(("humaneval", "mbpp"), ("reference", "empty")):
         out = tmp_path / f"{suite}-{model}"
-        r = codemill("eval", suite, "--model", model, "--out", str(out), "--limit", "12")
+        data = ["--data", str(BENCH / "mbpp" / "mbpp.jsonl")] if suite == "mbpp" else []
+        r = codemill("eval", suite, "--model", model, "--out", str(out), "--limit", "12", *data)
         assert r.returncode == 0, r.stdout + r.stderr
         assert (out / "by_task_type.png").read_bytes()[:4] == b"\x89PNG"
         runs.append(str(out))
