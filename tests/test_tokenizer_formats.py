@@ -158,3 +158,21 @@ def test_every_format_builds_prompts():
 def test_hf_tokenizer_refuses_unknown_tokens(bpe_dir):
     with pytest.raises(KeyError, match="format"):
         HFTokenizer.load(bpe_dir / "tokenizer.json").token_id("<AIX-SPAN-PRE>")
+
+
+def test_prompts_with_cross_file_snippets_fit_their_budget(bpe_dir):
+    """Snippets and the file's own prefix share the prefix allowance from the cursor outwards."""
+    from conftest import STDLIB
+
+    from codemill.formats import encode
+
+    tok = load_tokenizer(bpe_dir)
+    fmt = get_format("codemill")
+    files = [(f"pkg/{n}", (STDLIB / n).read_text()) for n in ("textwrap.py", "shlex.py", "colorsys.py")]
+    prefix, suffix = (STDLIB / "string.py").read_text()[:6000], (STDLIB / "string.py").read_text()[6000:]
+    parts = fmt.prompt(prefix, suffix, path="string.py", context=files)
+    whole = encode(parts, tok)
+    for budget in (300, 900, 2000):
+        ids = encode(parts, tok, budget)
+        assert len(ids) <= budget < len(whole)
+        assert prefix[-100:] in tok.decode(ids)  # the text just before the cursor survives every cut

@@ -149,12 +149,21 @@ def fit(pieces: Pieces, budget: int) -> tuple[Pieces, list[int], list[int]]:
     suf = sum(len(ids) for ids, role in pieces if role == "suffix")
     keep_suf = min(suf, max(room // 2, room - pre))
     keep_pre = min(pre, room - keep_suf)
+    # several prefix pieces (cross-file snippets before the file's own prefix) share the allowance
+    # from the cursor outwards: the last prefix piece keeps its tail first, the first suffix its head
+    keep: dict[int, int] = {}
+    for order, roles, left in ((reversed, ("prefix", "body"), keep_pre), (iter, ("suffix",), keep_suf)):
+        for i in order(range(len(pieces))):
+            if pieces[i][1] in roles:
+                keep[i] = min(len(pieces[i][0]), left)
+                left -= keep[i]
     kept, head, tail = [], [], []
-    for ids, role in pieces:
+    for i, (ids, role) in enumerate(pieces):
         if role in ("prefix", "body"):
-            head, ids = ids[: len(ids) - keep_pre], ids[len(ids) - keep_pre :]
+            cut = len(ids) - keep[i]
+            head, ids = head + ids[:cut], ids[cut:]
         elif role == "suffix":
-            ids, tail = ids[:keep_suf], ids[keep_suf:]
+            ids, tail = ids[: keep[i]], tail + ids[keep[i] :]
         kept.append((ids, role))
     return kept, head, tail
 
