@@ -74,11 +74,11 @@ def test_run_chains_the_stages_and_skips_what_is_done(sources, tmp_path):
     assert (out / "train" / "loss.png").exists()
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # everything is up to date
-    assert r.returncode == 0 and r.stdout.count("up to date") == len(stages), r.stdout
+    assert r.returncode == 0 and r.stdout.count(": up to date (") == len(stages), r.stdout
     RECIPE["run"]["eval_limit"] = 4  # a changed eval setting redoes the evals only
     recipe.write_text(yaml.safe_dump(RECIPE))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and r.stdout.count("up to date") == 4, r.stdout
+    assert r.returncode == 0 and r.stdout.count(": up to date (") == 4, r.stdout
 
 
 @pytest.mark.parametrize("name", ["demo", "small", "aixcoder-7b", "ablate-cpu"])

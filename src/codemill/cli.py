@@ -394,13 +394,21 @@ def run_(
 ) -> None:
     """The whole flow: curate, tokenizer, held-out benchmarks, train, eval, report. Rerun to resume:
     finished stages with unchanged settings are skipped."""
+    from rich.table import Table
+
     from codemill.eval.sandbox import SandboxUnavailable
     from codemill.flow.run import run
 
     try:
-        run(recipe, out or Path("runs") / recipe.stem, console)
+        seconds = run(recipe, out or Path("runs") / recipe.stem, console)
     except (ValueError, FileNotFoundError, KeyError, SandboxUnavailable) as e:
         raise _fail(e) from e
+    table = Table(title="codemill run: stages")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for name, s in seconds.items():
+        table.add_row(name, f"{s:.0f}" if s else "up to date")
+    console.print(table)
 
 
 @app.command("ablate")
