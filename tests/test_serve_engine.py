@@ -317,3 +317,22 @@ def test_syntax_stop_cuts_where_the_file_parses_again(checkpoint, server):
     r = httpx.post(server.url + "/infill", headers=h,
                    json={"input_prefix": pre, "input_suffix": suf, "syntax_stop": True, "path": "a.py", "n_predict": 32})  # fmt: skip
     assert r.status_code == 200 and r.json()["stop_type"] in ("eos", "limit")
+
+
+def test_typing_in_a_long_file_keeps_the_prompt_start_and_the_cache(checkpoint):
+    """The prefix head is cut at multiples of 64 tokens, so keystrokes do not slide the window."""
+    from conftest import STDLIB
+
+    from codemill.serve.engine import Engine
+
+    engine = Engine(checkpoint, max_len=512)
+    text = (STDLIB / "textwrap.py").read_text()
+    cut = text.index("\n", len(text) // 2) + 1
+    prefix, suffix = text[:cut], text[cut:]
+    reused, evaluated = 0, 0
+    for ch in "    return text":
+        prefix += ch
+        r = engine.complete(engine.prompt(prefix, suffix, path="textwrap.py", max_tokens=8), max_tokens=8)
+        reused, evaluated = reused + r.tokens_cached, evaluated + r.tokens_evaluated
+        assert len(engine.cached) <= 512
+    assert reused > 10 * evaluated  # a sliding window would re-evaluate the whole prefix every time

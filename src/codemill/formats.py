@@ -139,11 +139,12 @@ def pieces(parts: list[Part], tok) -> Pieces:
     return [([tok.token_id(p.text)] if p.role == "special" else next(enc), p.role) for p in parts]
 
 
-def fit(pieces: Pieces, budget: int) -> tuple[Pieces, list[int], list[int]]:
+def fit(pieces: Pieces, budget: int, align: int = 1) -> tuple[Pieces, list[int], list[int]]:
     """Cut pieces to `budget` tokens the one way training and inference both do: the prefix (or body)
     keeps its tail and the suffix its head, the room left by the other parts split evenly between them
     (what one side does not need goes to the other). Returns the kept pieces and the prefix head and
-    suffix tail that were cut."""
+    suffix tail that were cut. `align` cuts the prefix head at multiples of that many tokens, so a
+    prefix growing at its end (typing) keeps the same start and the server's cache stays valid."""
     room = max(0, budget - sum(len(ids) for ids, role in pieces if role not in ("prefix", "body", "suffix")))
     pre = sum(len(ids) for ids, role in pieces if role in ("prefix", "body"))
     suf = sum(len(ids) for ids, role in pieces if role == "suffix")
@@ -155,8 +156,11 @@ def fit(pieces: Pieces, budget: int) -> tuple[Pieces, list[int], list[int]]:
     for order, roles, left in ((reversed, ("prefix", "body"), keep_pre), (iter, ("suffix",), keep_suf)):
         for i in order(range(len(pieces))):
             if pieces[i][1] in roles:
-                keep[i] = min(len(pieces[i][0]), left)
+                n = len(pieces[i][0])
+                keep[i] = min(n, left)
                 left -= keep[i]
+                if roles[0] == "prefix" and keep[i] < n:  # cut here: nothing further out is kept
+                    keep[i], left = max(0, n - -(-(n - keep[i]) // align) * align), 0
     kept, head, tail = [], [], []
     for i, (ids, role) in enumerate(pieces):
         if role in ("prefix", "body"):
@@ -168,11 +172,14 @@ def fit(pieces: Pieces, budget: int) -> tuple[Pieces, list[int], list[int]]:
     return kept, head, tail
 
 
-def encode(parts: list[Part], tok, budget: int | None = None) -> list[int]:
+PROMPT_ALIGN = 64  # inference prompts cut their prefix head at multiples of 64 tokens (see `fit`)
+
+
+def encode(parts: list[Part], tok, budget: int | None = None, align: int = PROMPT_ALIGN) -> list[int]:
     """Token ids of a prompt, cut with `fit` when longer than `budget`."""
     got = pieces(parts, tok)
     if budget is not None and sum(len(ids) for ids, _ in got) > budget:
-        got = fit(got, budget)[0]
+        got = fit(got, budget, align)[0]
     return [i for ids, _ in got for i in ids]
 
 
