@@ -152,28 +152,6 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
 
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        b, t, _ = x.shape
-        c = self.cfg
-        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-    def step(
-        self, x: torch.Tensor, cos, sin, cache: KVCache, layer: int, pos: torch.Tensor, mask
-    ) -> torch.Tensor:
-        """One token at position `pos` (a tensor) against the whole preallocated cache, masked past
-        it: every shape is static, so a compiled step serves every position."""
-        c = self.cfg
-        q, k, v = self._qkv(x, cos, sin)
-        cache.k[layer].index_copy_(2, pos, k)
-        cache.v[layer].index_copy_(2, pos, v)
-        y = F.scaled_dot_product_attention(
-            q, cache.k[layer], cache.v[layer], attn_mask=mask, enable_gqa=c.num_kv_heads != c.num_heads
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(1, 1, c.num_heads * c.head_dim))
-
     def forward(
         self,
         x: torch.Tensor,
@@ -181,12 +159,23 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """With `pos` (one token's position as a tensor) and its `mask`, the token attends to the
+        whole preallocated cache: every shape is static, so one compiled step serves every position."""
         b, t, _ = x.shape
         c = self.cfg
-        q, k, v = self._qkv(x, cos, sin)
-        mask, causal = None, True
-        if cache is not None:  # new tokens attend to the cached prefix and causally among themselves
+        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        causal = mask is None
+        if pos is not None:
+            cache.k[layer].index_copy_(2, pos, k)
+            cache.v[layer].index_copy_(2, pos, v)
+            k, v = cache.k[layer], cache.v[layer]
+        elif cache is not None:  # new tokens attend to the cached prefix and causally among themselves
             start = cache.length
             cache.k[layer][:, :, start : start + t] = k
             cache.v[layer][:, :, start : start + t] = v
@@ -233,8 +222,10 @@ class Block(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, pos, mask))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -302,8 +293,7 @@ class Llama(nn.Module):
         mask = (torch.arange(cache.capacity, device=token.device) <= pos).view(1, 1, 1, -1)
         x = self.model.embed_tokens(token)
         for i, block in enumerate(self.model.layers):
-            x = x + block.self_attn.step(block.input_layernorm(x), cos, sin, cache, i, pos, mask)
-            x = x + block.mlp(block.post_attention_layernorm(x))
+            x = block(x, cos, sin, cache, i, pos, mask)
         return self.lm_head(self.model.norm(x)[0, -1]).float()
 
     def forward(
