@@ -290,10 +290,8 @@ class _Flow:
         if kind in r.assignment:
             return (self._py_assignment if self.key == "python" else self._assignment)(node, states)
         if kind in r.increment:
-            names, edges = self._variables(node), []
-            for i1, c1 in names:
-                edges += [(c1, i1, "computedFrom", [c2], [i2]) for i2, c2 in names]
-                states[c1] = [i1]
+            names = self._variables(node)
+            edges = _define(names, names, "computedFrom", states)
             return _by_index(edges), states
         if kind in r.branch:
             return self._branch(node, states)
@@ -341,18 +339,13 @@ class _Flow:
             return _by_index(edges), states
         values = self._variables(value)
         edges, states = self.walk(value, states)
-        for i1, c1 in self._variables(name):
-            edges += [(c1, i1, "comesFrom", [c2], [i2]) for i2, c2 in values]
-            states[c1] = [i1]
+        edges += _define(self._variables(name), values, "comesFrom", states)
         return _by_index(edges), states
 
     def _assignment(self, node, states):
         left, right = node.child_by_field_name("left"), node.child_by_field_name("right")
         edges, states = self.walk(right, states)
-        values = self._variables(right)
-        for i1, c1 in self._variables(left):
-            edges += [(c1, i1, "computedFrom", [c2], [i2]) for i2, c2 in values]
-            states[c1] = [i1]
+        edges += _define(self._variables(left), self._variables(right), "computedFrom", states)
         return _by_index(edges), states
 
     def _pairs(self, node):
@@ -402,10 +395,7 @@ class _Flow:
             name, value = (node.child_by_field_name(f) for f in fields)
             e, states = self.walk(value, states)
             edges += e
-            values = self._variables(value)
-            for i1, c1 in self._variables(name):
-                edges += [(c1, i1, "computedFrom", [c2], [i2]) for i2, c2 in values]
-                states[c1] = [i1]
+            edges += _define(self._variables(name), self._variables(value), "computedFrom", states)
             e, states = self.walk(node.child_by_field_name("body"), states)
             edges += e
         return _merge_loop(edges), states
@@ -438,6 +428,15 @@ class _Flow:
             for k, v in d.items():
                 merged[k] = merged.get(k, []) + list(v)
         return _by_index(edges), {k: sorted(set(v)) for k, v in merged.items()}
+
+
+def _define(names: list, values: list, relation: str, states: dict) -> list:
+    """Each defined name gets one edge per value it takes from, and becomes its own latest definition."""
+    edges = []
+    for i1, c1 in names:
+        edges += [(c1, i1, relation, [c2], [i2]) for i2, c2 in values]
+        states[c1] = [i1]
+    return edges
 
 
 def _by_index(edges: list) -> list:
