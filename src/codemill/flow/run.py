@@ -133,6 +133,16 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
     )
 
     final = train_dir / "final"
+    loaded: dict = {}
+
+    def model():  # loaded once, by the first suite that is not up to date
+        if "m" not in loaded:
+            from codemill.eval.models import Checkpoint
+
+            loaded["m"] = Checkpoint(final)
+            loaded["m"].name = out.name  # the run's name, not "final"
+        return loaded["m"]
+
     for suite in rcfg.suites:
         name = f"eval {suite}"
         target = out / "eval" / suite.replace("/", "-")
@@ -141,7 +151,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
             name,
             s_eval,
             target / "results.json",
-            lambda s=suite, t=target: _eval(rcfg, s, final, bench, t, console),
+            lambda s=suite, t=target: _eval(rcfg, s, model(), bench, t, console),
         )
     report = write_report(out, base)
     console.print(f"report: [bold]{report}[/bold]")
@@ -185,8 +195,7 @@ def _train(corpus: Path, tokenizer: Path, out: Path, dcfg, tcfg, console) -> Non
     plot(out)
 
 
-def _eval(rcfg: RunConfig, suite: str, model_dir: Path, bench: Path, out: Path, console) -> None:
-    from codemill.eval.models import Checkpoint
+def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -> None:
     from codemill.eval.runner import evaluate
 
     name, _, setting = suite.partition("/")
@@ -195,8 +204,6 @@ def _eval(rcfg: RunConfig, suite: str, model_dir: Path, bench: Path, out: Path, 
         options["data"] = str(bench / "fim")
     elif name == "crosscodeeval":
         options.update(data=str(bench / "crossfile"), setting=setting or "retrieval")
-    model = Checkpoint(model_dir)
-    model.name = model_dir.parent.parent.name  # the run's name, not "final"
     results = evaluate(name, model, out, limit=rcfg.eval_limit, max_tokens=rcfg.eval_max_tokens,
                        unsafe=rcfg.unsafe, console=console, **options)  # fmt: skip
     row = results["summary"]["all"]
