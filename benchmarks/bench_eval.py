@@ -5,7 +5,7 @@ Then metric throughput on 16,000 FIM-Eval-sized pairs; with `--codebleu-python`,
 that has the reference `codebleu` package (see benchmarks/codebleu_reference.py), the reference
 scores the same pairs in the same run.
 
-    python benchmarks/bench_eval.py --workers 2 [--codebleu-python /tmp/cbv/bin/python]
+    python benchmarks/bench_eval.py --workers 2 [--codebleu-python /tmp/cbv/bin/python] [--checkpoint runs/demo/train/final]
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def main() -> None:
     ap.add_argument("--codebleu-python", help="a python with codebleu 0.7.0 installed, to time the reference")
     ap.add_argument("--pairs", type=int, default=16_000)
     ap.add_argument("--skip-sandbox", action="store_true")
+    ap.add_argument("--checkpoint", help="also time greedy generation, batched against one by one")
     args = ap.parse_args()
+    if args.checkpoint:
+        generation(args.checkpoint)
     if args.skip_sandbox:
         return metric_throughput(args.pairs, args.codebleu_python)
     problems = read_problems()
@@ -53,6 +56,25 @@ def main() -> None:
                   f"{1000 * t_ours / len(tasks):.1f}", f"{t_ours / t_theirs:.2f}x")  # fmt: skip
     Console().print(table)
     metric_throughput(args.pairs, args.codebleu_python)
+
+
+def generation(path: str, n: int = 32, tokens: int = 64) -> None:
+    """n HumanEval prompts, `tokens` new tokens each: 8 at a time (left-padded) against one by one."""
+    import dataclasses
+
+    from codemill.eval.models import Checkpoint
+
+    model = Checkpoint(path)
+    reqs = [dataclasses.replace(t.request, max_tokens=tokens) for t in humaneval()[:n]]
+    t0 = time.perf_counter()
+    batched = [a for i in range(0, n, 8) for a in model.complete(reqs[i : i + 8])]
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = model._one_by_one(reqs)
+    t_one = time.perf_counter() - t0
+    same = sum(a == b for a, b in zip(batched, single, strict=True))
+    Console().print(f"greedy generation, {n} HumanEval prompts x {tokens} tokens: one by one {t_one:.1f} s, "
+                    f"8 at a time {t_batch:.1f} s ({t_one / t_batch:.2f}x), same answers {same}/{n}")  # fmt: skip
 
 
 REFERENCE_CODEBLEU = """
