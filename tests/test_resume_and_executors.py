@@ -71,13 +71,21 @@ def _cli(src: Path, out: Path) -> list[str]:
     ]
 
 
-def test_kill_9_then_resume_gives_the_same_corpus(many_repos, tmp_path):
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    assert subprocess.run(_cli(many_repos, clean), capture_output=True, timeout=600).returncode == 0
+@pytest.fixture(scope="module")
+def clean_run(many_repos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "c"
+    assert subprocess.run(_cli(many_repos, out), capture_output=True, timeout=600).returncode == 0
+    return out
+
+
+@pytest.mark.parametrize("stage", ["scan", "buckets"])
+def test_kill_9_then_resume_gives_the_same_corpus(many_repos, clean_run, tmp_path, stage):
+    """Killed once some tasks of a stage are complete: in the scan, or among the dedup shards."""
+    killed = tmp_path / "killed"
     proc = subprocess.Popen(
         _cli(many_repos, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    marks = killed / ".work" / "logs" / "scan" / "completions"
+    marks = killed / ".work" / "logs" / stage / "completions"
     deadline = time.time() + 300
     while time.time() < deadline and not (marks.exists() and any(marks.iterdir())):
         time.sleep(0.05)
@@ -86,7 +94,7 @@ def test_kill_9_then_resume_gives_the_same_corpus(many_repos, tmp_path):
     assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
     res = subprocess.run(_cli(many_repos, killed), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert _corpus(killed) == _corpus(clean)
+    assert _corpus(killed) == _corpus(clean_run)
 
 
 def test_resume_with_other_settings_is_refused(many_repos, tmp_path):

@@ -14,6 +14,7 @@ from conftest import MIT, stdlib
 
 from codemill.curate.config import CurateConfig
 from codemill.curate.sources import expand, open_unit, read_bytes
+from codemill.curate.tables import ShuffleStep, bucket_repositories, pieces
 from codemill.langs import detect
 
 CFG = CurateConfig()
@@ -67,28 +68,42 @@ def test_archives_strip_their_top_folder(tmp_path):
     assert [f.error for f in files.values()] == ["broken_archive:BadZipFile"]
 
 
-def test_stack_style_tables_with_configured_columns(tmp_path):
+def test_stack_style_tables_are_shuffled_into_repository_buckets(tmp_path):
     rows = [
         {"code": stdlib("colorsys.py"), "file": "c.py", "repository": "org/one", "lic": "MIT", "stars": 12},
         {"code": "x = 1\n", "file": "x.py", "repository": "org/two", "lic": "GPL-3.0-only", "stars": 1},
         {"code": stdlib("bisect.py"), "file": "b.py", "repository": "org/one", "lic": "MIT", "stars": 12},
         {"code": None, "file": "n.py", "repository": "org/two", "lic": "GPL-3.0-only", "stars": 1},
-    ]
+    ] + [{"code": f"v = {i}\n", "file": f"f{i}.py", "repository": f"org/r{i % 7}", "lic": "MIT"} for i in range(40)]
     cfg = CurateConfig(
-        columns={"content": "code", "path": "file", "repo": "repository", "license": "lic", "stars": "stars"}
+        tasks=2,
+        columns={"content": "code", "path": "file", "repo": "repository", "license": "lic", "stars": "stars"},
     )
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet", row_group_size=2)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet", row_group_size=3)
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
     for name in ("t.parquet", "t.jsonl"):
-        units = expand(str(tmp_path / name), cfg)
-        assert [u.name for u in units][:2] == ["org/one", "org/two"]
-        meta, files = open_unit(units[0], cfg)
-        files = {f.path: f for f in files}
+        [unit] = expand(str(tmp_path / name), cfg)
+        assert unit.kind == "table"
+        found, _ = pieces(unit.locator, cfg, jsonl_piece=100)  # JSONL pieces end inside lines
+        assert len(found) > 10
+        work = tmp_path / name.replace(".", "-")
+        step = ShuffleStep(found, 3, cfg, str(work))
+        for rank in range(2):
+            list(step.run(rank=rank, world_size=2))
+        repos = {}
+        for b in range(3):
+            for meta, files in bucket_repositories(work / "shuffle" / f"{b:05d}"):
+                assert meta.name not in repos, "a repository went to two buckets"
+                repos[meta.name] = (meta, {f.path: f for f in files})
+        assert sum(len(f) for _, f in repos.values()) == len(rows) + name.endswith("jsonl")
+        meta, files = repos["org/one"]
         assert meta.license == "MIT" and meta.stars == 12 and set(files) == {"b.py", "c.py"}
         assert read_bytes(files["b.py"], 10**6)[0].decode() == stdlib("bisect.py")
-        meta2, files2 = open_unit(units[1], cfg)
-        assert meta2.license == "GPL-3.0-only"
-        assert {f.path: f.error for f in files2}["n.py"] == "no_content"
+        meta2, files2 = repos["org/two"]
+        assert meta2.license == "GPL-3.0-only" and files2["n.py"].error == "no_content"
+        if name.endswith("jsonl"):
+            [bad] = repos["unknown"][1].values()
+            assert bad.error == "no_content" and bad.path.startswith("row-")
 
 
 def test_installed_environment_reads_licenses_from_metadata():

@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from conftest import STDLIB, near_copy, stdlib
 
 from codemill.curate import dedup, minhash
@@ -15,7 +16,8 @@ from codemill.curate.filters import check_file
 from codemill.curate.licenses import is_permissive, normalize
 from codemill.curate.pii import SensitiveWords, redact
 from codemill.curate.static import Ruff
-from codemill.curate.steps import repo_scores
+from codemill.curate.dedup_steps import score_boundary
+from codemill.curate.steps import repo_score
 from codemill.curate.syntax import check_syntax
 
 CFG = CurateConfig()
@@ -124,13 +126,16 @@ def test_static_analysis_and_syntax():
     assert check_syntax("Python", "a.py", huge, 0.01) == "parse_timeout"
 
 
-def test_repo_score_cuts_the_lowest_fraction():
-    rows = [
-        {"repo": f"r{i}", "stars": i * 10, "commits": i, "test_files": i % 3, "kept": 1} for i in range(20)
-    ]
-    rows.append({"repo": "empty", "stars": 0, "commits": 0, "test_files": 0, "kept": 0})
-    scores, cut = repo_scores(pa.Table.from_pylist(rows), CurateConfig(drop_lowest_fraction=0.1))
-    assert cut == {"r0", "r1"} and scores["r19"] > scores["r1"]
+def test_repo_score_cut_is_one_boundary_over_repositories_with_files(tmp_path):
+    cfg = CurateConfig(drop_lowest_fraction=0.15)
+    rows = [{"repo": f"r{i:02d}", "score": repo_score(i * 10, i, i % 3, cfg), "kept": 1} for i in range(20)]
+    rows += [{"repo": "tie", "score": rows[1]["score"], "kept": 1}, {"repo": "empty", "score": 0.0, "kept": 0}]
+    (tmp_path / "scan").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:9]), tmp_path / "scan" / "repos-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[9:]), tmp_path / "scan" / "repos-00001.parquet")
+    # 21 repositories with files: the cut takes 3, r00, then r01 and "tie" (equal scores, by name)
+    assert score_boundary(tmp_path, cfg) == {"score": rows[1]["score"], "repo": "tie"}
+    assert score_boundary(tmp_path, CurateConfig(drop_lowest_fraction=0.0)) is None
 
 
 def test_stdlib_is_mostly_untouched_by_pii():

@@ -13,6 +13,8 @@ class CurateConfig(Settings):
     # execution
     tasks: int = 4
     workers: int = 2
+    bucket_mb: int = 64  # tables: uncompressed MB per shuffle bucket (one scan task's working set)
+    dedup_tasks: int = 0  # exact-dedup parts, verify parts, bucket ranges x bands; 0: `tasks`
     # sources: column names of The Stack-style tables
     columns: dict[str, str] = field(
         default_factory=lambda: {

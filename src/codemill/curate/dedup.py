@@ -1,21 +1,25 @@
-"""Exact and near deduplication over the whole corpus, with the paper's cluster reduction.
+"""Exact and near deduplication, with the paper's cluster reduction: the algorithms, on arrays.
 
-Exact: files with equal SHA-256; the best-ranked copy stays. Near: LSH buckets over MinHash bands
-give candidate pairs; every pair is verified with the exact Jaccard of its shingle sets; union-find
-makes clusters; in each cluster a greedy pass in rank order keeps a file unless it is similar to a
-file already kept, so every removed file has a kept file at Jaccard >= threshold (a covering set,
-as in CodeParrot's `find_extremes`, made order-independent by the rank).
+Exact: files with equal SHA-256; the best-ranked copy stays. Near: files sharing an LSH bucket of a
+MinHash band are candidate pairs; every pair is verified with the exact Jaccard of its shingle
+sets; connected components of the verified pairs are clusters; in each cluster a greedy pass in
+rank order keeps a file unless it is similar to a file already kept, so every removed file has a
+kept file at Jaccard >= threshold (a covering set, as in CodeParrot's `find_extremes`, made
+order-independent by the rank). dedup_steps.py runs these on shards of the corpus.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from codemill.curate.minhash import jaccard
+
+HEADS = 8  # members of an oversized bucket that are paired with all the others
 
 
 @dataclass
@@ -31,32 +35,70 @@ def exact(sha256: list[str], rank: np.ndarray) -> list[Removal]:
     best: dict[str, int] = {}
     for i in np.argsort(rank, kind="stable"):
         best.setdefault(sha256[i], int(i))
+    return [
+        Removal(i, "exact_duplicate", best[h], best[h], 1.0) for i, h in enumerate(sha256) if best[h] != i
+    ]
+
+
+def bucket_pairs(keys: np.ndarray, ids: np.ndarray, max_bucket: int) -> np.ndarray:
+    """(i, j), i < j, of files sharing a band key: all pairs in a bucket of up to max_bucket
+    files, and in a larger one the pairs of its first HEADS members (by id) with all the rest."""
+    order = np.lexsort((ids, keys))
+    sk, si = keys[order], ids[order]
+    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]]) if len(sk) else np.empty(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(sk)])
     out = []
-    for i, h in enumerate(sha256):
-        if best[h] != i:
-            out.append(Removal(i, "exact_duplicate", best[h], best[h], 1.0))
-    return out
+    for s, n in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
+        members = si[s : s + n]
+        a, b = np.triu_indices(n, 1)
+        if n > max_bucket:
+            keep = a < HEADS
+            a, b = a[keep], b[keep]
+        out.append(np.stack([members[a], members[b]], axis=1))
+    return np.concatenate(out) if out else np.empty((0, 2), ids.dtype)
 
 
 def candidate_pairs(bands: np.ndarray, active: np.ndarray, max_bucket: int) -> set[tuple[int, int]]:
-    """(i, j), i < j, sharing a band key; a huge bucket is linked to its first members only."""
-    pairs: set[tuple[int, int]] = set()
+    """bucket_pairs over every band of an in-memory (files x bands) matrix."""
     idx = np.flatnonzero(active)
+    pairs: set[tuple[int, int]] = set()
     for b in range(bands.shape[1]):
-        keys = bands[idx, b]
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        ends = np.r_[starts[1:], len(sk)]
-        for s, e in zip(starts, ends, strict=True):
-            if e - s < 2:
-                continue
-            members = np.sort(idx[order[s:e]])
-            heads = members if len(members) <= max_bucket else members[:8]
-            for a_pos, a in enumerate(heads):
-                for c in members[a_pos + 1 :]:
-                    pairs.add((int(a), int(c)))
+        pairs.update(map(tuple, bucket_pairs(bands[idx, b], idx, max_bucket).tolist()))
     return pairs
+
+
+def cover(
+    pairs: np.ndarray, sims: np.ndarray, rank: np.ndarray
+) -> tuple[dict[int, tuple[int, float]], np.ndarray]:
+    """Clusters and covering sets over verified similar pairs of nodes 0..n-1.
+
+    Returns removed node -> (kept node it is closest to, similarity), and every node's cluster
+    (its best-ranked member). Memory grows with the pairs, not with the corpus."""
+    n = len(rank)
+    if n == 0:
+        return {}, np.empty(0, np.int64)
+    graph = coo_matrix((sims, (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
+    graph = graph.maximum(graph.T).tocsr()
+    _, label = connected_components(graph, directed=False)
+    by_rank = np.argsort(rank, kind="stable")
+    cluster_head = np.full(label.max() + 1, -1)
+    cluster_of = np.empty(n, np.int64)
+    removed: dict[int, tuple[int, float]] = {}
+    is_kept = np.zeros(n, bool)
+    for m in by_rank:
+        if cluster_head[label[m]] < 0:
+            cluster_head[label[m]] = m
+        cluster_of[m] = cluster_head[label[m]]
+        row = slice(graph.indptr[m], graph.indptr[m + 1])
+        nb, s = graph.indices[row], graph.data[row]
+        close = is_kept[nb]
+        if close.any():
+            nb, s = nb[close], s[close]
+            best = np.lexsort((nb, s))[-1]  # highest similarity, then highest node
+            removed[int(m)] = (int(nb[best]), float(s[best]))
+        else:
+            is_kept[m] = True
+    return removed, cluster_of
 
 
 def near(
@@ -65,42 +107,13 @@ def near(
     rank: np.ndarray,
     threshold: float,
 ) -> tuple[list[Removal], list[tuple[int, int, float]], dict[int, int]]:
-    """Verify pairs, cluster, reduce; returns removals, the verified similar pairs, and the
-    cluster (its best-ranked member) of every file in a cluster."""
-    similar = []
-    for i, j in sorted(pairs):
-        s = jaccard(shingles(i), shingles(j))
-        if s >= threshold:
-            similar.append((i, j, s))
-    parent: dict[int, int] = {}
-
-    def find(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    neighbours: dict[int, dict[int, float]] = defaultdict(dict)
-    for i, j, s in similar:
-        neighbours[i][j] = neighbours[j][i] = s
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj, key=lambda r: rank[r])] = min(ri, rj, key=lambda r: rank[r])
-    clusters: dict[int, list[int]] = defaultdict(list)
-    for x in parent:
-        clusters[find(x)].append(x)
-    removals, cluster_of = [], {}
-    for members in clusters.values():
-        members.sort(key=lambda m: rank[m])
-        cluster_id = members[0]
-        kept: list[int] = []
-        for m in members:
-            cluster_of[m] = cluster_id
-            close = [(neighbours[m][k], k) for k in kept if k in neighbours[m]]
-            if close:
-                s, k = max(close)
-                removals.append(Removal(m, "near_duplicate", cluster_id, k, s))
-            else:
-                kept.append(m)
-    return removals, similar, cluster_of
+    """Verify, cluster and reduce in memory: removals, verified similar pairs, cluster of each file."""
+    similar = [(i, j, s) for i, j in sorted(pairs) if (s := jaccard(shingles(i), shingles(j))) >= threshold]
+    nodes = np.unique(np.array([(i, j) for i, j, _ in similar], np.int64).reshape(-1))
+    local = np.searchsorted(nodes, np.array([(i, j) for i, j, _ in similar], np.int64).reshape(-1, 2))
+    removed, cluster_of = cover(local, np.array([s for *_, s in similar]), rank[nodes])
+    removals = [
+        Removal(int(nodes[m]), "near_duplicate", int(nodes[cluster_of[m]]), int(nodes[k]), s)
+        for m, (k, s) in sorted(removed.items())
+    ]
+    return removals, similar, {int(nodes[m]): int(nodes[c]) for m, c in enumerate(cluster_of)}

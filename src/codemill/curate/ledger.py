@@ -7,28 +7,14 @@ a crash replaces its numbers instead of adding to them.
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-STAGES = (
-    "read",
-    "language",
-    "license",
-    "file_rules",
-    "repo_score",
-    "exact_dedup",
-    "near_dedup",
-    "syntax",
-    "static_analysis",
-    "sensitive_words",
-    "pii",
-    "decontamination",
-)
+from codemill.curate.checks import STAGES
+from codemill.curate.io import atomic_json, atomic_parquet
+
 DROP_SCHEMA = pa.schema(
     [
         ("stage", pa.string()),
@@ -99,37 +85,3 @@ def merge(paths: list[Path]) -> tuple[dict, Counter]:
             stages[name]["drops"].update(s["drops"])
         extra.update(d["extra"])
     return stages, extra
-
-
-def atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=dict))
-    os.replace(tmp, path)
-
-
-def atomic_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-class Progress:
-    """A task's item count in a small file the parent polls for its progress bar."""
-
-    def __init__(self, directory: Path, stage: str, rank: int):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{stage}-{rank:05d}"
-        self.n = 0
-        self.last = 0.0
-
-    def advance(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last > 0.5:
-            self.flush()
-            self.last = now
-
-    def flush(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(str(self.n))
-        os.replace(tmp, self.path)

@@ -1,6 +1,6 @@
-"""`codemill curate`: expand sources, run scan → dedup → refine on a datatrove executor, then
-assemble the corpus directory (shards, repos.parquet, dedup_clusters.parquet, drops.parquet,
-manifest.json)."""
+"""`codemill curate`: expand sources, run [shuffle →] scan → score → exact → buckets → verify →
+cluster → refine on a datatrove executor, then assemble the corpus directory (shards,
+repos.parquet, dedup_clusters.parquet, drops.parquet, manifest.json), streaming every table."""
 
 from __future__ import annotations
 
@@ -8,20 +8,31 @@ import contextlib
 import importlib.metadata as md
 import json
 import os
-import shutil
 import sys
 import threading
 import time
 from pathlib import Path
 
-import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from codemill.curate.checks import STAGES
 from codemill.curate.config import CurateConfig
-from codemill.curate.ledger import STAGES, atomic_json, merge
-from codemill.curate.sources import expand
-from codemill.curate.steps import DedupStep, RefineStep, ScanStep
+from codemill.curate.dedup_steps import (
+    BucketStep,
+    ClusterStep,
+    ExactStep,
+    ScoreCutStep,
+    VerifyStep,
+    parts,
+    ranges,
+)
+from codemill.curate.io import atomic_json
+from codemill.curate.ledger import merge
+from codemill.curate.sources import Unit, expand
+from codemill.curate.steps import RefineStep, ScanStep
+from codemill.curate.tables import ShuffleStep, n_buckets, pieces
 
 TOOLS = (
     "codemill",
@@ -63,24 +74,49 @@ def curate(
     if not units:
         raise ValueError(f"no repositories found in {sources}")
     _check_resume(work, sources, cfg, units)
-    n_tasks = max(1, min(cfg.tasks, len(units)))
     _clear_partial(out, work)
-    stages = [
-        ("scan", [ScanStep(units, cfg, str(work))], n_tasks, len(units)),
-        ("dedup", [DedupStep(cfg, str(work))], 1, 1),
-        ("refine", [RefineStep(cfg, str(work), str(out))], n_tasks, None),
-    ]
+    stages, units = _stages(units, cfg, work, out)
     t0 = time.time()
     timings = {}
-    for name, pipeline, tasks, total in stages:
+    for name, step, tasks, total in stages:
         if total is None:
             total = sum(pq.ParquetFile(p).metadata.num_rows for p in (work / "scan").glob("files-*.parquet"))
         start = time.time()
-        ex = make_executor(executor, pipeline, tasks, cfg.workers, work / "logs" / name)
+        ex = make_executor(executor, [step], tasks, cfg.workers, work / "logs" / name)
         _run_with_progress(ex, name, total, work, quiet)
         timings[name] = round(time.time() - start, 2)
-    manifest = _finalize(out, work, sources, cfg, units, n_tasks, executor, timings, time.time() - t0)
-    return manifest
+    n_tasks = next(tasks for name, _, tasks, _ in stages if name == "scan")
+    return _finalize(out, work, sources, cfg, units, n_tasks, executor, timings, time.time() - t0)
+
+
+def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tuple[list, list[Unit]]:
+    """(name, step, tasks, progress total) in order, and the units the scan reads."""
+    w = str(work)
+    stages = []
+    tables = [u for u in units if u.kind == "table"]
+    units = [u for u in units if u.kind != "table"]
+    if tables:
+        found = [pieces(u.locator, cfg) for u in tables]
+        all_pieces = [p for ps, _ in found for p in ps]
+        buckets = n_buckets(sum(n for _, n in found), cfg)
+        tasks = max(1, min(cfg.tasks, len(all_pieces)))
+        stages.append(("shuffle", ShuffleStep(all_pieces, buckets, cfg, w), tasks, len(all_pieces)))
+        units += [
+            Unit("bucket", f"table-bucket-{b:05d}", str(work / "shuffle" / f"{b:05d}"))
+            for b in range(buckets)
+        ]
+    n_tasks = max(1, min(cfg.tasks, len(units)))
+    n_parts, n_buckets_tasks = parts(cfg), cfg.bands * ranges(cfg)
+    stages += [
+        ("scan", ScanStep(units, cfg, w), n_tasks, len(units)),
+        ("score", ScoreCutStep(cfg, w), 1, 1),
+        ("exact", ExactStep(cfg, w), n_parts, n_parts),
+        ("buckets", BucketStep(cfg, w), n_buckets_tasks, n_buckets_tasks),
+        ("verify", VerifyStep(cfg, w), n_parts, n_parts),
+        ("cluster", ClusterStep(cfg, w), 1, 1),
+        ("refine", RefineStep(cfg, w, str(out)), n_tasks, None),
+    ]
+    return stages, units
 
 
 def _check_resume(work: Path, sources: list[str], cfg: CurateConfig, units) -> None:
@@ -106,7 +142,7 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
     log = work / "logs" / f"{name}.stderr"
     log.parent.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
-    unit = {"scan": "repos", "dedup": "step"}.get(name, "files")
+    unit = {"shuffle": "pieces", "scan": "units", "refine": "files"}.get(name, "tasks")
     with Progress(
         TextColumn(f"[bold]{name:<7}"),
         BarColumn(),
@@ -171,32 +207,41 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _concat(paths: list[Path], dest: Path) -> int:
+    """Stream tables into one Parquet file, one input at a time; returns the row count."""
+    if not paths:
+        return 0
+    tmp = dest.with_name(dest.name + ".tmp")
+    n = 0
+    with pq.ParquetWriter(tmp, pq.read_schema(paths[0]), compression="zstd") as w:
+        for p in paths:
+            t = pq.read_table(p)
+            w.write_table(t)
+            n += t.num_rows
+    tmp.replace(dest)
+    return n
+
+
 def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, timings, seconds) -> dict:
     ledgers = sorted((work / "scan").glob("ledger-*.json")) + sorted((work / "refine").glob("ledger-*.json"))
     stages, extra = merge(ledgers)
-    drops = [
-        pq.read_table(p)
-        for p in sorted((work / "scan").glob("drops-*.parquet"))
-        + sorted((work / "refine").glob("drops-*.parquet"))
-    ]
-    if drops:
-        pq.write_table(pa.concat_tables(drops), out / "drops.parquet", compression="zstd")
-    repos = pq.read_table(work / "dedup" / "repos.parquet")
-    kept_per_repo: dict[str, int] = {}
-    files_out = bytes_out = 0
-    for p in sorted(out.glob("files-*.parquet")):
-        t = pq.read_table(p, columns=["repo", "size"])
-        for r in t.column("repo").to_pylist():
-            kept_per_repo[r] = kept_per_repo.get(r, 0) + 1
-        files_out += t.num_rows
-        bytes_out += sum(t.column("size").to_pylist())
-    repos = repos.drop_columns(["kept"]).append_column(
-        "kept_files",
-        pa.array([kept_per_repo.get(r, 0) for r in repos.column("repo").to_pylist()], pa.int64()),
+    _concat(
+        sorted((work / "scan").glob("drops-*.parquet")) + sorted((work / "refine").glob("drops-*.parquet")),
+        out / "drops.parquet",
     )
-    pq.write_table(repos, out / "repos.parquet", compression="zstd")
-    shutil.copyfile(work / "dedup" / "clusters.parquet", out / "dedup_clusters.parquet")
-    rlist = repos.to_pylist()
+    clusters = work / "dedup" / "clusters"
+    _concat(
+        [*sorted(clusters.glob("exact-*.parquet")), clusters / "near.parquet"], out / "dedup_clusters.parquet"
+    )
+    repo_tables = sorted((work / "refine").glob("repos-*.parquet"))
+    n_repos = _concat(repo_tables, out / "repos.parquet")
+    counts = {"not_permissive": 0, "score_cut": 0, "with_kept_files": 0}
+    for p in repo_tables:
+        t = pq.read_table(p, columns=["permissive", "score_cut", "kept_files"])
+        counts["not_permissive"] += t.num_rows - pc.sum(t.column("permissive")).as_py() if t.num_rows else 0
+        counts["score_cut"] += pc.sum(t.column("score_cut")).as_py() or 0
+        counts["with_kept_files"] += pc.sum(pc.greater(t.column("kept_files"), 0)).as_py() or 0
+    last = stages[STAGES[-1]]
     manifest = {
         "format": "codemill-corpus/1",
         "sources": sources,
@@ -206,13 +251,8 @@ def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, tim
         "tools": _versions(),
         "seconds": round(seconds, 2),
         "stage_seconds": timings,
-        "repositories": {
-            "in": len(units),
-            "not_permissive": sum(not r["permissive"] for r in rlist),
-            "score_cut": sum(r["score_cut"] for r in rlist),
-            "with_kept_files": sum(r["kept_files"] > 0 for r in rlist),
-        },
-        "files": {"out": files_out, "bytes_out": bytes_out},
+        "repositories": {"in": n_repos, **counts},
+        "files": {"out": last["files_out"], "bytes_out": last["bytes_out"]},
         "stages": {s: {**stages[s], "drops": dict(sorted(stages[s]["drops"].items()))} for s in STAGES},
         "pii_replacements": {k.split(":", 1)[1]: v for k, v in sorted(extra.items()) if k.startswith("pii:")},
         "near_dedup_pairs": json.loads((work / "dedup" / "pairs.json").read_text()),

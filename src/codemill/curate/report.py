@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from codemill.curate.ledger import STAGES
+from codemill.curate.checks import STAGES
 
 
 def _mb(n: int) -> str:

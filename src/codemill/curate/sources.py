@@ -1,14 +1,13 @@
 """Where repositories come from: directories, git repositories, archives, Stack-style tables and
 `installed` (the standard library and every installed distribution).
 
-A source expands to an ordered list of `Unit`s, one per repository, so tasks can split the work by
-unit index. Opening a unit gives its metadata and a stream of `RawFile`s. Nothing here writes to
+A source expands to an ordered list of `Unit`s, one per repository (a table is one unit, which
+tables.py's shuffle turns into buckets of repositories), so tasks can split the work by unit index. Opening a unit gives its metadata and a stream of `RawFile`s. Nothing here writes to
 the input; every failure to read becomes a `RawFile` with an `error`, counted downstream.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import importlib.metadata as md
 import io
@@ -22,7 +21,6 @@ import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from codemill.curate import licenses
@@ -37,7 +35,7 @@ SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".to
 class Unit:
     """One repository inside a source: enough to reopen it in any process."""
 
-    kind: str  # dir | git | archive | table | dist | stdlib
+    kind: str  # dir | git | archive | table | bucket (of shuffled tables) | dist | stdlib
     name: str
     locator: str
     extra: tuple = ()
@@ -76,7 +74,7 @@ def expand(source: str, cfg: CurateConfig) -> list[Unit]:
         if source.endswith(ARCHIVE_SUFFIXES):
             return [Unit("archive", _archive_name(p), str(p))]
         if source.endswith(TABLE_SUFFIXES):
-            return _table_units(p, cfg)
+            return [Unit("table", p.name, str(p))]  # split into repositories by tables.py
         raise ValueError(f"{source}: not an archive ({ARCHIVE_SUFFIXES}) nor a table {TABLE_SUFFIXES}")
     if _is_single_repo(p):
         return [_dir_unit(p)]
@@ -138,11 +136,20 @@ def open_unit(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile
         "dir": _open_dir,
         "git": _open_git,
         "archive": _open_archive,
-        "table": _open_table,
         "dist": _open_dist,
         "stdlib": _open_stdlib,
     }[unit.kind]
     return opener(unit, cfg)
+
+
+def repositories(unit: Unit, cfg: CurateConfig) -> Iterator[tuple[RepoMeta, Iterator[RawFile]]]:
+    """The repositories of a unit: one, or those of a shuffled table bucket."""
+    if unit.kind == "bucket":
+        from codemill.curate.tables import bucket_repositories
+
+        yield from bucket_repositories(Path(unit.locator))
+    else:
+        yield open_unit(unit, cfg)
 
 
 def resolve_license(meta: RepoMeta) -> None:
@@ -360,90 +367,6 @@ def _zip_reader(path: str, member: str) -> Callable[[int], bytes]:
             raise OSError(str(e)) from e
 
     return read
-
-
-# -- The Stack-style tables -------------------------------------------------------------------
-# A unit holds the row positions of its repository (row numbers for Parquet, byte offsets for
-# JSONL), so opening one reads only its rows, and units come in order of first appearance so
-# consecutive units share Parquet row groups.
-
-
-def _table_units(path: Path, cfg: CurateConfig) -> list[Unit]:
-    col = cfg.columns["repo"]
-    rows: dict[str, list[int]] = {}
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        if col not in pf.schema_arrow.names:
-            raise ValueError(f"{path}: no column {col!r}; set curate.columns.repo")
-        i = 0
-        for batch in pf.iter_batches(batch_size=8192, columns=[col]):
-            for name in batch.column(0).to_pylist():
-                rows.setdefault(str(name or "unknown"), []).append(i)
-                i += 1
-    else:
-        with open(path, "rb") as f:
-            offset = 0
-            for line in f:
-                try:
-                    name = json.loads(line).get(col) if line.strip() else None
-                except ValueError:
-                    name = None
-                if line.strip():
-                    rows.setdefault(str(name or "unknown"), []).append(offset)
-                offset += len(line)
-    return [Unit("table", name, str(path), tuple(pos)) for name, pos in rows.items()]
-
-
-@lru_cache(maxsize=4)
-def _row_group(path: str, index: int):
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).read_row_group(index)
-
-
-def _table_rows(unit: Unit) -> Iterator[dict]:
-    if unit.locator.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        md_ = pq.ParquetFile(unit.locator).metadata
-        starts = [0]
-        for g in range(md_.num_row_groups):
-            starts.append(starts[-1] + md_.row_group(g).num_rows)
-        for pos in unit.extra:
-            g = bisect.bisect_right(starts, pos) - 1
-            yield _row_group(unit.locator, g).slice(pos - starts[g], 1).to_pylist()[0]
-    else:
-        with open(unit.locator, "rb") as f:
-            for pos in unit.extra:
-                f.seek(pos)
-                try:
-                    row = json.loads(f.readline())
-                except ValueError:
-                    row = None
-                yield row if isinstance(row, dict) else {}
-
-
-def _open_table(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
-    c = cfg.columns
-    meta = RepoMeta(unit.name, unit.locator)
-    files = []
-    for i, r in enumerate(_table_rows(unit)):
-        if r.get(c["license"]) and not meta.license:
-            lic = r[c["license"]]
-            lic = " OR ".join(lic) if isinstance(lic, list) else str(lic)
-            meta.license, meta.license_source = licenses.normalize(lic), "table"
-        if isinstance(r.get(c["stars"]), int | float):
-            meta.stars = max(meta.stars or 0, int(r[c["stars"]]))
-        content = r.get(c["content"])
-        path = str(r.get(c["path"]) or f"row-{i}")
-        if not isinstance(content, str | bytes):
-            files.append(RawFile(path, 0, error="no_content"))
-            continue
-        data = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
-        files.append(RawFile(path, len(data), read=lambda n, d=data: d[:n]))
-    return meta, iter(sorted(files, key=lambda f: f.path))
 
 
 # -- installed code ---------------------------------------------------------------------------

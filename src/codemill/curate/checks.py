@@ -1,0 +1,242 @@
+"""The curation checks, in the flow's order, and the one loop that runs them.
+
+A check is a small object: the stage it accounts to, and a verdict per file (None keeps it, a
+`Drop` says why not). Checks may rewrite a file (file rules decode its bytes, PII redacts it); the
+loop records files and bytes in and out of every stage and a drop row per dropped file, so no check
+touches the ledger. Adding a check is one class here and one line in SCAN or REFINE.
+
+Scan checks run where repositories are read; the dedup checks apply the decisions the global dedup
+stages took; refine checks run on what survives. The stage order is these two tuples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from codemill.curate import filters
+from codemill.curate.config import CurateConfig
+from codemill.curate.decontam import Decontaminator
+from codemill.curate.pii import SensitiveWords, redact
+from codemill.curate.sources import RawFile, read_bytes
+from codemill.curate.static import analyzers
+from codemill.curate.syntax import check_syntax
+from codemill.langs import detect
+
+
+@dataclass
+class Doc:
+    """One file on its way through the checks."""
+
+    repo: str
+    path: str
+    size: int
+    license: str | None = None
+    permissive: bool = False
+    raw: RawFile | None = None  # scan: where to read it
+    data: bytes = b""  # scan: its bytes once read
+    lang: str = ""
+    text: str = ""
+    sha256: str = ""  # of the bytes as read
+    removed: tuple[str, str, str] | None = None  # refine: (stage, reason, detail) from dedup
+    pii: int = 0
+    extra: dict = field(default_factory=dict)  # counters the ledger sums (PII tags)
+
+
+@dataclass(frozen=True)
+class Drop:
+    reason: str
+    detail: str = ""
+    excerpt: str | None = None  # None: the file's text
+
+
+class Check:
+    stage: str
+
+    def __init__(self, cfg: CurateConfig):
+        self.cfg = cfg
+
+    def check(self, doc: Doc) -> Drop | None:
+        raise NotImplementedError
+
+    def check_batch(self, docs: list[Doc]) -> list[Drop | None]:
+        return [self.check(d) for d in docs]
+
+
+# -- scan -------------------------------------------------------------------------------------
+
+
+class Read(Check):
+    stage = "read"
+
+    def check(self, doc: Doc) -> Drop | None:
+        return Drop(doc.raw.error, excerpt="") if doc.raw.error else None
+
+
+class Language(Check):
+    stage = "language"
+
+    def check(self, doc: Doc) -> Drop | None:
+        lang = detect(doc.path)
+        if lang is None:
+            return Drop("unknown_language", excerpt="")
+        if lang.kind not in self.cfg.keep_kinds:
+            return Drop(f"not_code:{lang.kind}", lang.name, excerpt="")
+        doc.lang = lang.name
+        return None
+
+
+class License(Check):
+    stage = "license"
+
+    def check(self, doc: Doc) -> Drop | None:
+        if doc.permissive:
+            return None
+        if doc.license:
+            return Drop("not_permissive", doc.license, excerpt="")
+        return Drop("unknown_license", excerpt="") if self.cfg.drop_unknown_license else None
+
+
+class FileRules(Check):
+    stage = "file_rules"
+
+    def check(self, doc: Doc) -> Drop | None:
+        if doc.size > self.cfg.max_bytes:
+            return Drop("too_large", f"{doc.size} bytes", excerpt="")
+        data, err = read_bytes(doc.raw, self.cfg.max_bytes)
+        if err:
+            return Drop(err, excerpt="")
+        doc.size = len(data)
+        text, reason = filters.check_file(doc.path, doc.lang, data, self.cfg)
+        if text is None:
+            return Drop(reason, excerpt="" if reason == "binary" else data[:2000].decode("utf-8", "replace"))
+        doc.data, doc.text = data, text
+        return None
+
+
+# -- refine: the dedup decisions, then the content checks -------------------------------------
+
+
+class _DedupDecision(Check):
+    def check(self, doc: Doc) -> Drop | None:
+        if doc.removed and doc.removed[0] == self.stage:
+            return Drop(doc.removed[1], doc.removed[2])
+        return None
+
+
+class RepoScore(_DedupDecision):
+    stage = "repo_score"
+
+
+class ExactDedup(_DedupDecision):
+    stage = "exact_dedup"
+
+
+class NearDedup(_DedupDecision):
+    stage = "near_dedup"
+
+
+class Syntax(Check):
+    stage = "syntax"
+
+    def check(self, doc: Doc) -> Drop | None:
+        reason = check_syntax(doc.lang, doc.path, doc.text, self.cfg.parse_timeout_s)
+        return Drop(reason) if reason else None
+
+
+class StaticAnalysis(Check):
+    """Analyzers run on a batch of files at once (ruff is one subprocess per batch)."""
+
+    stage = "static_analysis"
+
+    def __init__(self, cfg: CurateConfig):
+        super().__init__(cfg)
+        self.analyzers = analyzers(cfg.drop_severities) if cfg.static_analysis else {}
+
+    def check_batch(self, docs: list[Doc]) -> list[Drop | None]:
+        out: list[Drop | None] = [None] * len(docs)
+        for analyzer in {id(a): a for a in self.analyzers.values()}.values():
+            idx = [k for k, d in enumerate(docs) if d.lang in analyzer.langs]
+            found = analyzer.analyze([(docs[k].path, docs[k].text) for k in idx])
+            for k, defects in zip(idx, found, strict=True):
+                bad = [d for d in defects if d.severity in self.cfg.drop_severities]
+                if bad:
+                    out[k] = Drop(f"{bad[0].category}:{bad[0].rule}", f"line {bad[0].line}: {bad[0].message}")
+        return out
+
+
+class SensitiveWordsCheck(Check):
+    stage = "sensitive_words"
+
+    def __init__(self, cfg: CurateConfig):
+        super().__init__(cfg)
+        words = list(cfg.sensitive_words)
+        if cfg.sensitive_words_file:
+            words += [w.strip() for w in Path(cfg.sensitive_words_file).read_text().splitlines() if w.strip()]
+        self.words = SensitiveWords(words)
+
+    def check(self, doc: Doc) -> Drop | None:
+        word = self.words.find(doc.text)
+        return Drop("sensitive_word", word) if word else None
+
+
+class Pii(Check):
+    """Never drops: replaces PII and secrets by tags and counts them."""
+
+    stage = "pii"
+
+    def check(self, doc: Doc) -> Drop | None:
+        if self.cfg.pii:
+            red = redact(doc.text)
+            if red.counts:
+                doc.text = red.text
+                doc.size = len(red.text.encode("utf-8"))
+                doc.pii = sum(red.counts.values())
+                doc.extra.update({f"pii:{k}": v for k, v in red.counts.items()})
+        return None
+
+
+class Decontamination(Check):
+    stage = "decontamination"
+
+    def __init__(self, cfg: CurateConfig):
+        super().__init__(cfg)
+        self.decont = Decontaminator(cfg.decontam_ngram, cfg.decontam_humaneval, cfg.decontam_files)
+
+    def check(self, doc: Doc) -> Drop | None:
+        task = self.decont.match(doc.text)
+        return Drop("benchmark_overlap", task) if task else None
+
+
+SCAN: tuple[type[Check], ...] = (Read, Language, License, FileRules)
+REFINE: tuple[type[Check], ...] = (
+    RepoScore,
+    ExactDedup,
+    NearDedup,
+    Syntax,
+    StaticAnalysis,
+    SensitiveWordsCheck,
+    Pii,
+    Decontamination,
+)
+STAGES: tuple[str, ...] = tuple(c.stage for c in SCAN + REFINE)
+
+
+def run_checks(docs: list[Doc], checks: list[Check], ledger) -> list[Doc]:
+    """The files that pass every check, in order; the ledger gets every stage's counts and drops."""
+    for c in checks:
+        sizes = [d.size for d in docs]
+        verdicts = c.check_batch(docs)
+        kept = []
+        for d, size_in, v in zip(docs, sizes, verdicts, strict=True):
+            if d.extra:
+                ledger.extra.update(d.extra)
+                d.extra = {}
+            if v is None:
+                ledger.keep(c.stage, size_in, d.size)
+                kept.append(d)
+            else:
+                excerpt = d.text if v.excerpt is None else v.excerpt
+                ledger.drop(c.stage, v.reason, size_in, d.repo, d.path, v.detail, excerpt)
+        docs = kept
+    return docs

@@ -1,0 +1,356 @@
+"""The dedup stages, sharded the way datatrove's MinHash stages are (signatures, buckets, cluster),
+with exact dedup and an exact-Jaccard verification stage added.
+
+A file is named by its id, `scan shard << 32 | row`. Scan tasks route one signature row per file
+to an exact-dedup part by its SHA-256 (`dedup/sig/{part}/`), with its rank inputs (repository score,
+stars, repository, path). Then:
+
+exact (one task per part): the repository score cut and exact dedup within the part; survivors'
+    band keys go to one file per band, sorted by key (`dedup/bands/{band}/{part}.parquet`).
+buckets (one task per band and key range): reads its key range of every file of its band (row
+    groups outside the range are skipped by their statistics), and writes the pairs sharing a key,
+    sorted by the verify part they belong to.
+verify (one task per part): the exact Jaccard of its pairs, reading only the rows it needs.
+cluster (one task): components and covering sets over the verified pairs; its memory grows with
+    the duplicate pairs, not with the corpus.
+
+Every output is written atomically, so a killed task is simply rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datatrove.pipeline.base import PipelineStep
+
+from codemill.curate import dedup, minhash
+from codemill.curate.config import CurateConfig
+from codemill.curate.io import Progress, atomic_json, atomic_parquet, read_part
+
+SIG_SCHEMA = pa.schema(
+    [
+        ("id", pa.uint64()),
+        ("sha256", pa.string()),
+        ("score", pa.float64()),
+        ("stars", pa.int64()),
+        ("repo", pa.string()),
+        ("path", pa.string()),
+        ("n_shingles", pa.int64()),
+        ("bands", pa.list_(pa.uint64())),
+    ]
+)
+REMOVED_SCHEMA = pa.schema(
+    [("id", pa.uint64()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+CLUSTER_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("cluster", pa.string()),
+        ("repo", pa.string()),
+        ("path", pa.string()),
+        ("kept", pa.bool_()),
+        ("duplicate_of", pa.string()),
+        ("jaccard", pa.float64()),
+    ]
+)
+NODE_SCHEMA = pa.schema(
+    [
+        ("id", pa.uint64()),
+        ("score", pa.float64()),
+        ("stars", pa.int64()),
+        ("repo", pa.string()),
+        ("path", pa.string()),
+    ]
+)
+RANK_ORDER = [("score", "descending"), ("stars", "descending"), ("repo", "ascending"), ("path", "ascending")]
+ROW_GROUP = 65_536
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def parts(cfg: CurateConfig) -> int:
+    return cfg.dedup_tasks or cfg.tasks
+
+
+def ranges(cfg: CurateConfig) -> int:
+    """Key ranges per band, so bands x ranges is at least the number of parts."""
+    return math.ceil(parts(cfg) / cfg.bands)
+
+
+def sha_part(sha256: str, cfg: CurateConfig) -> int:
+    return int(sha256[:8], 16) % parts(cfg)
+
+
+def split_id(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (ids >> np.uint64(32)).astype(np.int64), (ids & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+class _Step(PipelineStep):
+    type = "codemill"
+
+    def __init__(self, cfg: CurateConfig, work: str):
+        super().__init__()
+        self.cfg, self.work = cfg, Path(work)
+        self.dir = self.work / "dedup"
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        progress = Progress(self.work / "progress", self.name, rank)
+        self.task(rank)
+        progress.advance()
+        progress.flush()
+        yield from ()
+
+    def task(self, rank: int) -> None:
+        raise NotImplementedError
+
+
+def _cluster_rows(kind: str, cluster: list[str], member: list[str], kept: list[str | None], sim) -> pa.Table:
+    repo_path = [m.split("\0") for m in member]
+    return pa.table(
+        {
+            "kind": [kind] * len(member),
+            "cluster": [c.replace("\0", "/") for c in cluster],
+            "repo": [r for r, _ in repo_path],
+            "path": [p for _, p in repo_path],
+            "kept": [k is None for k in kept],
+            "duplicate_of": [k and k.replace("\0", "/") for k in kept],
+            "jaccard": list(sim),
+        },
+        schema=CLUSTER_SCHEMA,
+    )
+
+
+def _removed(ids, stage: str, reasons, details) -> pa.Table:
+    n = len(ids)
+    return pa.table(
+        {"id": pa.array(ids, pa.uint64()), "stage": [stage] * n, "reason": reasons, "detail": details},
+        schema=REMOVED_SCHEMA,
+    )
+
+
+class ExactStep(_Step):
+    """The score cut and exact dedup of one SHA-256 part; survivors' band keys per band."""
+
+    name = "exact"
+
+    def task(self, rank: int) -> None:
+        t = read_part(self.dir / "sig" / f"{rank:05d}", SIG_SCHEMA)
+        cut = json.loads((self.dir / "cut.json").read_text())
+        score = t.column("score").to_numpy()
+        if cut:  # (score, repo) <= the boundary, the last repository the cut takes
+            le_name = pc.less_equal(t.column("repo"), cut["repo"]).to_numpy(zero_copy_only=False)
+            is_cut = (score < cut["score"]) | ((score == cut["score"]) & le_name)
+        else:
+            is_cut = np.zeros(t.num_rows, bool)
+        gone = [_removed(t.column("id").filter(is_cut), "repo_score", ["low_repo_score"] * int(is_cut.sum()),
+                         [f"score {s:.3f}" for s in score[is_cut]])]  # fmt: skip
+        t = t.filter(~is_cut).sort_by([("sha256", "ascending"), *RANK_ORDER])
+        sha = t.column("sha256").to_numpy(zero_copy_only=False)
+        first = np.r_[True, sha[1:] != sha[:-1]] if len(sha) else np.empty(0, bool)
+        kept_at = np.maximum.accumulate(np.where(first, np.arange(len(sha)), 0))
+        key = pc.binary_join_element_wise(t.column("repo"), t.column("path"), "\0").to_pylist()
+        dup = np.flatnonzero(~first)
+        gone.append(_removed(t.column("id").take(dup), "exact_dedup", ["exact_duplicate"] * len(dup),
+                             [key[kept_at[i]].replace("\0", "/") for i in dup]))  # fmt: skip
+        kept_key = [key[kept_at[i]] for i in dup]
+        atomic_parquet(
+            _cluster_rows("exact", kept_key, [key[i] for i in dup], kept_key, [1.0] * len(dup)),
+            self.dir / "clusters" / f"exact-{rank:05d}.parquet",
+        )
+        atomic_parquet(
+            pa.concat_tables(gone).sort_by("id"), self.dir / "removed" / f"exact-{rank:05d}.parquet"
+        )
+        live = t.filter(pa.array(first & (t.column("n_shingles").to_numpy() > 0)))
+        ids = live.column("id").to_numpy()
+        bands = pc.list_flatten(live.column("bands")).to_numpy().reshape(len(ids), self.cfg.bands)
+        for b in range(self.cfg.bands):
+            order = np.argsort(bands[:, b], kind="stable")
+            atomic_parquet(
+                pa.table({"key": bands[order, b], "id": ids[order]}),
+                self.dir / "bands" / f"{b:02d}" / f"{rank:05d}.parquet",
+                row_group_size=ROW_GROUP,
+            )
+
+
+class BucketStep(_Step):
+    """Pairs sharing a key of one band, in one range of keys."""
+
+    name = "buckets"
+
+    def task(self, rank: int) -> None:
+        n_ranges = ranges(self.cfg)
+        band, r = divmod(rank, n_ranges)
+        lo, hi = (r << 64) // n_ranges, ((r + 1) << 64) // n_ranges
+        filters = pc.field("key") >= pa.scalar(lo, pa.uint64())
+        if hi < 1 << 64:
+            filters &= pc.field("key") < pa.scalar(hi, pa.uint64())
+        files = sorted((self.dir / "bands" / f"{band:02d}").glob("*.parquet"))
+        t = [pq.read_table(p, filters=filters) for p in files]
+        keys = np.concatenate([x.column("key").to_numpy() for x in t] or [np.empty(0, np.uint64)])
+        ids = np.concatenate([x.column("id").to_numpy() for x in t] or [np.empty(0, np.uint64)])
+        pairs = dedup.bucket_pairs(keys, ids, self.cfg.max_bucket_pairs)
+        part = ((pairs[:, 0] * _MIX) ^ pairs[:, 1]) * _MIX >> np.uint64(40)
+        part = (part % np.uint64(parts(self.cfg))).astype(np.uint32)
+        order = np.argsort(part, kind="stable")
+        atomic_parquet(
+            pa.table({"part": part[order], "i": pairs[order, 0], "j": pairs[order, 1]}),
+            self.dir / "pairs" / f"{band:02d}-{r:05d}.parquet",
+            row_group_size=ROW_GROUP,
+        )
+
+
+class VerifyStep(_Step):
+    """Exact Jaccard of one part's candidate pairs; the similar ones and their files' rank inputs."""
+
+    name = "verify"
+
+    def task(self, rank: int) -> None:
+        files = sorted((self.dir / "pairs").glob("*.parquet"))
+        got = [pq.read_table(p, columns=["i", "j"], filters=[("part", "=", rank)]) for p in files]
+        pairs = np.stack(
+            [
+                np.concatenate([g.column("i").to_numpy() for g in got] or [np.empty(0, np.uint64)]),
+                np.concatenate([g.column("j").to_numpy() for g in got] or [np.empty(0, np.uint64)]),
+            ],
+            axis=1,
+        )
+        pairs = np.unique(pairs, axis=0)
+        nodes = _read_rows(self.work, np.unique(pairs), ["repo", "path", "content"])
+        shingles = {
+            i: minhash.ngram_hashes(c, self.cfg.ngram)
+            for i, c in zip(nodes.column("id").to_pylist(), nodes.column("content").to_pylist(), strict=True)
+        }
+        sims = np.array([minhash.jaccard(shingles[i], shingles[j]) for i, j in pairs.tolist()])
+        similar = sims >= self.cfg.threshold
+        keep = np.isin(nodes.column("id").to_numpy(), pairs[similar])
+        t = nodes.drop_columns(["content"]).filter(pa.array(keep))
+        atomic_parquet(_with_rank_inputs(self.work, t), self.dir / "nodes" / f"{rank:05d}.parquet")
+        atomic_parquet(
+            pa.table({"i": pairs[similar, 0], "j": pairs[similar, 1], "jaccard": sims[similar]}),
+            self.dir / "similar" / f"{rank:05d}.parquet",
+        )
+        atomic_json(
+            self.dir / "similar" / f"{rank:05d}.json",
+            {"candidates": len(pairs), "verified_similar": int(similar.sum())},
+        )
+
+
+def _read_rows(work: Path, ids: np.ndarray, columns: list[str]) -> pa.Table:
+    """Columns of the scan-shard rows named by ids (sorted), reading only the row groups that
+    hold them."""
+    shard, row = split_id(ids)
+    got = []
+    for s in np.unique(shard):
+        pf = pq.ParquetFile(work / "scan" / f"files-{s:05d}.parquet")
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        mine = row[shard == s]
+        group = np.searchsorted(starts, mine, side="right") - 1
+        for g in np.unique(group):
+            t = pf.read_row_group(int(g), columns=columns).take(pa.array(mine[group == g] - starts[g]))
+            got.append(t.add_column(0, "id", pa.array(ids[shard == s][group == g], pa.uint64())))
+    return pa.concat_tables(got) if got else pa.table({"id": pa.array([], pa.uint64()), **{c: [] for c in columns}})
+
+
+def _with_rank_inputs(work: Path, t: pa.Table) -> pa.Table:
+    """Add each file's repository score and stars, from the scan shard that read its repository."""
+    shard, _ = split_id(t.column("id").to_numpy())
+    score, stars = np.zeros(t.num_rows), np.zeros(t.num_rows, np.int64)
+    for s in np.unique(shard):
+        repos = pq.read_table(work / "scan" / f"repos-{s:05d}.parquet", columns=["repo", "score", "stars"])
+        mine = np.flatnonzero(shard == s)
+        at = pc.index_in(t.column("repo").take(pa.array(mine)), repos.column("repo")).to_numpy()
+        score[mine] = repos.column("score").to_numpy()[at]
+        stars[mine] = repos.column("stars").fill_null(0).to_numpy()[at]
+    return pa.table(
+        {
+            "id": t.column("id"),
+            "score": score,
+            "stars": stars,
+            "repo": t.column("repo"),
+            "path": t.column("path"),
+        },
+        schema=NODE_SCHEMA,
+    )
+
+
+class ClusterStep(_Step):
+    """Clusters and covering sets over every verified pair (one task)."""
+
+    name = "cluster"
+
+    def task(self, rank: int) -> None:
+        sim = [pq.read_table(p) for p in sorted((self.dir / "similar").glob("*.parquet"))]
+        sim = pa.concat_tables(sim) if sim else pa.table({"i": [], "j": [], "jaccard": []})
+        nodes = [pq.read_table(p) for p in sorted((self.dir / "nodes").glob("*.parquet"))]
+        nodes = pa.concat_tables(nodes) if nodes else NODE_SCHEMA.empty_table()
+        ids = nodes.column("id").to_numpy()
+        _, first = np.unique(ids, return_index=True)
+        nodes = nodes.take(pa.array(first))  # sorted by id, once each
+        ids = nodes.column("id").to_numpy()
+        rank = np.empty(len(ids), np.int64)
+        rank[pc.sort_indices(nodes, sort_keys=RANK_ORDER).to_numpy()] = np.arange(len(ids))
+        pairs = np.stack(
+            [
+                np.searchsorted(ids, sim.column("i").to_numpy()),
+                np.searchsorted(ids, sim.column("j").to_numpy()),
+            ],
+            axis=1,
+        ).astype(np.int64)
+        removed, cluster_of = dedup.cover(pairs, sim.column("jaccard").to_numpy(), rank)
+        key = pc.binary_join_element_wise(nodes.column("repo"), nodes.column("path"), "\0").to_pylist()
+        gone = sorted(removed.items())
+        atomic_parquet(
+            _removed(
+                [ids[m] for m, _ in gone],
+                "near_dedup",
+                ["near_duplicate"] * len(gone),
+                [f"{key[k].replace(chr(0), '/')} J={s:.3f}" for _, (k, s) in gone],
+            ),
+            self.dir / "removed" / "near.parquet",
+        )
+        kept = [key[removed[m][0]] if m in removed else None for m in range(len(ids))]
+        sims = [removed[m][1] if m in removed else 1.0 for m in range(len(ids))]
+        atomic_parquet(
+            _cluster_rows("near", [key[c] for c in cluster_of], key, kept, sims),
+            self.dir / "clusters" / "near.parquet",
+        )
+        stats = [json.loads(p.read_text()) for p in sorted((self.dir / "similar").glob("*.json"))]
+        atomic_json(
+            self.dir / "pairs.json",
+            {k: sum(s[k] for s in stats) for k in ("candidates", "verified_similar")},
+        )
+
+
+class ScoreCutStep(_Step):
+    """The last repository the score cut takes (one task): the lowest-scored fraction of the
+    repositories with kept files, ties broken by name. One (score, name) pair is all the exact
+    stage needs to apply the cut, whatever the number of repositories."""
+
+    name = "score"
+
+    def task(self, rank: int) -> None:
+        atomic_json(self.dir / "cut.json", score_boundary(self.work, self.cfg))
+
+
+def score_boundary(work: Path, cfg: CurateConfig) -> dict | None:
+    t = pa.concat_tables(
+        [
+            pq.read_table(p, columns=["repo", "score", "kept"])
+            for p in sorted((work / "scan").glob("repos-*.parquet"))
+        ]
+    )
+    t = t.filter(pc.greater(t.column("kept"), 0))
+    n_cut = math.floor(cfg.drop_lowest_fraction * t.num_rows)
+    boundary = None
+    if n_cut:
+        scores = t.column("score").to_numpy()
+        s = np.partition(scores, n_cut - 1)[n_cut - 1]
+        below = int((scores < s).sum())
+        ties = sorted(t.filter(pc.equal(t.column("score"), s)).column("repo").to_pylist())
+        boundary = {"score": float(s), "repo": ties[n_cut - below - 1]}
+    return boundary
