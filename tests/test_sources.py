@@ -74,7 +74,10 @@ def test_stack_style_tables_are_shuffled_into_repository_buckets(tmp_path):
         {"code": "x = 1\n", "file": "x.py", "repository": "org/two", "lic": "GPL-3.0-only", "stars": 1},
         {"code": stdlib("bisect.py"), "file": "b.py", "repository": "org/one", "lic": "MIT", "stars": 12},
         {"code": None, "file": "n.py", "repository": "org/two", "lic": "GPL-3.0-only", "stars": 1},
-    ] + [{"code": f"v = {i}\n", "file": f"f{i}.py", "repository": f"org/r{i % 7}", "lic": "MIT"} for i in range(40)]
+    ] + [
+        {"code": f"v = {i}\n", "file": f"f{i}.py", "repository": f"org/r{i % 7}", "lic": "MIT"}
+        for i in range(40)
+    ]
     cfg = CurateConfig(
         tasks=2,
         columns={"content": "code", "path": "file", "repo": "repository", "license": "lic", "stars": "stars"},

@@ -12,11 +12,11 @@ from conftest import STDLIB, near_copy, stdlib
 
 from codemill.curate import dedup, minhash
 from codemill.curate.config import CurateConfig
+from codemill.curate.dedup_steps import score_boundary
 from codemill.curate.filters import check_file
 from codemill.curate.licenses import is_permissive, normalize
 from codemill.curate.pii import SensitiveWords, redact
 from codemill.curate.static import Ruff
-from codemill.curate.dedup_steps import score_boundary
 from codemill.curate.steps import repo_score
 from codemill.curate.syntax import check_syntax
 
@@ -129,7 +129,10 @@ def test_static_analysis_and_syntax():
 def test_repo_score_cut_is_one_boundary_over_repositories_with_files(tmp_path):
     cfg = CurateConfig(drop_lowest_fraction=0.15)
     rows = [{"repo": f"r{i:02d}", "score": repo_score(i * 10, i, i % 3, cfg), "kept": 1} for i in range(20)]
-    rows += [{"repo": "tie", "score": rows[1]["score"], "kept": 1}, {"repo": "empty", "score": 0.0, "kept": 0}]
+    rows += [
+        {"repo": "tie", "score": rows[1]["score"], "kept": 1},
+        {"repo": "empty", "score": 0.0, "kept": 0},
+    ]
     (tmp_path / "scan").mkdir()
     pq.write_table(pa.Table.from_pylist(rows[:9]), tmp_path / "scan" / "repos-00000.parquet")
     pq.write_table(pa.Table.from_pylist(rows[9:]), tmp_path / "scan" / "repos-00001.parquet")

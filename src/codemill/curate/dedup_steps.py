@@ -253,7 +253,11 @@ def _read_rows(work: Path, ids: np.ndarray, columns: list[str]) -> pa.Table:
         for g in np.unique(group):
             t = pf.read_row_group(int(g), columns=columns).take(pa.array(mine[group == g] - starts[g]))
             got.append(t.add_column(0, "id", pa.array(ids[shard == s][group == g], pa.uint64())))
-    return pa.concat_tables(got) if got else pa.table({"id": pa.array([], pa.uint64()), **{c: [] for c in columns}})
+    return (
+        pa.concat_tables(got)
+        if got
+        else pa.table({"id": pa.array([], pa.uint64()), **{c: [] for c in columns}})
+    )
 
 
 def _with_rank_inputs(work: Path, t: pa.Table) -> pa.Table:

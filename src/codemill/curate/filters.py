@@ -30,6 +30,11 @@ BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/=]{64,}")
 HEX_RUN = re.compile(r"(?:(?:0x|\\x)[0-9a-fA-F]{2}[,\s]*){64,}")  # bare hex runs are base64 runs too
 NOT_ALNUM = re.compile(r"[\W_]+")
 UNICODE_RUN = re.compile(r"(?:\\u[0-9a-fA-F]{4}){16,}")
+# bytes.translate tables: base64 characters -> "a", the rest -> " "; and the ASCII non-alphanumerics
+_B64 = bytes(
+    ord("a") if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/=") else ord(" ") for b in range(256)
+)
+_NOT_ALNUM = bytes(b for b in range(128) if not chr(b).isalnum())
 
 
 def check_file(path: str, lang: str, data: bytes, cfg: CurateConfig) -> tuple[str | None, str]:
@@ -49,32 +54,44 @@ def check_file(path: str, lang: str, data: bytes, cfg: CurateConfig) -> tuple[st
         return None, "too_many_lines"
     if max(map(len, lines)) > cfg.max_line_length:
         return None, "long_line"
-    if _trivial(text, lang, lines, cfg):
+    if _trivial(text, data, lang, lines, cfg):
         return None, "trivial"
     if GENERATED_PATHS.search(path) or GENERATED_MARKERS.search("\n".join(lines[:5])[:2000]):
         return None, "generated"
     nonblank = [len(line) for line in lines if line.strip()]
     if len(nonblank) > 1 and sum(nonblank) / len(nonblank) > 100:
         return None, "minified"
-    if _encoded(text, cfg):
+    if _encoded(text, data, cfg):
         return None, "encoded_data"
     return text, ""
 
 
-def _trivial(text: str, lang: str, lines: list[str], cfg: CurateConfig) -> bool:
+def _trivial(text: str, data: bytes, lang: str, lines: list[str], cfg: CurateConfig) -> bool:
     """Under two lines of code besides comments, or too few letters and digits to be code."""
-    alnum = len(NOT_ALNUM.sub("", text))
+    alnum = len(data.translate(None, _NOT_ALNUM)) if data.isascii() else len(NOT_ALNUM.sub("", text))
     if alnum < cfg.min_alnum_fraction * len(text.strip()):
         return True
     comment = BY_NAME[lang].line_comment
-    code = [s for line in lines if (s := line.strip()) and not (comment and s.startswith(comment))]
-    return len(code) < 2
+    code = 0
+    for line in lines:  # stops at the second line of code
+        s = line.strip()
+        if s and not (comment and s.startswith(comment)):
+            code += 1
+            if code == 2:
+                return False
+    return True
 
 
-def _encoded(text: str, cfg: CurateConfig) -> bool:
+def _encoded(text: str, data: bytes, cfg: CurateConfig) -> bool:
+    """Runs of encoded data; each regex runs only on files that could hold a run (C-speed tests)."""
     total = 0
-    for pattern, marker in ((BASE64_RUN, ""), (HEX_RUN, "x"), (UNICODE_RUN, "\\u")):
-        if marker not in text:
+    candidates = (
+        (BASE64_RUN, b"a" * 64 in data.translate(_B64)),
+        (HEX_RUN, data.count(b"0x") + data.count(b"\\x") >= 64),
+        (UNICODE_RUN, data.count(b"\\u") >= 16),
+    )
+    for pattern, possible in candidates:
+        if not possible:
             continue
         for m in pattern.finditer(text):
             n = m.end() - m.start()

@@ -84,7 +84,9 @@ def permissive_ids(tiers: tuple[str, ...], stack_list: bool) -> frozenset[str]:
     return frozenset(i.lower() for i in ids)
 
 
+@cache
 def _licensing():
+    """Built once per process: building it takes ~50 ms, and every repository asks."""
     return get_spdx_licensing()
 
 

@@ -1,46 +1,64 @@
 """Shingles and MinHash signatures, vectorised with NumPy.
 
-Shingles are lowercased word-token n-grams (`\\w+`, 5 by default). Each token is hashed once with
-xxh3-64 and an n-gram hash is a polynomial combination of its token hashes in uint64 arithmetic, so
-the whole file is hashed in a few array operations. The permutations are multiply-shift hashes
+Shingles are lowercased word-token n-grams (5 by default). Tokens are found and hashed with array
+operations over the text's bytes (no Python work per token), and an n-gram hash is a polynomial
+combination of its token hashes in uint64 arithmetic, so the whole file is hashed in a few array
+operations. The permutations are multiply-shift hashes
 (a·x + b mod 2^64, top 32 bits; Dietzfelbinger et al.), computed in chunks so memory stays bounded
 for large files. The same n-gram hashes serve decontamination.
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
-import xxhash
 
-TOKEN = re.compile(r"\w+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 _CHUNK = 4096
+_P = 0x100000001B3  # odd, so invertible mod 2^64
+_P_INV = pow(_P, -1, 1 << 64)
+# word bytes: ASCII letters, digits and "_", and every byte of a non-ASCII character
+_WORD = np.array([chr(b).isalnum() or b == ord("_") or b >= 0x80 for b in range(256)])
+_NOT_DIGIT = _WORD & ~np.isin(np.arange(256), np.arange(ord("0"), ord("9") + 1))
+_powers = (np.ones(1, np.uint64), np.ones(1, np.uint64))
 
 
-class _TokenHashes(dict):
-    """token -> xxh3-64, filled on first sight; lookups of known tokens stay in C."""
-
-    def __missing__(self, token: str) -> int:
-        if len(self) > 2_000_000:
-            self.clear()
-        h = self[token] = xxhash.xxh3_64_intdigest(token.encode())
-        return h
-
-
-_token_cache = _TokenHashes()
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^i and P^-i mod 2^64 for i < n (at least), grown on demand and kept."""
+    global _powers
+    if len(_powers[0]) < n:
+        size = max(n, 2 * len(_powers[0]))
+        _powers = tuple(
+            np.cumprod(np.r_[np.uint64(1), np.full(size - 1, p, np.uint64)]) for p in (_P, _P_INV)
+        )
+    return _powers
 
 
 def token_hashes(text: str, numbers: bool = True) -> np.ndarray:
-    tokens = TOKEN.findall(text.lower())
-    if not numbers:
-        tokens = [t for t in tokens if not t.isdigit()]
-    return np.fromiter(map(_token_cache.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+    """A 64-bit hash of every word token of the lowercased text, in order, in a few array passes.
+
+    A token is a run of ASCII letters, digits, "_" and non-ASCII characters (`\\w+` on ASCII text).
+    Its hash is a polynomial over its UTF-8 bytes (prefix sums times inverse powers, exact in
+    uint64 arithmetic) put through splitmix64's finalizer."""
+    b = np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), np.uint8)
+    edges = np.flatnonzero(np.diff(np.r_[False, _WORD[b], False].astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]
+    if not numbers and len(starts):
+        letters = np.r_[0, np.cumsum(_NOT_DIGIT[b])]
+        keep = letters[ends] > letters[starts]
+        starts, ends = starts[keep], ends[keep]
+    pw, inv = _power_tables(len(b) + 1)
+    prefix = np.r_[np.uint64(0), np.cumsum(b * pw[: len(b)], dtype=np.uint64)]
+    h = (prefix[ends] - prefix[starts]) * inv[starts] + (ends - starts).astype(np.uint64)
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
 
 
-def ngram_hashes(text: str, n: int, numbers: bool = True) -> np.ndarray:
-    """Sorted unique hashes of the token n-grams of `text` (empty if it has fewer than n tokens).
+def ngram_hashes(text: str, n: int, numbers: bool = True, unique: bool = True) -> np.ndarray:
+    """Sorted unique hashes of the token n-grams of `text` (empty if it has fewer than n tokens);
+    unique=False leaves them unsorted with repeats, which is all a MinHash signature needs.
 
     numbers=False leaves out number tokens, so runs of literals like `[1, 2, 3, ...]` in test
     data do not match every other table of small integers."""
@@ -51,7 +69,7 @@ def ngram_hashes(text: str, n: int, numbers: bool = True) -> np.ndarray:
     h = t[:m].copy()
     for k in range(1, n):
         h = h * _MULT + t[k : k + m]
-    return np.unique(h)
+    return np.unique(h) if unique else h
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -69,7 +69,8 @@ class Ruff:
         out: list[list[Defect]] = [[] for _ in files]
         if not files or not self.select:
             return out
-        with tempfile.TemporaryDirectory(prefix="codemill-ruff-") as tmp:
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # memory: no disk writes per file
+        with tempfile.TemporaryDirectory(prefix="codemill-ruff-", dir=shm) as tmp:
             names = []
             for i, (path, text) in enumerate(files):
                 name = f"{i:06d}{'.pyi' if path.endswith('.pyi') else '.py'}"

@@ -136,7 +136,7 @@ class ScanStep(PipelineStep):
         yield from ()
 
     def _write(self, d: Doc, rank: int, writer: ShardWriter, perms) -> dict:
-        shingles = minhash.ngram_hashes(d.text, self.cfg.ngram)
+        shingles = minhash.ngram_hashes(d.text, self.cfg.ngram, unique=False)
         bands = minhash.band_hashes(minhash.signature(shingles, perms), self.cfg.bands, self.cfg.rows)
         sha = hashlib.sha256(d.data).hexdigest()
         sig = {"id": rank << 32 | writer.n, "sha256": sha, "repo": d.repo, "path": d.path}
