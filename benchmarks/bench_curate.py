@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sysconfig
 import tempfile
 import time
@@ -43,7 +44,7 @@ def bench_signatures(texts: list[str]) -> dict:
 
     t = time.perf_counter()
     for text in texts:
-        toks = minhash.TOKEN.findall(text.lower())
+        toks = re.findall(r"\w+", text.lower())
         grams = {" ".join(toks[i : i + 5]).encode() for i in range(len(toks) - 4)}
         m = MinHash(num_perm=256)
         m.update_batch(list(grams))

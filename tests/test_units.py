@@ -141,6 +141,12 @@ def test_repo_score_cut_is_one_boundary_over_repositories_with_files(tmp_path):
     assert score_boundary(tmp_path, CurateConfig(drop_lowest_fraction=0.0)) is None
 
 
+def test_pii_positions_survive_characters_whose_lowercase_is_longer():
+    text = "NAME = 'İstanbul İzmir'\n" * 3 + "api_key = 'q8Zr2Lk9Xv4Tn7Bw1Yp3Hs6Jd'\n"
+    red = redact(text)
+    assert red.counts == {"KEY": 1} and red.text.endswith("api_key = '<KEY>'\n")
+
+
 def test_stdlib_is_mostly_untouched_by_pii():
     files = sorted(STDLIB.glob("*.py"))[:60]
     changed = sum(bool(redact(p.read_text()).counts) for p in files)

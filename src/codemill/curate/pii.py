@@ -188,6 +188,14 @@ _DETECTORS = (
 _TRIGGERS = [re.compile("|".join(map(re.escape, t))) if t else None for t, _, _ in _DETECTORS]
 
 
+def _lower(text: str) -> str:
+    """text.lower() with the same length, so positions in it are positions in text."""
+    lower = text.lower()
+    if len(lower) != len(text):  # "İ".lower() is two characters
+        lower = "".join(c if len(low := c.lower()) != 1 else low for c in text)
+    return lower
+
+
 def _line_spans(text: str, lower: str, trigger: re.Pattern) -> list[tuple[int, int]]:
     """(start, end) of every line holding a trigger, in order; one search per such line."""
     spans: list[tuple[int, int]] = []
@@ -219,7 +227,7 @@ def redact(text: str) -> Redaction:
         if pattern is None:
             continue
         if lower is None:
-            lower = text.lower()
+            lower = _lower(text)
         spans = [(0, len(text))] if trigger is None else _line_spans(text, lower, trigger)
         if not spans:
             continue
