@@ -185,7 +185,6 @@ _DETECTORS = (
 )
 
 
-_TRIGGERS = [re.compile("|".join(map(re.escape, t))) if t else None for t, _, _ in _DETECTORS]
 
 
 def _lower(text: str) -> str:
@@ -196,24 +195,26 @@ def _lower(text: str) -> str:
     return lower
 
 
-def _line_spans(text: str, lower: str, trigger: re.Pattern) -> list[tuple[int, int]]:
-    """(start, end) of every line holding a trigger, in order; one search per such line."""
-    spans: list[tuple[int, int]] = []
-    m = trigger.search(lower)
-    while m:
-        start = text.rfind("\n", 0, m.start()) + 1
-        end = text.find("\n", m.end())
-        end = len(text) if end < 0 else end
-        spans.append((start, end))
-        m = trigger.search(lower, end)
-    return spans
+def _line_spans(text: str, lower: str, triggers: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(start, end) of every line holding a trigger, in order. str.find per trigger (C speed, no
+    regex alternation); Python runs once per hit and skips the rest of a hit's line."""
+    spans = set()
+    for word in triggers:
+        pos = lower.find(word)
+        while pos >= 0:
+            start = text.rfind("\n", 0, pos) + 1
+            end = text.find("\n", pos)
+            end = len(text) if end < 0 else end
+            spans.add((start, end))
+            pos = lower.find(word, end)
+    return sorted(spans)
 
 
 def redact(text: str) -> Redaction:
     """Replace PII and secrets by their tags; `counts` says how many of each.
 
     A detector with trigger substrings runs only on the lines that hold one of them (found by one
-    literal search over the text), which keeps the slower regexes off most of the text."""
+    literal search per trigger), which keeps the slower regexes off most of the text."""
     counts: Counter = Counter()
 
     def tag(name: str) -> str:
@@ -223,12 +224,12 @@ def redact(text: str) -> Redaction:
     if "PRIVATE KEY-----" in text:
         text = PRIVATE_KEY.sub(lambda m: m.group(1) + tag("KEY") + m.group(3), text)
     lower = None
-    for (_, pattern, replace), trigger in zip(_DETECTORS, _TRIGGERS, strict=True):
+    for triggers, pattern, replace in _DETECTORS:
         if pattern is None:
             continue
         if lower is None:
             lower = _lower(text)
-        spans = [(0, len(text))] if trigger is None else _line_spans(text, lower, trigger)
+        spans = _line_spans(text, lower, triggers) if triggers else [(0, len(text))]
         if not spans:
             continue
         parts, pos = [], 0

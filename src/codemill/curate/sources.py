@@ -399,17 +399,17 @@ def _open_dist(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFil
         meta.license_source = "classifiers" if expr else meta.license_source
     meta.license = expr
     files = []
-    for f in sorted(dist.files or [], key=str):
-        rel = str(f)
-        full = Path(dist.locate_file(f))
+    base = str(dist.locate_file(""))
+    for rel in sorted(map(str, dist.files or [])):
         if rel.startswith(".."):  # scripts installed outside site-packages
             continue
+        full = os.path.join(base, rel)  # plain strings: pathlib per file cost seconds
         try:
-            st = full.stat()
+            st = os.stat(full)
         except OSError:
             files.append(RawFile(rel, 0, error="unreadable"))
             continue
-        files.append(RawFile(rel, st.st_size, read=_file_reader(str(full))))
+        files.append(RawFile(rel, st.st_size, read=_file_reader(full)))
     if not meta.license:
         lic_files = [
             f
