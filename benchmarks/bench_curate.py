@@ -1,6 +1,6 @@
 """Curation speed and near-dedup quality, against references measured in the same run.
 
-    python benchmarks/bench_curate.py [--files N] [--e2e]
+    python benchmarks/bench_curate.py [--files N] [--e2e] [--scale [--sizes 9500,38000,152000]]
 
 1. MinHash signatures (256 permutations, word 5-grams) on the same standard-library files:
    codemill vs datasketch 2.0 (`update_batch`) vs datatrove's `MinhashDedupSignature` (its default
@@ -9,6 +9,8 @@
    Jaccard; recall of codemill's 21 x 12 banding + verification on pairs with J >= 0.85, and the
    worst best-match of any removed file.
 3. --e2e: `codemill curate installed` end to end, MB/s per core overall and per stage.
+4. --scale: unordered Stack-style tables of real code with planted copies at several sizes: wall
+   time, MB/s per core, peak memory of the largest process, planted-copy recall (curate_scale.py).
 """
 
 from __future__ import annotations
@@ -115,7 +117,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--e2e", action="store_true")
+    ap.add_argument("--scale", action="store_true")
+    ap.add_argument("--sizes", default="9500,38000,152000")
     args = ap.parse_args()
+    if args.scale:
+        from curate_scale import bench_scale
+
+        bench_scale([int(n) for n in args.sizes.split(",")])
+        raise SystemExit
     texts = stdlib_files(args.files)
     print("signatures:", json.dumps(bench_signatures(texts)))
     print("quality:", json.dumps(bench_quality(texts)))

@@ -8,7 +8,7 @@ the rows shuffled as a real dump's are. 2% of snippets get an exact copy in anot
 is the share of plants where the copy or its original was removed by exact or near dedup.
 
 Each size runs `codemill curate` in a fresh process; the peak resident memory of the largest
-process (the driver or any worker) comes from getrusage in a wrapper.
+process (the driver or any worker) is sampled every 50 ms in a wrapper.
 """
 
 from __future__ import annotations
@@ -33,15 +33,27 @@ from codemill.langs import detect
 
 ROOTS = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], "/usr/include")
 SNIPPET_LINES = 30
+# Workers are forked by multiprocess's fork server, not by the driver, so getrusage cannot see
+# them: a thread samples the resident memory of every descendant every 50 ms.
 RUNNER = """
-import json, resource, sys
+import json, sys, threading, psutil
 from codemill.curate.config import CurateConfig
 from codemill.curate.pipeline import curate
+me, peak, done = psutil.Process(), {"driver": 0, "worker": 0}, threading.Event()
+def sample():
+    while not done.wait(0.05):
+        peak["driver"] = max(peak["driver"], me.memory_info().rss)
+        for p in me.children(recursive=True):
+            try:
+                peak["worker"] = max(peak["worker"], p.memory_info().rss)
+            except psutil.Error:
+                pass
+threading.Thread(target=sample, daemon=True).start()
 cfg = CurateConfig(**json.loads(sys.argv[3]))
 m = curate([sys.argv[1]], sys.argv[2], cfg, quiet=True)
+done.set()
 print(json.dumps({"manifest_seconds": m["seconds"], "stage_seconds": m["stage_seconds"],
-  "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-  "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+  "driver_rss_mb": peak["driver"] / 2**20, "worker_rss_mb": peak["worker"] / 2**20}))
 """
 
 

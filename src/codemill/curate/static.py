@@ -105,7 +105,7 @@ class Ruff:
                 code = item.get("code")
                 if code not in RUFF_RULES:
                     continue
-                idx = int(Path(item["filename"]).stem)
+                idx = int(os.path.basename(item["filename"])[:6])
                 category, severity = RUFF_RULES[code]
                 row = (item.get("location") or {}).get("row", 0)
                 out[idx].append(Defect(code, category, severity, row, item["message"]))
