@@ -99,7 +99,7 @@ def build_table(base: list[tuple[str, str, str]], out: Path, seed: int = 0) -> d
     rows, repo, i = [], 0, 0
     while i < len(base):
         size = rng.randint(10, 60)
-        for src, name, text in base[i : i + size]:
+        for _, name, text in base[i : i + size]:
             rows.append({"repo": f"org{repo % 97}/repo{repo}", "path": f"{repo}/{name}", "content": text})
         i, repo = i + size, repo + 1
     plants = {"exact": [], "near": []}

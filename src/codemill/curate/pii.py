@@ -185,8 +185,6 @@ _DETECTORS = (
 )
 
 
-
-
 def _lower(text: str) -> str:
     """text.lower() with the same length, so positions in it are positions in text."""
     lower = text.lower()
