@@ -7,6 +7,8 @@ the rows shuffled as a real dump's are. 2% of snippets get an exact copy in anot
 2% a near copy (a few lines edited, exact Jaccard of the 5-gram sets >= 0.9, checked here). Recall
 is the share of plants where the copy or its original was removed by exact or near dedup.
 
+Per-task working sets are set small (`bucket_mb` 2, `buffer_mb` 4, `part_files` 10,000), as a
+cluster run sets them against its own input, so task counts grow with the input and memory must not.
 Each size runs `codemill curate` in a fresh process; the peak resident memory of the largest
 process (the driver or any worker) is sampled every 50 ms in a wrapper.
 """
@@ -161,7 +163,10 @@ def bench_scale(sizes: list[int], tasks: int = 8, workers: int = 2) -> list[dict
     base = snippets(max(sizes))
     if len(base) < max(sizes):
         raise RuntimeError(f"only {len(base)} snippets of installed code; lower --sizes")
+    # the per-task working sets scaled down with the inputs (defaults: 64 MB, 128 MB, 1M files), so
+    # that the largest size has many buckets and dedup parts and the bound is exercised
     cfg = {"tasks": tasks, "workers": workers, "drop_lowest_fraction": 0.0}
+    cfg |= {"bucket_mb": 2, "buffer_mb": 4, "part_files": 10_000}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:

@@ -13,8 +13,11 @@ class CurateConfig(Settings):
     # execution
     tasks: int = 4
     workers: int = 2
-    bucket_mb: int = 64  # tables: uncompressed MB per shuffle bucket (one scan task's working set)
-    dedup_tasks: int = 0  # exact-dedup parts, verify parts, bucket ranges x bands; 0: `tasks`
+    # per-task working sets; task counts follow the input's size so these stay fixed as it grows
+    bucket_mb: int = 64  # tables: uncompressed MB per shuffle bucket (a scan task holds one)
+    buffer_mb: int = 128  # rows a shuffle or scan task buffers before writing its partitions
+    part_files: int = 1_000_000  # files per dedup part (exact and verify tasks; bucket ranges)
+    dedup_tasks: int = 0  # 0: max(tasks, files in the tables / part_files)
     # sources: column names of The Stack-style tables
     columns: dict[str, str] = field(
         default_factory=lambda: {

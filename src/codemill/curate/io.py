@@ -61,7 +61,7 @@ class PartitionWriter:
     file stays open whatever the number of partitions (datatrove #335: too many open files). The
     files keep temporary names until `close`, and a rerun of the task writes the same files."""
 
-    def __init__(self, root: Path, name: str, schema: pa.Schema, limit: int = 128 << 20):
+    def __init__(self, root: Path, name: str, schema: pa.Schema, limit: int):
         self.root, self.name, self.schema, self.limit = root, name, schema, limit
         self.buffers: dict[int, list[pa.Table]] = {}
         self.size = self.flushes = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from codemill.curate.checks import STAGES
-from codemill.curate.io import atomic_json, atomic_parquet
+from codemill.curate.io import ShardWriter, atomic_json
 
 DROP_SCHEMA = pa.schema(
     [
@@ -34,10 +34,15 @@ def _empty() -> dict:
 
 
 class Ledger:
-    def __init__(self) -> None:
+    """One task's counts, and its drop rows streamed to `drops-{rank}.parquet` (a task's memory
+    must not grow with the files it drops)."""
+
+    def __init__(self, directory: Path, rank: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.rank = directory, rank
         self.stages = {s: _empty() for s in STAGES}
         self.extra: Counter = Counter()  # e.g. PII replacements per tag
-        self.rows: list[dict] = []
+        self.rows = ShardWriter(directory / f"drops-{rank:05d}.parquet", DROP_SCHEMA)
 
     def keep(self, stage: str, nbytes: int, bytes_out: int | None = None) -> None:
         s = self.stages[stage]
@@ -53,7 +58,7 @@ class Ledger:
         s["files_in"] += 1
         s["bytes_in"] += nbytes
         s["drops"][reason] += 1
-        self.rows.append(
+        self.rows.add(
             {
                 "stage": stage,
                 "reason": reason,
@@ -65,11 +70,10 @@ class Ledger:
             }
         )
 
-    def save(self, directory: Path, rank: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_json(directory / f"ledger-{rank:05d}.json", {"stages": self.stages, "extra": self.extra})
-        atomic_parquet(
-            pa.Table.from_pylist(self.rows, schema=DROP_SCHEMA), directory / f"drops-{rank:05d}.parquet"
+    def save(self) -> None:
+        self.rows.close()
+        atomic_json(
+            self.directory / f"ledger-{self.rank:05d}.json", {"stages": self.stages, "extra": self.extra}
         )
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as md
 import json
+import math
 import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -95,10 +97,12 @@ def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tupl
     stages = []
     tables = [u for u in units if u.kind == "table"]
     units = [u for u in units if u.kind != "table"]
+    table_rows = 0
     if tables:
         found = [pieces(u.locator, cfg) for u in tables]
-        all_pieces = [p for ps, _ in found for p in ps]
-        buckets = n_buckets(sum(n for _, n in found), cfg)
+        all_pieces = [p for ps, _, _ in found for p in ps]
+        buckets = n_buckets(sum(n for _, n, _ in found), cfg)
+        table_rows = sum(rows for *_, rows in found)
         tasks = max(1, min(cfg.tasks, len(all_pieces)))
         stages.append(("shuffle", ShuffleStep(all_pieces, buckets, cfg, w), tasks, len(all_pieces)))
         units += [
@@ -106,6 +110,7 @@ def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tupl
             for b in range(buckets)
         ]
     n_tasks = max(1, min(cfg.tasks, len(units)))
+    cfg = replace(cfg, dedup_tasks=cfg.dedup_tasks or max(cfg.tasks, math.ceil(table_rows / cfg.part_files)))
     n_parts, n_buckets_tasks = parts(cfg), cfg.bands * ranges(cfg)
     stages += [
         ("scan", ScanStep(units, cfg, w), n_tasks, len(units)),

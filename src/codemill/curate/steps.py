@@ -91,11 +91,11 @@ class ScanStep(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         cfg, out = self.cfg, self.work / "scan"
         out.mkdir(parents=True, exist_ok=True)
-        ledger, progress = Ledger(), Progress(self.work / "progress", "scan", rank)
+        ledger, progress = Ledger(out, rank), Progress(self.work / "progress", "scan", rank)
         checks = [c(cfg) for c in SCAN]
         perms = minhash.permutations(cfg.num_perm, cfg.seed)
         writer = ShardWriter(out / f"files-{rank:05d}.parquet", SCAN_SCHEMA)
-        sigs = PartitionWriter(self.work / "dedup" / "sig", f"{rank:05d}", SIG_SCHEMA)
+        sigs = PartitionWriter(self.work / "dedup" / "sig", f"{rank:05d}", SIG_SCHEMA, cfg.buffer_mb << 20)
         repos = []
         for unit in self.units[rank::world_size]:
             for meta, files in repositories(unit, cfg):
@@ -131,7 +131,7 @@ class ScanStep(PipelineStep):
         writer.close()
         sigs.close()
         atomic_parquet(pa.Table.from_pylist(repos, schema=REPO_SCHEMA), out / f"repos-{rank:05d}.parquet")
-        ledger.save(out, rank)
+        ledger.save()
         progress.flush()
         yield from ()
 
@@ -165,7 +165,10 @@ class RefineStep(PipelineStep):
         self.cfg, self.work, self.out = cfg, Path(work), Path(out)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        ledger, progress = Ledger(), Progress(self.work / "progress", "refine", rank)
+        ledger, progress = (
+            Ledger(self.work / "refine", rank),
+            Progress(self.work / "progress", "refine", rank),
+        )
         removed = self._removed(rank)
         checks = [c(self.cfg) for c in REFINE]
         repos = pq.read_table(self.work / "scan" / f"repos-{rank:05d}.parquet")
@@ -190,7 +193,7 @@ class RefineStep(PipelineStep):
             progress.advance(batch.num_rows)
         writer.close()
         atomic_parquet(self._repos(repos, kept), self.work / "refine" / f"repos-{rank:05d}.parquet")
-        ledger.save(self.work / "refine", rank)
+        ledger.save()
         progress.flush()
         yield from ()
 

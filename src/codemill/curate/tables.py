@@ -53,16 +53,18 @@ class Piece:
     end: int = 0
 
 
-def pieces(path: str, cfg: CurateConfig, jsonl_piece: int = JSONL_PIECE) -> tuple[list[Piece], int]:
-    """The pieces of one table and its size in bytes uncompressed (an estimate for JSONL)."""
+def pieces(path: str, cfg: CurateConfig, jsonl_piece: int = JSONL_PIECE) -> tuple[list[Piece], int, int]:
+    """The pieces of one table, its size in bytes uncompressed and its rows (estimates for JSONL:
+    the file size, and a row per KB)."""
     if path.endswith(".parquet"):
         meta = pq.ParquetFile(path).metadata
         if cfg.columns["repo"] not in pq.ParquetFile(path).schema_arrow.names:
             raise ValueError(f"{path}: no column {cfg.columns['repo']!r}; set curate.columns.repo")
         groups = range(meta.num_row_groups)
-        return [Piece(path, g) for g in groups], sum(meta.row_group(g).total_byte_size for g in groups)
+        size = sum(meta.row_group(g).total_byte_size for g in groups)
+        return [Piece(path, g) for g in groups], size, meta.num_rows
     size = Path(path).stat().st_size
-    return [Piece(path, s, min(s + jsonl_piece, size)) for s in range(0, size, jsonl_piece)], size
+    return [Piece(path, s, min(s + jsonl_piece, size)) for s in range(0, size, jsonl_piece)], size, size >> 10
 
 
 def n_buckets(total_bytes: int, cfg: CurateConfig) -> int:
@@ -86,7 +88,9 @@ class ShuffleStep(PipelineStep):
         self.pieces, self.buckets, self.cfg, self.work = all_pieces, buckets, cfg, Path(work)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        writer = PartitionWriter(self.work / "shuffle", f"{rank:05d}", SHUFFLE_SCHEMA)
+        writer = PartitionWriter(
+            self.work / "shuffle", f"{rank:05d}", SHUFFLE_SCHEMA, self.cfg.buffer_mb << 20
+        )
         progress = Progress(self.work / "progress", "shuffle", rank)
         for index in range(rank, len(self.pieces), world_size):
             for batch in _read_piece(self.pieces[index], index, self.cfg):
