@@ -8,12 +8,22 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import stdlib
 
 from codemill.data.config import DataConfig
 from codemill.data.deps import dependencies, dependency_order
 from codemill.data.objectives import SfimPolicy, Span, fim_split, make_sample, sfim_span
-from codemill.data.ordering import STRATEGIES, draw, order_files
-from codemill.data.repo import CodeCorpus
+from codemill.data.ordering import (
+    STRATEGIES,
+    _path_vectors,
+    content_central_order,
+    content_order,
+    draw,
+    order_files,
+    path_groups,
+    path_order,
+)
+from codemill.data.repo import CodeCorpus, SourceFile
 from codemill.data.stats import StreamStats
 from codemill.data.stream import TrainingStream, keyed_rng
 from codemill.data.tokenizer import load_tokenizer
@@ -85,6 +95,38 @@ def test_every_order_is_a_permutation(corpus, strategy):
         for seed in range(3):
             got, order = order_files(files, random.Random(seed), {strategy: 1.0})
             assert got == strategy and sorted(order) == list(range(len(files)))
+
+
+def _stdlib_files(names: list[str]) -> list[SourceFile]:
+    return [SourceFile(n, "Python", stdlib(n.rsplit("/", 1)[-1])) for n in names]
+
+
+def test_path_strategy_puts_each_anchor_after_its_k_nearest_files():
+    names = ["pkg/a/x_util.py", "pkg/a/x_core.py", "pkg/a/y_util.py", "pkg/b/x_util.py", "pkg/b/z.py"]
+    names += ["tests/test_x_util.py", "tests/test_z.py", "docs/conf.py", "pkg/a/__init__.py", "setup.py"]
+    files = [SourceFile(n, "Python", "x = 1\n") for n in names]
+    x = _path_vectors(files)
+    for seed in range(20):
+        groups = path_groups(files, random.Random(seed))
+        order = path_order(files, random.Random(seed))
+        assert sorted(order) == list(range(len(files)))
+        left = set(range(len(files)))
+        for near, anchor in groups:
+            pos = order.index(anchor)
+            assert [order.index(i) for i in near] == list(range(pos - len(near), pos))  # right before it
+            others = sorted(left - {anchor})
+            sim = {i: float((x[i] @ x[anchor].T).toarray()[0, 0]) for i in others}
+            worst_kept = min((sim[i] for i in near), default=1.0)
+            assert all(sim[i] <= worst_kept + 1e-9 for i in set(others) - set(near))  # the K nearest
+            left -= {anchor, *near}
+
+
+def test_content_strategy_shuffles_files_inside_a_cluster():
+    files = _stdlib_files(["textwrap.py", "shlex.py", "colorsys.py", "bisect.py"])
+    first = Counter(content_order(files, random.Random(seed), max_clusters=1)[0] for seed in range(800))
+    assert set(first) == set(range(4)) and all(150 <= c <= 250 for c in first.values()), first
+    central = Counter(content_central_order(files, random.Random(s), max_clusters=1)[0] for s in range(50))
+    assert len(central) == 1  # our variant: always the most central file first
 
 
 def test_dependencies_come_first_and_cycles_are_handled(corpus):

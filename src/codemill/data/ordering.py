@@ -1,13 +1,17 @@
 """Algorithm 1 of the paper: the order in which a repository's files enter the training stream.
 
 One strategy per repository, drawn with the recipe's probabilities (paper: content 30, path 30,
-dependency 30, random 10). Choices the paper leaves open, made here:
-- content: TF-IDF over identifiers, KMeans with k = min(randint(1, 20), files); clusters in random
-  order, files of a cluster from the most central outwards;
-- path: a walk over the K-nearest-neighbour graph of paths (directory prefixes and file-name words,
-  TF-IDF, cosine), from a random file to its nearest unvisited neighbour, jumping to a random
-  unvisited file when the neighbourhood is exhausted;
-- dependency: imports before importers, cycles broken by fewest unplaced dependencies (deps.py).
+dependency 30, random 10). The paper's strategies, as Algorithm 1 prints them:
+- content: TF-IDF + KMeans with k = min(random(1, 20), files); the clusters shuffled, then each
+  cluster's files shuffled (`orderedFiles.extend(SHUFFLE(Cluster))`);
+- path: repeat K = random(1, |Files|), randomFile = random(Files); append randomFile's K path-nearest
+  files (removed from Files), then randomFile, so a file follows the files whose paths resemble it;
+- dependency: imports before importers (deps.py).
+What the paper leaves open: TF-IDF over identifiers; path similarity = cosine of TF-IDF over
+directory prefixes and file-name words; the K neighbours nearest first; K capped by the files left.
+
+Named variants of ours, measured against the paper's: `content_central` (a cluster's files from
+the most central outwards) and `path_walk` (a nearest-neighbour walk from file to file).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from sklearn.neighbors import NearestNeighbors
 from codemill.data.deps import dependencies, dependency_order
 from codemill.data.repo import SourceFile
 
-STRATEGIES = ("content", "path", "dependency", "random")
+STRATEGIES = ("content", "path", "dependency", "random", "content_central", "path_walk")
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]+"
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
@@ -38,21 +42,46 @@ def draw(probs: dict[str, float], rng: random.Random) -> str:
     return key
 
 
-def content_order(files: list[SourceFile], rng: random.Random, max_clusters: int) -> list[int]:
+def _clusters(files: list[SourceFile], rng: random.Random, max_clusters: int):
+    """KMeans labels and distances to the centre, or None when no file has an identifier."""
     n = len(files)
     try:
         x = TfidfVectorizer(token_pattern=IDENTIFIER, lowercase=False, sublinear_tf=True, dtype=np.float32)
         x = x.fit_transform([f.text for f in files])
-    except ValueError:  # no identifiers at all: one cluster
-        return rng.sample(range(n), n)
+    except ValueError:
+        return None
     k = min(rng.randint(1, max_clusters), n)
     km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=rng.randrange(2**31))
     labels = km.fit_predict(x)
-    dist = km.transform(x)[np.arange(n), labels]
+    return labels, km.transform(x)[np.arange(n), labels]
+
+
+def content_order(files: list[SourceFile], rng: random.Random, max_clusters: int) -> list[int]:
+    """The paper's: clusters shuffled, each cluster's files shuffled."""
+    found = _clusters(files, rng, max_clusters)
+    if found is None:  # no identifiers at all: one cluster
+        return rng.sample(range(len(files)), len(files))
+    labels = found[0].tolist()
+    clusters = sorted(set(labels))
+    rng.shuffle(clusters)
+    order: list[int] = []
+    for c in clusters:
+        members = [i for i, label in enumerate(labels) if label == c]
+        rng.shuffle(members)
+        order += members
+    return order
+
+
+def content_central_order(files: list[SourceFile], rng: random.Random, max_clusters: int) -> list[int]:
+    """Ours: clusters shuffled, each cluster's files from the most central outwards."""
+    found = _clusters(files, rng, max_clusters)
+    if found is None:
+        return rng.sample(range(len(files)), len(files))
+    labels, dist = found
     clusters = sorted(set(labels.tolist()))
     rng.shuffle(clusters)
     rank = {c: r for r, c in enumerate(clusters)}
-    return sorted(range(n), key=lambda i: (rank[labels[i]], dist[i], i))
+    return sorted(range(len(files)), key=lambda i: (rank[labels[i]], dist[i], i))
 
 
 def _path_features(path: str) -> list[str]:
@@ -62,9 +91,37 @@ def _path_features(path: str) -> list[str]:
     ]
 
 
-def path_order(files: list[SourceFile], rng: random.Random, neighbours: int = 16) -> list[int]:
+def _path_vectors(files: list[SourceFile]):
+    """Rows of unit length, so a dot product is the cosine similarity of two paths."""
+    return TfidfVectorizer(analyzer=_path_features).fit_transform([f.path for f in files])
+
+
+def path_groups(files: list[SourceFile], rng: random.Random) -> list[tuple[list[int], int]]:
+    """Algorithm 1's path loop: (the K path-nearest remaining files, the random anchor) per round."""
+    x = _path_vectors(files)
+    left = list(range(len(files)))
+    groups = []
+    while left:
+        k = min(rng.randint(1, len(left)), len(left) - 1)
+        anchor = rng.choice(left)
+        others = [i for i in left if i != anchor]
+        sim = (x[others] @ x[anchor].T).toarray().ravel() if others else np.empty(0)
+        near = [others[j] for j in sorted(range(len(others)), key=lambda j: (-sim[j], others[j]))[:k]]
+        groups.append((near, anchor))
+        taken = {anchor, *near}
+        left = [i for i in left if i not in taken]
+    return groups
+
+
+def path_order(files: list[SourceFile], rng: random.Random) -> list[int]:
+    """The paper's: each round appends the anchor's K nearest files, then the anchor."""
+    return [i for near, anchor in path_groups(files, rng) for i in [*near, anchor]]
+
+
+def path_walk_order(files: list[SourceFile], rng: random.Random, neighbours: int = 16) -> list[int]:
+    """Ours: from a random file to its nearest unvisited neighbour, jumping when none is left."""
     n = len(files)
-    x = TfidfVectorizer(analyzer=_path_features).fit_transform([f.path for f in files])
+    x = _path_vectors(files)
     k = min(neighbours, n)
     knn = NearestNeighbors(n_neighbors=k, metric="cosine").fit(x).kneighbors(x, return_distance=False)
     jumps = rng.sample(range(n), n)
@@ -94,8 +151,12 @@ def order_files(
         return strategy, list(range(n))
     if strategy == "content":
         return strategy, content_order(files, rng, max_clusters)
+    if strategy == "content_central":
+        return strategy, content_central_order(files, rng, max_clusters)
     if strategy == "path":
         return strategy, path_order(files, rng)
+    if strategy == "path_walk":
+        return strategy, path_walk_order(files, rng)
     if strategy == "dependency":
         return strategy, dependency_order(dependencies(files), rng)
     if strategy == "random":
