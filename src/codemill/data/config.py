@@ -24,10 +24,12 @@ class DataConfig(Settings):
     # objectives: paper §III-C. The README says SFIM 70 / NTP 30, issue #17 NTP 40: all settable.
     code_objectives: dict[str, float] = field(default_factory=lambda: {"sfim": 0.7, "fim": 0.15, "ntp": 0.15})
     text_objectives: dict[str, float] = field(default_factory=lambda: {"fim": 0.5, "ntp": 0.5})
-    objective_unit: str = "file"  # file: drawn per file; repo: one draw per repository
+    # paper §III-C: "Given a code repository, we choose SFIM with a probability of 70% ...": one draw
+    # per repository (`file`, a draw per file, is ours)
+    objective_unit: str = "repo"
     fim_spm_rate: float = 0.5
     sfim_spm_rate: float = 0.7
-    sfim_policy: str = "weighted"  # weighted | literal (see data/objectives.py)
+    sfim_policy: str = "literal"  # the paper's rule; `weighted` is ours (see data/objectives.py)
     sfim_weights: dict[str, float] = field(
         default_factory=lambda: {"statement": 0.5, "block": 0.3, "expression": 0.2}
     )

@@ -17,7 +17,8 @@ from codemill.flow.run import run
 VARIANTS: dict[str, dict] = {
     "ntp": {"code_objectives": {"ntp": 1.0}},
     "ntp-fim": {"code_objectives": {"ntp": 0.5, "fim": 0.5}},
-    "paper": {},  # data/config.py's defaults: SFIM 0.7, FIM 0.15, NTP 0.15, Algorithm 1 ordering
+    "paper": {},  # data/config.py's defaults: SFIM 0.7, FIM 0.15, NTP 0.15 per repository, literal SFIM, Algorithm 1
+    "paper-weighted-sfim": {"sfim_policy": "weighted"},  # our SFIM node policy against the paper's rule
     "paper-random-order": {"ordering": {"random": 1.0}},
 }
 
