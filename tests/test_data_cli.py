@@ -25,6 +25,7 @@ def test_tokenizer_train_then_stats_and_preview(code_corpus, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "objective mix" in r.stdout and "SFIM middle, bytes" in r.stdout
+    assert "objectives drawn per repo" in r.stdout and "SFIM literal rule" in r.stdout
     stats = json.loads(out.read_text())
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in code_corpus.glob("files-*.parquet"))
     assert stats["repos"] == 8 and stats["files"] == rows  # one whole pass

@@ -177,6 +177,11 @@ def data_stats(
             bar.update(task, advance=1, description=f"windows ({stats.repos} repositories)")
             if stats.windows == windows:
                 break
+    cfg = stream.cfg
+    console.print(
+        f"rules: Algorithm 1 strategies {cfg.ordering}; objectives drawn per {cfg.objective_unit} "
+        f"{cfg.code_objectives}; SFIM {cfg.sfim_policy} rule"
+    )
     for table in stats.tables():
         console.print(table)
     if json_out:

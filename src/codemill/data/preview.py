@@ -35,13 +35,13 @@ def render(doc: Doc, limit: int = 600) -> Text:
     return out
 
 
-def title(doc: Doc) -> str:
+def title(doc: Doc, sfim_policy: str) -> str:
     s = doc.sample
     what = s.objective.upper()
     if s.suffix is not None:
         what += " " + ("SPM" if s.spm else "PSM")
     if s.node:
-        what += f", node {s.node}"
+        what += f", {sfim_policy} rule, node {s.node}"
     if s.fallback:
         what += f" (fallback: {s.fallback})"
     return f"{doc.path}  ·  {what}  ·  ordering: {doc.strategy}  ·  {len(doc.ids)} tokens"
@@ -66,7 +66,9 @@ def preview(stream: TrainingStream, console: Console, docs: int, limit: int, rep
             for doc in stream.encode([make()])[0]:
                 if doc.sample is None:
                     continue  # repository metadata, spilled context
-                console.print(Panel(render(doc, limit), title=title(doc), title_align="left"))
+                console.print(
+                    Panel(render(doc, limit), title=title(doc, stream.cfg.sfim_policy), title_align="left")
+                )
                 shown += 1
             if shown >= docs:
                 break
