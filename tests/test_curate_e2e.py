@@ -96,6 +96,10 @@ def test_corpus_contract(corpus):
     for s in stages:
         assert s["files_in"] == s["files_out"] + sum(s["drops"].values())
     assert stages[-1]["files_out"] == len(rows) == manifest["files"]["out"]
+    # the sharded stages and their task counts: 3 parts (tasks=3), 21 bands x 1 key range
+    assert manifest["stage_tasks"] == {
+        "scan": 3, "score": 1, "exact": 3, "buckets": 21, "verify": 3, "cluster": 1, "refine": 3
+    }  # fmt: skip
     assert json.loads((out / "manifest.json").read_text())["tools"]["datatrove"]
 
 

@@ -87,7 +87,7 @@ def curate(
         ex = make_executor(executor, [step], tasks, cfg.workers, work / "logs" / name)
         _run_with_progress(ex, name, total, work, quiet)
         timings[name] = round(time.time() - start, 2)
-    n_tasks = next(tasks for name, _, tasks, _ in stages if name == "scan")
+    n_tasks = {name: tasks for name, _, tasks, _ in stages}
     return _finalize(out, work, sources, cfg, units, n_tasks, executor, timings, time.time() - t0)
 
 
@@ -251,7 +251,8 @@ def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, tim
         "format": "codemill-corpus/1",
         "sources": sources,
         "executor": executor,
-        "tasks": n_tasks,
+        "tasks": n_tasks["scan"],
+        "stage_tasks": n_tasks,
         "config": cfg.to_dict(),
         "tools": _versions(),
         "seconds": round(seconds, 2),
