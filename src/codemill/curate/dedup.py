@@ -32,11 +32,18 @@ class Removal:
 
 
 def exact(sha256: list[str], rank: np.ndarray) -> list[Removal]:
-    best: dict[str, int] = {}
-    for i in np.argsort(rank, kind="stable"):
-        best.setdefault(sha256[i], int(i))
+    """Every file but the best-ranked of each SHA-256, with the file it duplicates."""
+    if not len(sha256):
+        return []
+    sha = np.asarray(sha256, dtype=object)
+    order = np.argsort(rank, kind="stable")
+    order = order[np.argsort(sha[order], kind="stable")]  # by hash, then rank
+    s = sha[order]
+    first = np.r_[True, s[1:] != s[:-1]]
+    kept = order[np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))]
     return [
-        Removal(i, "exact_duplicate", best[h], best[h], 1.0) for i, h in enumerate(sha256) if best[h] != i
+        Removal(int(i), "exact_duplicate", int(k), int(k), 1.0)
+        for i, k in zip(order[~first], kept[~first], strict=True)
     ]
 
 

@@ -31,7 +31,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from codemill.curate import dedup, minhash
 from codemill.curate.config import CurateConfig
-from codemill.curate.io import Progress, atomic_json, atomic_parquet, read_part
+from codemill.curate.io import Progress, atomic_json, atomic_parquet, read_part, read_tables
 
 SIG_SCHEMA = pa.schema(
     [
@@ -68,6 +68,9 @@ NODE_SCHEMA = pa.schema(
         ("path", pa.string()),
     ]
 )
+BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("id", pa.uint64())])
+PAIR_SCHEMA = pa.schema([("part", pa.uint32()), ("i", pa.uint64()), ("j", pa.uint64())])
+SIMILAR_SCHEMA = pa.schema([("i", pa.uint64()), ("j", pa.uint64()), ("jaccard", pa.float64())])
 RANK_ORDER = [("score", "descending"), ("stars", "descending"), ("repo", "ascending"), ("path", "ascending")]
 ROW_GROUP = 65_536
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -84,6 +87,15 @@ def ranges(cfg: CurateConfig) -> int:
 
 def sha_part(sha256: str, cfg: CurateConfig) -> int:
     return int(sha256[:8], 16) % parts(cfg)
+
+
+def is_cut(score: np.ndarray, repo: pa.Array, cut: dict | None) -> np.ndarray:
+    """Whether the score cut takes each (score, repository): at or below the boundary (score,
+    name), the last repository the cut takes (ScoreCutStep)."""
+    if not cut:
+        return np.zeros(len(score), bool)
+    le_name = pc.less_equal(repo, cut["repo"]).to_numpy(zero_copy_only=False)
+    return (score < cut["score"]) | ((score == cut["score"]) & le_name)
 
 
 def split_id(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,16 +121,17 @@ class _Step(PipelineStep):
         raise NotImplementedError
 
 
-def _cluster_rows(kind: str, cluster: list[str], member: list[str], kept: list[str | None], sim) -> pa.Table:
-    repo_path = [m.split("\0") for m in member]
+def _cluster_rows(kind: str, cluster: list[str], repo: list, path: list, kept: list, sim) -> pa.Table:
+    """Rows of dedup_clusters.parquet; `cluster` and `kept` name files as repo/path, kept None for
+    a kept file."""
     return pa.table(
         {
-            "kind": [kind] * len(member),
-            "cluster": [c.replace("\0", "/") for c in cluster],
-            "repo": [r for r, _ in repo_path],
-            "path": [p for _, p in repo_path],
+            "kind": [kind] * len(repo),
+            "cluster": cluster,
+            "repo": repo,
+            "path": path,
             "kept": [k is None for k in kept],
-            "duplicate_of": [k and k.replace("\0", "/") for k in kept],
+            "duplicate_of": kept,
             "jaccard": list(sim),
         },
         schema=CLUSTER_SCHEMA,
@@ -140,32 +153,42 @@ class ExactStep(_Step):
 
     def task(self, rank: int) -> None:
         t = read_part(self.dir / "sig" / f"{rank:05d}", SIG_SCHEMA)
-        cut = json.loads((self.dir / "cut.json").read_text())
         score = t.column("score").to_numpy()
-        if cut:  # (score, repo) <= the boundary, the last repository the cut takes
-            le_name = pc.less_equal(t.column("repo"), cut["repo"]).to_numpy(zero_copy_only=False)
-            is_cut = (score < cut["score"]) | ((score == cut["score"]) & le_name)
-        else:
-            is_cut = np.zeros(t.num_rows, bool)
-        gone = [_removed(t.column("id").filter(is_cut), "repo_score", ["low_repo_score"] * int(is_cut.sum()),
-                         [f"score {s:.3f}" for s in score[is_cut]])]  # fmt: skip
-        t = t.filter(~is_cut).sort_by([("sha256", "ascending"), *RANK_ORDER])
-        sha = t.column("sha256").to_numpy(zero_copy_only=False)
-        first = np.r_[True, sha[1:] != sha[:-1]] if len(sha) else np.empty(0, bool)
-        kept_at = np.maximum.accumulate(np.where(first, np.arange(len(sha)), 0))
-        key = pc.binary_join_element_wise(t.column("repo"), t.column("path"), "\0").to_pylist()
-        dup = np.flatnonzero(~first)
-        gone.append(_removed(t.column("id").take(dup), "exact_dedup", ["exact_duplicate"] * len(dup),
-                             [key[kept_at[i]].replace("\0", "/") for i in dup]))  # fmt: skip
-        kept_key = [key[kept_at[i]] for i in dup]
+        cut = is_cut(score, t.column("repo"), json.loads((self.dir / "cut.json").read_text()))
+        gone = [_removed(t.column("id").filter(cut), "repo_score", ["low_repo_score"] * int(cut.sum()),
+                         [f"score {s:.3f}" for s in score[cut]])]  # fmt: skip
+        t = t.filter(~cut)
+        rank_of = np.empty(t.num_rows, np.int64)
+        rank_of[pc.sort_indices(t, sort_keys=RANK_ORDER).to_numpy()] = np.arange(t.num_rows)
+        dups = dedup.exact(t.column("sha256").to_pylist(), rank_of)
+        dup, kept = [r.index for r in dups], [r.kept for r in dups]
+        repo, path = t.column("repo").to_pylist(), t.column("path").to_pylist()
+        kept_name = [f"{repo[k]}/{path[k]}" for k in kept]
+        gone.append(
+            _removed(
+                t.column("id").take(pa.array(dup, pa.int64())),
+                "exact_dedup",
+                ["exact_duplicate"] * len(dup),
+                kept_name,
+            )
+        )
         atomic_parquet(
-            _cluster_rows("exact", kept_key, [key[i] for i in dup], kept_key, [1.0] * len(dup)),
+            _cluster_rows(
+                "exact",
+                kept_name,
+                [repo[i] for i in dup],
+                [path[i] for i in dup],
+                kept_name,
+                [1.0] * len(dup),
+            ),
             self.dir / "clusters" / f"exact-{rank:05d}.parquet",
         )
         atomic_parquet(
             pa.concat_tables(gone).sort_by("id"), self.dir / "removed" / f"exact-{rank:05d}.parquet"
         )
-        live = t.filter(pa.array(first & (t.column("n_shingles").to_numpy() > 0)))
+        survives = np.ones(t.num_rows, bool)
+        survives[dup] = False
+        live = t.filter(pa.array(survives & (t.column("n_shingles").to_numpy() > 0)))
         ids = live.column("id").to_numpy()
         bands = pc.list_flatten(live.column("bands")).to_numpy().reshape(len(ids), self.cfg.bands)
         for b in range(self.cfg.bands):
@@ -189,10 +212,10 @@ class BucketStep(_Step):
         filters = pc.field("key") >= pa.scalar(lo, pa.uint64())
         if hi < 1 << 64:
             filters &= pc.field("key") < pa.scalar(hi, pa.uint64())
-        files = sorted((self.dir / "bands" / f"{band:02d}").glob("*.parquet"))
-        t = [pq.read_table(p, filters=filters) for p in files]
-        keys = np.concatenate([x.column("key").to_numpy() for x in t] or [np.empty(0, np.uint64)])
-        ids = np.concatenate([x.column("id").to_numpy() for x in t] or [np.empty(0, np.uint64)])
+        t = read_tables(
+            sorted((self.dir / "bands" / f"{band:02d}").glob("*.parquet")), BAND_SCHEMA, filters=filters
+        )
+        keys, ids = t.column("key").to_numpy(), t.column("id").to_numpy()
         pairs = dedup.bucket_pairs(keys, ids, self.cfg.max_bucket_pairs)
         part = ((pairs[:, 0] * _MIX) ^ pairs[:, 1]) * _MIX >> np.uint64(40)
         part = (part % np.uint64(parts(self.cfg))).astype(np.uint32)
@@ -211,15 +234,8 @@ class VerifyStep(_Step):
 
     def task(self, rank: int) -> None:
         files = sorted((self.dir / "pairs").glob("*.parquet"))
-        got = [pq.read_table(p, columns=["i", "j"], filters=[("part", "=", rank)]) for p in files]
-        pairs = np.stack(
-            [
-                np.concatenate([g.column("i").to_numpy() for g in got] or [np.empty(0, np.uint64)]),
-                np.concatenate([g.column("j").to_numpy() for g in got] or [np.empty(0, np.uint64)]),
-            ],
-            axis=1,
-        )
-        pairs = np.unique(pairs, axis=0)
+        got = read_tables(files, PAIR_SCHEMA, columns=["i", "j"], filters=[("part", "=", rank)])
+        pairs = np.unique(np.stack([got.column("i").to_numpy(), got.column("j").to_numpy()], axis=1), axis=0)
         nodes = _read_rows(self.work, np.unique(pairs), ["repo", "path", "content"])
         shingles = {
             i: minhash.ngram_hashes(c, self.cfg.ngram)
@@ -288,10 +304,8 @@ class ClusterStep(_Step):
     name = "cluster"
 
     def task(self, rank: int) -> None:
-        sim = [pq.read_table(p) for p in sorted((self.dir / "similar").glob("*.parquet"))]
-        sim = pa.concat_tables(sim) if sim else pa.table({"i": [], "j": [], "jaccard": []})
-        nodes = [pq.read_table(p) for p in sorted((self.dir / "nodes").glob("*.parquet"))]
-        nodes = pa.concat_tables(nodes) if nodes else NODE_SCHEMA.empty_table()
+        sim = read_tables(sorted((self.dir / "similar").glob("*.parquet")), SIMILAR_SCHEMA)
+        nodes = read_tables(sorted((self.dir / "nodes").glob("*.parquet")), NODE_SCHEMA)
         ids = nodes.column("id").to_numpy()
         _, first = np.unique(ids, return_index=True)
         nodes = nodes.take(pa.array(first))  # sorted by id, once each
@@ -306,21 +320,22 @@ class ClusterStep(_Step):
             axis=1,
         ).astype(np.int64)
         removed, cluster_of = dedup.cover(pairs, sim.column("jaccard").to_numpy(), rank)
-        key = pc.binary_join_element_wise(nodes.column("repo"), nodes.column("path"), "\0").to_pylist()
+        repo, path = nodes.column("repo").to_pylist(), nodes.column("path").to_pylist()
+        name = [f"{r}/{p}" for r, p in zip(repo, path, strict=True)]
         gone = sorted(removed.items())
         atomic_parquet(
             _removed(
                 [ids[m] for m, _ in gone],
                 "near_dedup",
                 ["near_duplicate"] * len(gone),
-                [f"{key[k].replace(chr(0), '/')} J={s:.3f}" for _, (k, s) in gone],
+                [f"{name[k]} J={s:.3f}" for _, (k, s) in gone],
             ),
             self.dir / "removed" / "near.parquet",
         )
-        kept = [key[removed[m][0]] if m in removed else None for m in range(len(ids))]
+        kept = [name[removed[m][0]] if m in removed else None for m in range(len(ids))]
         sims = [removed[m][1] if m in removed else 1.0 for m in range(len(ids))]
         atomic_parquet(
-            _cluster_rows("near", [key[c] for c in cluster_of], key, kept, sims),
+            _cluster_rows("near", [name[c] for c in cluster_of], repo, path, kept, sims),
             self.dir / "clusters" / "near.parquet",
         )
         stats = [json.loads(p.read_text()) for p in sorted((self.dir / "similar").glob("*.json"))]
@@ -342,12 +357,8 @@ class ScoreCutStep(_Step):
 
 
 def score_boundary(work: Path, cfg: CurateConfig) -> dict | None:
-    t = pa.concat_tables(
-        [
-            pq.read_table(p, columns=["repo", "score", "kept"])
-            for p in sorted((work / "scan").glob("repos-*.parquet"))
-        ]
-    )
+    paths = sorted((work / "scan").glob("repos-*.parquet"))
+    t = pa.concat_tables([pq.read_table(p, columns=["repo", "score", "kept"]) for p in paths])
     t = t.filter(pc.greater(t.column("kept"), 0))
     n_cut = math.floor(cfg.drop_lowest_fraction * t.num_rows)
     boundary = None

@@ -89,10 +89,18 @@ class PartitionWriter:
             p.replace(p.with_suffix(""))
 
 
+def read_tables(paths: list[Path], schema: pa.Schema, **kw) -> pa.Table:
+    """Files as one table of `schema` (empty when there are none); `kw` goes to pq.read_table
+    (columns, filters: row groups outside a filter's range are skipped)."""
+    tables = [pq.read_table(p, **kw) for p in paths]
+    if "columns" in kw:
+        schema = pa.schema([schema.field(c) for c in kw["columns"]])
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
 def read_part(directory: Path, schema: pa.Schema) -> pa.Table:
-    """Every file one partition received, as one table (empty when it received none)."""
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-    return pa.concat_tables([pq.read_table(p) for p in files]) if files else schema.empty_table()
+    """Every file one partition received, as one table."""
+    return read_tables(sorted(directory.glob("*.parquet")) if directory.is_dir() else [], schema)
 
 
 class Progress:

@@ -19,13 +19,14 @@ import re
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from codemill.curate import licenses, minhash
 from codemill.curate.checks import REFINE, SCAN, Doc, run_checks
 from codemill.curate.config import CurateConfig
-from codemill.curate.dedup_steps import SIG_SCHEMA, sha_part
+from codemill.curate.dedup_steps import SIG_SCHEMA, is_cut, sha_part
 from codemill.curate.io import BATCH, PartitionWriter, Progress, ShardWriter, atomic_parquet
 from codemill.curate.ledger import Ledger
 from codemill.curate.sources import Unit, repositories
@@ -212,14 +213,11 @@ class RefineStep(PipelineStep):
     def _repos(self, repos: pa.Table, kept: dict[str, int]) -> pa.Table:
         """This shard's repositories as repos.parquet has them."""
         cut = json.loads((self.work / "dedup" / "cut.json").read_text())
-        names, score = repos.column("repo").to_pylist(), repos.column("score").to_pylist()
-        has_files = [k > 0 for k in repos.column("kept").to_pylist()]
-        is_cut = [
-            bool(f) and cut is not None and (s, n) <= (cut["score"], cut["repo"])
-            for n, s, f in zip(names, score, has_files, strict=True)
-        ]
+        has_files = pc.greater(repos.column("kept"), 0).to_numpy(zero_copy_only=False)
+        taken = has_files & is_cut(repos.column("score").to_numpy(), repos.column("repo"), cut)
+        names = repos.column("repo").to_pylist()
         return (
             repos.drop_columns(["kept"])
-            .append_column("score_cut", pa.array(is_cut, pa.bool_()))
+            .append_column("score_cut", pa.array(taken, pa.bool_()))
             .append_column("kept_files", pa.array([kept.get(n, 0) for n in names], pa.int64()))
         )
