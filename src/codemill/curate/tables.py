@@ -57,8 +57,9 @@ def pieces(path: str, cfg: CurateConfig, jsonl_piece: int = JSONL_PIECE) -> tupl
     """The pieces of one table, its size in bytes uncompressed and its rows (estimates for JSONL:
     the file size, and a row per KB)."""
     if path.endswith(".parquet"):
-        meta = pq.ParquetFile(path).metadata
-        if cfg.columns["repo"] not in pq.ParquetFile(path).schema_arrow.names:
+        pf = pq.ParquetFile(path)
+        meta = pf.metadata
+        if cfg.columns["repo"] not in pf.schema_arrow.names:
             raise ValueError(f"{path}: no column {cfg.columns['repo']!r}; set curate.columns.repo")
         groups = range(meta.num_row_groups)
         size = sum(meta.row_group(g).total_byte_size for g in groups)
