@@ -4,7 +4,9 @@
    shard of the corpus, against raw tokenization of the same files with the same tokenizer.
    And the padding fraction at 1k, 4k and 32k windows.
 2. SFIM middle lengths (bytes, lines) under the literal rule and the weighted policy.
-3. Tokenizer: our byte-level BPE against a SentencePiece BPE of the same vocabulary trained on the
+3. Dependency order: how many import edges have the import placed first, the printed walk of
+   Algorithm 1 against Kahn's order (ours), over the corpus's repositories that have imports.
+4. Tokenizer: our byte-level BPE against a SentencePiece BPE of the same vocabulary trained on the
    same text: training time, bytes per token on held-out files, exact round trip.
 
     python benchmarks/bench_data.py --corpus runs/demo/corpus
@@ -27,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codemill.data.config import DataConfig
+from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
 from codemill.data.objectives import SfimPolicy, Span, sfim_span
 from codemill.data.repo import CodeCorpus
 from codemill.data.stats import StreamStats
@@ -136,6 +139,31 @@ def bench_sfim(corpus: CodeCorpus, n: int) -> None:
     console.print(table)
 
 
+def bench_dependency(corpus: CodeCorpus, repos: int, seeds: int = 5) -> None:
+    graphs = []
+    for i in random.Random(0).sample(range(len(corpus)), min(repos, len(corpus))):
+        deps = dependencies(corpus.read(i)[1])
+        if any(deps):
+            graphs.append(deps)
+    table = Table(title=f"Dependency order on {len(graphs)} repositories with imports, {seeds} seeds each")
+    for col in ("order", "import edges", "import placed first", "ms per repository"):
+        table.add_column(col, justify="left" if col == "order" else "right")
+    for name, order in (
+        ("printed walk (default)", dependency_walk),
+        ("Kahn (dependency_kahn)", dependency_kahn),
+    ):
+        first = edges = 0
+        t0 = time.perf_counter()
+        for deps in graphs:
+            for seed in range(seeds):
+                pos = {f: k for k, f in enumerate(order(deps, random.Random(seed)))}
+                first += sum(pos[j] < pos[i] for i, d in enumerate(deps) for j in d)
+                edges += sum(map(len, deps))
+        ms = (time.perf_counter() - t0) * 1000 / (len(graphs) * seeds)
+        table.add_row(name, f"{edges:,}", f"{first / edges:.1%}", f"{ms:.2f}")
+    console.print(table)
+
+
 def bench_tokenizer(corpus: Path, vocab: int, train_bytes: int, held_out: int) -> None:
     import sentencepiece as spm
 
@@ -203,6 +231,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8, help="Measure a full pass over 1 of this many shards.")
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--sfim-files", type=int, default=3000)
+    ap.add_argument("--dep-repos", type=int, default=400)
     ap.add_argument("--train-mb", type=int, default=40)
     ap.add_argument("--held-out", type=int, default=300)
     args = ap.parse_args()
@@ -216,6 +245,7 @@ def main() -> None:
         f"fallbacks {summary['fallbacks']}, events {summary['events']}"
     )
     bench_sfim(corpus, args.sfim_files)
+    bench_dependency(corpus, args.dep_repos)
     bench_tokenizer(args.corpus, args.vocab, args.train_mb * 1_000_000, args.held_out)
 
 

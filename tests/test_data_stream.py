@@ -11,7 +11,7 @@ import pytest
 from conftest import stdlib
 
 from codemill.data.config import DataConfig
-from codemill.data.deps import dependencies, dependency_order
+from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
 from codemill.data.objectives import SfimPolicy, Span, fim_split, make_sample, sfim_span
 from codemill.data.ordering import (
     STRATEGIES,
@@ -144,12 +144,35 @@ def test_dependencies_come_first_and_cycles_are_handled(corpus):
         ("cycle/b.py", "cycle/a.py"),
     } <= edges
     for seed in range(5):
-        order = dependency_order(deps, random.Random(seed))
+        order = dependency_kahn(deps, random.Random(seed))
         pos = {paths[i]: k for k, i in enumerate(order)}
         for user, dep in edges:
             if not user.startswith("cycle/"):
                 assert pos[dep] < pos[user], (dep, user)
         assert sorted(order) == list(range(len(files)))
+        walk = dependency_walk(deps, random.Random(seed))
+        assert sorted(walk) == list(range(len(files)))
+        pos = {i: k for k, i in enumerate(walk)}
+        for i, d in enumerate(deps):  # reached from one of its imports, or a leaf once they are placed
+            if d and not paths[i].startswith("cycle/"):
+                assert min(pos[j] for j in d) < pos[i], paths[i]
+
+
+def test_dependency_walk_follows_the_printed_loop():
+    # util and config import nothing; model imports both; app imports model. The printed loop takes a
+    # leaf, then walks up its chain of users: model comes right after the first leaf (before the other
+    # one, line 40), then app; the other leaf comes last. Kahn's order puts both leaves first.
+    util, config, model, app = range(4)
+    deps = [set(), set(), {util, config}, {model}]
+    walks = Counter(tuple(dependency_walk(deps, random.Random(seed))) for seed in range(200))
+    assert set(walks) == {(util, model, app, config), (config, model, app, util)}
+    assert min(walks.values()) > 60
+    assert {tuple(dependency_kahn(deps, random.Random(s))[2:]) for s in range(50)} == {(model, app)}
+    # a cycle has no leaf: the file importing the fewest unplaced files opens it (never c), then the
+    # walk goes up to either of its users
+    a, b, c = range(3)  # a <-> b, c imports a and b
+    walks = {tuple(dependency_walk([{b}, {a}, {a, b}], random.Random(seed))) for seed in range(100)}
+    assert walks == {(a, b, c), (a, c, b), (b, a, c), (b, c, a)}
 
 
 def test_realized_rates_converge_to_the_configured_ones(corpus):
@@ -239,6 +262,25 @@ def test_packing_never_cuts_a_middle_masks_padding_and_loses_nothing(code_corpus
     # what did not fit beside a middle was spilled as NTP, not dropped: no content token is lost
     content = sum(len(ids) for ids in tok.encode_batch([f.text for f in all_files(corpus)]))
     assert trained >= content
+
+
+def test_both_layouts_train_the_same_span_twice(code_corpus, tok):
+    cfg = DataConfig(
+        seq_len=256, fim_layouts="both", code_objectives={"sfim": 0.5, "ntp": 0.5}, objective_unit="file"
+    )
+    s = TrainingStream(code_corpus, tok, cfg)
+    made = [make() for unit in s.units["code"][:4] for make in s.plan("code", unit, 0)]
+    pairs = [docs for docs in made if docs[0].sample is not None and docs[0].sample.suffix is not None]
+    singles = [docs for docs in made if docs[0].sample is not None and docs[0].sample.suffix is None]
+    assert pairs and singles and all(len(docs) == 1 for docs in singles)  # NTP files: one document
+    for psm, spm in pairs:
+        assert (psm.sample.spm, spm.sample.spm) == (False, True)
+        assert (psm.sample.prefix, psm.sample.middle, psm.sample.suffix) == (
+            spm.sample.prefix,
+            spm.sample.middle,
+            spm.sample.suffix,
+        )
+    windows(s, 20)  # the packer takes a file's two documents as one group
 
 
 def test_text_source_gets_its_share(tok, tmp_path):

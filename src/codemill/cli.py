@@ -180,7 +180,7 @@ def data_stats(
     cfg = stream.cfg
     console.print(
         f"rules: Algorithm 1 strategies {cfg.ordering}; objectives drawn per {cfg.objective_unit} "
-        f"{cfg.code_objectives}; SFIM {cfg.sfim_policy} rule"
+        f"{cfg.code_objectives}; SFIM {cfg.sfim_policy} rule; FIM layouts {cfg.fim_layouts}"
     )
     for table in stats.tables():
         console.print(table)

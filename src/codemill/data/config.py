@@ -29,6 +29,9 @@ class DataConfig(Settings):
     objective_unit: str = "repo"
     fim_spm_rate: float = 0.5
     sfim_spm_rate: float = 0.7
+    # equations (2) and (3): one layout per document, drawn with the rates above (our reading);
+    # `both` trains the same span in both layouts, PSM then SPM (the other reading)
+    fim_layouts: str = "drawn"
     sfim_policy: str = "literal"  # the paper's rule; `weighted` is ours (see data/objectives.py)
     sfim_weights: dict[str, float] = field(
         default_factory=lambda: {"statement": 0.5, "block": 0.3, "expression": 0.2}
@@ -56,6 +59,8 @@ class DataConfig(Settings):
                 raise ValueError(f"data.{name}: rates must be non-negative and not all zero")
         if self.objective_unit not in ("file", "repo"):
             raise ValueError("data.objective_unit must be 'file' or 'repo'")
+        if self.fim_layouts not in ("drawn", "both"):
+            raise ValueError("data.fim_layouts must be 'drawn' or 'both'")
         if self.sfim_policy not in ("weighted", "literal"):
             raise ValueError("data.sfim_policy must be 'weighted' or 'literal'")
         if set(self.sfim_weights) - {"statement", "block", "expression"}:

@@ -181,14 +181,58 @@ def dependencies(files: list[SourceFile]) -> list[set[int]]:
     return deps
 
 
-def dependency_order(deps: list[set[int]], rng: random.Random) -> list[int]:
-    """Dependencies before their users; on a cycle, the file with the fewest unplaced dependencies
-    goes next (DeepSeek-Coder's rule), ties broken at random."""
-    n = len(deps)
-    users: list[list[int]] = [[] for _ in range(n)]
+def _users(deps: list[set[int]]) -> list[list[int]]:
+    users: list[list[int]] = [[] for _ in deps]
     for i, d in enumerate(deps):
-        for j in d:
+        for j in sorted(d):
             users[j].append(i)
+    return users
+
+
+def dependency_walk(deps: list[set[int]], rng: random.Random) -> list[int]:
+    """Algorithm 1's dependency strategy as printed: take a leaf of the graph (a file that imports no
+    file left), then walk up its chain of users, appending each as it is reached; a user joins the
+    leaves once every file it imports is placed.
+
+    Readings where the printed loop is open: the next leaf and the next user up the chain are drawn
+    at random; a user reached by the walk is appended even if it still imports unplaced files (line
+    40 as printed), and a file is appended once, at its first appearance; when no leaf is left but
+    files are (a cycle, or files above one), the unplaced file importing the fewest unplaced files
+    becomes a leaf (DeepSeek-Coder's cycle rule), ties at random.
+    """
+    n = len(deps)
+    users, left = _users(deps), [set(d) for d in deps]
+    placed, order = [False] * n, []
+    leaves = [i for i in rng.sample(range(n), n) if not left[i]]
+
+    def place(i: int) -> None:
+        placed[i] = True
+        order.append(i)
+        for u in users[i]:
+            left[u].discard(i)
+            if not left[u] and not placed[u]:
+                leaves.append(u)
+
+    while len(order) < n:
+        if not leaves:
+            rest = [i for i in range(n) if not placed[i]]
+            fewest = min(len(left[i]) for i in rest)
+            leaves.append(rng.choice([i for i in rest if len(left[i]) == fewest]))
+        cur = leaves.pop(rng.randrange(len(leaves)))
+        if placed[cur]:
+            continue
+        place(cur)
+        while up := [u for u in users[cur] if not placed[u]]:
+            cur = rng.choice(up)
+            place(cur)
+    return order
+
+
+def dependency_kahn(deps: list[set[int]], rng: random.Random) -> list[int]:
+    """Ours: every dependency before its users (Kahn's order); on a cycle, the file with the fewest
+    unplaced dependencies goes next (DeepSeek-Coder's rule), ties broken at random."""
+    n = len(deps)
+    users = _users(deps)
     waiting = [len(d) for d in deps]
     tie = rng.sample(range(n), n)
     heap = [(waiting[i], tie[i], i) for i in range(n)]

@@ -6,12 +6,15 @@ dependency 30, random 10). The paper's strategies, as Algorithm 1 prints them:
   cluster's files shuffled (`orderedFiles.extend(SHUFFLE(Cluster))`);
 - path: repeat K = random(1, |Files|), randomFile = random(Files); append randomFile's K path-nearest
   files (removed from Files), then randomFile, so a file follows the files whose paths resemble it;
-- dependency: imports before importers (deps.py).
+- dependency: from a leaf of the import graph up its chain of importers, a file joining the leaves
+  once what it imports is placed (deps.dependency_walk; the readings it takes are written there).
 What the paper leaves open: TF-IDF over identifiers; path similarity = cosine of TF-IDF over
 directory prefixes and file-name words; the K neighbours nearest first; K capped by the files left.
 
 Named variants of ours, measured against the paper's: `content_central` (a cluster's files from
-the most central outwards) and `path_walk` (a nearest-neighbour walk from file to file).
+the most central outwards), `path_walk` (a nearest-neighbour walk from file to file) and
+`dependency_kahn` (every import before its importer, where the printed walk may place an importer
+before some of what it imports).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.neighbors import NearestNeighbors
 
-from codemill.data.deps import dependencies, dependency_order
+from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
 from codemill.data.repo import SourceFile
 
-STRATEGIES = ("content", "path", "dependency", "random", "content_central", "path_walk")
+STRATEGIES = ("content", "path", "dependency", "random", "content_central", "path_walk", "dependency_kahn")
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]+"
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
@@ -158,7 +161,9 @@ def order_files(
     if strategy == "path_walk":
         return strategy, path_walk_order(files, rng)
     if strategy == "dependency":
-        return strategy, dependency_order(dependencies(files), rng)
+        return strategy, dependency_walk(dependencies(files), rng)
+    if strategy == "dependency_kahn":
+        return strategy, dependency_kahn(dependencies(files), rng)
     if strategy == "random":
         return strategy, rng.sample(range(n), n)
     raise ValueError(f"unknown ordering strategy {strategy!r}; use {', '.join(STRATEGIES)}")

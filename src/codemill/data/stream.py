@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -138,8 +138,9 @@ class TrainingStream:
         self._plan = None
 
     # --- documents -----------------------------------------------------------------------------
-    def plan(self, source: str, unit: int, epoch: int) -> list[Callable[[], Doc]]:
-        """The unit's documents in order, as makers: only the ones packed next are built."""
+    def plan(self, source: str, unit: int, epoch: int) -> list[Callable[[], list[Doc]]]:
+        """The unit's documents in order, as makers (a file's documents each): only the ones packed
+        next are built."""
         if source == "text":
             texts = self.sources["text"].read(unit)
             return [partial(self._text_doc, t, (epoch, "text", unit, row)) for row, t in enumerate(texts)]
@@ -152,12 +153,12 @@ class TrainingStream:
             self.stats.repo(strategy)
         plan = []
         if cfg.repo_metadata and self.fmt.repo_name:
-            plan.append(lambda: Doc(EMPTY, "ntp", True, parts=self.fmt.repo_start(repo), strategy=strategy))
+            plan.append(lambda: [Doc(EMPTY, "ntp", True, parts=self.fmt.repo_start(repo), strategy=strategy)])
         for i in order:
             plan.append(partial(self._file_doc, files[i], (epoch, repo), strategy, repo_objective))
         return plan
 
-    def _file_doc(self, f: SourceFile, key: tuple, strategy: str, objective: str | None) -> Doc:
+    def _file_doc(self, f: SourceFile, key: tuple, strategy: str, objective: str | None) -> list[Doc]:
         cfg = self.cfg
         rng = keyed_rng(cfg.seed, *key, f.path)
         sample = make_sample(
@@ -169,14 +170,16 @@ class TrainingStream:
             policy=cfg.sfim,
             fallback=cfg.sfim_fallback,
         )
-        return self._doc(f.path, sample, strategy)
+        if cfg.fim_layouts == "both" and sample.suffix is not None:
+            return [self._doc(f.path, replace(sample, spm=spm), strategy) for spm in (False, True)]
+        return [self._doc(f.path, sample, strategy)]
 
-    def _text_doc(self, text: str, key: tuple) -> Doc:
+    def _text_doc(self, text: str, key: tuple) -> list[Doc]:
         rng = keyed_rng(self.cfg.seed, *key)
         if draw(self.cfg.text_objectives, rng) == "fim":
             pre, mid, suf = fim_split(text, rng)
-            return self._doc(None, Sample("fim", pre, mid, suf, rng.random() < self.cfg.fim_spm_rate), None)
-        return self._doc(None, Sample("ntp", text), None)
+            return [self._doc(None, Sample("fim", pre, mid, suf, rng.random() < self.cfg.fim_spm_rate), None)]
+        return [self._doc(None, Sample("ntp", text), None)]
 
     def _doc(self, path: str | None, s: Sample, strategy: str | None) -> Doc:
         parts = self.fmt.document(path=path, prefix=s.prefix, middle=s.middle, suffix=s.suffix, spm=s.spm)
@@ -263,7 +266,9 @@ class TrainingStream:
         """The documents of plan entry k, building and tokenizing the next batch when needed."""
         start, groups = self._batch
         if not start <= k < start + len(groups):
-            groups = self.encode([make() for make in self._plan[k : k + self.batch_docs]])
+            made = [make() for make in self._plan[k : k + self.batch_docs]]
+            flat = iter(self.encode([d for docs in made for d in docs]))
+            groups = [[d for _ in docs for d in next(flat)] for docs in made]
             self._batch = (k, groups)
             start = k
         return groups[k - start]
