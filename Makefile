@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSPKGS := git libmagic1 bubblewrap python3 g++ default-jdk-headless nodejs libjavatuples-java
+SYSPKGS := git libmagic1 bubblewrap python3 g++ cmake default-jdk-headless nodejs libjavatuples-java
 
 .PHONY: demo test lint sysdeps clean
 

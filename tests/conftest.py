@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sysconfig
 from pathlib import Path
@@ -214,9 +215,8 @@ def bpe_dir(code_corpus, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, bpe_dir) -> Path:
-    """A random 2-layer Llama exported in the HF layout with the test tokenizer and codemill.json."""
+def make_checkpoint(out: Path, tokenizer: Path, fmt: str = "codemill", std: float = 0.02, **cfg) -> Path:
+    """A random Llama in the HF layout with `tokenizer`'s files and codemill.json (`cfg`: ModelConfig)."""
     import shutil
 
     import torch
@@ -225,13 +225,45 @@ def tiny_checkpoint(tmp_path_factory, bpe_dir) -> Path:
     from codemill.model.llama import Llama, ModelConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=2048, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=2, max_seq_len=512)  # fmt: skip
-    model = Llama(cfg)
+    size = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                num_kv_heads=2, max_seq_len=512)  # fmt: skip
+    model = Llama(ModelConfig(**{**size, **cfg}, initializer_range=std))
     model.init_weights()
-    out = tmp_path_factory.mktemp("ckpt")
     export_hf(model, out, dtype=torch.float32)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(bpe_dir / name, out / name)
-    (out / "codemill.json").write_text('{"format": "codemill"}')
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+    for name in names:
+        if (tokenizer / name).exists():
+            shutil.copy(tokenizer / name, out / name)
+    (out / "codemill.json").write_text(json.dumps({"format": fmt}))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, bpe_dir) -> Path:
+    """A random 2-layer Llama exported in the HF layout with the test tokenizer and codemill.json."""
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt"), bpe_dir)
+
+
+@pytest.fixture(scope="session")
+def aix_sp(tmp_path_factory, code_corpus) -> Path:
+    """A tiny SentencePiece BPE with aiXcoder-7B's pieces, trained the way aiXcoder's behaves."""
+    import sentencepiece as spm
+
+    from codemill.data.tokenizer import corpus_texts
+
+    out = tmp_path_factory.mktemp("sp")
+    lines = [line for t in corpus_texts(code_corpus, 400_000) for line in t.splitlines() if line.strip()]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(out / "tokenizer"),
+        vocab_size=600,
+        model_type="bpe",
+        user_defined_symbols=["▁<AIX-SPAN-PRE>", "▁<AIX-SPAN-MIDDLE>", "▁<AIX-SPAN-POST>"],
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        minloglevel=2,
+    )
+    return out / "tokenizer.model"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -111,7 +112,7 @@ def test_openai_client_against_the_server(server):
         bad.completions.create(model="x", prompt="x", max_tokens=2)
 
 
-def test_llama_cpp_infill_bodies(server):
+def test_llama_cpp_infill_bodies(server, capsys):
     import httpx
 
     h = {"Authorization": "Bearer sekret"}
@@ -121,8 +122,38 @@ def test_llama_cpp_infill_bodies(server):
     assert warm["content"] == "" and warm["tokens_evaluated"] > 0
     body.update(n_predict=16, prompt="da", n_indent=4, t_max_predict_ms=2000, stop=["\n\n"])
     r = httpx.post(server.url + "/infill", json=body, headers=h).json()
-    assert r["stop_type"] in ("eos", "word", "limit") and r["tokens_cached"] > warm["tokens_evaluated"] // 2
-    assert set(r["timings"]) >= {"prompt_ms", "predicted_ms", "predicted_n"}
+    assert (
+        r["stop_type"] in ("eos", "word", "limit") and r["timings"]["cache_n"] > warm["tokens_evaluated"] // 2
+    )
+    assert (
+        r["tokens_evaluated"] == r["timings"]["cache_n"] + r["timings"]["prompt_n"]
+    )  # llama-server's counts
+    assert r["tokens_cached"] == r["tokens_evaluated"] + r["tokens_predicted"]
+    assert r["stopping_word"] == ("\n\n" if r["stop_type"] == "word" else "") and r["truncated"] is False
+    # llama.vim asks for flat fields and shows them in its info line
+    fields = ["content", "timings/prompt_n", "timings/prompt_per_second", "timings/predicted_n",
+              "timings/predicted_per_second", "truncated", "tokens_cached", "no/such"]  # fmt: skip
+    vim = httpx.post(server.url + "/infill", json={**body, "response_fields": fields, "samplers": ["top_k"], "id_slot": 0},
+                     headers=h).json()  # fmt: skip
+    assert set(vim) == set(fields) - {"no/such"} and vim["content"] == r["content"]
+    assert vim["timings/predicted_n"] > 0 and vim["timings/predicted_per_second"] > 0
+    # streamed: llama-server's events, the pieces joining into the same text
+    with httpx.stream("POST", server.url + "/infill", json={**body, "stream": True}, headers=h) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+    assert "".join(e["content"] for e in events) == r["content"] and events[-1]["stop"] is True
+    assert [e["stop"] for e in events[:-1]] == [False] * (len(events) - 1)
+    # /completion: the raw prompt, special-token strings parsed as llama-server does, or token ids
+    raw = httpx.post(server.url + "/completion", json={"prompt": "<fim_prefix>def f(x):\n    return<fim_suffix>\n<fim_middle>",
+                     "n_predict": 8}, headers=h).json()  # fmt: skip
+    ids = httpx.post(server.url + "/completion", json={"prompt": [5, 6, 7], "n_predict": 8}, headers=h).json()
+    assert raw["tokens_evaluated"] < 20 and ids["tokens_evaluated"] == 3 and raw["tokens_predicted"] > 0
+    bad = httpx.post(server.url + "/completion", json={"prompt": [10**9], "n_predict": 8}, headers=h)
+    assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
+    log = capsys.readouterr().err.splitlines()  # the access log: a line per request, with its tokens
+    assert any(
+        " POST /infill 200 " in line and line.endswith(f" {r['tokens_predicted']} tokens") for line in log
+    )
+    assert any(" POST /completion 400 " in line for line in log)
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     assert "codemill_requests_total" in httpx.get(server.url + "/metrics", headers=h).text
     big = httpx.post(

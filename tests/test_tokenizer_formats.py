@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from codemill.data.tokenizer import HFTokenizer, load_tokenizer
+from codemill.data.tokenizer import HFTokenizer, load_tokenizer, pre_tokenizer, pretokenizer_name
 from codemill.formats import FORMATS, PII_TOKENS, get_format
 
 PREFIX = "def area(r):\n    if r <= 0:\n"
@@ -33,11 +33,25 @@ def test_byte_round_trip_on_any_text(bpe_dir):
         assert tok.decode(ids) == text
 
 
-def test_code_splits_digits_and_keeps_indentation(bpe_dir):
+def test_code_splits_digits_and_the_pretokenizers_split_as_named(bpe_dir):
     tok = load_tokenizer(bpe_dir)
     pieces = [tok.tok.id_to_token(i) for i in tok.encode_batch(["x = 2024\n        return x\n"])[0]]
     assert [p for p in pieces if any(c.isdigit() for c in p)] == ["2", "0", "2", "4"]
-    assert "Ċ" + "Ġ" * 8 in pieces  # newline plus eight spaces of indentation is one token
+    assert pretokenizer_name(tok.tok) == "qwen2"  # the default: llama.cpp splits text the same way
+    split = lambda name: [p for p, _ in pre_tokenizer(name).pre_tokenize_str("if x:\n        return 10\n")]  # noqa: E731
+    assert split("qwen2") == ["if", "Ġx", ":Ċ", "ĠĠĠĠĠĠĠ", "Ġreturn", "Ġ", "1", "0", "Ċ"]
+    assert split("codemill") == [
+        "if",
+        "Ġx",
+        ":",
+        "ĊĠĠĠĠĠĠĠĠ",
+        "return",
+        "Ġ",
+        "1",
+        "0",
+        "Ċ",
+    ]  # ours: indent kept
+    assert "10" in split("llama3")  # up to three digits together
 
 
 def test_sentinel_text_in_code_never_becomes_a_sentinel(bpe_dir):
@@ -96,31 +110,6 @@ def test_codemill_golden_layouts(bpe_dir):
     assert spm[: len(prompt)] == prompt and spm[len(prompt) :] == tok.encode_batch([MIDDLE])[0] + [
         sid("<|endoftext|>")
     ]
-
-
-@pytest.fixture(scope="module")
-def aix_sp(tmp_path_factory, code_corpus):
-    """A tiny SentencePiece BPE with aiXcoder-7B's pieces, trained the way aiXcoder's behaves."""
-    import sentencepiece as spm
-
-    from codemill.data.tokenizer import corpus_texts
-
-    out = tmp_path_factory.mktemp("sp")
-    lines = [line for t in corpus_texts(code_corpus, 400_000) for line in t.splitlines() if line.strip()]
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=str(out / "tokenizer"),
-        vocab_size=600,
-        model_type="bpe",
-        user_defined_symbols=["▁<AIX-SPAN-PRE>", "▁<AIX-SPAN-MIDDLE>", "▁<AIX-SPAN-POST>"],
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        split_digits=True,
-        minloglevel=2,
-    )
-    return out / "tokenizer.model"
 
 
 def test_aixcoder_sentencepiece_golden_layouts(aix_sp):

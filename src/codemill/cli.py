@@ -10,6 +10,8 @@ import typer
 import yaml
 from rich.console import Console
 
+from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
+
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Build code-completion models the aiXcoder way."
 )
@@ -29,6 +31,10 @@ data_app = typer.Typer(
     no_args_is_help=True, help="The training stream: Algorithm 1, NTP / FIM / SFIM, packing."
 )
 app.add_typer(data_app, name="data")
+export_app = typer.Typer(
+    no_args_is_help=True, help="Write a checkpoint for other runtimes (llama.cpp, Ollama)."
+)
+app.add_typer(export_app, name="export")
 console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep whole rows
 
 
@@ -102,8 +108,13 @@ def tokenizer_train(
     vocab_size: int = typer.Option(49152, help="Ids in all, special tokens included (49,152 for the 7B)."),
     format: str = typer.Option("codemill", help="Format whose special tokens the vocabulary reserves."),
     max_bytes: int = typer.Option(1 << 30, help="Train on at most this much text (1 GB: the notes' advice)."),
+    pretokenizer: str = typer.Option(
+        DEFAULT_PRETOKENIZER,
+        help="How text is split before merging: qwen2, llama3, starcoder, deepseek-coder (llama.cpp "
+        "runs these exactly) or codemill (ours; no GGUF export).",
+    ),
 ) -> None:
-    """Train a byte-level BPE for code on a corpus (digits split, indentation kept together)."""
+    """Train a byte-level BPE for code on a corpus (a pre-tokenizer llama.cpp implements exactly)."""
     import time
 
     from codemill.data.tokenizer import chunks, corpus_texts, save_tokenizer, train_bpe
@@ -112,7 +123,8 @@ def tokenizer_train(
     try:
         fmt = get_format(format)
         t0 = time.perf_counter()
-        tok = train_bpe(chunks(corpus_texts(corpus, max_bytes)), vocab_size, fmt, show_progress=True)
+        texts = chunks(corpus_texts(corpus, max_bytes))
+        tok = train_bpe(texts, vocab_size, fmt, show_progress=True, pretokenizer=pretokenizer)
         save_tokenizer(tok, out, fmt)
     except (ValueError, FileNotFoundError) as e:
         raise _fail(e) from e
@@ -439,6 +451,26 @@ def ablate_(
     console.print(path.read_text())
 
 
+@export_app.command("gguf")
+def export_gguf_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (train's final/, or any HF Llama)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .gguf file to write."),
+    dtype: str = typer.Option("f16", help="f32, f16, bf16 or q8_0 (norms stay f32)."),
+    format: str = typer.Option(None, help="Prompt format, if the checkpoint has no codemill.json."),
+) -> None:
+    """One GGUF file that llama.cpp, llama-server and Ollama load, tokenizing as codemill does."""
+    from codemill.model.gguf import export_gguf
+
+    try:
+        info = export_gguf(checkpoint, out, dtype, format)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise _fail(e) from e
+    console.print(
+        f"wrote [bold]{info['path']}[/bold] ({info['bytes'] / 1e6:.1f} MB, {dtype}, tokenizer pre-type "
+        f"{info['tokenizer']}, format {info['format']}); run it with `llama-server -m {out}`"
+    )
+
+
 @app.command("serve")
 def serve_(
     model: Path = typer.Argument(..., help="A codemill or Hugging Face Llama-family checkpoint directory."),
@@ -454,18 +486,23 @@ def serve_(
         "--compile",
         help="Decode with a torch.compile'd one-token step (compiled while /health says loading).",
     ),
+    access_log: bool = typer.Option(
+        True, help="One line per request on stderr: client, path, status, ms, tokens."
+    ),
 ) -> None:
-    """Serve completions: OpenAI-compatible /v1/completions and llama.cpp-style /infill."""
+    """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
     from codemill.serve.engine import Engine
     from codemill.serve.http import serve
 
     if not (model / "config.json").exists():
         raise _fail(FileNotFoundError(f"{model} is not a checkpoint directory (no config.json)"))
     console.print(
-        f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /v1/models, /health); "
+        f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /completion, /v1/models, "
+        "/health); "
         "/health answers 503 until the model is loaded"
     )
-    serve(lambda: Engine(model, format, compile=compile), host, port, api_key=api_key, max_tokens=max_tokens)
+    load = lambda: Engine(model, format, compile=compile)  # noqa: E731
+    serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 
 @app.command("complete")

@@ -175,12 +175,20 @@ def fit(pieces: Pieces, budget: int, align: int = 1) -> tuple[Pieces, list[int],
 PROMPT_ALIGN = 64  # inference prompts cut their prefix head at multiples of 64 tokens (see `fit`)
 
 
+def encode_fit(
+    parts: list[Part], tok, budget: int | None = None, align: int = PROMPT_ALIGN
+) -> tuple[list[int], bool]:
+    """Token ids of a prompt, cut with `fit` when longer than `budget`, and whether it was cut."""
+    got = pieces(parts, tok)
+    cut = budget is not None and sum(len(ids) for ids, _ in got) > budget
+    if cut:
+        got = fit(got, budget, align)[0]
+    return [i for ids, _ in got for i in ids], cut
+
+
 def encode(parts: list[Part], tok, budget: int | None = None, align: int = PROMPT_ALIGN) -> list[int]:
     """Token ids of a prompt, cut with `fit` when longer than `budget`."""
-    got = pieces(parts, tok)
-    if budget is not None and sum(len(ids) for ids, _ in got) > budget:
-        got = fit(got, budget, align)[0]
-    return [i for ids, _ in got for i in ids]
+    return encode_fit(parts, tok, budget, align)[0]
 
 
 def comment(path: str, text: str) -> str | None:

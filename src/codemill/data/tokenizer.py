@@ -1,11 +1,14 @@
 """Tokenizers: train a byte-level BPE for code; load it or a SentencePiece model behind one interface.
 
-The BPE splits text before merging so that digits stand alone, identifiers and punctuation runs
-are words, and a newline keeps the indentation after it (the newline-plus-indent merges are worth
-about 10% of compression on code). Byte-level BPE has no unknown token and no normalizer, so any
-string round-trips exactly. Format sentinels are special tokens that text can never produce
-(`encode_special_tokens`); the PII placeholders curation writes are ordinary added tokens, so the
-text `<EMAIL>` in content becomes one id.
+The BPE splits text before merging with a pre-tokenizer that llama.cpp implements exactly (the
+default `qwen2`: digits alone, letters with one leading non-letter, punctuation runs with the line
+ends after them, newlines with the whitespace before them), so a GGUF export tokenizes every text as
+codemill does. Each pre-tokenizer here carries llama.cpp's name for it (`tokenizer.ggml.pre`);
+`codemill`, our earlier split (a newline with the indentation after it as one piece), compresses
+code slightly better but no llama.cpp pre-tokenizer reproduces it (measured in docs/benchmarks.md).
+Byte-level BPE has no unknown token and no normalizer, so any string round-trips exactly. Format
+sentinels are special tokens that text can never produce (`encode_special_tokens`); the PII
+placeholders curation writes are ordinary added tokens, so the text `<EMAIL>` in content becomes one id.
 
 SentencePiece models (aiXcoder-7B's `tokenizer.model`) go through the same interface; each text
 segment is encoded behind a throwaway character so SentencePiece adds no dummy `▁`, as aiXcoder's
@@ -22,13 +25,50 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from codemill.formats import PII_TOKENS, Format
 
-SPLIT = (
+CODEMILL_SPLIT = (
     r"\p{N}"  # one digit
     r"|[^\S\r\n]*(?:\r?\n)+[^\S\r\n]*"  # line ends with the indentation that follows them
     r"|[^\S\r\n]?[\p{L}\p{M}_]+"  # identifiers and words, with one leading space
     r"|[^\S\r\n]?[^\s\p{L}\p{M}\p{N}_]+"  # punctuation runs
     r"|[^\S\r\n]+(?!\S)|[^\S\r\n]+"  # other whitespace runs
 )
+# llama.cpp's own spelling of these regexes (src/llama-vocab.cpp), which its tokenizer runs exactly
+_QWEN2_LIKE = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|DIGITS"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_SPLITS = {
+    "codemill": (CODEMILL_SPLIT,),
+    "qwen2": (_QWEN2_LIKE.replace("DIGITS", r"\p{N}"),),
+    "llama3": (_QWEN2_LIKE.replace("DIGITS", r"\p{N}{1,3}"),),
+    "starcoder": (r"\p{N}", _GPT2),
+    "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"),
+}
+PRETOKENIZERS = tuple(_SPLITS)
+LLAMA_CPP_PRETOKENIZERS = ("qwen2", "llama3", "starcoder", "deepseek-coder")  # tokenizer.ggml.pre
+DEFAULT_PRETOKENIZER = "qwen2"
+
+
+def pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
+    """The regex splits applied one after another (as llama.cpp does), then the byte-level alphabet."""
+    if name not in _SPLITS:
+        raise ValueError(f"unknown pre-tokenizer {name!r}; use one of {', '.join(PRETOKENIZERS)}")
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _SPLITS[name]]
+    return pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+
+
+def pretokenizer_name(tok: Tokenizer) -> str | None:
+    """Which of PRETOKENIZERS a tokenizer.json uses (None: another one, which llama.cpp may not know)."""
+    used = json.loads(tok.to_str()).get("pre_tokenizer")
+    for name in PRETOKENIZERS:
+        probe = Tokenizer(models.BPE())
+        probe.pre_tokenizer = pre_tokenizer(name)
+        if json.loads(probe.to_str())["pre_tokenizer"] == used:
+            return name
+    return None
 
 
 class HFTokenizer:
@@ -104,19 +144,20 @@ def load_tokenizer(path: str | Path) -> HFTokenizer | SPTokenizer:
     )
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, fmt: Format, show_progress: bool = True) -> Tokenizer:
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    fmt: Format,
+    show_progress: bool = True,
+    pretokenizer: str = DEFAULT_PRETOKENIZER,
+) -> Tokenizer:
     """A byte-level BPE with `vocab_size` ids in all: the format's specials first, PII tokens last."""
     specials = list(fmt.specials)
     pii = list(PII_TOKENS) if fmt.pii else []
     if vocab_size < 256 + len(specials) + len(pii):
         raise ValueError(f"vocab_size {vocab_size} is smaller than the 256 bytes plus the special tokens")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tok.pre_tokenizer = pre_tokenizer(pretokenizer)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(pii),

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from codemill.config import Settings
+from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RunConfig(Settings):
     sources: tuple[str, ...] = ("installed",)  # what `codemill curate` takes
     vocab_size: int = 8192
     tokenizer_bytes: int = 100_000_000
+    pretokenizer: str = DEFAULT_PRETOKENIZER  # llama.cpp's name; `codemill` is ours (data/tokenizer.py)
     holdout: float = 0.1  # share of repositories held out of training for the built benchmarks
     fim_per_type: int = 10  # FIM-Eval-shaped tasks per language and task type
     crossfile_per_repo: int = 5
@@ -102,7 +104,13 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
     corpus, tokenizer, bench = base / "corpus", base / "tokenizer", base / "bench"
     s_corpus = _stamp(rcfg.sources, ccfg.to_dict())
     stage("curate", s_corpus, corpus / "manifest.json", lambda: _curate(rcfg, ccfg, corpus, console), base)
-    s_tok = _stamp(s_corpus, rcfg.vocab_size, rcfg.tokenizer_bytes, (recipe.get("data") or {}).get("format"))
+    s_tok = _stamp(
+        s_corpus,
+        rcfg.vocab_size,
+        rcfg.tokenizer_bytes,
+        rcfg.pretokenizer,
+        (recipe.get("data") or {}).get("format"),
+    )
     stage(
         "tokenizer",
         s_tok,
@@ -172,7 +180,11 @@ def _tokenizer(rcfg: RunConfig, recipe: dict, corpus: Path, out: Path) -> None:
 
     fmt = get_format((recipe.get("data") or {}).get("format", "codemill"))
     tok = train_bpe(
-        chunks(corpus_texts(corpus, rcfg.tokenizer_bytes)), rcfg.vocab_size, fmt, show_progress=True
+        chunks(corpus_texts(corpus, rcfg.tokenizer_bytes)),
+        rcfg.vocab_size,
+        fmt,
+        show_progress=True,
+        pretokenizer=rcfg.pretokenizer,
     )
     save_tokenizer(tok, out, fmt)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from codemill.formats import checkpoint_format, encode
+from codemill.formats import checkpoint_format, encode_fit
 from codemill.model.hf import import_hf
 from codemill.model.llama import KVCache, rope_tables
 
@@ -26,7 +26,8 @@ from codemill.model.llama import KVCache, rope_tables
 @dataclass
 class Completion:
     text: str = ""
-    stop_type: str = "limit"  # eos | word | limit | time
+    stop_type: str = "limit"  # eos | word | limit | time | syntax
+    stop_word: str = ""  # the stop string that ended it (stop_type "word")
     tokens: list[int] = field(default_factory=list)
     tokens_cached: int = 0
     tokens_evaluated: int = 0
@@ -63,8 +64,35 @@ class Engine:
     def prompt(self, prefix: str, suffix: str | None = None, *, path: str | None = None, max_tokens: int = 64,
                context: list[tuple[str, str]] = ()) -> list[int]:  # fmt: skip
         """Prompt ids from formats.py, truncated inside its segments to leave room for the answer."""
+        return self.prompt_fit(prefix, suffix, path=path, max_tokens=max_tokens, context=context)[0]
+
+    def prompt_fit(self, prefix: str, suffix: str | None = None, *, path: str | None = None, max_tokens: int = 64,
+                   context: list[tuple[str, str]] = ()) -> tuple[list[int], bool]:  # fmt: skip
+        """`prompt` and whether it had to be cut."""
         parts = self.fmt.prompt(prefix, suffix, path=path, context=list(context))
-        return encode(parts, self.tok, self.max_len - max_tokens)
+        return encode_fit(parts, self.tok, self.max_len - max_tokens)
+
+    def raw_ids(self, prompt: str | list[int | str]) -> list[int]:
+        """llama-server's /completion prompt: text whose special-token strings become their ids (and
+        the format's bos first), or a list of token ids and texts."""
+        items = [prompt] if isinstance(prompt, str) else prompt
+        specials = sorted(self.fmt.specials, key=len, reverse=True)
+        split = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
+        first_text = bool(items) and isinstance(items[0], str)  # llama-server adds bos before text only
+        ids = [self.tok.token_id(self.fmt.bos)] if self.fmt.bos and first_text else []
+        for item in items:
+            if isinstance(item, int):
+                if not 0 <= item < self.model.cfg.vocab_size:
+                    raise ValueError(
+                        f"token id {item} is outside the vocabulary of {self.model.cfg.vocab_size}"
+                    )
+                ids.append(item)
+                continue
+            pieces = [p for p in split.split(item) if p]
+            texts = iter(self.tok.encode_batch([p for p in pieces if p not in specials]))
+            for p in pieces:
+                ids += [self.tok.token_id(p)] if p in specials else next(texts)
+        return ids
 
     def reset(self) -> None:
         """Forget the cached prompt (llama.cpp's `cache_prompt: false`, or a cold measurement)."""
@@ -114,14 +142,15 @@ class Engine:
                 break
             out.tokens.append(token)
             text = self.tok.decode(out.tokens)
-            hit = min((i for s in stop if s and (i := text.find(s)) != -1), default=-1)
-            if n_indent:  # llama.cpp's rule: a new line indented less than n_indent ends the completion
-                hit = min([h for h in (hit, _dedent_at(text, n_indent)) if h != -1], default=-1)
+            hit, word = min(((i, s) for s in stop if s and (i := text.find(s)) != -1), default=(-1, ""))
+            # llama.cpp's rule: a new line indented less than n_indent ends the completion
+            if n_indent and (d := _dedent_at(text, n_indent)) != -1 and (hit == -1 or d < hit):
+                hit, word = d, ""
             if until is not None and (cut := until(text)) != -1 and (hit == -1 or cut < hit):
                 out.text, out.stop_type = text[:cut], "syntax"
                 break
             if hit != -1:
-                out.text, out.stop_type = text[:hit], "word"
+                out.text, out.stop_type, out.stop_word = text[:hit], "word", word
                 break
             safe = _releasable(text, stop, n_indent, until is not None)
             if len(safe) > len(emitted):

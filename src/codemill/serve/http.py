@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from codemill.langs import syntax_stop
-from codemill.serve.engine import Engine
+from codemill.serve.engine import Completion, Engine
 
 
 class InfillExtra(BaseModel):
@@ -52,13 +53,9 @@ class CompletionBody(BaseModel):
     syntax_stop: bool = False  # codemill's extension: stop where the completion closes a syntactic unit
 
 
-class InfillBody(BaseModel):
-    input_prefix: str = ""
-    input_suffix: str = ""
-    input_extra: list[InfillExtra] = []
-    path: str | None = None  # codemill's extensions, as in /v1/completions
-    syntax_stop: bool = False
-    prompt: str = ""
+class LlamaBody(BaseModel):
+    """What llama-server's /completion and /infill share."""
+
     n_predict: int = Field(64, ge=0)
     n_indent: int = Field(0, ge=0)
     t_max_predict_ms: int = Field(0, ge=0)
@@ -67,7 +64,79 @@ class InfillBody(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
     stream: bool = False
+    response_fields: list[str] = []  # answer only these (paths such as "timings/prompt_n"), flat
+    samplers: list[str] | str | None = None  # accepted; codemill applies top_k, top_p, temperature
+    id_slot: int = -1  # accepted; one engine serves every request
+    path: str | None = None  # codemill's extensions, as in /v1/completions
+    syntax_stop: bool = False
+
+
+class InfillBody(LlamaBody):
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[InfillExtra] = []
+    prompt: str = ""
+
+
+class RawBody(LlamaBody):
+    prompt: str | list[int | str]
+
+
+def llama_answer(
+    name: str, ids: list[int], result: Completion, body: LlamaBody, truncated: bool, prompt: str
+) -> dict:
+    """llama-server's final answer (tools/server: to_json_non_oaicompat), `response_fields` applied."""
+    predicted_s, prompt_s = result.decode_ms / 1000, result.prompt_ms / 1000
+    n, evaluated = len(result.tokens), result.tokens_evaluated
+    word = result.stop_type == "word" and result.stop_word
+    answer = {
+        "index": 0,
+        "content": result.text,
+        "tokens": [],
+        "id_slot": 0,
+        "stop": True,
+        "model": name,
+        "tokens_predicted": n,
+        "tokens_evaluated": len(ids),
+        "generation_settings": {
+            **body.model_dump(
+                include={"n_predict", "temperature", "top_k", "top_p", "seed", "stop", "n_indent"}
+            ),
+            "samplers": ["top_k", "top_p", "temperature"],
+        },
+        "prompt": prompt,
+        "has_new_line": "\n" in result.text,
+        "truncated": truncated,
+        "stop_type": "eos" if result.stop_type in ("eos", "syntax") else "word" if word else "limit",
+        "stopping_word": word or "",
+        "tokens_cached": len(ids) + n,  # what the cache holds after the request, as llama-server counts
+        "timings": {
+            "cache_n": result.tokens_cached,
+            "prompt_n": evaluated,
+            "prompt_ms": result.prompt_ms,
+            "prompt_per_token_ms": result.prompt_ms / evaluated if evaluated else 0.0,
+            "prompt_per_second": evaluated / prompt_s if prompt_s else 0.0,
+            "predicted_n": n,
+            "predicted_ms": result.decode_ms,
+            "predicted_per_token_ms": result.decode_ms / n if n else 0.0,
+            "predicted_per_second": n / predicted_s if predicted_s else 0.0,
+        },
+    }
+    if not body.response_fields:
+        return answer
+    out = {}
+    for field in body.response_fields:  # llama-server's json_get_nested_values: flat "a/b" keys
+        value: Any = answer
+        for key in field.split("/"):
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is not _MISSING:
+            out[field] = value
+    return out
+
+
+_MISSING = object()
 
 
 def error(
@@ -138,8 +207,10 @@ def create_app(
     max_tokens: int = 512,
     max_body_bytes: int = 1 << 20,
     max_queue: int = 8,
+    access_log: bool = True,
 ) -> FastAPI:
-    """`engine` or a function that loads one: the server then answers 503 until it returns."""
+    """`engine` or a function that loads one: the server then answers 503 until it returns.
+    `access_log`: one line per request on stderr (client, method, path, status, ms, tokens)."""
     app = FastAPI(title="codemill serve")
     slot = EngineSlot(max_queue)
     stats: Counter[str] = Counter()
@@ -160,8 +231,7 @@ def create_app(
         where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
         return error(400, f"invalid request: {where}: {first.get('msg', 'malformed body')}")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
+    def refusal(request: Request) -> JSONResponse | None:
         if loaded["engine"] is None:
             message = (
                 f"the model failed to load: {loaded['error']}" if loaded["error"] else "the model is loading"
@@ -173,8 +243,36 @@ def create_app(
         size = int(request.headers.get("content-length") or 0)
         if size > max_body_bytes:
             return error(413, f"request body of {size} bytes is over the limit of {max_body_bytes}")
-        stats["requests"] += 1
-        return await call_next(request)
+        return None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = refusal(request)
+        if response is None:
+            stats["requests"] += 1
+            response = await call_next(request)
+        if not access_log:
+            return response
+
+        def log() -> None:
+            ms, tokens = 1000 * (time.perf_counter() - t0), getattr(request.state, "tokens", 0)
+            line = (
+                f"{_client(request)} {request.method} {request.url.path} {response.status_code} {ms:.0f} ms"
+            )
+            print(f"{line} {tokens} tokens", file=sys.stderr, flush=True)
+
+        if isinstance(response, JSONResponse):
+            log()
+            return response
+
+        async def logged(body):  # the line is written once the last byte of the answer has gone
+            async for chunk in body:
+                yield chunk
+            log()
+
+        response.body_iterator = logged(response.body_iterator)
+        return response
 
     @contextlib.asynccontextmanager
     async def turn(request: Request):
@@ -215,6 +313,7 @@ def create_app(
                 if piece and stream_piece is not None:
                     await stream_piece(piece)
             stats["tokens_generated"] += len(result.tokens)
+            request.state.tokens = len(result.tokens)
             stats["tokens_cached"] += result.tokens_cached
             stats["tokens_evaluated"] += result.tokens_evaluated
             return result
@@ -309,21 +408,14 @@ def create_app(
                         "total_tokens": len(ids) + len(result.tokens)}  # fmt: skip
         return out
 
-    @app.post("/infill")
-    async def infill(body: InfillBody, request: Request):
+    async def llama_style(request: Request, body: LlamaBody, ids: list[int], truncated: bool, until):
+        """/infill and /completion: llama-server's answer, streamed as its server-sent events or whole."""
         engine = loaded["engine"]
-        n = body.n_predict
-        if n > max_tokens:
-            return error(400, f"n_predict {n} is over the server's limit of {max_tokens}")
-        context = [(e.filename, e.text) for e in body.input_extra]
-        ids = engine.prompt(
-            body.input_prefix + body.prompt,
-            body.input_suffix,
-            path=body.path,
-            max_tokens=max(n, 1),
-            context=context,
-        )
-        if n == 0:  # warm-up: fill the cache with the prompt, generate nothing
+        if body.n_predict > max_tokens:
+            return error(400, f"n_predict {body.n_predict} is over the server's limit of {max_tokens}")
+        if (bad := check_prompt(ids, max(body.n_predict, 1))) is not None:
+            return bad
+        if body.n_predict == 0:  # warm-up: fill the cache with the prompt, generate nothing
             async with turn(request) as (_, refused):
                 if refused is not None:
                     return refused
@@ -331,34 +423,69 @@ def create_app(
                     engine.reset()
                 t0 = time.perf_counter()
                 _, cached = await run_in_threadpool(engine.prefill, ids)
-            return {"content": "", "stop_type": "limit", "tokens_cached": cached, "tokens_evaluated": len(ids) - cached,
-                    "timings": {"prompt_ms": 1000 * (time.perf_counter() - t0), "predicted_ms": 0.0, "predicted_n": 0}}  # fmt: skip
-        until = (
-            syntax_stop(body.input_prefix + body.prompt, body.input_suffix, body.path)
-            if body.syntax_stop
-            else None
-        )
-        if body.syntax_stop and until is None:
-            return error(400, "syntax_stop needs a `path` whose language has a tree-sitter grammar")
-        kw = {"until": until, "max_tokens": n, "stop": tuple(body.stop), "temperature": body.temperature, "top_k": body.top_k,
-              "top_p": body.top_p, "n_indent": body.n_indent,
+            result = Completion(tokens_cached=cached, tokens_evaluated=len(ids) - cached)
+            result.prompt_ms = 1000 * (time.perf_counter() - t0)
+            return llama_answer(engine.name, ids, result, body, truncated, engine.tok.decode(ids))
+        kw = {"until": until, "max_tokens": body.n_predict, "stop": tuple(body.stop), "temperature": body.temperature,
+              "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed, "n_indent": body.n_indent,
               "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None}  # fmt: skip
-        result = await run(request, ids, None, reset=not body.cache_prompt, **kw)
-        if result is None or isinstance(result, JSONResponse):
-            return result
-        per_s = len(result.tokens) / (result.decode_ms / 1000) if result.decode_ms else 0.0
-        return {
-            "content": result.text,
-            "stop_type": {"eos": "eos", "syntax": "eos", "word": "word"}.get(result.stop_type, "limit"),
-            "tokens_cached": result.tokens_cached,
-            "tokens_evaluated": result.tokens_evaluated,
-            "timings": {
-                "prompt_ms": result.prompt_ms,
-                "predicted_ms": result.decode_ms,
-                "predicted_n": len(result.tokens),
-                "predicted_per_second": per_s,
-            },
-        }
+        finish = lambda r: llama_answer(engine.name, ids, r, body, truncated, engine.tok.decode(ids))  # noqa: E731
+        if not body.stream:
+            result = await run(request, ids, None, reset=not body.cache_prompt, **kw)
+            return result if result is None or isinstance(result, JSONResponse) else finish(result)
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def produce():
+            async def put(piece: str):
+                await queue.put({"index": 0, "content": piece, "tokens": [], "stop": False, "id_slot": 0})
+
+            result = await run(request, ids, put, reset=not body.cache_prompt, **kw)
+            if isinstance(result, JSONResponse):
+                await queue.put(json.loads(result.body))
+            elif result is not None:
+                await queue.put({**finish(result), "content": ""})  # the text went out in pieces
+            await queue.put(None)
+
+        async def events():
+            task = asyncio.create_task(produce())
+            while (item := await queue.get()) is not None:
+                yield f"data: {json.dumps(item)}\n\n"
+            await task
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    def until_for(body: LlamaBody, prefix: str, suffix: str):
+        if not body.syntax_stop:
+            return None
+        if (until := syntax_stop(prefix, suffix, body.path)) is None:
+            raise ValueError("syntax_stop needs a `path` whose language has a tree-sitter grammar")
+        return until
+
+    @app.post("/infill")
+    async def infill(body: InfillBody, request: Request):
+        engine = loaded["engine"]
+        prefix = body.input_prefix + body.prompt
+        context = [(e.filename, e.text) for e in body.input_extra]
+        ids, truncated = engine.prompt_fit(
+            prefix, body.input_suffix, path=body.path, max_tokens=max(body.n_predict, 1), context=context
+        )
+        try:
+            until = until_for(body, prefix, body.input_suffix)
+        except ValueError as e:
+            return error(400, str(e))
+        return await llama_style(request, body, ids, truncated, until)
+
+    @app.post("/completion")
+    async def completion(body: RawBody, request: Request):
+        """llama-server's raw completion: the prompt as given (special-token strings parsed), no format."""
+        engine = loaded["engine"]
+        try:
+            ids = engine.raw_ids(body.prompt)
+            text = body.prompt if isinstance(body.prompt, str) else engine.tok.decode(ids)
+            until = until_for(body, text, "")
+        except (ValueError, KeyError) as e:
+            return error(400, str(e).strip("'\""))
+        return await llama_style(request, body, ids, False, until)
 
     return app
 
