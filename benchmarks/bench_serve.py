@@ -1,9 +1,11 @@
-"""Completion latency of codemill's engine against transformers' generate() on the same model.
+"""Completion latency of codemill's engine against transformers' generate() and llama.cpp on the same model.
 
-Same checkpoint, same prompt (a real file split at a line), 64 new tokens, greedy, CPU, in one run:
+Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, greedy, CPU, in one run:
 - transformers `generate()` (its own KV cache within the call, nothing kept between calls);
 - codemill cold (empty cache), warm (the same request again), and typing (the prompt grown by the
-  characters a user types, one request per keystroke, as an editor sends them).
+  characters a user types, one request per keystroke, as an editor sends them);
+- llama.cpp (llama-cpp-python, the checkpoint exported with `codemill export gguf` in f32), the same
+  three, reusing its cache over the longest common prefix as llama-server does.
 
 Then, through the HTTP server on 127.0.0.1 (uvicorn, httpx clients):
 - keystroke replay: real files typed character by character (60-180 ms between keys and a 0.4-1.2 s
@@ -90,6 +92,8 @@ def main() -> None:
                 ours(eng, eng.prompt(typed, suffix, path="textwrap.py", max_tokens=args.tokens), False)
             )
         rows[f"{label}, typing (one request per keystroke)"] = times
+    rows.update(llama_cpp_rows(args, ids, [engine.prompt(prefix + "return text"[:k], suffix, path="textwrap.py",
+                                                          max_tokens=args.tokens) for k in range(1, args.repeats * 2 + 1)]))  # fmt: skip
     base = statistics.median(rows["transformers generate()"])
     table = Table(
         title=f"{args.tokens}-token greedy completion, prompt {len(ids)} tokens, CPU, {args.threads} threads"
@@ -114,6 +118,37 @@ def main() -> None:
             asyncio.run(replay(engine, files[: args.replay_files], args.chars, debounce / 1000))
     if args.clients:
         asyncio.run(concurrent(engine, files, args.clients, args.requests))
+
+
+def llama_cpp_rows(args, ids: list[int], typed: list[list[int]]) -> dict[str, list[float]]:
+    """The same runs through llama.cpp: cold, the same request again, typing (prefix reuse)."""
+    import tempfile
+
+    import llama_cpp
+
+    from codemill.model.gguf import export_gguf
+
+    with tempfile.TemporaryDirectory() as d:
+        export_gguf(args.model, Path(d) / "m.gguf", "f32")
+        llm = llama_cpp.Llama(
+            model_path=str(Path(d) / "m.gguf"), n_ctx=2048, n_threads=args.threads, verbose=False
+        )
+
+    def run(prompt: list[int], cold: bool) -> float:
+        if cold:
+            llm.reset()
+        t0 = time.perf_counter()
+        for k, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True), 1):  # reuses the prefix
+            if k == args.tokens:
+                break
+        return time.perf_counter() - t0
+
+    run(ids, True)  # warm-up
+    return {
+        "llama.cpp, cold cache": [run(ids, True) for _ in range(args.repeats)],
+        "llama.cpp, same request again": [run(ids, False) for _ in range(args.repeats)],
+        "llama.cpp, typing (one request per keystroke)": [run(p, False) for p in typed],
+    }
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -41,6 +41,8 @@ def _tokens_agree(checkpoint: Path, gguf: Path) -> None:
     tok, llm = load_tokenizer(checkpoint), _llama(gguf, vocab_only=True)
     texts = [f.read_text(errors="replace") for f in FILES if f.exists()]
     assert len(texts) >= 20
+    # sentinel text stays text in both; a PII placeholder curation wrote is one id in both
+    texts.append("s = '<fim_prefix>x<file_sep>' + '<EMAIL>'  # 12345 ünïcödé 世界\r\n\tend\n")
     ours = tok.encode_batch(texts)
     for text, ids in zip(texts, ours, strict=True):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
