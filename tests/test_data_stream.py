@@ -196,15 +196,16 @@ def windows(stream, n):
     return [next(stream) for _ in range(n)]
 
 
-def test_stream_resumes_exactly(code_corpus, tok):
-    cfg = DataConfig(seq_len=256)
+@pytest.mark.parametrize("level", ["context", "document"])
+def test_stream_resumes_exactly(code_corpus, tok, level):
+    cfg = DataConfig(seq_len=256, fim_level=level)
     a = TrainingStream(code_corpus, tok, cfg)
     states, got = [], []
     for _ in range(60):
         states.append(json.loads(json.dumps(a.state_dict())))  # survives a JSON round trip
         got.append(next(a))
-    inside = [st for st in states if st["current"] and st["current"]["offset"]]
-    assert len(inside) > 10  # most saved states sit inside a split document
+    inside = [st for st in states if st["current"] and (st["current"]["offset"] or st["current"]["char"])]
+    assert len(inside) > 10  # most saved states sit inside a split document or a file cut in pieces
     for k in (0, 7, 19, 33, 52):
         b = TrainingStream(code_corpus, tok, cfg)
         b.load_state_dict(states[k])
@@ -229,9 +230,10 @@ def test_shards_cover_every_repository_once(code_corpus, tok):
         TrainingStream(code_corpus, tok, cfg, world=4, workers=4)
 
 
-def test_packing_never_cuts_a_middle_masks_padding_and_loses_nothing(code_corpus, tok, corpus):
+@pytest.mark.parametrize("level", ["context", "document"])
+def test_packing_never_cuts_a_middle_masks_padding_and_loses_nothing(code_corpus, tok, corpus, level):
     stats = StreamStats()
-    s = TrainingStream(code_corpus, tok, DataConfig(seq_len=128), stats=stats, epochs=1)
+    s = TrainingStream(code_corpus, tok, DataConfig(seq_len=128, fim_level=level), stats=stats, epochs=1)
     ids = {
         t: tok.token_id(t)
         for t in ("<fim_prefix>", "<fim_middle>", "<|endoftext|>", "<fim_pad>", "<file_sep>")
@@ -257,9 +259,10 @@ def test_packing_never_cuts_a_middle_masks_padding_and_loses_nothing(code_corpus
                     fim_docs += 1
     assert fim_docs > 10
     summary = stats.summary()
-    assert summary["events"]["fim_context_spilled"] > 0  # 128-token windows force it
+    # 128-token windows force files into pieces (context) or their context out as NTP (document)
+    assert summary["events"]["context_piece" if level == "context" else "fim_context_spilled"] > 0
     assert 0 < summary["padding_fraction"] < 0.5
-    # what did not fit beside a middle was spilled as NTP, not dropped: no content token is lost
+    # what did not fit beside a middle was spilled as NTP or went on in pieces, not dropped
     content = sum(len(ids) for ids in tok.encode_batch([f.text for f in all_files(corpus)]))
     assert trained >= content
 
@@ -281,6 +284,22 @@ def test_both_layouts_train_the_same_span_twice(code_corpus, tok):
             spm.sample.suffix,
         )
     windows(s, 20)  # the packer takes a file's two documents as one group
+
+
+def test_context_level_keeps_the_objective_mix_at_the_token_level(code_corpus, tok):
+    """FIM and SFIM files only, 128-token windows: at context level the loss tokens are FIM and SFIM
+    (NTP only from repository names); at document level most of each long file is spilled as NTP."""
+    share = {}
+    for level in ("context", "document"):
+        stats = StreamStats()
+        cfg = DataConfig(seq_len=128, fim_level=level, code_objectives={"sfim": 0.5, "fim": 0.5})
+        for _ in TrainingStream(code_corpus, tok, cfg, stats=stats, epochs=1):
+            pass
+        t = stats.summary()["tokens_by_objective"]
+        share[level] = t.get("ntp", 0) / (t.get("ntp", 0) + t.get("fim", 0) + t.get("sfim", 0))
+        if level == "context":
+            assert stats.docs > stats.files  # long files went in as several pieces
+    assert share["context"] < 0.03 and share["document"] > 0.5, share
 
 
 def test_text_source_gets_its_share(tok, tmp_path):

@@ -32,6 +32,11 @@ class DataConfig(Settings):
     # equations (2) and (3): one layout per document, drawn with the rates above (our reading);
     # `both` trains the same span in both layouts, PSM then SPM (the other reading)
     fim_layouts: str = "drawn"
+    # where a FIM / SFIM file meets the end of a window: `context` applies the objective to the piece
+    # that fits (cut at a line end; the rest of the file goes on in the next window, objective drawn
+    # again for each piece: Bavarian et al.'s context-level FIM), `document` keeps the file whole and
+    # spills what does not fit as NTP (document-level)
+    fim_level: str = "context"
     sfim_policy: str = "literal"  # the paper's rule; `weighted` is ours (see data/objectives.py)
     sfim_weights: dict[str, float] = field(
         default_factory=lambda: {"statement": 0.5, "block": 0.3, "expression": 0.2}
@@ -59,6 +64,8 @@ class DataConfig(Settings):
                 raise ValueError(f"data.{name}: rates must be non-negative and not all zero")
         if self.objective_unit not in ("file", "repo"):
             raise ValueError("data.objective_unit must be 'file' or 'repo'")
+        if self.fim_level not in ("context", "document"):
+            raise ValueError("data.fim_level must be 'context' or 'document'")
         if self.fim_layouts not in ("drawn", "both"):
             raise ValueError("data.fim_layouts must be 'drawn' or 'both'")
         if self.sfim_policy not in ("weighted", "literal"):

@@ -113,24 +113,42 @@ class Span:
     node_end: int
 
 
-def sfim_span(file: SourceFile, rng: random.Random, policy: SfimPolicy) -> Span | str:
-    """The SFIM middle of a file, or the reason SFIM does not apply to it."""
+def sfim_span(
+    file: SourceFile,
+    rng: random.Random,
+    policy: SfimPolicy,
+    within: tuple[int, int] | None = None,
+    tree: tree_sitter.Tree | None = None,
+) -> Span | str:
+    """The SFIM middle of a file, or the reason SFIM does not apply to it. `within` (bytes lo, hi): a
+    piece of the file packed at context level, whose function is one of those overlapping the piece
+    (the first, in random order, with a node inside it) and whose node lies inside it."""
     query = _function_query(file.lang)
-    tree = file.tree() if query is not None else None
-    if tree is None:
+    tree = tree or (file.tree() if query is not None else None)
+    if query is None or tree is None:
         return "no_grammar"
+    src = file.src
+    lo, hi = within or (0, len(src))
     functions = tree_sitter.QueryCursor(query).captures(tree.root_node).get("f", [])
+    functions = [f for f in functions if f.start_byte < hi and f.end_byte > lo]
     if not functions:
         return "no_function"
-    fn = rng.choice(sorted(functions, key=lambda n: n.start_byte))
-    src = file.src
-    newlines = [m.start() for m in _NEWLINE.finditer(src, fn.start_byte, fn.end_byte + 1)]
-    nodes, stack = [], [c for c in fn.children if c.child_count]
-    while stack:
-        node = stack.pop()
-        if node.type != "ERROR" and _line_ends(newlines, len(src), node.start_byte, node.end_byte):
-            nodes.append(node)
-        stack += [c for c in node.children if c.child_count]
+    order = sorted(functions, key=lambda n: n.start_byte)
+    for fn in [rng.choice(order)] if within is None else rng.sample(order, len(order)):
+        newlines = [m.start() for m in _NEWLINE.finditer(src, fn.start_byte, fn.end_byte + 1)]
+        nodes, stack = [], [c for c in fn.children if c.child_count]
+        while stack:
+            node = stack.pop()
+            inside = lo <= node.start_byte and node.end_byte <= hi
+            if (
+                inside
+                and node.type != "ERROR"
+                and _line_ends(newlines, len(src), node.start_byte, node.end_byte)
+            ):
+                nodes.append(node)
+            stack += [c for c in node.children if c.child_count and c.start_byte < hi and c.end_byte > lo]
+        if nodes:
+            break
     if not nodes:
         return "no_node"
     node = policy.choose(nodes, rng)
@@ -155,23 +173,29 @@ def make_sample(
     sfim_spm: float,
     policy: SfimPolicy,
     fallback: str = "fim",
+    within: tuple[int, int] | None = None,
+    tree: tree_sitter.Tree | None = None,
 ) -> Sample:
-    """Apply `objective` to a file; SFIM falls back to `fallback` (counted) when it cannot apply."""
+    """Apply `objective` to a file, or with `within` (characters a, b) to the piece text[a:b] alone;
+    SFIM falls back to `fallback` (counted) when it cannot apply. `tree`: the file's, if parsed."""
     reason = None
+    a, b = within or (0, len(file.text))
+    text = file.text if within is None else file.text[a:b]
     if objective == "sfim":
-        span = sfim_span(file, rng, policy)
+        lo = len(file.text[:a].encode()) if a else 0
+        span = sfim_span(file, rng, policy, within and (lo, lo + len(text.encode())), tree)
         if isinstance(span, Span):
             src = file.src
             pre, mid, suf = (
-                src[: span.start].decode(),
+                src[lo : span.start].decode(),
                 src[span.start : span.end].decode(),
-                src[span.end :].decode(),
+                src[span.end : lo + len(text.encode())].decode(),
             )
             return Sample("sfim", pre, mid, suf, rng.random() < sfim_spm, node=span.node)
         reason, objective = span, fallback
     if objective == "fim":
-        pre, mid, suf = fim_split(file.text, rng)
+        pre, mid, suf = fim_split(text, rng)
         return Sample("fim", pre, mid, suf, rng.random() < fim_spm, fallback=reason)
     if objective == "ntp":
-        return Sample("ntp", file.text, fallback=reason)
+        return Sample("ntp", text, fallback=reason)
     raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")

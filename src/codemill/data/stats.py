@@ -26,17 +26,19 @@ class StreamStats:
         self.middle_lines: list[int] = []
         self.doc_tokens: list[int] = []
         self.token_objective: Counter[str] = Counter()
-        self.files = self.repos = self.windows = 0
+        self.files = self.docs = self.repos = self.windows = 0
 
     def repo(self, strategy: str) -> None:
         self.strategies[strategy] += 1
         self.repos += 1
 
-    def doc(self, d: Doc) -> None:
+    def doc(self, d: Doc, continued: bool = False) -> None:
+        """A document packed; `continued`: a later piece of a file cut at context level."""
         if d.sample is None:  # repository metadata
             return
         s = d.sample
-        self.files += 1
+        self.files += not continued
+        self.docs += 1
         self.objectives[d.objective] += 1
         self.doc_tokens.append(len(d.ids))
         if s.fallback:
@@ -63,6 +65,7 @@ class StreamStats:
         return {
             "repos": self.repos,
             "files": self.files,
+            "documents": self.docs,
             "windows": self.windows,
             "strategies": dict(self.strategies),
             "objectives": dict(self.objectives),

@@ -54,6 +54,11 @@ class Doc:
     opening: int = 0
     prefix_at: int = 0
     prefix_len: int = 0
+    frame: int = 0  # tokens that are not file content: specials, path, header
+    # code files, for context-level objectives: the file, its random key and the objective drawn for it
+    file: SourceFile | None = None
+    key: tuple = ()
+    drawn: str = ""
 
     def without_head(self, n: int) -> np.ndarray:
         """The document with the first n tokens of its prefix moved out (spilled as NTP before it)."""
@@ -116,6 +121,9 @@ class TrainingStream:
         }
         self._plan: list[Callable[[], Doc]] | None = None
         self._batch: tuple[int, list[Doc]] = (0, [])
+        self._rest_doc: tuple[tuple, Doc | None] = ((), None)
+        self._lines: tuple[SourceFile | None, np.ndarray, np.ndarray] = (None, EMPTY, EMPTY)
+        self._tree: tuple[SourceFile | None, Any] = (None, None)
         self.batch_docs = 64
 
     # --- state ---------------------------------------------------------------------------------
@@ -159,20 +167,35 @@ class TrainingStream:
         return plan
 
     def _file_doc(self, f: SourceFile, key: tuple, strategy: str, objective: str | None) -> list[Doc]:
+        key = (self.cfg.seed, *key, f.path)
+        rng = keyed_rng(*key)
+        drawn = objective or draw(self.cfg.code_objectives, rng)
+        sample = self._sample(f, drawn, rng)
+        origin = {"file": f, "key": key, "drawn": drawn}
+        if self.cfg.fim_layouts == "both" and sample.suffix is not None:
+            return [self._doc(f.path, replace(sample, spm=spm), strategy, **origin) for spm in (False, True)]
+        return [self._doc(f.path, sample, strategy, **origin)]
+
+    def _sample(
+        self, f: SourceFile, objective: str, rng: random.Random, within: tuple[int, int] | None = None
+    ) -> Sample:
         cfg = self.cfg
-        rng = keyed_rng(cfg.seed, *key, f.path)
-        sample = make_sample(
+        tree = None
+        if within is not None and objective == "sfim":  # pieces of one file share its tree
+            if self._tree[0] is not f:
+                self._tree = (f, f.tree())
+            tree = self._tree[1]
+        return make_sample(
             f,
-            objective or draw(cfg.code_objectives, rng),
+            objective,
             rng,
             fim_spm=cfg.fim_spm_rate,
             sfim_spm=cfg.sfim_spm_rate,
             policy=cfg.sfim,
             fallback=cfg.sfim_fallback,
+            within=within,
+            tree=tree,
         )
-        if cfg.fim_layouts == "both" and sample.suffix is not None:
-            return [self._doc(f.path, replace(sample, spm=spm), strategy) for spm in (False, True)]
-        return [self._doc(f.path, sample, strategy)]
 
     def _text_doc(self, text: str, key: tuple) -> list[Doc]:
         rng = keyed_rng(self.cfg.seed, *key)
@@ -181,9 +204,9 @@ class TrainingStream:
             return [self._doc(None, Sample("fim", pre, mid, suf, rng.random() < self.cfg.fim_spm_rate), None)]
         return [self._doc(None, Sample("ntp", text), None)]
 
-    def _doc(self, path: str | None, s: Sample, strategy: str | None) -> Doc:
+    def _doc(self, path: str | None, s: Sample, strategy: str | None, **origin) -> Doc:
         parts = self.fmt.document(path=path, prefix=s.prefix, middle=s.middle, suffix=s.suffix, spm=s.spm)
-        return Doc(EMPTY, s.objective, s.suffix is None, path, s, strategy, parts)
+        return Doc(EMPTY, s.objective, s.suffix is None, path, s, strategy, parts, **origin)
 
     def encode(self, docs: list[Doc]) -> list[list[Doc]]:
         """Tokenize every text part of a batch of documents at once (specials go in by id); each
@@ -193,7 +216,8 @@ class TrainingStream:
         out = []
         for d in docs:
             pieces = [([self.ids[p.text]] if p.role == "special" else next(encoded), p.role) for p in d.parts]
-            if not d.splittable and sum(len(ids) for ids, _ in pieces) > self.window_len:
+            context = self.cfg.fim_level == "context" and d.file is not None  # cut when packed
+            if not d.splittable and not context and sum(len(ids) for ids, _ in pieces) > self.window_len:
                 out.append(self._fit(d, pieces))
                 continue
             self._set_ids(d, pieces)
@@ -216,8 +240,59 @@ class TrainingStream:
         spill = lambda ids: Doc(np.asarray(ids, dtype=np.int32), "ntp", True, d.path, strategy=d.strategy)  # noqa: E731
         return ([spill(start + head)] if head else []) + [d] + ([spill(start + tail + end)] if tail else [])
 
+    # --- context-level objectives ---------------------------------------------------------------
+    def _rest(self, d: Doc, char: int, ntp: bool) -> Doc:
+        """File `d`'s text from `char` on with the file's objective, or (`ntp`) its next line alone as
+        NTP (a line longer than a window), built once."""
+        if self._rest_doc[0] == (id(d), char, ntp):
+            return self._rest_doc[1]
+        f = d.file
+        if ntp:
+            ends, _ = self._line_tokens(f)
+            sample = Sample("ntp", f.text[char : int(ends[np.searchsorted(ends, char, "right")])])
+        else:
+            sample = self._sample(f, d.drawn, keyed_rng(*d.key, char), within=(char, len(f.text)))
+        doc = self.encode([self._doc(d.path, sample, d.strategy, file=f, key=d.key, drawn=d.drawn)])[0][0]
+        self._rest_doc = ((id(d), char, ntp), doc)
+        return doc
+
+    def _line_tokens(self, f: SourceFile) -> tuple[np.ndarray, np.ndarray]:
+        """Where each line of `f` ends and the tokens up to it (lines tokenized alone), once per file."""
+        if self._lines[0] is not f:
+            lines = f.text.splitlines(keepends=True)
+            ends = np.cumsum([len(line) for line in lines])
+            self._lines = (f, ends, np.cumsum([len(ids) for ids in self.tok.encode_batch(lines)]))
+        return self._lines[1], self._lines[2]
+
+    def _tokens_from(self, f: SourceFile, char: int) -> int:
+        ends, tokens = self._line_tokens(f)
+        first = int(np.searchsorted(ends, char, "right"))
+        return int(tokens[-1] - (tokens[first - 1] if first else 0))
+
+    def _cut(self, d: Doc, room: int, char: int) -> tuple[Doc, int] | None:
+        """The longest head of `d`'s text ending at a line end whose document (the objective applied to
+        it alone, SFIM choosing its node inside it) fits in `room` tokens, and its length in characters."""
+        budget = room - d.frame - 4  # each cut may re-tokenize a token or two differently
+        if budget < 16:
+            return None
+        ends, tokens = self._line_tokens(d.file)
+        first = int(np.searchsorted(ends, char, "right"))  # pieces start at line ends
+        before = tokens[first - 1] if first else 0
+        fits = int(np.searchsorted(tokens[first:] - before, budget, "right"))
+        while fits > 0:
+            used = int(ends[first + fits - 1]) - char
+            sample = self._sample(
+                d.file, d.drawn, keyed_rng(*d.key, char, "piece"), within=(char, char + used)
+            )
+            piece = self.encode([self._doc(d.path, sample, d.strategy, file=d.file)])[0][0]  # never _fit
+            if len(piece.ids) <= room:
+                return piece, used
+            fits -= max(1, fits // 8)
+        return None
+
     def _set_ids(self, d: Doc, pieces: Pieces) -> None:
         d.ids = np.fromiter((t for ids, _ in pieces for t in ids), dtype=np.int32)
+        d.frame = sum(len(ids) for ids, role in pieces if role not in ("prefix", "middle", "suffix", "body"))
         if not d.splittable:  # where the file's opening ends and where its prefix lies
             starts = np.cumsum([0] + [len(ids) for ids, _ in pieces])
             roles = [role for _, role in pieces]
@@ -233,8 +308,11 @@ class TrainingStream:
             if "prefix" in roles:
                 i = roles.index("prefix")
                 d.prefix_at, d.prefix_len = int(starts[i]), len(pieces[i][0])
+
+    def _stat(self, d: Doc, continued: bool) -> None:
+        """Documents are counted as they are packed, each piece of a file cut at context level too."""
         if self.stats is not None:
-            self.stats.doc(d)
+            self.stats.doc(d, continued)
 
     def _count(self, event: str) -> None:
         if self.stats is not None:
@@ -253,7 +331,8 @@ class TrainingStream:
             s["pos"][source], s["epoch"][source] = 0, s["epoch"][source] + 1
         unit, epoch = units[s["pos"][source]], s["epoch"][source]
         s["pos"][source] += 1
-        s["current"] = {"source": source, "unit": unit, "epoch": epoch, "doc": 0, "part": 0, "offset": 0}
+        s["current"] = {"source": source, "unit": unit, "epoch": epoch, "doc": 0, "part": 0, "offset": 0,
+                        "char": 0, "ntp": False}  # fmt: skip
         self._plan = None
         return True
 
@@ -295,14 +374,41 @@ class TrainingStream:
                 continue
             group = self._group(cur["doc"])
             doc, room = group[cur["part"]], w - len(window)
+            char = cur.get("char", 0)  # context level: where the rest of a file cut in pieces starts
+            continued = bool(char or cur.get("ntp"))
+            if cur.get("ntp"):
+                doc = self._rest(doc, char, True)
+            elif char and self._tokens_from(doc.file, char) + doc.frame + 4 <= room:
+                doc, char = self._rest(doc, char, False), 0  # the rest may fit whole: build it
             code = OBJECTIVE_CODE[doc.objective]
             done, pad = False, 0
             if doc.splittable:
+                if cur["offset"] == 0:
+                    self._stat(doc, continued)
                 take = doc.ids[cur["offset"] : cur["offset"] + room]
                 cur["offset"] += len(take)
                 done = cur["offset"] == len(doc.ids)
-            elif len(ids := doc.without_head(cur["offset"])) <= room:
+                if done and cur.get("ntp"):  # the long line is packed: the file goes on in pieces
+                    cur["char"], cur["ntp"], cur["offset"] = char + len(doc.sample.prefix), False, 0
+                    done = cur["char"] == len(doc.file.text)
+            elif not char and len(ids := doc.without_head(cur["offset"])) <= room:
                 take, done = ids, True
+                self._stat(doc, continued)
+            elif self.cfg.fim_level == "context" and doc.file is not None:
+                # the objective applies to the piece of the file that fits what is left of the window
+                got = self._cut(doc, room, cur.get("char", 0))
+                if got is not None:
+                    piece, used = got
+                    take, code = piece.ids, OBJECTIVE_CODE[piece.objective]
+                    cur["char"] = cur.get("char", 0) + used
+                    done = cur["char"] == len(doc.file.text)
+                    self._stat(piece, continued)
+                    self._count("context_piece")
+                elif room == w:  # not one line fits a whole window: the rest of the file is NTP
+                    cur["ntp"], take = True, doc.ids[:0]
+                    self._count("line_longer_than_window")
+                else:  # too little room for a piece: padding, the file opens the next window
+                    take, pad = doc.ids[:0], room
             else:  # a FIM document is never cut: it opens the next window
                 # what is left here takes the head of its prefix as NTP, as long as the document keeps
                 # a quarter of its prefix (at least 64 tokens); padding fills the rest
@@ -312,7 +418,7 @@ class TrainingStream:
                 cur["offset"] += n
                 code, pad = OBJECTIVE_CODE["ntp"], room - len(take)
             if done:
-                cur["part"], cur["offset"] = cur["part"] + 1, 0
+                cur["part"], cur["offset"], cur["char"], cur["ntp"] = cur["part"] + 1, 0, 0, False
                 if cur["part"] == len(group):
                     cur["doc"], cur["part"] = cur["doc"] + 1, 0
             window += take.tolist() + [self.pad_id] * pad

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ def _stamp(*parts) -> str:
 
 @dataclass
 class Stages:
-    """stages.json: the stamp of every finished stage."""
+    """stages.json: the stamp of every finished stage, and of every stage started (`NAME/started`)."""
 
     path: Path
     done: dict[str, str] = field(default_factory=dict)
@@ -65,8 +66,18 @@ class Stages:
     def fresh(self, name: str, stamp: str, output: Path) -> bool:
         return self.done.get(name) == stamp and output.exists()
 
+    def start(self, name: str, stamp: str) -> str | None:
+        """Record that `name` starts with `stamp`; return the stamp its output was made with, if other."""
+        before = self.done.get(f"{name}/started", self.done.get(name))
+        self.done[f"{name}/started"] = stamp
+        self._write()
+        return before if before not in (None, stamp) else None
+
     def finish(self, name: str, stamp: str) -> None:
         self.done[name] = stamp
+        self._write()
+
+    def _write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.done, indent=1) + "\n")
         tmp.replace(self.path)
@@ -89,13 +100,19 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         d.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
-    def stage(name: str, stamp: str, output: Path, work, where: Path = out) -> None:
+    def stage(
+        name: str, stamp: str, output: Path, work, where: Path = out, workdir: Path | None = None
+    ) -> None:
         stages = Stages.open(where)
         if stages.fresh(name, stamp, output):
             console.print(f"[dim]{name}: up to date ({output})[/dim]")
             seconds[name] = 0.0
             return
         console.rule(f"[bold]{name}")
+        workdir = workdir or output.parent
+        if stages.start(name, stamp) and workdir.exists():  # made with other settings: never resume it
+            console.print(f"{name}: the settings changed since {workdir} was written; starting it again")
+            shutil.rmtree(workdir)
         t0 = time.perf_counter()
         work()
         seconds[name] = time.perf_counter() - t0
@@ -125,6 +142,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         bench / "fim" / "heldout_repos.txt",
         lambda: _bench(rcfg, corpus, bench, console),
         base,
+        bench,
     )
 
     data = {**(recipe.get("data") or {}), **(data_overrides or {})}
@@ -138,6 +156,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         s_train,
         train_dir / "final" / "config.json",
         lambda: _train(corpus, tokenizer, train_dir, dcfg, tcfg, console),
+        workdir=train_dir,
     )
 
     final = train_dir / "final"
