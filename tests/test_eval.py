@@ -344,3 +344,60 @@ def test_crossfile_builder_and_crosscodeeval_settings(code_corpus, tmp_path):
             assert r.returncode == 0, r.stdout + r.stderr
             summary = json.loads((out / "results.json").read_text())["summary"]["all"]
             assert summary["exact_match"] == summary["identifier_em"] == score
+
+
+def test_fim_loss_scores_the_middle_and_its_end_in_both_layouts(code_corpus, tiny_checkpoint, tmp_path):
+    import torch
+
+    from codemill.data.tokenizer import load_tokenizer
+    from codemill.eval.builders import build_fim
+    from codemill.eval.loss import fim_loss, heldout_texts, middle_nll
+    from codemill.eval.runner import compare
+    from codemill.eval.suites import fim_eval
+    from codemill.formats import checkpoint_format
+    from codemill.model.hf import import_hf
+
+    build_fim(code_corpus, tmp_path / "fim", holdout=0.5, per_type=2, seed=3)
+    model, tok, fmt = (
+        import_hf(tiny_checkpoint),
+        load_tokenizer(tiny_checkpoint),
+        checkpoint_format(tiny_checkpoint),
+    )
+    (tmp_path / "one").mkdir()
+    row = {"task_id": "1", "pre_mask_code": "def clamp(x, lo, hi):\n    if x < lo:\n", "task_type": "if_statement",
+           "canonical_solution": "        return lo\n", "post_mask_code": "    return min(x, hi)\n"}  # fmt: skip
+    (tmp_path / "one" / "python_test.jsonl").write_text(json.dumps(row) + "\n")
+    task = fim_eval(str(tmp_path / "one"))[0]
+    # by hand: the middle's tokens and the end token after it, each given everything before it
+    r = task.request
+    head = [tok.token_id(t) for t in ("<fim_prefix>",)]
+    ids = (
+        head
+        + tok.encode_batch([r.prefix])[0]
+        + [tok.token_id("<fim_suffix>")]
+        + tok.encode_batch([r.suffix])[0]
+    )
+    ids = (
+        tok.encode_batch([""])[0] + [tok.token_id("<file_sep>")] + tok.encode_batch([r.path + "\n"])[0] + ids
+    )
+    ids += [tok.token_id("<fim_middle>")]
+    middle = tok.encode_batch([r.reference])[0] + [tok.token_id("<|endoftext|>")]
+    assert len(ids + middle) < 512  # the context: nothing is cut
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids + middle]))[0].float(), -1)
+    want = -sum(float(logp[len(ids) - 1 + k, t]) for k, t in enumerate(middle))
+    nats, n = middle_nll(model, tok, fmt, task, False, 512, torch.device("cpu"))
+    assert n == len(middle) and abs(nats - want) < 1e-3 * len(middle)
+
+    texts = heldout_texts(code_corpus, tmp_path / "fim" / "heldout_repos.txt", 3)
+    res = fim_loss(model, tok, fmt, tmp_path / "fim", tmp_path / "out", name="tiny", files=texts, context=512)
+    s = res["summary"]
+    for layout in ("psm", "spm"):  # an untrained model: about log2(vocab) / bytes per token
+        assert (
+            0.5 < s["all"][f"{layout}_bits_per_byte"] < 11
+            and s["all"][f"{layout}_ci95_low"] <= s["all"][f"{layout}_bits_per_byte"]
+        )
+    assert s["left-to-right"]["files"] == 3 and s["left-to-right"]["bits_per_byte"] > 0
+    assert all(row["psm_tokens"] >= 1 for row in res["tasks"])  # empty middles score their end
+    table = compare([tmp_path / "out"])
+    assert "psm_bits_per_byte" in table and "left-to-right" in table

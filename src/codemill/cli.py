@@ -254,7 +254,8 @@ def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run dire
 def eval_(
     suite: str = typer.Argument(
         ...,
-        help="humaneval, mbpp, santacoder-fim, fim-eval, crosscodeeval, multipl-e-cpp|java|js; or compare.",
+        help="humaneval, mbpp, santacoder-fim, fim-eval, crosscodeeval, multipl-e-cpp|java|js, fim-loss "
+        "(bits per byte of FIM middles and held-out files); or compare.",
     ),
     runs: list[Path] = typer.Argument(
         None, help="With `compare`: eval output directories to put side by side."
@@ -289,6 +290,11 @@ def eval_(
     unsafe: bool = typer.Option(
         False, "--unsafe", help="Run generated code without bubblewrap (limits only)."
     ),
+    corpus: Path = typer.Option(
+        None,
+        help="fim-loss: score files of the held-out repositories (--data's heldout_repos.txt) of this corpus.",
+    ),
+    files: int = typer.Option(200, help="fim-loss: held-out files scored left to right."),
 ) -> None:
     """Evaluate a model like the paper: generate, execute in a sandbox, report.
     `codemill eval compare RUN...` puts runs side by side in the paper's tables."""
@@ -309,6 +315,8 @@ def eval_(
         return
     if model is None or out is None:
         raise _fail(ValueError("--model and --out are needed"))
+    if suite == "fim-loss":
+        return _fim_loss(model, format, data, out, corpus, files, limit)
 
     options = {"data": data} if data else {}
     if suite == "mbpp":
@@ -344,6 +352,32 @@ def eval_(
         )
     console.print(table)
     console.print(f"every sample in [bold]{out}/results.json[/bold], the report in {out}/report.md")
+
+
+def _fim_loss(model: str, format: str | None, data: str | None, out: Path, corpus: Path | None, files: int,
+              limit: int | None) -> None:  # fmt: skip
+    from codemill.data.tokenizer import load_tokenizer
+    from codemill.eval.loss import fim_loss, heldout_texts, interval
+    from codemill.formats import checkpoint_format
+    from codemill.model.hf import import_hf
+
+    try:
+        if data is None:
+            raise ValueError("--data: a FIM-Eval-shaped directory (`codemill bench build fim` writes one)")
+        if not (Path(model) / "config.json").exists():
+            raise FileNotFoundError(f"{model}: fim-loss needs a checkpoint directory (it reads the logits)")
+        held = Path(data) / "heldout_repos.txt"
+        texts = heldout_texts(corpus, held, files) if corpus and held.exists() else []
+        net = import_hf(model)
+        results = fim_loss(net, load_tokenizer(model), checkpoint_format(model, format), data, out,
+                           name=Path(model).name, files=texts, limit=limit, context=net.cfg.max_seq_len,
+                           console=console)  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(e) from e
+    s = results["summary"]
+    console.print(f"fim-loss {results['model']}: FIM middles PSM {interval(s['all'], 'psm_')}, SPM "
+                  f"{interval(s['all'], 'spm_')} bits/byte; held-out files {interval(s.get('left-to-right', {}), '')}; "
+                  f"{out / 'report.md'}")  # fmt: skip
 
 
 @bench_build_app.command("fim")

@@ -82,11 +82,13 @@ class StreamStats:
 
     def tables(self) -> list[Table]:
         s = self.summary()
-        files = max(self.files, 1)
+        docs = max(self.docs, 1)
         mix = Table(
-            title=f"objective mix ({self.files} files in {self.repos} repositories, {self.windows} windows)"
+            title=f"objective mix ({self.files} files, {self.docs} documents, in {self.repos} repositories, "
+            f"{self.windows} windows)"
         )
-        for col in ("objective", "files", "share", "PSM", "SPM", "tokens"):
+        loss = sum(v for k, v in self.token_objective.items() if k != "padding") or 1
+        for col in ("objective", "documents", "share", "PSM", "SPM", "tokens", "share of loss tokens"):
             mix.add_column(col, justify="left" if col == "objective" else "right")
         for o in ("sfim", "fim", "ntp"):
             n = self.objectives[o]
@@ -96,9 +98,16 @@ class StreamStats:
                 if o != "ntp"
                 else ["", ""]
             )
-            mix.add_row(o, str(n), f"{n / files:.1%}", *lay, f"{self.token_objective[o]:,}")
+            t = self.token_objective[o]
+            mix.add_row(o, str(n), f"{n / docs:.1%}", *lay, f"{t:,}", f"{t / loss:.1%}")
         mix.add_row(
-            "padding", "", "", "", "", f"{self.token_objective['padding']:,} ({s['padding_fraction']:.1%})"
+            "padding",
+            "",
+            "",
+            "",
+            "",
+            f"{self.token_objective['padding']:,} ({s['padding_fraction']:.1%})",
+            "",
         )
 
         dist = Table(title="lengths (p10 / p50 / p90)")
@@ -118,7 +127,7 @@ class StreamStats:
         for k, n in sorted(self.strategies.items()):
             other.add_row(f"ordering: {k}", f"{n} ({n / max(self.repos, 1):.0%} of repositories)")
         for k, n in sorted(self.fallbacks.items()):
-            other.add_row(f"SFIM fallback: {k}", f"{n} ({n / files:.1%} of files)")
+            other.add_row(f"SFIM fallback: {k}", f"{n} ({n / docs:.1%} of documents)")
         for k, n in sorted(self.events.items()):
             other.add_row(k.replace("_", " "), str(n))
         for k, n in self.nodes.most_common(5):

@@ -196,12 +196,22 @@ def compare(runs: list[Path], chart_path: Path | None = None, chart_metric: str 
             for m in metrics:
                 vals = [r["summary"].get(key, {}).get(m) for r, _ in group]
                 cells = [
-                    f"{v:.2f}" if m == "length_ratio" else f"{v:.1f}" if isinstance(v, float) else "-"
+                    "-"
+                    if not isinstance(v, float)
+                    else f"{v:.3f}"
+                    if m.endswith(("bits_per_byte", "nats_per_token", "_low", "_high"))
+                    else f"{v:.2f}"
+                    if m == "length_ratio"
+                    else f"{v:.1f}"
                     for v in vals
                 ]
                 lines.append(f"| {key} | {m} | " + " | ".join(cells) + " |")
         lines.append("")
-    fim = [(r, p) for r, p in zip(loaded, runs, strict=True) if any(" / " in k for k in r["summary"])]
+    fim = [
+        (r, p)
+        for r, p in zip(loaded, runs, strict=True)
+        if r["suite"] != "fim-loss" and any(" / " in k for k in r["summary"])
+    ]
     if chart_path is not None and fim:
         _task_type_chart(fim, chart_path, chart_metric)
     return "\n".join(lines)

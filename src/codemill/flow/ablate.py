@@ -13,6 +13,7 @@ from pathlib import Path
 
 from codemill.eval.runner import compare
 from codemill.flow.run import run
+from codemill.train.metrics import loss_token_mix, mix_text
 
 VARIANTS: dict[str, dict] = {
     "ntp": {"code_objectives": {"ntp": 1.0}},
@@ -58,6 +59,7 @@ def table(out: Path, names: list[str]) -> str:
     """One row per variant: final training loss, then the held-out scores (all languages pooled)."""
     cols = [
         ("train loss", None, None),
+        ("loss tokens", None, "mix"),
         ("FIM EM", "fim-eval", "exact_match"),
         ("FIM BLEU-4", "fim-eval", "bleu4"),
         ("FIM CodeBLEU", "fim-eval", "codebleu"),
@@ -78,6 +80,9 @@ def table(out: Path, names: list[str]) -> str:
                 rows = [
                     json.loads(x) for x in (out / name / "train" / "metrics.jsonl").read_text().splitlines()
                 ]
+                if metric == "mix":  # what the variant trained on, at the token level
+                    cells.append(mix_text(loss_token_mix(rows)))
+                    continue
                 tail = rows[-5:]  # the mean of the last five logged losses, less noisy than the last
                 cells.append(f"{sum(r['loss'] for r in tail) / len(tail):.3f}")
                 continue

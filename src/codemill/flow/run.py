@@ -244,6 +244,7 @@ def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -
 def write_report(out: Path, base: Path) -> Path:
     """report.md: corpus, held-out benchmarks, training curve, evaluation in the paper's tables."""
     from codemill.eval.tables import paper_tables
+    from codemill.train.metrics import loss_token_mix, mix_text
 
     lines = [f"# codemill run: {out.name}", ""]
     manifest = base / "corpus" / "manifest.json"
@@ -262,8 +263,9 @@ def write_report(out: Path, base: Path) -> Path:
         rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
         if rows:
             last = rows[-1]
-            lines += ["## Training", "", f"{last['step']} steps, {last['tokens']:,} tokens, final loss {last['loss']:.3f}.",
-                      "", "![loss](train/loss.png)", ""]  # fmt: skip
+            mix = mix_text(loss_token_mix(rows))
+            lines += ["## Training", "", f"{last['step']} steps, {last['tokens']:,} tokens, final loss {last['loss']:.3f}; "
+                      f"loss tokens by objective: {mix}.", "", "![loss](train/loss.png)", ""]  # fmt: skip
     runs = [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*/results.json"))]
     if runs:
         lines += ["## Evaluation", "", paper_tables(runs), ""]

@@ -166,6 +166,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
                     f"loss_{name}": (sums[c, 0] / sums[c, 1]).item() if sums[c, 1] > 0 else None
                     for c, name in OBJECTIVES.items()
                 },
+                **{f"tokens_{name}": int(sums[c, 1].item()) for c, name in OBJECTIVES.items()},  # loss tokens
                 "lr": lr,
                 "grad_norm": float(
                     grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm

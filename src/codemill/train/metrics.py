@@ -28,6 +28,20 @@ def peak_flops(device: torch.device, override: float) -> float | None:
     return None
 
 
+def loss_token_mix(rows: list[dict]) -> dict[str, float]:
+    """Share of the loss tokens per objective over a run's logged records (`tokens_ntp`, ...)."""
+    totals = {
+        k.removeprefix("tokens_"): sum(r.get(k) or 0 for r in rows)
+        for k in ("tokens_sfim", "tokens_fim", "tokens_ntp")
+    }
+    n = sum(totals.values())
+    return {k: v / n for k, v in totals.items()} if n else {}
+
+
+def mix_text(mix: dict[str, float]) -> str:
+    return " / ".join(f"{k.upper()} {v:.0%}" for k, v in mix.items()) if mix else "-"
+
+
 class Metrics:
     """metrics.jsonl (one record per logged step) and TensorBoard scalars, written by rank 0 only."""
 
