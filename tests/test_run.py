@@ -19,7 +19,7 @@ RECIPE = {
         "vocab_size": 600,
         "fim_per_type": 3,
         "crossfile_per_repo": 3,
-        "suites": ["fim-eval", "crosscodeeval/infile", "humaneval"],
+        "suites": ["fim-eval", "crosscodeeval/infile", "humaneval", "fim-loss"],
         "eval_limit": 6,
         "eval_max_tokens": 6,
     },
@@ -64,13 +64,14 @@ def test_run_chains_the_stages_and_skips_what_is_done(sources, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     stages = [k for k in json.loads((out / "stages.json").read_text()) if not k.endswith("/started")]
     assert stages == ["curate", "tokenizer", "bench", "train", "eval fim-eval", "eval crosscodeeval/infile",
-                            "eval humaneval"]  # fmt: skip
+                      "eval humaneval", "eval fim-loss"]  # fmt: skip
     held = (out / "bench" / "fim" / "heldout_repos.txt").read_text().split()
     assert held and set(held) < {p.name for p in sources.iterdir()}
     config = json.loads((out / "train" / "final" / "codemill.json").read_text())
     assert config["data"]["exclude_repos"].endswith("heldout_repos.txt")  # the model never saw them
     report = (out / "report.md").read_text()
     assert "Table V. FIM-Eval" in report and "Table II. NL2Code" in report and "codemill serve" in report
+    assert "## What training bought" in report and "| untrained initialisation |" in report
     assert (out / "train" / "loss.png").exists()
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # everything is up to date

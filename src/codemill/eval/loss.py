@@ -148,18 +148,33 @@ def interval(e: dict, prefix: str) -> str:
     return f"{e[prefix + 'bits_per_byte']:.3f} [{e[prefix + 'ci95_low']:.3f}, {e[prefix + 'ci95_high']:.3f}]"
 
 
+def _rows(corpus: str | Path):
+    import pyarrow.parquet as pq
+
+    for f in sorted(Path(corpus).glob("files-*.parquet")):
+        for batch in pq.ParquetFile(f).iter_batches(columns=["repo", "content"], batch_size=1024):
+            yield from zip(*(c.to_pylist() for c in batch.columns), strict=True)
+
+
 def heldout_texts(corpus: str | Path, repos_file: str | Path, n: int, seed: int = 0) -> list[str]:
     """Up to n random files of the held-out repositories (`heldout_repos.txt` of a built benchmark)."""
     import random
 
-    import pyarrow.parquet as pq
-
     names = set(Path(repos_file).read_text().split())
-    texts = []
-    for f in sorted(Path(corpus).glob("files-*.parquet")):
-        for batch in pq.ParquetFile(f).iter_batches(columns=["repo", "content"], batch_size=1024):
-            texts += [t for r, t in zip(*(c.to_pylist() for c in batch.columns), strict=True) if r in names]
+    texts = [text for repo, text in _rows(corpus) if repo in names]
     return random.Random(seed).sample(texts, min(n, len(texts)))
+
+
+def _corpus_texts(corpus: str | Path, held: set[str], nbytes: int) -> list[str]:
+    """The corpus's first `nbytes` of files outside the held-out repositories: the training side."""
+    out, seen = [], 0
+    for repo, text in _rows(corpus):
+        if seen >= nbytes:
+            break
+        if repo not in held:
+            out.append(text)
+            seen += len(text.encode())
+    return out
 
 
 def report(results: dict) -> str:
@@ -173,4 +188,81 @@ def report(results: dict) -> str:
     if "left-to-right" in s:
         e = s["left-to-right"]
         lines += ["", f"Left to right on {e['files']} held-out files: {interval(e, '')} bits per byte."]
+    return "\n".join(lines)
+
+
+def unigram(tok, texts: list[str], vocab: int) -> np.ndarray:
+    """Log-probabilities (nats) of a unigram model of `texts`' tokens, add-one smoothed: the floor a
+    model that ignores context reaches."""
+    counts = np.ones(vocab, dtype=np.float64)
+    for ids in tok.encode_batch(texts):
+        counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab)[:vocab]
+    return np.log(counts / counts.sum())
+
+
+def unigram_summary(logp: np.ndarray, tok, fmt: Format, tasks, texts: list[str]) -> dict:
+    """bits per byte of the same middles (and their end) and files under the unigram model."""
+    end = tok.token_id(fmt.eos)
+    middles = tok.encode_batch([t.request.reference for t in tasks])
+    nats = np.asarray([-(logp[ids].sum() + logp[end]) for ids in middles])
+    nbytes = np.asarray([len(t.request.reference.encode()) + 1 for t in tasks], dtype=np.float64)
+    out = {"all": _scores(nats, nbytes, sum(map(len, middles)) + len(tasks), "")}
+    if texts:
+        ids = tok.encode_batch(texts)
+        nats = np.asarray([-logp[i].sum() for i in ids])
+        nbytes = np.asarray([len(t.encode()) for t in texts], dtype=np.float64)
+        out["left-to-right"] = {"files": len(texts), **_scores(nats, nbytes, sum(map(len, ids)), "")}
+    return out
+
+
+def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str | Path, out: str | Path, *,
+                         files: int = 200, limit: int | None = None, train_texts: int = 20_000_000,
+                         console=None) -> dict:  # fmt: skip
+    """fim-loss of a trained checkpoint beside its untrained initialisation and a unigram model of the
+    training corpus, on the same held-out middles and files: learning shows here while exact match is 0."""
+    from codemill.data.tokenizer import load_tokenizer
+    from codemill.formats import checkpoint_format
+    from codemill.model.hf import import_hf
+    from codemill.model.llama import Llama
+
+    checkpoint, bench, out = Path(checkpoint), Path(bench), Path(out)
+    tok, fmt = load_tokenizer(checkpoint), checkpoint_format(checkpoint)
+    held = bench / "fim" / "heldout_repos.txt"
+    texts = heldout_texts(corpus, held, files)
+    trained = import_hf(checkpoint)
+    kw = {"files": texts, "limit": limit, "context": trained.cfg.max_seq_len, "console": console}
+    results = fim_loss(trained, tok, fmt, bench / "fim", out, name=checkpoint.name, **kw)
+    torch.manual_seed(0)
+    init = Llama(trained.cfg)
+    init.init_weights()
+    untrained = fim_loss(init, tok, fmt, bench / "fim", out / "untrained", name="untrained", **kw)
+    logp = unigram(
+        tok, _corpus_texts(corpus, set(held.read_text().split()), train_texts), trained.cfg.vocab_size
+    )
+    results["baselines"] = {
+        "untrained": untrained["summary"],
+        "unigram": unigram_summary(logp, tok, fmt, fim_eval(str(bench / "fim"))[:limit], texts),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "report.md").write_text(report(results) + "\n\n" + bought_table(results) + "\n")
+    return results
+
+
+def bought_table(results: dict) -> str:
+    """Markdown: bits per byte of the trained model, its untrained initialisation and the unigram model."""
+    s, base = results["summary"], results.get("baselines", {})
+    rows = [
+        ("trained", s),
+        ("untrained initialisation", base.get("untrained", {})),
+        ("unigram of the corpus", base.get("unigram", {})),
+    ]
+    lines = [
+        "| model | FIM middles, PSM | FIM middles, SPM | held-out files, left to right |",
+        "|---|---|---|---|",
+    ]
+    for name, summ in rows:
+        a, ltr = summ.get("all", {}), summ.get("left-to-right", {})
+        psm = interval(a, "psm_") if "psm_bits_per_byte" in a else interval(a, "")
+        spm = interval(a, "spm_") if "spm_bits_per_byte" in a else psm if "bits_per_byte" in a else "-"
+        lines.append(f"| {name} | {psm} | {spm} | {interval(ltr, '')} |")
     return "\n".join(lines)

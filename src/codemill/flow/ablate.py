@@ -70,6 +70,8 @@ def table(out: Path, names: list[str]) -> str:
         ("x-file EM BM25", "crosscodeeval-retrieval", "exact_match"),
         ("x-file ES BM25", "crosscodeeval-retrieval", "edit_similarity"),
         ("HumanEval pass@1", "humaneval", "pass@1"),
+        ("FIM bits/byte PSM", "fim-loss", "psm_bits_per_byte"),
+        ("FIM bits/byte SPM", "fim-loss", "spm_bits_per_byte"),
     ]
     lines = ["| variant | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     types: dict[str, dict[str, list[tuple[float, int]]]] = {}
@@ -87,7 +89,15 @@ def table(out: Path, names: list[str]) -> str:
                 cells.append(f"{sum(r['loss'] for r in tail) / len(tail):.3f}")
                 continue
             v = _summary(out / name, suite).get("all", {}).get(metric)
-            cells.append("-" if v is None else f"{v:.2f}" if metric == "length_ratio" else f"{v:.1f}")
+            cells.append(
+                "-"
+                if v is None
+                else f"{v:.3f}"
+                if "bits" in metric
+                else f"{v:.2f}"
+                if metric == "length_ratio"
+                else f"{v:.1f}"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for key, row in _summary(out / name, "fim-eval").items():
             if " / " in key and "codebleu" in row:

@@ -32,9 +32,11 @@ class RunConfig(Settings):
     holdout: float = 0.1  # share of repositories held out of training for the built benchmarks
     fim_per_type: int = 10  # FIM-Eval-shaped tasks per language and task type
     crossfile_per_repo: int = 5
-    # suites to run: humaneval, mbpp, multipl-e-*, santacoder-fim; fim-eval and crosscodeeval[/setting]
-    # run on the benchmarks built from the held-out repositories
-    suites: tuple[str, ...] = ("humaneval", "fim-eval", "crosscodeeval/infile", "crosscodeeval/retrieval")
+    # suites to run: humaneval, mbpp, multipl-e-*, santacoder-fim; fim-eval, crosscodeeval[/setting] and
+    # fim-loss (bits per byte, beside the untrained model and a unigram) run on the held-out repositories
+    suites: tuple[str, ...] = (
+        "humaneval", "fim-eval", "crosscodeeval/infile", "crosscodeeval/retrieval", "fim-loss",
+    )  # fmt: skip
     eval_limit: int | None = None  # tasks per suite
     eval_max_tokens: int | None = 128
     unsafe: bool = False  # run generated code without bubblewrap
@@ -178,7 +180,9 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
             name,
             s_eval,
             target / "results.json",
-            lambda s=suite, t=target: _eval(rcfg, s, model(), bench, t, console),
+            (lambda t=target: _fim_loss(rcfg, final, corpus, bench, t, console))
+            if suite == "fim-loss"
+            else (lambda s=suite, t=target: _eval(rcfg, s, model(), bench, t, console)),
         )
     report = write_report(out, base)
     console.print(f"report: [bold]{report}[/bold]")
@@ -241,6 +245,16 @@ def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -
     console.print(f"{suite}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)))
 
 
+def _fim_loss(rcfg: RunConfig, final: Path, corpus: Path, bench: Path, out: Path, console) -> None:
+    from codemill.eval.loss import what_training_bought
+
+    results = what_training_bought(final, corpus, bench, out, limit=rcfg.eval_limit, console=console)
+    s = results["summary"]
+    console.print(f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM), untrained "
+                  f"{results['baselines']['untrained']['all']['psm_bits_per_byte']:.3f}, unigram "
+                  f"{results['baselines']['unigram']['all']['bits_per_byte']:.3f}")  # fmt: skip
+
+
 def write_report(out: Path, base: Path) -> Path:
     """report.md: corpus, held-out benchmarks, training curve, evaluation in the paper's tables."""
     from codemill.eval.tables import paper_tables
@@ -267,6 +281,16 @@ def write_report(out: Path, base: Path) -> Path:
             lines += ["## Training", "", f"{last['step']} steps, {last['tokens']:,} tokens, final loss {last['loss']:.3f}; "
                       f"loss tokens by objective: {mix}.", "", "![loss](train/loss.png)", ""]  # fmt: skip
     runs = [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*/results.json"))]
+    for r in runs:
+        if r["suite"] == "fim-loss" and "baselines" in r:
+            from codemill.eval.loss import bought_table
+
+            lines += ["## What training bought", "", "Bits per byte (lower is better, 95% intervals) on the held-out "
+                      "repositories: FIM middles given prefix and suffix, and their files left to right; the same "
+                      "model before training and a unigram model of the training corpus for scale "
+                      f"(`{out / 'eval' / 'fim-loss' / 'report.md'}` per language and task type).", "",
+                      bought_table(r), ""]  # fmt: skip
+    runs = [r for r in runs if r["suite"] != "fim-loss"]
     if runs:
         lines += ["## Evaluation", "", paper_tables(runs), ""]
     lines += ["## Serve", "", "```", f"codemill serve {out / 'train' / 'final'} --port 8012", "```", ""]
