@@ -107,6 +107,15 @@ def test_openai_client_against_the_server(server):
         client.completions.create(model="x", prompt=PREFIX, max_tokens=500)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.completions.create(model="x", prompt=PREFIX, max_tokens=-3)
+    for field, value in (("n", 2), ("logprobs", 3), ("echo", True), ("best_of", 2)):  # not silently ignored
+        with pytest.raises(openai.BadRequestError, match=f"`{field}` is not supported"):
+            client.completions.create(model="x", prompt=PREFIX, max_tokens=4, **{field: value})
+    import httpx
+
+    for raw in (b"{not json", b'{"prompt": "\xff\xfe"}'):  # broken JSON, and bytes that are not UTF-8
+        r = httpx.post(server.url + "/v1/completions", content=raw,
+                       headers={"Authorization": "Bearer sekret", "content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
     bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.completions.create(model="x", prompt="x", max_tokens=2)

@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codemill.langs import syntax_stop
 from codemill.serve.engine import Completion, Engine
@@ -51,6 +52,28 @@ class CompletionBody(BaseModel):
     input_extra: list[InfillExtra] = []  # llama.cpp's cross-file snippets, placed by the model's format
     path: str | None = None  # codemill's extension: the file's path, where the format puts it
     syntax_stop: bool = False  # codemill's extension: stop where the completion closes a syntactic unit
+    # OpenAI fields codemill does not implement: accepted only at their defaults, else a 400 names them
+    n: int = 1
+    best_of: int = 1
+    logprobs: int | None = None
+    echo: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+
+    def unsupported(self) -> str | None:
+        for name in (
+            "n",
+            "best_of",
+            "logprobs",
+            "echo",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+        ):
+            if getattr(self, name) != type(self).model_fields[name].default:
+                return name
+        return None
 
 
 class LlamaBody(BaseModel):
@@ -140,9 +163,13 @@ _MISSING = object()
 
 
 def error(
-    status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    headers: dict | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -228,8 +255,13 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid(_req: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
-        return error(400, f"invalid request: {where}: {first.get('msg', 'malformed body')}")
+        where = ".".join(str(x) for x in first.get("loc", []) if x != "body" and not isinstance(x, int))
+        message = f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}"
+        return error(400, message, param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_req: Request, exc: StarletteHTTPException):  # a body that is not UTF-8, a 404...
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     def refusal(request: Request) -> JSONResponse | None:
         if loaded["engine"] is None:
@@ -349,6 +381,10 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request):
+        if (name := body.unsupported()) is not None:
+            return error(
+                400, f"`{name}` is not supported by codemill serve; leave it at its default", param=name
+            )
         engine = loaded["engine"]
         context = [(e.filename, e.text) for e in body.input_extra]
         ids = engine.prompt(
