@@ -101,3 +101,38 @@ def test_shipped_recipes_are_valid(name):
     assert set(recipe) <= {"run", "curate", "data", "train"}
     for cls in (RunConfig, CurateConfig, DataConfig, TrainConfig):
         cls.from_dict(recipe.get(cls.section))  # unknown keys or bad values raise
+
+
+def test_ablation_over_seeds_pairs_tasks_and_bootstraps(tmp_path):
+    """Two seeds of two variants, fim-loss results written as the suite writes them: paper's middles are
+    0.1 bit per byte better on every task up to noise, its files no different."""
+    import math
+    import random
+
+    from codemill.flow.ablate import paired, paired_table, seeds_table
+
+    rng = random.Random(0)
+    dirs = []
+    for seed in (0, 1):
+        for name, shift in (("paper", -0.1), ("ntp-fim", 0.0)):
+            run = tmp_path / f"seed{seed}" / name
+            (run / "eval" / "fim-loss").mkdir(parents=True)
+            (run / "train").mkdir()
+            (run / "train" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0 + shift}) + "\n")
+            tasks = [{"task_id": f"t{i}", "bytes": 100, "psm_nats": (2.0 + shift + rng.gauss(0, 0.05)) * 100 * math.log(2)}
+                     for i in range(60)]  # fmt: skip
+            files = [
+                {"nats": (3.0 + rng.gauss(0, 0.05)) * 500 * math.log(2), "bytes": 500} for _ in range(30)
+            ]
+            summary = {"all": {"psm_bits_per_byte": 2.0 + shift}, "left-to-right": {"bits_per_byte": 3.0}}
+            (run / "eval" / "fim-loss" / "results.json").write_text(
+                json.dumps({"suite": "fim-loss", "summary": summary, "tasks": tasks, "files": files})
+            )
+        dirs.append(tmp_path / f"seed{seed}")
+    mean, lo, hi, p, n = paired(dirs, "paper", "ntp-fim", "psm")
+    assert n == 60 and abs(mean + 0.1) < 0.02 and hi < 0 and p == 0.0
+    mean, lo, hi, p, n = paired(dirs, "paper", "ntp-fim", "files")
+    assert n == 30 and lo < 0 < hi and 0.05 < p < 0.95
+    assert paired(dirs, "paper", "ntp-fim", "spm") is None  # not measured: no row
+    text = paired_table(dirs, ["ntp-fim", "paper"]) + seeds_table(dirs, ["ntp-fim", "paper"])
+    assert "| paper − ntp-fim | FIM middles, PSM | 60 |" in text and "1.900 ± 0.000" in text

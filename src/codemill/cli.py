@@ -469,8 +469,10 @@ def ablate_(
     variants: str = typer.Option(
         None, help="Comma-separated subset of ntp, ntp-fim, paper, paper-random-order."
     ),
-    seed: int = typer.Option(
-        None, help="Data and training seed for every variant (repeat to measure noise)."
+    seeds: str = typer.Option(
+        None,
+        help="Comma-separated seeds (data and training): every variant at each, then means ± sd and "
+        "paired per-task differences with bootstrap intervals.",
     ),
     shared: Path = typer.Option(None, help="Reuse the corpus, tokenizer and benchmarks in this directory."),
 ) -> None:
@@ -479,7 +481,8 @@ def ablate_(
     from codemill.flow.ablate import ablate
 
     try:
-        path = ablate(recipe, out, console, variants.split(",") if variants else None, seed, shared)
+        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+        path = ablate(recipe, out, console, variants.split(",") if variants else None, seed_list, shared)
     except (ValueError, FileNotFoundError, KeyError, SandboxUnavailable) as e:
         raise _fail(e) from e
     console.print(path.read_text())

@@ -102,7 +102,7 @@ def fim_loss(
             ltr.append({"nats": nats, "tokens": n, "bytes": len(text.encode()) or 1})
             bar.advance(job)
     summary = summarize(rows, ltr, fmt)
-    results = {"suite": "fim-loss", "model": name, "summary": summary, "tasks": rows, "files": len(ltr)}
+    results = {"suite": "fim-loss", "model": name, "summary": summary, "tasks": rows, "files": ltr}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

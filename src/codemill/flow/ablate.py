@@ -9,7 +9,10 @@ training tokens. Each is evaluated on the recipe's suites; the table puts them s
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 from codemill.eval.runner import compare
 from codemill.flow.run import run
@@ -25,29 +28,114 @@ VARIANTS: dict[str, dict] = {
 
 
 def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | None = None,
-           seed: int | None = None, shared: str | Path | None = None) -> Path:  # fmt: skip
-    """`seed` replaces the data and training seeds (a repeat measures the noise); `shared` reuses
-    the corpus, tokenizer and benchmarks of an earlier ablation."""
+           seeds: list[int] | None = None, shared: str | Path | None = None) -> Path:  # fmt: skip
+    """Every variant at every seed (which replaces the data and training seeds), on one corpus,
+    tokenizer and benchmark set (`shared`: those of an earlier ablation). With seeds, ablation.md has
+    each column's mean and standard deviation over seeds and the paired per-task differences."""
     out = Path(out)
     names = variants or list(VARIANTS)
     if unknown := set(names) - set(VARIANTS):
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    seeds = {"seed": seed} if seed is not None else {}
-    for name in names:
-        console.rule(f"[bold magenta]ablation: {name}")
-        run(recipe, out / name, console, shared=shared or out / "shared", data_overrides={**VARIANTS[name], **seeds},
-            train_overrides=seeds)  # fmt: skip
+    shared = shared or out / "shared"
+    for seed in seeds or [None]:
+        where = out if seed is None else out / f"seed{seed}"
+        over = {} if seed is None else {"seed": seed}
+        for name in names:
+            console.rule(f"[bold magenta]ablation: {name}" + ("" if seed is None else f", seed {seed}"))
+            run(recipe, where / name, console, shared=shared, data_overrides={**VARIANTS[name], **over},
+                train_overrides=over)  # fmt: skip
+        (where / "ablation.md").write_text(table(where, names))
+        fim = [
+            where / n / "eval" / "fim-eval"
+            for n in names
+            if (where / n / "eval" / "fim-eval" / "results.json").exists()
+        ]
+        if fim:  # Figure 4 across the variants, in CodeBLEU: exact match is near 0 at small scale
+            compare(fim, where / "fim_codebleu_by_task_type.png", "codebleu")
     path = out / "ablation.md"
-    path.write_text(table(out, names))
-    fim = [
-        out / n / "eval" / "fim-eval"
-        for n in names
-        if (out / n / "eval" / "fim-eval" / "results.json").exists()
-    ]
-    if fim:  # Figure 4 across the variants, in CodeBLEU: exact match is near 0 at small scale
-        compare(fim, out / "fim_codebleu_by_task_type.png", "codebleu")
+    if seeds:
+        dirs = [out / f"seed{s}" for s in seeds]
+        path.write_text(seeds_table(dirs, names) + "\n" + paired_table(dirs, names))
     console.print(f"ablation table: [bold]{path}[/bold]")
     return path
+
+
+def seeds_table(dirs: list[Path], names: list[str]) -> str:
+    """Each numeric column: mean ± standard deviation over the seeds."""
+    head = [h for h, _, m in COLUMNS if m != "mix"]
+    lines = [f"Mean ± standard deviation over {len(dirs)} seeds.", "", "| variant | " + " | ".join(head) + " |",
+             "|---" * (len(head) + 1) + "|"]  # fmt: skip
+    for name in names:
+        per = [values(d / name) for d in dirs]
+        cells = []
+        for h in head:
+            xs = np.asarray([v[h] for v in per if isinstance(v[h], float | int)], dtype=np.float64)
+            sd = xs.std(ddof=1) if len(xs) > 1 else 0.0
+            cells.append(f"{_cell(h, float(xs.mean()))} ± {_cell(h, float(sd))}" if len(xs) else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PAIRS = (
+    ("paper", "ntp-fim"),
+    ("ntp-fim", "ntp"),
+    ("paper", "paper-random-order"),
+    ("paper-weighted-sfim", "paper"),
+)
+
+
+def per_item_bits(run: Path, measure: str) -> dict[str, float]:
+    """Bits per byte per FIM task (`psm`, `spm`) or per held-out file (`files`) of a variant's fim-loss."""
+    p = run / "eval" / "fim-loss" / "results.json"
+    if not p.exists():
+        return {}
+    r = json.loads(p.read_text())
+    if measure == "files":
+        return {str(i): f["nats"] / math.log(2) / f["bytes"] for i, f in enumerate(r.get("files") or [])}
+    return {
+        t["task_id"]: t[f"{measure}_nats"] / math.log(2) / t["bytes"]
+        for t in r["tasks"]
+        if f"{measure}_nats" in t
+    }
+
+
+def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, seed: int = 0):
+    """Mean per-item difference a − b in bits per byte over items and seeds, its 95% bootstrap interval
+    (items resampled with replacement, the same for a and b, and inside each item the seeds), and the
+    share of replicates at or above 0 (how often a is not better)."""
+    per_seed = [(per_item_bits(d / a, measure), per_item_bits(d / b, measure)) for d in dirs]
+    items = sorted(set.intersection(*(set(x) & set(y) for x, y in per_seed))) if per_seed else []
+    if not items:
+        return None
+    diff = np.asarray([[x[i] - y[i] for x, y in per_seed] for i in items])  # [items, seeds]
+    rng = np.random.default_rng(seed)
+    n, k = diff.shape
+    rows = rng.integers(0, n, size=(reps, n))
+    cols = rng.integers(0, k, size=(reps, n, k))
+    boot = diff[rows[..., None], cols].mean(axis=(1, 2))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(diff.mean()), float(lo), float(hi), float((boot >= 0).mean()), n
+
+
+def paired_table(dirs: list[Path], names: list[str]) -> str:
+    lines = ["Paired differences in bits per byte (negative: the first variant predicts the held-out code better), "
+             f"per task or file, pooled over {len(dirs)} seeds, 95% bootstrap intervals.", "",
+             "| comparison | measure | items | mean difference | 95% interval | P(difference ≥ 0) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for a, b in PAIRS:
+        if a not in names or b not in names:
+            continue
+        for measure, label in (
+            ("psm", "FIM middles, PSM"),
+            ("spm", "FIM middles, SPM"),
+            ("files", "files, left to right"),
+        ):
+            got = paired(dirs, a, b, measure)
+            if got is not None:
+                mean, lo, hi, p, n = got
+                lines.append(
+                    f"| {a} − {b} | {label} | {n} | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {p:.3f} |"
+                )
+    return "\n".join(lines) + "\n"
 
 
 def _summary(run_dir: Path, suite_dir: str) -> dict:
@@ -55,50 +143,64 @@ def _summary(run_dir: Path, suite_dir: str) -> dict:
     return json.loads(p.read_text())["summary"] if p.exists() else {}
 
 
+COLUMNS = [  # (header, suite directory or None for the training log, metric)
+    ("train loss", None, "loss"),
+    ("loss tokens", None, "mix"),
+    ("FIM EM", "fim-eval", "exact_match"),
+    ("FIM BLEU-4", "fim-eval", "bleu4"),
+    ("FIM CodeBLEU", "fim-eval", "codebleu"),
+    ("FIM ES", "fim-eval", "edit_similarity"),
+    ("FIM len ratio", "fim-eval", "length_ratio"),
+    ("x-file EM in-file", "crosscodeeval-infile", "exact_match"),
+    ("x-file ES in-file", "crosscodeeval-infile", "edit_similarity"),
+    ("x-file EM BM25", "crosscodeeval-retrieval", "exact_match"),
+    ("x-file ES BM25", "crosscodeeval-retrieval", "edit_similarity"),
+    ("HumanEval pass@1", "humaneval", "pass@1"),
+    ("FIM bits/byte PSM", "fim-loss", "psm_bits_per_byte"),
+    ("FIM bits/byte SPM", "fim-loss", "spm_bits_per_byte"),
+    ("files bits/byte", "fim-loss", "left-to-right"),
+]
+
+
+def values(run: Path) -> dict[str, float | str | None]:
+    """A variant's number (or text) per column."""
+    out: dict[str, float | str | None] = {}
+    for header, suite, metric in COLUMNS:
+        if suite is None:
+            rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+            tail = rows[-5:]  # the mean of the last five logged losses, less noisy than the last
+            out[header] = (
+                mix_text(loss_token_mix(rows))
+                if metric == "mix"
+                else sum(r["loss"] for r in tail) / len(tail)
+            )
+        elif metric == "left-to-right":
+            out[header] = _summary(run, suite).get(metric, {}).get("bits_per_byte")
+        else:
+            out[header] = _summary(run, suite).get("all", {}).get(metric)
+    return out
+
+
+def _cell(header: str, v) -> str:
+    if v is None or isinstance(v, str):
+        return v or "-"
+    return (
+        f"{v:.3f}"
+        if "bits" in header or header == "train loss"
+        else f"{v:.2f}"
+        if "ratio" in header
+        else f"{v:.1f}"
+    )
+
+
 def table(out: Path, names: list[str]) -> str:
     """One row per variant: final training loss, then the held-out scores (all languages pooled)."""
-    cols = [
-        ("train loss", None, None),
-        ("loss tokens", None, "mix"),
-        ("FIM EM", "fim-eval", "exact_match"),
-        ("FIM BLEU-4", "fim-eval", "bleu4"),
-        ("FIM CodeBLEU", "fim-eval", "codebleu"),
-        ("FIM ES", "fim-eval", "edit_similarity"),
-        ("FIM len ratio", "fim-eval", "length_ratio"),
-        ("x-file EM in-file", "crosscodeeval-infile", "exact_match"),
-        ("x-file ES in-file", "crosscodeeval-infile", "edit_similarity"),
-        ("x-file EM BM25", "crosscodeeval-retrieval", "exact_match"),
-        ("x-file ES BM25", "crosscodeeval-retrieval", "edit_similarity"),
-        ("HumanEval pass@1", "humaneval", "pass@1"),
-        ("FIM bits/byte PSM", "fim-loss", "psm_bits_per_byte"),
-        ("FIM bits/byte SPM", "fim-loss", "spm_bits_per_byte"),
-    ]
-    lines = ["| variant | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = ["| variant | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name in names:
+        vals = values(out / name)
+        lines.append(f"| {name} | " + " | ".join(_cell(h, vals[h]) for h, _, _ in COLUMNS) + " |")
     types: dict[str, dict[str, list[tuple[float, int]]]] = {}
     for name in names:
-        cells = []
-        for _, suite, metric in cols:
-            if suite is None:
-                rows = [
-                    json.loads(x) for x in (out / name / "train" / "metrics.jsonl").read_text().splitlines()
-                ]
-                if metric == "mix":  # what the variant trained on, at the token level
-                    cells.append(mix_text(loss_token_mix(rows)))
-                    continue
-                tail = rows[-5:]  # the mean of the last five logged losses, less noisy than the last
-                cells.append(f"{sum(r['loss'] for r in tail) / len(tail):.3f}")
-                continue
-            v = _summary(out / name, suite).get("all", {}).get(metric)
-            cells.append(
-                "-"
-                if v is None
-                else f"{v:.3f}"
-                if "bits" in metric
-                else f"{v:.2f}"
-                if metric == "length_ratio"
-                else f"{v:.1f}"
-            )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for key, row in _summary(out / name, "fim-eval").items():
             if " / " in key and "codebleu" in row:
                 types.setdefault(key.split(" / ", 1)[1], {}).setdefault(name, []).append(
