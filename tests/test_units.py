@@ -151,3 +151,15 @@ def test_stdlib_is_mostly_untouched_by_pii():
     files = sorted(STDLIB.glob("*.py"))[:60]
     changed = sum(bool(redact(p.read_text()).counts) for p in files)
     assert changed < len(files) * 0.3
+
+
+def test_objective_codes_have_one_definition():
+    import torch
+
+    from codemill.data.objectives import OBJECTIVES, Objective
+    from codemill.train.loss import objective_sums
+
+    assert OBJECTIVES == ("ntp", "fim", "sfim") and [o.label for o in Objective] == ["padding", *OBJECTIVES]
+    assert Objective.of("sfim") == 3 and Objective(2).label == "fim"
+    sums = objective_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 3, 3]))
+    assert sums.shape == (len(Objective), 2) and sums[Objective.SFIM].tolist() == [5.0, 2.0]

@@ -20,13 +20,33 @@ import bisect
 import random
 import re
 from dataclasses import dataclass
+from enum import IntEnum
 
 import tree_sitter
 
 from codemill.data.repo import SourceFile
 from codemill.langs import STRUCTURES, ts_language
 
-OBJECTIVES = ("ntp", "fim", "sfim")
+
+class Objective(IntEnum):
+    """What a token is trained for: the per-token code the packed stream carries, the row of the
+    training loop's per-objective sums. PADDING (0) carries no loss."""
+
+    PADDING = 0
+    NTP = 1
+    FIM = 2
+    SFIM = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def of(cls, label: str) -> Objective:
+        return cls[label.upper()]
+
+
+OBJECTIVES = tuple(o.label for o in Objective if o)  # the objectives a recipe draws: ntp, fim, sfim
 _NEWLINE = re.compile(b"\n")
 _BLOCKS = {
     "block",

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rich.table import Table
 
+from codemill.data.objectives import Objective
+
+PAD = Objective.PADDING.label
+
 if TYPE_CHECKING:
     from codemill.data.stream import Doc
-
-CODE_NAMES = {0: "padding", 1: "ntp", 2: "fim", 3: "sfim"}
 
 
 class StreamStats:
@@ -56,7 +58,7 @@ class StreamStats:
     def window(self, objective: np.ndarray) -> None:
         self.windows += 1
         for code, n in zip(*np.unique(objective, return_counts=True), strict=True):
-            self.token_objective[CODE_NAMES[int(code)]] += int(n)
+            self.token_objective[Objective(int(code)).label] += int(n)
 
     def summary(self) -> dict:
         """Plain numbers, for JSON and tests."""
@@ -72,7 +74,7 @@ class StreamStats:
             "layouts": {f"{o}/{lay}": n for (o, lay), n in sorted(self.layouts.items())},
             "fallbacks": dict(self.fallbacks),
             "events": dict(self.events),
-            "padding_fraction": self.token_objective["padding"] / total if total else 0.0,
+            "padding_fraction": self.token_objective[PAD] / total if total else 0.0,
             "tokens_by_objective": dict(self.token_objective),
             "sfim_middle_bytes": {q: pct(self.middle_bytes, q) for q in (10, 50, 90)},
             "sfim_middle_lines": {q: pct(self.middle_lines, q) for q in (10, 50, 90)},
@@ -87,7 +89,7 @@ class StreamStats:
             title=f"objective mix ({self.files} files, {self.docs} documents, in {self.repos} repositories, "
             f"{self.windows} windows)"
         )
-        loss = sum(v for k, v in self.token_objective.items() if k != "padding") or 1
+        loss = sum(v for k, v in self.token_objective.items() if k != PAD) or 1
         for col in ("objective", "documents", "share", "PSM", "SPM", "tokens", "share of loss tokens"):
             mix.add_column(col, justify="left" if col == "objective" else "right")
         for o in ("sfim", "fim", "ntp"):
@@ -101,12 +103,12 @@ class StreamStats:
             t = self.token_objective[o]
             mix.add_row(o, str(n), f"{n / docs:.1%}", *lay, f"{t:,}", f"{t / loss:.1%}")
         mix.add_row(
-            "padding",
+            PAD,
             "",
             "",
             "",
             "",
-            f"{self.token_objective['padding']:,} ({s['padding_fraction']:.1%})",
+            f"{self.token_objective[PAD]:,} ({s['padding_fraction']:.1%})",
             "",
         )
 

@@ -27,14 +27,13 @@ import numpy as np
 import xxhash
 
 from codemill.data.config import DataConfig
-from codemill.data.objectives import Sample, fim_split, make_sample
+from codemill.data.objectives import Objective, Sample, fim_split, make_sample
 from codemill.data.ordering import draw, order_files
 from codemill.data.repo import CodeCorpus, SourceFile, TextCorpus
 from codemill.data.stats import StreamStats
 from codemill.formats import Format, Part, Pieces, fit, get_format
 
 EMPTY = np.zeros(0, dtype=np.int32)
-OBJECTIVE_CODE = {"ntp": 1, "fim": 2, "sfim": 3}  # 0 is padding: no loss
 
 
 def keyed_rng(*key: object) -> random.Random:
@@ -380,7 +379,7 @@ class TrainingStream:
                 doc = self._rest(doc, char, True)
             elif char and self._tokens_from(doc.file, char) + doc.frame + 4 <= room:
                 doc, char = self._rest(doc, char, False), 0  # the rest may fit whole: build it
-            code = OBJECTIVE_CODE[doc.objective]
+            code = Objective.of(doc.objective)
             done, pad = False, 0
             if doc.splittable:
                 if cur["offset"] == 0:
@@ -399,7 +398,7 @@ class TrainingStream:
                 got = self._cut(doc, room, cur.get("char", 0))
                 if got is not None:
                     piece, used = got
-                    take, code = piece.ids, OBJECTIVE_CODE[piece.objective]
+                    take, code = piece.ids, Objective.of(piece.objective)
                     cur["char"] = cur.get("char", 0) + used
                     done = cur["char"] == len(doc.file.text)
                     self._stat(piece, continued)
@@ -416,7 +415,7 @@ class TrainingStream:
                 n = max(0, min(room - doc.opening, doc.prefix_len - cur["offset"] - keep))
                 take = doc.head(cur["offset"], n) if n else doc.ids[:0]
                 cur["offset"] += n
-                code, pad = OBJECTIVE_CODE["ntp"], room - len(take)
+                code, pad = Objective.NTP, room - len(take)
             if done:
                 cur["part"], cur["offset"], cur["char"], cur["ntp"] = cur["part"] + 1, 0, 0, False
                 if cur["part"] == len(group):

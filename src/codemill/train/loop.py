@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from codemill.data.config import DataConfig
+from codemill.data.objectives import Objective
 from codemill.data.stream import TrainingStream
 from codemill.data.tokenizer import load_tokenizer
 from codemill.model.hf import export_hf, import_hf
@@ -25,7 +26,7 @@ from codemill.model.llama import Llama, preset
 from codemill.train import checkpoint
 from codemill.train.config import TrainConfig
 from codemill.train.dist import Dist, all_reduce, setup, shard, teardown
-from codemill.train.loss import OBJECTIVES, objective_sums
+from codemill.train.loss import objective_sums
 from codemill.train.metrics import Metrics, flops_per_token, peak_flops
 from codemill.train.optim import build_optimizer, lr_at
 
@@ -110,7 +111,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state_dir = out / "state"
     step, tokens_seen = 0, 0
-    interval = torch.zeros(4, 2, dtype=torch.float64, device=d.device)  # loss sums since the last log
+    interval = torch.zeros(len(Objective), 2, dtype=torch.float64, device=d.device)  # sums since the last log
     if (last := checkpoint.latest(state_dir)) is not None:
         meta, data = checkpoint.load(last, model, optim, shards, d)
         for s, st in data.items():
@@ -134,7 +135,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
         tokens = torch.from_numpy(np.stack([w["tokens"] for w in batch]).astype(np.int64)).to(d.device)
         codes = torch.from_numpy(np.stack([w["objective"] for w in batch]).astype(np.int64)).to(d.device)
         count = all_reduce((codes[:, 1:] > 0).sum().double(), d).item()
-        sums = torch.zeros(4, 2, dtype=torch.float64, device=d.device)
+        sums = torch.zeros(len(Objective), 2, dtype=torch.float64, device=d.device)
         model.train()
         for m in range(accum):
             rows = slice(m * tcfg.micro_batch, (m + 1) * tcfg.micro_batch)
@@ -164,9 +165,9 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
                 "loss": (sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)).item(),
                 **{
                     f"loss_{name}": (sums[c, 0] / sums[c, 1]).item() if sums[c, 1] > 0 else None
-                    for c, name in OBJECTIVES.items()
+                    for c, name in ((o, o.label) for o in Objective if o)
                 },
-                **{f"tokens_{name}": int(sums[c, 1].item()) for c, name in OBJECTIVES.items()},  # loss tokens
+                **{f"tokens_{o.label}": int(sums[o, 1].item()) for o in Objective if o},  # loss tokens
                 "lr": lr,
                 "grad_norm": float(
                     grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
