@@ -130,7 +130,7 @@ def _check_resume(work: Path, sources: list[str], cfg: CurateConfig, units) -> N
     path = work / "run.json"
     if path.exists():
         if json.loads(path.read_text()) != json.loads(json.dumps(key)):
-            raise SystemExit(
+            raise ValueError(
                 f"{work.parent} holds a run with other sources or settings; use a new --out or delete it"
             )
     else:
