@@ -6,7 +6,10 @@
 2. SFIM middle lengths (bytes, lines) under the literal rule and the weighted policy.
 3. Dependency order: how many import edges have the import placed first, the printed walk of
    Algorithm 1 against Kahn's order (ours), over the corpus's repositories that have imports.
-4. Tokenizer: our byte-level BPE against a SentencePiece BPE of the same vocabulary trained on the
+4. Token-level objective mix (the share of loss tokens per objective) of the ablation's variants at the
+   demo's 512-token window, context-level against document-level objectives, on random repositories;
+   and SFIM alone, to show how often SFIM's rule finds a function in a piece.
+5. Tokenizer: our byte-level BPE against a SentencePiece BPE of the same vocabulary trained on the
    same text: training time, bytes per token on held-out files, exact round trip.
 
     python benchmarks/bench_data.py --corpus runs/demo/corpus
@@ -164,6 +167,33 @@ def bench_dependency(corpus: CodeCorpus, repos: int, seeds: int = 5) -> None:
     console.print(table)
 
 
+def bench_mix(corpus: CodeCorpus, tok: HFTokenizer, seq_len: int, windows: int) -> None:
+    from codemill.flow.ablate import VARIANTS
+
+    table = Table(title=f"Share of loss tokens per objective, {windows:,} windows of {seq_len + 1} tokens")
+    for col in ("objectives", "variant", "repositories", "SFIM", "FIM", "NTP", "padding", "SFIM fallbacks"):
+        table.add_column(col, justify="left" if col in ("objectives", "variant") else "right")
+    runs = [
+        (level, name, VARIANTS[name])
+        for level in ("context", "document")
+        for name in ("paper", "ntp-fim", "ntp")
+    ]
+    runs.append(("context", "SFIM only", {"code_objectives": {"sfim": 1.0}}))
+    for level, name, over in runs:
+        stats = StreamStats()
+        s = TrainingStream(corpus, tok, DataConfig(seq_len=seq_len, fim_level=level, **over), stats=stats)
+        random.Random(1).shuffle(s.units["code"])  # random repositories, the same for every run
+        for _ in range(windows):
+            next(s)
+        sm = stats.summary()
+        t = sm["tokens_by_objective"]
+        loss = sum(v for k, v in t.items() if k != "padding") or 1
+        shares = [f"{t.get(k, 0) / loss:.1%}" for k in ("sfim", "fim", "ntp")]
+        fallbacks = ", ".join(f"{k} {v}" for k, v in sorted(sm["fallbacks"].items())) or "-"
+        table.add_row(level, name, str(sm["repos"]), *shares, f"{sm['padding_fraction']:.1%}", fallbacks)
+    console.print(table)
+
+
 def bench_tokenizer(corpus: Path, vocab: int, train_bytes: int, held_out: int) -> None:
     import sentencepiece as spm
 
@@ -232,6 +262,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--sfim-files", type=int, default=3000)
     ap.add_argument("--dep-repos", type=int, default=400)
+    ap.add_argument("--mix-windows", type=int, default=6000)
     ap.add_argument("--train-mb", type=int, default=40)
     ap.add_argument("--held-out", type=int, default=300)
     args = ap.parse_args()
@@ -240,6 +271,7 @@ def main() -> None:
         tok = tokenizer_for(args.corpus, args.vocab, Path(d))
         summary = bench_stream(corpus, tok, args.shards, args.seq_len)
         bench_padding(corpus, tok)
+        bench_mix(corpus, tok, 512, args.mix_windows)
     console.print(
         f"realized mix {summary['objectives']}, padding {summary['padding_fraction']:.1%}, "
         f"fallbacks {summary['fallbacks']}, events {summary['events']}"
