@@ -216,7 +216,7 @@ def unigram_summary(logp: np.ndarray, tok, fmt: Format, tasks, texts: list[str])
 
 
 def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str | Path, out: str | Path, *,
-                         files: int = 200, limit: int | None = None, train_texts: int = 20_000_000,
+                         files: int = 100, limit: int | None = None, train_texts: int = 10_000_000,
                          console=None) -> dict:  # fmt: skip
     """fim-loss of a trained checkpoint beside its untrained initialisation and a unigram model of the
     training corpus, on the same held-out middles and files: learning shows here while exact match is 0."""
