@@ -28,18 +28,22 @@ GPL = (
 
 
 def benchmarks_dir(root: Path) -> Path:
-    """`../shared/benchmarks` beside this checkout, or beside the repository it was cloned from (CI
-    runs a fresh clone elsewhere), or $CODEMILL_BENCHMARKS."""
+    """codemill's own lookup, plus `../shared/benchmarks` beside the repository this checkout was cloned
+    from (CI runs a fresh clone elsewhere); a path that does not exist when there is none (tests skip)."""
     import subprocess
 
-    candidates = [Path(os.environ["CODEMILL_BENCHMARKS"])] if "CODEMILL_BENCHMARKS" in os.environ else []
-    candidates.append(root.parent / "shared" / "benchmarks")
+    from codemill.eval.suites import benchmarks_dir as lookup
+
+    extra = [root.parent / "shared" / "benchmarks"]
     origin = subprocess.run(
         ["git", "-C", str(root), "config", "remote.origin.url"], capture_output=True, text=True
     )
     if origin.returncode == 0 and origin.stdout.strip() and Path(origin.stdout.strip()).is_dir():
-        candidates.append(Path(origin.stdout.strip()).resolve().parent / "shared" / "benchmarks")
-    return next((c for c in candidates if c.is_dir()), candidates[-1])
+        extra.append(Path(origin.stdout.strip()).resolve().parent / "shared" / "benchmarks")
+    try:
+        return lookup(tuple(extra))
+    except FileNotFoundError:
+        return extra[0]
 
 
 def stdlib(name: str) -> str:

@@ -163,3 +163,17 @@ def test_objective_codes_have_one_definition():
     assert Objective.of("sfim") == 3 and Objective(2).label == "fim"
     sums = objective_sums(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 3, 3]))
     assert sums.shape == (len(Objective), 2) and sums[Objective.SFIM].tolist() == [5.0, 2.0]
+
+
+def test_benchmark_data_is_looked_up_in_one_place(tmp_path, monkeypatch):
+    import pytest
+
+    from codemill.eval.suites import benchmarks_dir, mbpp
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CODEMILL_BENCHMARKS", raising=False)
+    with pytest.raises(FileNotFoundError, match="set CODEMILL_BENCHMARKS"):
+        mbpp()
+    (tmp_path / "mine").mkdir()
+    monkeypatch.setenv("CODEMILL_BENCHMARKS", str(tmp_path / "mine"))
+    assert benchmarks_dir() == tmp_path / "mine"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from codemill.formats import encode
+from codemill.formats import encode, get_format
 
 
 @dataclass
@@ -157,9 +157,13 @@ class Endpoint:
     places by the model's format; a server that ignores them sees the in-file context only. Stop strings are also
     applied here, since OpenAI's API caps them at four."""
 
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, workers: int = 4):
+    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, workers: int = 4,
+                 stops: tuple[str, ...] = ()):  # fmt: skip
+        """`stops`: the served model's format's stop tokens (formats.py), cut here when a server returns
+        them as text."""
         import httpx
 
+        self.stops = stops
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else base + "/v1"
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -198,7 +202,7 @@ class Endpoint:
             raise httpx.HTTPStatusError(
                 f"{resp.status_code}: {resp.text[:300]}", request=resp.request, response=resp
             )
-        return truncate(resp.json()["choices"][0]["text"], r.stop)
+        return truncate(resp.json()["choices"][0]["text"], (*r.stop, *self.stops))
 
     def complete(self, requests: list[Request]) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
@@ -214,7 +218,7 @@ def load_model(spec: str, fmt: str | None = None, api_key: str | None = None) ->
         return Empty()
     if spec.startswith(("http://", "https://")):
         url, _, name = spec.partition("#")  # http://host:port/v1#model-id picks one of several models
-        return Endpoint(url, name or None, api_key)
+        return Endpoint(url, name or None, api_key, stops=get_format(fmt).stop_tokens if fmt else ())
     path = Path(spec)
     if not (path / "config.json").exists():
         raise FileNotFoundError(

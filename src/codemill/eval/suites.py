@@ -9,6 +9,7 @@ SantaCoder-FIM scored on the first non-empty generated line.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,20 @@ from pathlib import Path
 from codemill.eval.models import Request
 from codemill.eval.sandbox import Limits, python
 
-BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"  # a checkout's sibling
+
+def benchmarks_dir(extra: tuple[Path, ...] = ()) -> Path:
+    """Where the published benchmark data lives (mbpp/, multipl-e/, santacoder-fim/): $CODEMILL_BENCHMARKS,
+    else `shared/benchmarks` beside the working directory (a checkout's sibling, as this project lays it
+    out), else `extra` places."""
+    places = [Path(os.environ["CODEMILL_BENCHMARKS"])] if os.environ.get("CODEMILL_BENCHMARKS") else []
+    places += [Path.cwd().parent / "shared" / "benchmarks", Path.cwd() / "shared" / "benchmarks", *extra]
+    for p in places:
+        if p.is_dir():
+            return p
+    raise FileNotFoundError(
+        f"no benchmark data in {', '.join(map(str, places))}: set CODEMILL_BENCHMARKS to the directory "
+        "holding mbpp/, multipl-e/ and santacoder-fim/, or pass the file with --data"
+    )
 
 
 DEFAULT_LIMITS = Limits()
@@ -38,8 +52,9 @@ class Task:
     )
 
 
-HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
-MBPP_STOPS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```", "<file_sep>")
+# stop strings of the code; the format's stop tokens (formats.py) end a completion by id, whatever the model
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
+MBPP_STOPS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
 
 
 def humaneval(**_) -> list[Task]:
@@ -60,7 +75,7 @@ def humaneval(**_) -> list[Task]:
 
 
 def _data(path: str | None, default: str) -> Path:
-    p = Path(path) if path else BENCHMARKS / default
+    p = Path(path) if path else benchmarks_dir() / default
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist; pass the benchmark file with --data")
     return p
