@@ -179,6 +179,10 @@ def bench_mix(corpus: CodeCorpus, tok: HFTokenizer, seq_len: int, windows: int) 
         for name in ("paper", "ntp-fim", "ntp")
     ]
     runs.append(("context", "SFIM only", {"code_objectives": {"sfim": 1.0}}))
+    runs.append(
+        ("context", "SFIM only, anywhere", {"code_objectives": {"sfim": 1.0}, "sfim_scope": "anywhere"})
+    )
+    runs.append(("context", "paper-sfim-anywhere", VARIANTS["paper-sfim-anywhere"]))
     for level, name, over in runs:
         stats = StreamStats()
         s = TrainingStream(corpus, tok, DataConfig(seq_len=seq_len, fim_level=level, **over), stats=stats)

@@ -78,6 +78,22 @@ def test_sfim_counts_its_fallbacks(corpus):
     assert s.fallback == "no_function"
 
 
+def test_sfim_anywhere_takes_a_node_where_no_function_has_one():
+    text = "LIMITS = {\n    'a': (1, 2),\n    'b': (3, 4),\n}\nif LIMITS:\n    print(LIMITS)\n"
+    f = SourceFile("consts.py", "Python", text)
+    paper = SfimPolicy("literal")
+    assert sfim_span(f, random.Random(0), paper) == "no_function"  # the paper's rule needs a function
+    anywhere = SfimPolicy("literal", scope="anywhere")
+    spans = [sfim_span(f, random.Random(seed), anywhere) for seed in range(30)]
+    assert all(isinstance(sp, Span) and 0 <= sp.start < sp.end <= len(f.src) for sp in spans)
+    assert len({sp.node for sp in spans}) > 1
+    # a piece of the file (context level): the node lies inside the piece
+    lo = text.index("if LIMITS")
+    for seed in range(10):
+        sp = sfim_span(f, random.Random(seed), anywhere, within=(lo, len(text)))
+        assert lo <= sp.node_start and sp.end <= len(text)
+
+
 def test_weighted_policy_yields_longer_middles_than_the_literal_rule(corpus):
     files = all_files(corpus)
     lengths = {}

@@ -43,6 +43,9 @@ class DataConfig(Settings):
     )
     sfim_start_at_node: float = 0.5
     sfim_end_at_node: float = 0.5
+    # `function`: the paper's rule starts from a function; `anywhere` (ours) takes any node of the code
+    # where no function has one (module-level code, data tables, pieces cut at context level)
+    sfim_scope: str = "function"
     sfim_fallback: str = "fim"  # objective for files SFIM cannot apply to (no grammar, no function)
     repo_metadata: bool = True  # the repository name opens its stream (formats with a repo token)
     # repositories kept out of training (a file of names, one per line: `codemill bench build` writes one)
@@ -68,6 +71,8 @@ class DataConfig(Settings):
             raise ValueError("data.fim_level must be 'context' or 'document'")
         if self.fim_layouts not in ("drawn", "both"):
             raise ValueError("data.fim_layouts must be 'drawn' or 'both'")
+        if self.sfim_scope not in ("function", "anywhere"):
+            raise ValueError("data.sfim_scope must be 'function' or 'anywhere'")
         if self.sfim_policy not in ("weighted", "literal"):
             raise ValueError("data.sfim_policy must be 'weighted' or 'literal'")
         if set(self.sfim_weights) - {"statement", "block", "expression"}:
@@ -82,4 +87,6 @@ class DataConfig(Settings):
     @property
     def sfim(self) -> SfimPolicy:
         weights = tuple(self.sfim_weights.items())
-        return SfimPolicy(self.sfim_policy, weights, self.sfim_start_at_node, self.sfim_end_at_node)
+        return SfimPolicy(
+            self.sfim_policy, weights, self.sfim_start_at_node, self.sfim_end_at_node, self.sfim_scope
+        )

@@ -75,6 +75,9 @@ class SfimPolicy:
     weights: tuple[tuple[str, float], ...] = (("statement", 0.5), ("block", 0.3), ("expression", 0.2))
     start_at_node: float = 0.5
     end_at_node: float = 0.5
+    # function: the paper's rule (a function first); anywhere (ours): where no function has a node
+    # (module-level code, data tables, a piece of a file cut at context level), any node of the code
+    scope: str = "function"
 
     def choose(self, nodes: list, rng: random.Random):
         """literal: uniform over nodes; weighted: a kind by its weight among the kinds present, then
@@ -133,6 +136,20 @@ class Span:
     node_end: int
 
 
+def _inner_nodes(top: tree_sitter.Node, src: bytes, lo: int, hi: int) -> list[tree_sitter.Node]:
+    """Non-leaf nodes under `top` (not itself), inside [lo, hi), that hold a line end."""
+    newlines = [m.start() for m in _NEWLINE.finditer(src, top.start_byte, top.end_byte + 1)]
+    overlaps = lambda n: n.child_count and n.start_byte < hi and n.end_byte > lo  # noqa: E731
+    nodes, stack = [], [c for c in top.children if overlaps(c)]
+    while stack:
+        node = stack.pop()
+        inside = lo <= node.start_byte and node.end_byte <= hi
+        if inside and node.type != "ERROR" and _line_ends(newlines, len(src), node.start_byte, node.end_byte):
+            nodes.append(node)
+        stack += [c for c in node.children if overlaps(c)]
+    return nodes
+
+
 def sfim_span(
     file: SourceFile,
     rng: random.Random,
@@ -151,27 +168,17 @@ def sfim_span(
     lo, hi = within or (0, len(src))
     functions = tree_sitter.QueryCursor(query).captures(tree.root_node).get("f", [])
     functions = [f for f in functions if f.start_byte < hi and f.end_byte > lo]
-    if not functions:
-        return "no_function"
     order = sorted(functions, key=lambda n: n.start_byte)
-    for fn in [rng.choice(order)] if within is None else rng.sample(order, len(order)):
-        newlines = [m.start() for m in _NEWLINE.finditer(src, fn.start_byte, fn.end_byte + 1)]
-        nodes, stack = [], [c for c in fn.children if c.child_count]
-        while stack:
-            node = stack.pop()
-            inside = lo <= node.start_byte and node.end_byte <= hi
-            if (
-                inside
-                and node.type != "ERROR"
-                and _line_ends(newlines, len(src), node.start_byte, node.end_byte)
-            ):
-                nodes.append(node)
-            stack += [c for c in node.children if c.child_count and c.start_byte < hi and c.end_byte > lo]
-        if nodes:
+    reason, nodes = "no_function" if not functions else "no_node", []
+    for fn in [rng.choice(order)] if within is None and order else rng.sample(order, len(order)):
+        if nodes := _inner_nodes(fn, src, lo, hi):
             break
+    if not nodes and policy.scope == "anywhere":  # ours: any node of the code in range
+        nodes = _inner_nodes(tree.root_node, src, lo, hi)
     if not nodes:
-        return "no_node"
+        return reason
     node = policy.choose(nodes, rng)
+    newlines = [m.start() for m in _NEWLINE.finditer(src, node.start_byte, node.end_byte + 1)]
     ends = _line_ends(newlines, len(src), node.start_byte, node.end_byte)
     weighted = policy.policy == "weighted"
     end = ends[-1] if weighted and rng.random() < policy.end_at_node else rng.choice(ends)

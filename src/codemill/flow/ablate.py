@@ -24,6 +24,7 @@ VARIANTS: dict[str, dict] = {
     "paper": {},  # data/config.py's defaults: SFIM 0.7, FIM 0.15, NTP 0.15 per repository, literal SFIM, Algorithm 1
     "paper-weighted-sfim": {"sfim_policy": "weighted"},  # our SFIM node policy against the paper's rule
     "paper-random-order": {"ordering": {"random": 1.0}},
+    "paper-sfim-anywhere": {"sfim_scope": "anywhere"},  # ours: SFIM also where no function has a node
 }
 
 
