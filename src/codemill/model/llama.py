@@ -132,14 +132,19 @@ class KVCache:
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin for every position
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, max_len: int, device, dtype) -> KVCache:
-        shape = (1, cfg.num_kv_heads, max_len, cfg.head_dim)
+    def empty(cls, cfg: ModelConfig, max_len: int, device, dtype, batch: int = 1) -> KVCache:
+        """`batch` rows (one per serving slot; `row(i)` is slot i's own cache)."""
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         new = lambda: [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]  # noqa: E731
         return cls(new(), new())
 
     @property
     def capacity(self) -> int:
         return self.k[0].shape[2]
+
+    def row(self, i: int, length: int = 0) -> KVCache:
+        """Row i as a batch-1 cache sharing this one's memory (a slot's prefill and reuse)."""
+        return KVCache([k[i : i + 1] for k in self.k], [v[i : i + 1] for v in self.v], length, self.rope)
 
 
 class Attention(nn.Module):
@@ -171,9 +176,14 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         causal = mask is None
-        if pos is not None:
-            cache.k[layer].index_copy_(2, pos, k)
-            cache.v[layer].index_copy_(2, pos, v)
+        if pos is not None:  # one token per row, each at its own position
+            if b == 1:
+                cache.k[layer].index_copy_(2, pos, k)
+                cache.v[layer].index_copy_(2, pos, v)
+            else:
+                rows = torch.arange(b, device=x.device)
+                cache.k[layer][rows, :, pos] = k[:, :, 0]
+                cache.v[layer][rows, :, pos] = v[:, :, 0]
             k, v = cache.k[layer], cache.v[layer]
         elif cache is not None:  # new tokens attend to the cached prefix and causally among themselves
             start = cache.length
@@ -287,14 +297,16 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits [vocab] after one token [1, 1] at position `pos` [1] (serve's compiled decode step;
-        the caller advances `cache.length`). Equal to `next_logits` for the same token."""
-        cos, sin = (t.index_select(0, pos) for t in cache.rope)
-        mask = (torch.arange(cache.capacity, device=token.device) <= pos).view(1, 1, 1, -1)
+        """Logits [B, vocab] after one token per row [B, 1], row b at position `pos[b]` of row b of the
+        cache (serve's decode step: static shapes, so it compiles to one graph; the caller advances the
+        lengths). Row b equals `next_logits` of that row's token on that row alone."""
+        b = token.shape[0]
+        cos, sin = (t.index_select(0, pos).view(b, 1, 1, -1) for t in cache.rope)
+        mask = (torch.arange(cache.capacity, device=token.device) <= pos.view(b, 1)).view(b, 1, 1, -1)
         x = self.model.embed_tokens(token)
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, cache, i, pos, mask)
-        return self.lm_head(self.model.norm(x)[0, -1]).float()
+        return self.lm_head(self.model.norm(x)[:, -1]).float()
 
     def forward(
         self, ids: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int = 4096

@@ -173,7 +173,7 @@ class Engine:
         ids = torch.tensor([[token]], device=self.device)
         if self._step is None:
             return self.model.next_logits(ids, self.cache)
-        logits = self._step(ids, torch.tensor([self.cache.length], device=self.device), self.cache)
+        logits = self._step(ids, torch.tensor([self.cache.length], device=self.device), self.cache)[0]
         self.cache.length += 1
         return logits
 
