@@ -7,7 +7,8 @@ generation metrics do at small scale.
 - left-to-right loss: every token of held-out files, in windows of the model's context.
 
 Reported as nats per token and bits per byte (nats / ln 2 / UTF-8 bytes of the scored text, a middle's
-end counted as one byte, so an empty middle is scored too), which is comparable across tokenizers, per language and task type with bootstrap 95% intervals over tasks.
+end counted as one byte, so an empty middle is scored too), which is comparable across tokenizers, per
+language and task type with bootstrap 95% intervals over tasks.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def fim_loss(
         job = bar.add_task(f"fim-loss: {name}", total=len(tasks) + len(files))
         for t in tasks:
             row = {"task_id": t.id, "language": t.language, "task_type": t.request.meta["task_type"],
-                   "bytes": len(t.request.reference.encode()) + 1}  # fmt: skip  # the end counts as a byte
+                   "bytes": len(t.request.reference.encode()) + 1}  # fmt: skip
             for layout, spm in (("psm", False), ("spm", True)):
                 if spm and not fmt.spm:
                     continue
@@ -201,12 +202,16 @@ def unigram(tok, texts: list[str], vocab: int) -> np.ndarray:
 
 
 def unigram_summary(logp: np.ndarray, tok, fmt: Format, tasks, texts: list[str]) -> dict:
-    """bits per byte of the same middles (and their end) and files under the unigram model."""
+    """bits per byte of the same middles (and their end) and files under the unigram model (the same
+    for both layouts: it ignores context)."""
     end = tok.token_id(fmt.eos)
     middles = tok.encode_batch([t.request.reference for t in tasks])
     nats = np.asarray([-(logp[ids].sum() + logp[end]) for ids in middles])
     nbytes = np.asarray([len(t.request.reference.encode()) + 1 for t in tasks], dtype=np.float64)
-    out = {"all": _scores(nats, nbytes, sum(map(len, middles)) + len(tasks), "")}
+    tokens = sum(map(len, middles)) + len(tasks)
+    out = {
+        "all": {k: v for layout in ("psm_", "spm_") for k, v in _scores(nats, nbytes, tokens, layout).items()}
+    }
     if texts:
         ids = tok.encode_batch(texts)
         nats = np.asarray([-logp[i].sum() for i in ids])
@@ -262,7 +267,5 @@ def bought_table(results: dict) -> str:
     ]
     for name, summ in rows:
         a, ltr = summ.get("all", {}), summ.get("left-to-right", {})
-        psm = interval(a, "psm_") if "psm_bits_per_byte" in a else interval(a, "")
-        spm = interval(a, "spm_") if "spm_bits_per_byte" in a else psm if "bits_per_byte" in a else "-"
-        lines.append(f"| {name} | {psm} | {spm} | {interval(ltr, '')} |")
+        lines.append(f"| {name} | {interval(a, 'psm_')} | {interval(a, 'spm_')} | {interval(ltr, '')} |")
     return "\n".join(lines)

@@ -252,7 +252,7 @@ def _fim_loss(rcfg: RunConfig, final: Path, corpus: Path, bench: Path, out: Path
     s = results["summary"]
     console.print(f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM), untrained "
                   f"{results['baselines']['untrained']['all']['psm_bits_per_byte']:.3f}, unigram "
-                  f"{results['baselines']['unigram']['all']['bits_per_byte']:.3f}")  # fmt: skip
+                  f"{results['baselines']['unigram']['all']['psm_bits_per_byte']:.3f}")  # fmt: skip
 
 
 def write_report(out: Path, base: Path) -> Path:

@@ -87,16 +87,17 @@ def _bpe_vocab(gguf, path: Path, size: int) -> tuple[list[str], list[int], list[
     if pre not in LLAMA_CPP_PRETOKENIZERS:
         raise ValueError(
             f"{path / 'tokenizer.json'} splits text with a pre-tokenizer llama.cpp does not implement "
-            f"({pre or 'not one of codemill'}'s); retrain it with `codemill tokenizer train --pretokenizer "
+            f"({pre or 'one codemill does not know'}); retrain it with `codemill tokenizer train --pretokenizer "
             f"qwen2` (one of {', '.join(LLAMA_CPP_PRETOKENIZERS)}) and train the model on it"
         )
-    model = json.loads(tok.to_str())["model"]
+    spec = json.loads(tok.to_str())
+    model = spec["model"]
     T = gguf.TokenType
     tokens = [f"[PAD{i}]" for i in range(size)]
     types = [T.UNUSED] * size
     for text, i in model["vocab"].items():
         tokens[i], types[i] = text, T.NORMAL
-    for added in json.loads(tok.to_str())["added_tokens"]:
+    for added in spec["added_tokens"]:
         tokens[added["id"]] = added["content"]
         types[added["id"]] = T.CONTROL if added["special"] else T.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
@@ -151,26 +152,18 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(path.resolve().name)
     w.add_string("codemill.format", form.name)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_heads)
-    w.add_head_count_kv(cfg.num_kv_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
+    hparams = {  # llama.<key>: what llama.cpp's Llama graph reads
+        "context_length": cfg.max_seq_len, "embedding_length": cfg.hidden_size, "block_count": cfg.num_layers,
+        "feed_forward_length": cfg.intermediate_size, "head_count": cfg.num_heads,
+        "head_count_kv": cfg.num_kv_heads, "key_length": cfg.head_dim, "value_length": cfg.head_dim,
+        "rope_dimension_count": cfg.head_dim, "rope_freq_base": cfg.rope_theta,
+        "layer_norm_rms_eps": cfg.rms_norm_eps, "vocab_size": cfg.vocab_size,
+    }  # fmt: skip
+    for key, value in hparams.items():
+        getattr(w, f"add_{key}")(value)
     ftype = gguf.LlamaFileType
-    files = {
-        "f32": ftype.ALL_F32,
-        "f16": ftype.MOSTLY_F16,
-        "bf16": ftype.MOSTLY_BF16,
-        "q8_0": ftype.MOSTLY_Q8_0,
-    }
-    w.add_file_type(files[dtype])
+    w.add_file_type({"f32": ftype.ALL_F32, "f16": ftype.MOSTLY_F16, "bf16": ftype.MOSTLY_BF16,
+                     "q8_0": ftype.MOSTLY_Q8_0}[dtype])  # fmt: skip
     if (path / "tokenizer.json").exists():
         tokens, types, merges, pre = _bpe_vocab(gguf, path, cfg.vocab_size)
         w.add_tokenizer_model("gpt2")

@@ -397,9 +397,10 @@ def create_app(
         if (bad := check_prompt(ids, body.max_tokens)) is not None:
             return bad
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        until = syntax_stop(body.prompt, body.suffix or "", body.path) if body.syntax_stop else None
-        if body.syntax_stop and until is None:
-            return error(400, "syntax_stop needs a `path` whose language has a tree-sitter grammar")
+        try:
+            until = until_for(body, body.prompt, body.suffix or "")
+        except ValueError as e:
+            return error(400, str(e))
         kw = {
             "until": until,
             "max_tokens": body.max_tokens,
@@ -415,27 +416,8 @@ def create_app(
                     "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
 
         if body.stream:
-            queue: asyncio.Queue = asyncio.Queue()
-
-            async def produce():
-                async def put(piece: str):
-                    await queue.put(chunk(piece, None))
-
-                result = await run(request, ids, put, **kw)
-                if isinstance(result, JSONResponse):
-                    await queue.put(json.loads(result.body))
-                elif result is not None:
-                    await queue.put(chunk("", "length" if result.stop_type in ("limit", "time") else "stop"))
-                await queue.put(None)
-
-            async def events():
-                task = asyncio.create_task(produce())
-                while (item := await queue.get()) is not None:
-                    yield f"data: {json.dumps(item)}\n\n"
-                yield "data: [DONE]\n\n"
-                await task
-
-            return StreamingResponse(events(), media_type="text/event-stream")
+            last = lambda r: chunk("", "length" if r.stop_type in ("limit", "time") else "stop")  # noqa: E731
+            return stream(request, ids, kw, lambda piece: chunk(piece, None), last, "data: [DONE]\n\n")
         result = await run(request, ids, None, **kw)
         if result is None or isinstance(result, JSONResponse):
             return result
@@ -466,31 +448,40 @@ def create_app(
               "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed, "n_indent": body.n_indent,
               "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None}  # fmt: skip
         finish = lambda r: llama_answer(engine.name, ids, r, body, truncated, engine.tok.decode(ids))  # noqa: E731
+        kw["reset"] = not body.cache_prompt
         if not body.stream:
-            result = await run(request, ids, None, reset=not body.cache_prompt, **kw)
+            result = await run(request, ids, None, **kw)
             return result if result is None or isinstance(result, JSONResponse) else finish(result)
+        piece = lambda text: {"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": 0}  # noqa: E731
+        return stream(request, ids, kw, piece, lambda r: {**finish(r), "content": ""})  # text went in pieces
+
+    def stream(request: Request, ids: list[int], kw: dict, piece, last, end: str = "") -> StreamingResponse:
+        """Server-sent events: `piece(text)` per released text, `last(result)` at the end (or the error
+        object), then `end`."""
         queue: asyncio.Queue = asyncio.Queue()
 
         async def produce():
-            async def put(piece: str):
-                await queue.put({"index": 0, "content": piece, "tokens": [], "stop": False, "id_slot": 0})
+            async def put(text: str):
+                await queue.put(piece(text))
 
-            result = await run(request, ids, put, reset=not body.cache_prompt, **kw)
+            result = await run(request, ids, put, **kw)
             if isinstance(result, JSONResponse):
                 await queue.put(json.loads(result.body))
             elif result is not None:
-                await queue.put({**finish(result), "content": ""})  # the text went out in pieces
+                await queue.put(last(result))
             await queue.put(None)
 
         async def events():
             task = asyncio.create_task(produce())
             while (item := await queue.get()) is not None:
                 yield f"data: {json.dumps(item)}\n\n"
+            if end:
+                yield end
             await task
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    def until_for(body: LlamaBody, prefix: str, suffix: str):
+    def until_for(body: CompletionBody | LlamaBody, prefix: str, suffix: str):
         if not body.syntax_stop:
             return None
         if (until := syntax_stop(prefix, suffix, body.path)) is None:
