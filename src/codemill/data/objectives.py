@@ -209,14 +209,18 @@ def make_sample(
     a, b = within or (0, len(file.text))
     text = file.text if within is None else file.text[a:b]
     if objective == "sfim":
-        lo = len(file.text[:a].encode()) if a else 0
-        span = sfim_span(file, rng, policy, within and (lo, lo + len(text.encode())), tree)
+        # the piece in bytes (chars are bytes in ASCII files, the common case)
+        if within is None:
+            lo, hi = 0, len(file.src)
+        else:
+            lo, hi = (a, b) if file.is_ascii else (len(file.text[:a].encode()), len(file.text[:b].encode()))
+        span = sfim_span(file, rng, policy, within and (lo, hi), tree)
         if isinstance(span, Span):
             src = file.src
             pre, mid, suf = (
                 src[lo : span.start].decode(),
                 src[span.start : span.end].decode(),
-                src[span.end : lo + len(text.encode())].decode(),
+                src[span.end : hi].decode(),
             )
             return Sample("sfim", pre, mid, suf, rng.random() < sfim_spm, node=span.node)
         reason, objective = span, fallback

@@ -26,6 +26,10 @@ class SourceFile:
     def src(self) -> bytes:
         return self.text.encode("utf-8")
 
+    @cached_property
+    def is_ascii(self) -> bool:
+        return self.text.isascii()
+
     def tree(self):
         """A fresh tree-sitter tree (not cached: a large repository's trees would not fit in memory)."""
         parser = ts_parser(self.lang)

@@ -5,7 +5,7 @@ default `qwen2`: digits alone, letters with one leading non-letter, punctuation 
 ends after them, newlines with the whitespace before them), so a GGUF export tokenizes every text as
 codemill does. Each pre-tokenizer here carries llama.cpp's name for it (`tokenizer.ggml.pre`);
 `codemill`, our earlier split (a newline with the indentation after it as one piece), compresses
-code slightly better but no llama.cpp pre-tokenizer reproduces it (measured in docs/benchmarks.md).
+held-out code less well than `qwen2` and no llama.cpp pre-tokenizer reproduces it (docs/benchmarks.md).
 Byte-level BPE has no unknown token and no normalizer, so any string round-trips exactly. Format
 sentinels are special tokens that text can never produce (`encode_special_tokens`); the PII
 placeholders curation writes are ordinary added tokens, so the text `<EMAIL>` in content becomes one id.
