@@ -165,20 +165,21 @@ COLUMNS = [  # (header, suite directory or None for the training log, metric)
 
 def values(run: Path) -> dict[str, float | str | None]:
     """A variant's number (or text) per column."""
+    rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    tail = rows[-5:]  # the mean of the last five logged losses, less noisy than the last
+    summaries = {suite: _summary(run, suite) for _, suite, _ in COLUMNS if suite}
     out: dict[str, float | str | None] = {}
     for header, suite, metric in COLUMNS:
         if suite is None:
-            rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
-            tail = rows[-5:]  # the mean of the last five logged losses, less noisy than the last
             out[header] = (
                 mix_text(loss_token_mix(rows))
                 if metric == "mix"
                 else sum(r["loss"] for r in tail) / len(tail)
             )
         elif metric == "left-to-right":
-            out[header] = _summary(run, suite).get(metric, {}).get("bits_per_byte")
+            out[header] = summaries[suite].get(metric, {}).get("bits_per_byte")
         else:
-            out[header] = _summary(run, suite).get("all", {}).get(metric)
+            out[header] = summaries[suite].get("all", {}).get(metric)
     return out
 
 

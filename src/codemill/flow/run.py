@@ -103,18 +103,20 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
     seconds: dict[str, float] = {}
 
     def stage(
-        name: str, stamp: str, output: Path, work, where: Path = out, workdir: Path | None = None
+        name: str, stamp: str, output: Path, work, where: Path = out, restart: Path | None = None
     ) -> None:
+        """`restart`: a directory removed when the stage's settings changed since it was written, where
+        the stage would otherwise resume or keep the old run (train, bench); curate refuses such a
+        resume itself, the tokenizer and evals are written whole."""
         stages = Stages.open(where)
         if stages.fresh(name, stamp, output):
             console.print(f"[dim]{name}: up to date ({output})[/dim]")
             seconds[name] = 0.0
             return
         console.rule(f"[bold]{name}")
-        workdir = workdir or output.parent
-        if stages.start(name, stamp) and workdir.exists():  # made with other settings: never resume it
-            console.print(f"{name}: the settings changed since {workdir} was written; starting it again")
-            shutil.rmtree(workdir)
+        if stages.start(name, stamp) and restart is not None and restart.exists():
+            console.print(f"{name}: the settings changed since {restart} was written; starting it again")
+            shutil.rmtree(restart)
         t0 = time.perf_counter()
         work()
         seconds[name] = time.perf_counter() - t0
@@ -144,7 +146,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         bench / "fim" / "heldout_repos.txt",
         lambda: _bench(rcfg, corpus, bench, console),
         base,
-        bench,
+        restart=bench,
     )
 
     data = {**(recipe.get("data") or {}), **(data_overrides or {})}
@@ -158,7 +160,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         s_train,
         train_dir / "final" / "config.json",
         lambda: _train(corpus, tokenizer, train_dir, dcfg, tcfg, console),
-        workdir=train_dir,
+        restart=train_dir,
     )
 
     final = train_dir / "final"
