@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from conftest import STDLIB, near_copy, stdlib
 
 from codemill.curate import dedup, minhash
+from codemill.curate.checks import Doc, StaticAnalysis, Syntax
 from codemill.curate.config import CurateConfig
 from codemill.curate.dedup_steps import score_boundary
 from codemill.curate.filters import check_file
@@ -124,6 +125,33 @@ def test_static_analysis_and_syntax():
     assert check_syntax("Rust", "a.rs", "fn main() { let x = 1; }", 2.0) is None
     huge = "x = [" + "1, " * 3_000_000 + "]\n"
     assert check_syntax("Python", "a.py", huge, 0.01) == "parse_timeout"
+
+
+def test_syntax_check_parses_python_once_with_ruff_and_asks_tree_sitter_what_ruff_rejects():
+    cfg = CurateConfig()
+    texts = {
+        "ok.py": stdlib("textwrap.py"),
+        "star.py": "def f(a):\n    return *a, *[None] * 3\n",  # Python 3.8; tree-sitter-python rejects it
+        "py2.py": 'print "hello"\n',  # ruff rejects it, tree-sitter accepts: kept as before
+        "broken.py": "def f(:\n    pass\n",
+        "bug.py": "def f():\n    return nope\n",
+        "A.java": "class A { void f() { int x = ; } }",
+    }
+    assert check_syntax("Python", "star.py", texts["star.py"], 2.0) == "syntax_error"
+    docs = [
+        Doc("r", p, len(t), lang="Java" if p.endswith(".java") else "Python", text=t)
+        for p, t in texts.items()
+    ]
+    verdicts = dict(zip(texts, Syntax(cfg).check_batch(docs), strict=True))
+    assert {p for p, v in verdicts.items() if v} == {"broken.py", "A.java"}
+    assert verdicts["broken.py"].reason == "syntax_error"
+    # the defects the syntax check found are the static analysis stage's input
+    static = dict(zip(texts, StaticAnalysis(cfg).check_batch(docs), strict=True))
+    assert {p for p, v in static.items() if v} == {"bug.py"} and static["bug.py"].reason == "bug:F821"
+    no_static = CurateConfig(static_analysis=False)
+    docs = [Doc("r", p, len(t), lang="Python", text=t) for p, t in texts.items() if p.endswith(".py")]
+    assert [v.reason for v in Syntax(no_static).check_batch(docs) if v] == ["syntax_error"]
+    assert not any(StaticAnalysis(no_static).check_batch(docs))
 
 
 def test_repo_score_cut_is_one_boundary_over_repositories_with_files(tmp_path):

@@ -19,7 +19,7 @@ from codemill.curate.config import CurateConfig
 from codemill.curate.decontam import Decontaminator
 from codemill.curate.pii import SensitiveWords, redact
 from codemill.curate.sources import RawFile, read_bytes
-from codemill.curate.static import analyzers
+from codemill.curate.static import SYNTAX_RULE, Defect, analyzers
 from codemill.curate.syntax import check_syntax
 from codemill.langs import detect
 
@@ -39,6 +39,7 @@ class Doc:
     text: str = ""
     sha256: str = ""  # of the bytes as read
     removed: tuple[str, str, str] | None = None  # refine: (stage, reason, detail) from dedup
+    defects: list[Defect] | None = None  # refine: the static analyzer's, found by the syntax check
     pii: int = 0
     extra: dict = field(default_factory=dict)  # counters the ledger sums (PII tags)
 
@@ -137,32 +138,42 @@ class NearDedup(_DedupDecision):
 
 
 class Syntax(Check):
+    """A file parses when its static analyzer's parser accepts it, else when tree-sitter's tree has no
+    error. The analyzer run (ruff: one subprocess per batch) also finds the static-analysis defects,
+    kept on the file for that stage, so a Python file is parsed once for both instead of once more by
+    tree-sitter (which was a third of curate's CPU). Tree-sitter has the last word on what ruff
+    rejects: it accepts Python 2, which ruff does not."""
+
     stage = "syntax"
 
+    def __init__(self, cfg: CurateConfig):
+        super().__init__(cfg)
+        self.analyzers = analyzers(cfg.drop_severities if cfg.static_analysis else ())
+
+    def check_batch(self, docs: list[Doc]) -> list[Drop | None]:
+        for analyzer in {id(a): a for a in self.analyzers.values()}.values():
+            mine = [d for d in docs if d.lang in analyzer.langs]
+            for d, defects in zip(mine, analyzer.analyze([(d.path, d.text) for d in mine]), strict=True):
+                d.defects = defects
+        return [self.check(d) for d in docs]
+
     def check(self, doc: Doc) -> Drop | None:
+        if doc.defects is not None and not any(x.rule == SYNTAX_RULE for x in doc.defects):
+            return None
         reason = check_syntax(doc.lang, doc.path, doc.text, self.cfg.parse_timeout_s)
         return Drop(reason) if reason else None
 
 
 class StaticAnalysis(Check):
-    """Analyzers run on a batch of files at once (ruff is one subprocess per batch)."""
+    """Drops a file with a defect of a configured severity; the syntax check ran the analyzers."""
 
     stage = "static_analysis"
 
-    def __init__(self, cfg: CurateConfig):
-        super().__init__(cfg)
-        self.analyzers = analyzers(cfg.drop_severities) if cfg.static_analysis else {}
-
-    def check_batch(self, docs: list[Doc]) -> list[Drop | None]:
-        out: list[Drop | None] = [None] * len(docs)
-        for analyzer in {id(a): a for a in self.analyzers.values()}.values():
-            idx = [k for k, d in enumerate(docs) if d.lang in analyzer.langs]
-            found = analyzer.analyze([(docs[k].path, docs[k].text) for k in idx])
-            for k, defects in zip(idx, found, strict=True):
-                bad = [d for d in defects if d.severity in self.cfg.drop_severities]
-                if bad:
-                    out[k] = Drop(f"{bad[0].category}:{bad[0].rule}", f"line {bad[0].line}: {bad[0].message}")
-        return out
+    def check(self, doc: Doc) -> Drop | None:
+        bad = [d for d in doc.defects or () if d.severity in self.cfg.drop_severities]
+        if self.cfg.static_analysis and bad:
+            return Drop(f"{bad[0].category}:{bad[0].rule}", f"line {bad[0].line}: {bad[0].message}")
+        return None
 
 
 class SensitiveWordsCheck(Check):
