@@ -16,7 +16,6 @@ from pathlib import Path
 
 from codemill.curate import filters
 from codemill.curate.config import CurateConfig
-from codemill.curate.decontam import Decontaminator
 from codemill.curate.pii import SensitiveWords, redact
 from codemill.curate.sources import RawFile, read_bytes
 from codemill.curate.static import SYNTAX_RULE, Defect, analyzers
@@ -40,6 +39,7 @@ class Doc:
     sha256: str = ""  # of the bytes as read
     removed: tuple[str, str, str] | None = None  # refine: (stage, reason, detail) from dedup
     defects: list[Defect] | None = None  # refine: the static analyzer's, found by the syntax check
+    benchmark: str | None = None  # refine: the benchmark task the scan found it overlaps
     pii: int = 0
     extra: dict = field(default_factory=dict)  # counters the ledger sums (PII tags)
 
@@ -208,15 +208,13 @@ class Pii(Check):
 
 
 class Decontamination(Check):
+    """Applies the overlap the scan found on the tokens it hashes for MinHash (one tokenization per
+    file; the text it saw is the file before PII tags replace anything)."""
+
     stage = "decontamination"
 
-    def __init__(self, cfg: CurateConfig):
-        super().__init__(cfg)
-        self.decont = Decontaminator(cfg.decontam_ngram, cfg.decontam_humaneval, cfg.decontam_files)
-
     def check(self, doc: Doc) -> Drop | None:
-        task = self.decont.match(doc.text)
-        return Drop("benchmark_overlap", task) if task else None
+        return Drop("benchmark_overlap", doc.benchmark) if doc.benchmark else None
 
 
 SCAN: tuple[type[Check], ...] = (Read, Language, License, FileRules)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codemill.curate.minhash import ngram_hashes
+from codemill.curate.minhash import ngram_hashes, ngrams
 
 
 def _records(path: Path):
@@ -70,11 +70,12 @@ class Decontaminator:
         self.hashes = all_h[order]
         self.owners = np.concatenate(owners)[order] if owners else np.empty(0, np.int64)
 
-    def match(self, text: str) -> str | None:
-        """Name of a benchmark task the text overlaps, or None."""
+    def match(self, words: np.ndarray) -> str | None:
+        """Name of a benchmark task a text overlaps, or None, from the hashes of its word tokens
+        (`minhash.tokens`, numbers left out): the scan's MinHash pass tokenizes each file once for both."""
         if not len(self.hashes):
             return None
-        h = ngram_hashes(text, self.n, numbers=False)
+        h = ngrams(words, self.n)
         idx = np.searchsorted(self.hashes, h)
         idx[idx == len(self.hashes)] = 0
         hit = self.hashes[idx] == h

@@ -33,19 +33,19 @@ def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _powers
 
 
-def token_hashes(text: str, numbers: bool = True) -> np.ndarray:
-    """A 64-bit hash of every word token of the lowercased text, in order, in a few array passes.
+def tokens(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-bit hash of every word token of the lowercased text, in order, in a few array passes,
+    and which tokens are words rather than numbers (they hold a byte that is not a digit).
 
     A token is a run of ASCII letters, digits, "_" and non-ASCII characters (`\\w+` on ASCII text).
     Its hash is a polynomial over its UTF-8 bytes (prefix sums times inverse powers, exact in
-    uint64 arithmetic) put through splitmix64's finalizer."""
+    uint64 arithmetic) put through splitmix64's finalizer. One pass serves the MinHash shingles
+    (every token) and decontamination (words only)."""
     b = np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), np.uint8)
     edges = np.flatnonzero(np.diff(np.r_[False, _WORD[b], False].astype(np.int8)))
     starts, ends = edges[::2], edges[1::2]
-    if not numbers and len(starts):
-        letters = np.r_[0, np.cumsum(_NOT_DIGIT[b])]
-        keep = letters[ends] > letters[starts]
-        starts, ends = starts[keep], ends[keep]
+    letters = np.r_[0, np.cumsum(_NOT_DIGIT[b])]
+    words = letters[ends] > letters[starts]
     pw, inv = _power_tables(len(b) + 1)
     prefix = np.r_[np.uint64(0), np.cumsum(b * pw[: len(b)], dtype=np.uint64)]
     h = (prefix[ends] - prefix[starts]) * inv[starts] + (ends - starts).astype(np.uint64)
@@ -53,16 +53,12 @@ def token_hashes(text: str, numbers: bool = True) -> np.ndarray:
     h *= np.uint64(0xBF58476D1CE4E5B9)
     h ^= h >> np.uint64(27)
     h *= np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
+    return h ^ (h >> np.uint64(31)), words
 
 
-def ngram_hashes(text: str, n: int, numbers: bool = True, unique: bool = True) -> np.ndarray:
-    """Sorted unique hashes of the token n-grams of `text` (empty if it has fewer than n tokens);
-    unique=False leaves them unsorted with repeats, which is all a MinHash signature needs.
-
-    numbers=False leaves out number tokens, so runs of literals like `[1, 2, 3, ...]` in test
-    data do not match every other table of small integers."""
-    t = token_hashes(text, numbers)
+def ngrams(t: np.ndarray, n: int, unique: bool = True) -> np.ndarray:
+    """Sorted unique hashes of the n-grams of a token-hash sequence (empty if it has fewer than n
+    tokens); unique=False leaves them unsorted with repeats, which is all a MinHash signature needs."""
     if len(t) < n:
         return np.empty(0, dtype=np.uint64)
     m = len(t) - n + 1
@@ -70,6 +66,13 @@ def ngram_hashes(text: str, n: int, numbers: bool = True, unique: bool = True) -
     for k in range(1, n):
         h = h * _MULT + t[k : k + m]
     return np.unique(h) if unique else h
+
+
+def ngram_hashes(text: str, n: int, numbers: bool = True, unique: bool = True) -> np.ndarray:
+    """The token n-grams of `text` (see `ngrams`). numbers=False leaves out number tokens, so runs
+    of literals like `[1, 2, 3, ...]` in test data do not match every other table of small integers."""
+    h, words = tokens(text)
+    return ngrams(h if numbers else h[words], n, unique)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

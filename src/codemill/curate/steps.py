@@ -26,6 +26,7 @@ from datatrove.pipeline.base import PipelineStep
 from codemill.curate import licenses, minhash
 from codemill.curate.checks import REFINE, SCAN, Doc, run_checks
 from codemill.curate.config import CurateConfig
+from codemill.curate.decontam import Decontaminator
 from codemill.curate.dedup_steps import SIG_SCHEMA, is_cut, sha_part
 from codemill.curate.io import BATCH, PartitionWriter, Progress, ShardWriter, atomic_parquet
 from codemill.curate.ledger import Ledger
@@ -44,11 +45,12 @@ SCAN_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("sha256", pa.string()),
         ("license", pa.string()),
+        ("benchmark", pa.string()),  # the benchmark task it overlaps, applied by the decontamination stage
     ]
 )
 CORPUS_SCHEMA = pa.schema(
     [
-        *SCAN_SCHEMA,
+        *(f for f in SCAN_SCHEMA if f.name != "benchmark"),
         ("repo_score", pa.float64()),
         ("pii", pa.int64()),
     ]
@@ -95,6 +97,7 @@ class ScanStep(PipelineStep):
         ledger, progress = Ledger(out, rank), Progress(self.work / "progress", "scan", rank)
         checks = [c(cfg) for c in SCAN]
         perms = minhash.permutations(cfg.num_perm, cfg.seed)
+        self.decont = Decontaminator(cfg.decontam_ngram, cfg.decontam_humaneval, cfg.decontam_files)
         writer = ShardWriter(out / f"files-{rank:05d}.parquet", SCAN_SCHEMA)
         sigs = PartitionWriter(self.work / "dedup" / "sig", f"{rank:05d}", SIG_SCHEMA, cfg.buffer_mb << 20)
         repos = []
@@ -137,13 +140,14 @@ class ScanStep(PipelineStep):
         yield from ()
 
     def _write(self, d: Doc, rank: int, writer: ShardWriter, perms) -> dict:
-        shingles = minhash.ngram_hashes(d.text, self.cfg.ngram, unique=False)
+        tokens, words = minhash.tokens(d.text)
+        shingles = minhash.ngrams(tokens, self.cfg.ngram, unique=False)
         bands = minhash.band_hashes(minhash.signature(shingles, perms), self.cfg.bands, self.cfg.rows)
         sha = hashlib.sha256(d.data).hexdigest()
         sig = {"id": rank << 32 | writer.n, "sha256": sha, "repo": d.repo, "path": d.path}
         writer.add(
             {"repo": d.repo, "path": d.path, "lang": d.lang, "content": d.text, "size": d.size}
-            | {"sha256": sha, "license": d.license}
+            | {"sha256": sha, "license": d.license, "benchmark": self.decont.match(tokens[words])}
         )
         return sig | {"n_shingles": len(shingles), "bands": bands}
 
@@ -182,7 +186,7 @@ class RefineStep(PipelineStep):
             docs = []
             for r in batch.to_pylist():
                 d = Doc(r["repo"], r["path"], r["size"], r["license"], lang=r["lang"], text=r["content"])
-                d.sha256, d.removed = r["sha256"], removed.get(row)
+                d.sha256, d.removed, d.benchmark = r["sha256"], removed.get(row), r["benchmark"]
                 docs.append(d)
                 row += 1
             for d in run_checks(docs, checks, ledger):
