@@ -75,7 +75,7 @@ class Decontaminator:
         (`minhash.tokens`, numbers left out): the scan's MinHash pass tokenizes each file once for both."""
         if not len(self.hashes):
             return None
-        h = ngrams(words, self.n)
+        h = ngrams(words, self.n, unique=False)  # searchsorted needs no sorting of the text's side
         idx = np.searchsorted(self.hashes, h)
         idx[idx == len(self.hashes)] = 0
         hit = self.hashes[idx] == h

@@ -28,7 +28,7 @@ GENERATED_MARKERS = re.compile(
 # runs are matched only from their first character (the lookbehinds), which keeps the scan linear
 BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/=]{64,}")
 HEX_RUN = re.compile(r"(?:(?:0x|\\x)[0-9a-fA-F]{2}[,\s]*){64,}")  # bare hex runs are base64 runs too
-NOT_ALNUM = re.compile(r"[\W_]+")
+NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 UNICODE_RUN = re.compile(r"(?:\\u[0-9a-fA-F]{4}){16,}")
 # bytes.translate tables: base64 characters -> "a", the rest -> " "; and the ASCII non-alphanumerics
 _B64 = bytes(
@@ -68,7 +68,10 @@ def check_file(path: str, lang: str, data: bytes, cfg: CurateConfig) -> tuple[st
 
 def _trivial(text: str, data: bytes, lang: str, lines: list[str], cfg: CurateConfig) -> bool:
     """Under two lines of code besides comments, or too few letters and digits to be code."""
-    alnum = len(data.translate(None, _NOT_ALNUM)) if data.isascii() else len(NOT_ALNUM.sub("", text))
+    alnum = len(data.translate(None, _NOT_ALNUM))
+    if not data.isascii():  # count the non-ASCII characters that are letters or digits, not their bytes
+        high = "".join(NON_ASCII.findall(text))
+        alnum += sum(map(str.isalnum, high)) - len(high.encode("utf-8"))
     if alnum < cfg.min_alnum_fraction * len(text.strip()):
         return True
     comment = BY_NAME[lang].line_comment
