@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codemill.curate.minhash import ngram_hashes, ngrams
+from codemill.curate.minhash import batch_ngrams, ngram_hashes
 
 
 def _records(path: Path):
@@ -70,15 +70,17 @@ class Decontaminator:
         self.hashes = all_h[order]
         self.owners = np.concatenate(owners)[order] if owners else np.empty(0, np.int64)
 
-    def match(self, words: np.ndarray) -> str | None:
-        """Name of a benchmark task a text overlaps, or None, from the hashes of its word tokens
-        (`minhash.tokens`, numbers left out): the scan's MinHash pass tokenizes each file once for both."""
+    def match(self, tokens: np.ndarray, words: np.ndarray, bounds: np.ndarray) -> list[str | None]:
+        """Per text, the name of a benchmark task it overlaps, or None, from `minhash.batch_tokens`
+        of the texts: the scan's MinHash pass tokenizes each file once for both."""
+        out: list[str | None] = [None] * (len(bounds) - 1)
         if not len(self.hashes):
-            return None
-        h = ngrams(words, self.n, unique=False)  # searchsorted needs no sorting of the text's side
-        idx = np.searchsorted(self.hashes, h)
+            return out
+        grams, gb = batch_ngrams(tokens[words], np.r_[0, np.cumsum(words)][bounds], self.n)
+        idx = np.searchsorted(self.hashes, grams)
         idx[idx == len(self.hashes)] = 0
-        hit = self.hashes[idx] == h
-        if not hit.any():
-            return None
-        return self.names[self.owners[idx[np.argmax(hit)]]]
+        hits = np.flatnonzero(self.hashes[idx] == grams)
+        texts, first = np.unique(np.searchsorted(gb, hits, "right") - 1, return_index=True)
+        for k, i in zip(texts, first, strict=True):
+            out[k] = self.names[self.owners[idx[hits[i]]]]
+        return out

@@ -33,15 +33,17 @@ def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _powers
 
 
-def tokens(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """A 64-bit hash of every word token of the lowercased text, in order, in a few array passes,
-    and which tokens are words rather than numbers (they hold a byte that is not a digit).
+def batch_tokens(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tokens of many texts in one pass (per-call NumPy overhead dominates on small files):
+    hashes, the words mask, and bounds (text k's tokens are [bounds[k], bounds[k+1])).
 
-    A token is a run of ASCII letters, digits, "_" and non-ASCII characters (`\\w+` on ASCII text).
-    Its hash is a polynomial over its UTF-8 bytes (prefix sums times inverse powers, exact in
-    uint64 arithmetic) put through splitmix64's finalizer. One pass serves the MinHash shingles
-    (every token) and decontamination (words only)."""
-    b = np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), np.uint8)
+    A token is a run of ASCII letters, digits, "_" and non-ASCII characters (`\\w+` on ASCII text);
+    a word holds a byte that is not a digit. Its hash is a polynomial over its UTF-8 bytes (prefix
+    sums times inverse powers, exact in uint64 arithmetic, so independent of where the token sits)
+    put through splitmix64's finalizer. One pass serves the MinHash shingles (every token) and
+    decontamination (words only)."""
+    parts = [t.lower().encode("utf-8", "surrogatepass") for t in texts]
+    b = np.frombuffer(b"\n".join(parts), np.uint8)  # "\n" is not a word byte: no token spans two texts
     edges = np.flatnonzero(np.diff(np.r_[False, _WORD[b], False].astype(np.int8)))
     starts, ends = edges[::2], edges[1::2]
     letters = np.r_[0, np.cumsum(_NOT_DIGIT[b])]
@@ -53,26 +55,33 @@ def tokens(text: str) -> tuple[np.ndarray, np.ndarray]:
     h *= np.uint64(0xBF58476D1CE4E5B9)
     h ^= h >> np.uint64(27)
     h *= np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31)), words
+    text_starts = np.cumsum([0] + [len(p) + 1 for p in parts])
+    return h ^ (h >> np.uint64(31)), words, np.searchsorted(starts, text_starts)
 
 
-def ngrams(t: np.ndarray, n: int, unique: bool = True) -> np.ndarray:
-    """Sorted unique hashes of the n-grams of a token-hash sequence (empty if it has fewer than n
-    tokens); unique=False leaves them unsorted with repeats, which is all a MinHash signature needs."""
-    if len(t) < n:
-        return np.empty(0, dtype=np.uint64)
+def batch_ngrams(t: np.ndarray, bounds: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n-grams inside each of many token sequences (t[bounds[k]:bounds[k+1]]), none spanning
+    two, unsorted, and their bounds."""
+    counts = np.maximum(np.diff(bounds) - n + 1, 0)
     m = len(t) - n + 1
+    if m <= 0:
+        return np.empty(0, dtype=np.uint64), np.zeros(len(bounds), np.int64)
     h = t[:m].copy()
     for k in range(1, n):
         h = h * _MULT + t[k : k + m]
-    return np.unique(h) if unique else h
+    seq = np.repeat(np.arange(len(counts)), np.diff(bounds))[:m]  # the sequence each window starts in
+    inside = np.arange(n, m + n) <= bounds[1:][seq]
+    return h[inside], np.r_[0, np.cumsum(counts)]
 
 
 def ngram_hashes(text: str, n: int, numbers: bool = True, unique: bool = True) -> np.ndarray:
-    """The token n-grams of `text` (see `ngrams`). numbers=False leaves out number tokens, so runs
-    of literals like `[1, 2, 3, ...]` in test data do not match every other table of small integers."""
-    h, words = tokens(text)
-    return ngrams(h if numbers else h[words], n, unique)
+    """The token n-grams of one text, sorted and unique (unique=False: unsorted, with repeats, all
+    a MinHash signature needs). numbers=False leaves out number tokens, so runs of literals like
+    `[1, 2, 3, ...]` in test data do not match every other table of small integers."""
+    h, words, _ = batch_tokens([text])
+    t = h if numbers else h[words]
+    grams, _ = batch_ngrams(t, np.array([0, len(t)]), n)
+    return np.unique(grams) if unique else grams
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,25 +93,37 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def signature(shingles: np.ndarray, perms: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """uint32 MinHash signature (num_perm values); all 0xFFFFFFFF for an empty shingle set."""
+    return signatures(shingles, np.array([0, len(shingles)]), perms)[0]
+
+
+def signatures(shingles: np.ndarray, bounds: np.ndarray, perms: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The signatures of many shingle sets at once (set k is shingles[bounds[k]:bounds[k+1]]), as
+    a (sets, num_perm) uint32 array: a chunk of columns spans many small sets, and each set's
+    minimum is a `minimum.reduceat` over its columns."""
     a, b = perms
-    sig = np.full(a.shape[0], np.iinfo(np.uint64).max, dtype=np.uint64)
+    sig = np.full((len(bounds) - 1, a.shape[0]), np.iinfo(np.uint64).max, dtype=np.uint64)
     buf = np.empty((a.shape[0], min(_CHUNK, len(shingles))), dtype=np.uint64)
     for start in range(0, len(shingles), _CHUNK):
         x = shingles[start : start + _CHUNK][None, :]
+        stop = start + x.shape[1]
         out = buf[:, : x.shape[1]]
         np.multiply(a, x, out=out)
         out += b
-        np.minimum(sig, out.min(axis=1), out=sig)  # min of the top bits = top bits of the min
+        # the sets with columns in this chunk, and where each one's columns begin in it
+        first, last = np.searchsorted(bounds, start, "right") - 1, np.searchsorted(bounds, stop, "left")
+        lo, hi = bounds[first:last], bounds[first + 1 : last + 1]
+        sets = np.arange(first, last)[hi > lo]
+        cols = np.maximum(bounds[sets], start) - start
+        sig[sets] = np.minimum(sig[sets], np.minimum.reduceat(out, cols, axis=1).T)
     return (sig >> np.uint64(32)).astype(np.uint32)
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """One uint64 key per band: rows·bands of the signature's values combined per band."""
-    m = sig[: bands * rows].astype(np.uint64).reshape(bands, rows)
-    h = np.zeros(bands, dtype=np.uint64)
-    for r in range(rows):
-        h = h * _MULT + m[:, r] + np.uint64(r + 1)
-    return h
+    """One uint64 key per band (per signature, for a 2-d array of them): the band's rows of the
+    signature combined as h = (...((v0 + 1)·M + v1 + 2)·M ...) + v_{rows-1} + rows, mod 2^64."""
+    m = sig[..., : bands * rows].astype(np.uint64).reshape(*sig.shape[:-1], bands, rows)
+    powers = np.cumprod(np.r_[np.uint64(1), np.full(rows - 1, _MULT)])[::-1]  # M^(rows-1-r)
+    return ((m + np.arange(1, rows + 1, dtype=np.uint64)) * powers).sum(axis=-1, dtype=np.uint64)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

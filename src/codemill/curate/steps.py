@@ -74,6 +74,22 @@ REPO_SCHEMA = pa.schema(
 )
 
 
+GROUP_BYTES = 1 << 20  # text hashed at once: its arrays take ~40 bytes per byte
+
+
+def _groups(docs: list[Doc], limit: int):
+    """Consecutive runs of docs with at most `limit` bytes of text each (a larger file alone)."""
+    group, size = [], 0
+    for d in docs:
+        if group and size + len(d.text) > limit:
+            yield group
+            group, size = [], 0
+        group.append(d)
+        size += len(d.text)
+    if group:
+        yield group
+
+
 def repo_score(stars: int | None, commits: int | None, test_files: int, cfg: CurateConfig) -> float:
     w = cfg.score_weights
     return (
@@ -112,8 +128,7 @@ class ScanStep(PipelineStep):
                     stats["files"] += len(docs)
                     stats["bytes"] += sum(f.size for f in batch)
                     stats["test_files"] += sum(bool(TEST_PATH.search(f.path)) for f in batch)
-                    for d in run_checks(docs, checks, ledger):
-                        sig_rows.append(self._write(d, rank, writer, perms))
+                    sig_rows += self._write(run_checks(docs, checks, ledger), rank, writer, perms)
                 stats["kept"] = len(sig_rows)
                 score = repo_score(meta.stars, meta.commits, stats["test_files"], cfg)
                 self._route(sigs, sig_rows, score, meta.stars or 0)
@@ -139,17 +154,25 @@ class ScanStep(PipelineStep):
         progress.flush()
         yield from ()
 
-    def _write(self, d: Doc, rank: int, writer: ShardWriter, perms) -> dict:
-        tokens, words = minhash.tokens(d.text)
-        shingles = minhash.ngrams(tokens, self.cfg.ngram, unique=False)
-        bands = minhash.band_hashes(minhash.signature(shingles, perms), self.cfg.bands, self.cfg.rows)
-        sha = hashlib.sha256(d.data).hexdigest()
-        sig = {"id": rank << 32 | writer.n, "sha256": sha, "repo": d.repo, "path": d.path}
-        writer.add(
-            {"repo": d.repo, "path": d.path, "lang": d.lang, "content": d.text, "size": d.size}
-            | {"sha256": sha, "license": d.license, "benchmark": self.decont.match(tokens[words])}
-        )
-        return sig | {"n_shingles": len(shingles), "bands": bands}
+    def _write(self, docs: list[Doc], rank: int, writer: ShardWriter, perms) -> list[dict]:
+        """Writes the kept files and returns their signature rows; MinHash and decontamination run on
+        groups of files at once, each group's text bounded so the hashing arrays stay small."""
+        rows = []
+        for group in _groups(docs, GROUP_BYTES):
+            tokens, words, bounds = minhash.batch_tokens([d.text for d in group])
+            shingles, sb = minhash.batch_ngrams(tokens, bounds, self.cfg.ngram)
+            sigs = minhash.signatures(shingles, sb, perms)
+            bands = minhash.band_hashes(sigs, self.cfg.bands, self.cfg.rows)
+            tasks = self.decont.match(tokens, words, bounds)
+            for k, d in enumerate(group):
+                sha = hashlib.sha256(d.data).hexdigest()
+                sig = {"id": rank << 32 | writer.n, "sha256": sha, "repo": d.repo, "path": d.path}
+                writer.add(
+                    {"repo": d.repo, "path": d.path, "lang": d.lang, "content": d.text, "size": d.size}
+                    | {"sha256": sha, "license": d.license, "benchmark": tasks[k]}
+                )
+                rows.append(sig | {"n_shingles": int(sb[k + 1] - sb[k]), "bands": bands[k]})
+        return rows
 
     def _route(self, sigs: PartitionWriter, rows: list[dict], score: float, stars: int) -> None:
         by_part: dict[int, list[dict]] = {}
