@@ -2,7 +2,7 @@
 several sizes, with planted exact and near copies in other repositories.
 
 Snippets are cut from the code installed on this machine (standard library, site-packages, system
-headers) at blank lines, about 30 lines each, grouped into repositories of 10 to 60 snippets, and
+headers) at blank lines before top-level lines, at least 20 lines (2.0 KB on average), grouped into repositories of 10 to 60 snippets, and
 the rows shuffled as a real dump's are. 2% of snippets get an exact copy in another repository and
 2% a near copy (a few lines edited, exact Jaccard of the 5-gram sets >= 0.9, checked here). Recall
 is the share of plants where the copy or its original was removed by exact or near dedup.
@@ -34,34 +34,42 @@ from codemill.curate.filters import check_file
 from codemill.langs import detect
 
 ROOTS = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], "/usr/include")
-SNIPPET_LINES = 30
+SNIPPET_LINES = 20
+TOP_LEVEL_NOT = ("", " ", "\t", "\n", "}", ")", "]")  # a line starting so continues the one above
 # Workers are forked by multiprocess's fork server, not by the driver, so getrusage cannot see
 # them: a thread samples the resident memory of every descendant every 50 ms.
 RUNNER = """
 import json, sys, threading, psutil
+import codemill.curate.pipeline as pipeline
 from codemill.curate.config import CurateConfig
-from codemill.curate.pipeline import curate
-me, peak, done = psutil.Process(), {"driver": 0, "worker": 0}, threading.Event()
+me, peak, done, stage = psutil.Process(), {}, threading.Event(), ["setup"]
+make_executor = pipeline.make_executor
+def named(kind, steps, tasks, workers, logs):  # which stage is running, for the peaks by stage
+    stage[0] = logs.name
+    return make_executor(kind, steps, tasks, workers, logs)
+pipeline.make_executor = named
 def sample():
     while not done.wait(0.05):
-        peak["driver"] = max(peak["driver"], me.memory_info().rss)
+        rss = {"driver": me.memory_info().rss, stage[0]: 0}
         for p in me.children(recursive=True):
             try:
-                peak["worker"] = max(peak["worker"], p.memory_info().rss)
+                rss[stage[0]] = max(rss[stage[0]], p.memory_info().rss)
             except psutil.Error:
                 pass
+        for k, v in rss.items():
+            peak[k] = max(peak.get(k, 0), v / 2**20)
 threading.Thread(target=sample, daemon=True).start()
 cfg = CurateConfig(**json.loads(sys.argv[3]))
-m = curate([sys.argv[1]], sys.argv[2], cfg, quiet=True)
+m = pipeline.curate([sys.argv[1]], sys.argv[2], cfg, quiet=True)
 done.set()
-print(json.dumps({"manifest_seconds": m["seconds"], "stage_seconds": m["stage_seconds"],
-  "driver_rss_mb": peak["driver"] / 2**20, "worker_rss_mb": peak["worker"] / 2**20}))
+print(json.dumps({"manifest_seconds": m["seconds"], "stage_seconds": m["stage_seconds"], "peak_rss_mb": peak}))
 """
 
 
 def snippets(limit: int) -> list[tuple[str, str, str]]:
-    """(source file, snippet path, text) of real code, cut at blank lines; only snippets that
-    pass the file rules, so every plant reaches dedup."""
+    """(source file, snippet path, text) of real code, cut at a blank line before a top-level line
+    once a snippet has 20 lines, so a snippet is a run of whole top-level definitions as a file is;
+    only snippets that pass the file rules, so every plant reaches dedup."""
     cfg = CurateConfig()
     out = []
     for root in ROOTS:
@@ -75,10 +83,11 @@ def snippets(limit: int) -> list[tuple[str, str, str]]:
                 continue
             start = 0
             for i, line in enumerate(lines):
-                if (i - start >= SNIPPET_LINES and not line.strip()) or i == len(lines) - 1:
+                top_level = i + 1 < len(lines) and lines[i + 1][:1] not in TOP_LEVEL_NOT
+                if (i - start >= SNIPPET_LINES and not line.strip() and top_level) or i == len(lines) - 1:
                     text = "".join(lines[start : i + 1])
                     name = f"{path.stem}_{start}{path.suffix}"
-                    if check_file(name, lang.name, text.encode(), cfg)[0] is not None:
+                    if detect(name) == lang and check_file(name, lang.name, text.encode(), cfg)[0] is not None:
                         out.append((str(path), name, text))
                     start = i + 1
             if len(out) >= limit:
@@ -152,8 +161,9 @@ def run_size(n: int, base: list, tmp: Path, cfg: dict) -> dict:
         "wall_s": round(wall, 1),
         "MBps_per_core": round(mb / wall / cfg["workers"], 2),
         "stage_seconds": res["stage_seconds"],
-        "driver_rss_mb": round(res["driver_rss_mb"]),
-        "largest_worker_rss_mb": round(res["worker_rss_mb"]),
+        "driver_rss_mb": round(res["peak_rss_mb"].pop("driver")),
+        "largest_worker_rss_mb": round(max(res["peak_rss_mb"].values())),
+        "worker_rss_mb_by_stage": {k: round(v) for k, v in res["peak_rss_mb"].items()},
         "plants": {k: len(v) for k, v in plants.items()},
         "recall": {k: round(v, 4) for k, v in recall.items()},
     }
