@@ -74,7 +74,7 @@ REPO_SCHEMA = pa.schema(
 )
 
 
-GROUP_BYTES = 1 << 20  # text hashed at once: its arrays take ~40 bytes per byte
+GROUP_BYTES = minhash.KEPT_POWERS - 4096  # text hashed at once (its arrays take ~40 bytes per byte)
 
 
 def _groups(docs: list[Doc], limit: int):
