@@ -237,10 +237,8 @@ class VerifyStep(_Step):
         got = read_tables(files, PAIR_SCHEMA, columns=["i", "j"], filters=[("part", "=", rank)])
         pairs = np.unique(np.stack([got.column("i").to_numpy(), got.column("j").to_numpy()], axis=1), axis=0)
         nodes = _read_rows(self.work, np.unique(pairs), ["repo", "path", "content"])
-        shingles = {
-            i: minhash.ngram_hashes(c, self.cfg.ngram)
-            for i, c in zip(nodes.column("id").to_pylist(), nodes.column("content").to_pylist(), strict=True)
-        }
+        sets = minhash.shingle_sets(nodes.column("content").to_pylist(), self.cfg.ngram)
+        shingles = dict(zip(nodes.column("id").to_pylist(), sets, strict=True))
         sims = np.array([minhash.jaccard(shingles[i], shingles[j]) for i, j in pairs.tolist()])
         similar = sims >= self.cfg.threshold
         keep = np.isin(nodes.column("id").to_numpy(), pairs[similar])

@@ -12,6 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 BATCH = 256
+TEXT_COLUMNS = ("content", "excerpt")
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """zstd; no dictionary and no min/max statistics for file texts, which are unique and long
+    (the statistics put two whole files per row group in the footer): reading a scan shard's row
+    groups back is 2x faster."""
+    other = [n for n in schema.names if n not in TEXT_COLUMNS]
+    return {"compression": "zstd", "use_dictionary": other, "write_statistics": other}
 
 
 def atomic_json(path: Path, obj) -> None:
@@ -23,7 +32,7 @@ def atomic_json(path: Path, obj) -> None:
 def atomic_parquet(table: pa.Table, path: Path, **kw) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", **kw)
+    pq.write_table(table, tmp, **parquet_options(table.schema) | kw)
     os.replace(tmp, path)
 
 
@@ -33,7 +42,7 @@ class ShardWriter:
     def __init__(self, path: Path, schema: pa.Schema):
         self.path, self.schema = path, schema
         self.tmp = path.with_name(path.name + ".tmp")
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.writer = pq.ParquetWriter(self.tmp, schema, **parquet_options(schema))
         self.rows: list[dict] = []
         self.n = 0
 
@@ -78,7 +87,7 @@ class PartitionWriter:
         for part, tables in sorted(self.buffers.items()):
             path = self.root / f"{part:05d}" / f"{self.name}-{self.flushes:04d}.parquet.tmp"
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.concat_tables(tables).cast(self.schema), path, compression="zstd")
+            pq.write_table(pa.concat_tables(tables).cast(self.schema), path, **parquet_options(self.schema))
             self.written.append(path)
         self.buffers, self.size = {}, 0
         self.flushes += 1
@@ -92,10 +101,9 @@ class PartitionWriter:
 def read_tables(paths: list[Path], schema: pa.Schema, **kw) -> pa.Table:
     """Files as one table of `schema` (empty when there are none); `kw` goes to pq.read_table
     (columns, filters: row groups outside a filter's range are skipped)."""
-    tables = [pq.read_table(p, **kw) for p in paths]
-    if "columns" in kw:
-        schema = pa.schema([schema.field(c) for c in kw["columns"]])
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    if paths:  # one dataset over all files: 2.4x faster than a read_table per file (a bucket's 79)
+        return pq.read_table([str(p) for p in paths], schema=schema, **kw)
+    return pa.schema([schema.field(c) for c in kw.get("columns", schema.names)]).empty_table()
 
 
 def read_part(directory: Path, schema: pa.Schema) -> pa.Table:

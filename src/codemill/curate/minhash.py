@@ -81,6 +81,35 @@ def batch_ngrams(t: np.ndarray, bounds: np.ndarray, n: int) -> tuple[np.ndarray,
     return h[inside], np.r_[0, np.cumsum(counts)]
 
 
+def spans(lengths: list[int], limit: int = KEPT_POWERS - 4096) -> list[tuple[int, int]]:
+    """Consecutive index ranges whose texts total at most `limit` characters (a longer text alone):
+    the groups to hash at once, so the arrays stay small."""
+    out, lo, size = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > lo and size + n > limit:
+            out.append((lo, i))
+            lo, size = i, 0
+        size += n
+    return [*out, (lo, len(lengths))] if lengths else out
+
+
+def shingle_sets(texts: list[str], n: int) -> list[np.ndarray]:
+    """Each text's sorted unique n-gram hashes (exact Jaccard's input), a group of texts at a time:
+    one tokenization and one sort per group."""
+    out = []
+    for lo, hi in spans([len(t) for t in texts]):
+        h, _, bounds = batch_tokens(texts[lo:hi])
+        grams, gb = batch_ngrams(h, bounds, n)
+        owner = np.repeat(np.arange(hi - lo), np.diff(gb))
+        order = np.lexsort((grams, owner))
+        g, o = grams[order], owner[order]
+        first = np.r_[True, (g[1:] != g[:-1]) | (o[1:] != o[:-1])]
+        g, o = g[first], o[first]
+        cuts = np.searchsorted(o, np.arange(hi - lo + 1))
+        out += [g[cuts[k] : cuts[k + 1]] for k in range(hi - lo)]
+    return out
+
+
 def ngram_hashes(text: str, n: int, numbers: bool = True, unique: bool = True) -> np.ndarray:
     """The token n-grams of one text, sorted and unique (unique=False: unsorted, with repeats, all
     a MinHash signature needs). numbers=False leaves out number tokens, so runs of literals like

@@ -74,22 +74,6 @@ REPO_SCHEMA = pa.schema(
 )
 
 
-GROUP_BYTES = minhash.KEPT_POWERS - 4096  # text hashed at once (its arrays take ~40 bytes per byte)
-
-
-def _groups(docs: list[Doc], limit: int):
-    """Consecutive runs of docs with at most `limit` bytes of text each (a larger file alone)."""
-    group, size = [], 0
-    for d in docs:
-        if group and size + len(d.text) > limit:
-            yield group
-            group, size = [], 0
-        group.append(d)
-        size += len(d.text)
-    if group:
-        yield group
-
-
 def repo_score(stars: int | None, commits: int | None, test_files: int, cfg: CurateConfig) -> float:
     w = cfg.score_weights
     return (
@@ -158,7 +142,8 @@ class ScanStep(PipelineStep):
         """Writes the kept files and returns their signature rows; MinHash and decontamination run on
         groups of files at once, each group's text bounded so the hashing arrays stay small."""
         rows = []
-        for group in _groups(docs, GROUP_BYTES):
+        for lo, hi in minhash.spans([len(d.text) for d in docs]):
+            group = docs[lo:hi]
             tokens, words, bounds = minhash.batch_tokens([d.text for d in group])
             shingles, sb = minhash.batch_ngrams(tokens, bounds, self.cfg.ngram)
             sigs = minhash.signatures(shingles, sb, perms)
