@@ -4,12 +4,15 @@ the installed environment with licenses read from metadata."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from conftest import MIT, stdlib
 
 from codemill.curate.config import CurateConfig
@@ -132,3 +135,22 @@ def test_language_table():
     assert detect("Makefile").name == "Makefile"
     assert detect("README.md").kind == "prose"
     assert detect("data.bin") is None
+
+
+def test_npm_packages_are_repositories_with_their_package_json_license(tmp_path, monkeypatch):
+    # a real npm package, packed by npm from a folder (offline): the one npm itself ships
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed")
+    root = subprocess.run([npm, "root", "-g"], capture_output=True, text=True, check=True).stdout.strip()
+    pkg = shutil.copytree(Path(root) / "npm" / "node_modules" / "semver", tmp_path / "semver")
+    meta_json = json.loads((pkg / "package.json").read_text())
+    monkeypatch.setenv("CODEMILL_CACHE", str(tmp_path / "cache"))
+    [unit] = expand(f"npm:{pkg}", CFG)
+    assert unit.kind == "archive" and unit.name == f"semver@{meta_json['version']}"
+    meta, files = _files(unit)
+    assert meta.license == "ISC" and meta.license_source == "package.json"
+    assert "package.json" in files and "index.js" in files
+    assert detect(next(p for p in files if p.endswith(".js"))).name == "JavaScript"
+    with pytest.raises(ValueError, match="not an npm package spec"):
+        expand("npm:not a spec!", CFG)

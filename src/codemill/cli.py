@@ -57,7 +57,8 @@ def _fail(e: Exception) -> typer.Exit:
 @app.command()
 def curate(
     sources: list[str] = typer.Argument(
-        ..., help="Directories, git repositories, archives, Stack-style .parquet/.jsonl, or 'installed'."
+        ...,
+        help="Directories, git repositories, archives, Stack-style .parquet/.jsonl, npm:PKG@VER,... or npm:FILE, or 'installed'.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Corpus directory (rerun the same command to resume)."),
     recipe: Path = typer.Option(None, help="YAML recipe; its `curate:` section sets the options."),
