@@ -215,13 +215,24 @@ def _tokenizer(rcfg: RunConfig, recipe: dict, corpus: Path, out: Path) -> None:
 
 
 def _bench(rcfg: RunConfig, corpus: Path, bench: Path, console) -> None:
+    from rich.table import Table
+
     from codemill.eval.builders import build_crossfile, build_fim
 
     cross = build_crossfile(
         corpus, bench / "crossfile", holdout=rcfg.holdout, per_repo=rcfg.crossfile_per_repo
     )
     fim = build_fim(corpus, bench / "fim", holdout=rcfg.holdout, per_type=rcfg.fim_per_type)
-    console.print(f"held-out benchmarks: FIM {fim}, cross-file {cross}")
+    table = Table(
+        title=f"held-out benchmarks ({fim['repos']} repositories for FIM, {cross['repos']} cross-file)"
+    )
+    for col in ("language", "task type", "tasks"):
+        table.add_column(col, justify="right" if col == "tasks" else "left")
+    for key, n in sorted(fim["tasks"].items()):
+        table.add_row(*key.split("/", 1), str(n))
+    for key, n in sorted(cross["tasks"].items()):
+        table.add_row(key, "cross-file", str(n))
+    console.print(table)
 
 
 def _train(corpus: Path, tokenizer: Path, out: Path, dcfg, tcfg, console) -> None:

@@ -5,6 +5,7 @@ never leaves a corrupt latest checkpoint; the last `keep` are kept."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,8 +18,14 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from codemill.train.dist import Dist, barrier
 
-# one process saves and loads without a process group, as intended; DCP warns about it every time
-warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """One process saves and loads without a process group, as intended; DCP warns about it every
+    time. The filter lives only around our calls, not process-wide."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def latest(state_dir: Path) -> Path | None:
@@ -36,7 +43,8 @@ def save(
         tmp.mkdir(parents=True)
     barrier(d)
     model_sd, optim_sd = get_state_dict(model, optim)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
     for shard, state in data.items():
         (tmp / f"data-shard-{shard}.json").write_text(json.dumps(state))
     rng = {"cpu": torch.get_rng_state()}
@@ -61,7 +69,8 @@ def load(path: Path, model, optim, shards: list[int], d: Dist) -> tuple[dict, di
     """Restore model, optimizer and this rank's RNG; return the meta and this rank's data states."""
     model_sd, optim_sd = get_state_dict(model, optim)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
     meta = json.loads((path / "meta.json").read_text())
     rng_file = path / f"rng-rank-{d.rank}.pt"
