@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 
 def codemill(*args: str) -> subprocess.CompletedProcess:
@@ -45,3 +46,17 @@ def test_data_errors_say_what_to_do(code_corpus, tmp_path):
     assert r.returncode == 2 and "codemill curate" in r.stdout
     r = codemill("tokenizer", "train", str(code_corpus), "--out", str(tmp_path / "t"), "--vocab-size", "100")
     assert r.returncode == 2 and "smaller than" in r.stdout
+
+
+def test_preview_finds_a_repository_without_its_version_and_suggests_close_names():
+    from codemill.data.preview import find_repo
+
+    repos = ["numpy-2.4.6", "numpy-financial-1.0.0", "lodash@4.18.1", "python-stdlib-3.11"]
+    assert find_repo("numpy-2.4.6", repos) == "numpy-2.4.6"
+    assert find_repo("numpy", repos) == "numpy-2.4.6"
+    assert find_repo("lodash", repos) == "lodash@4.18.1"
+    assert find_repo("python-stdlib", repos) == "python-stdlib-3.11"
+    with pytest.raises(ValueError, match=r"did you mean python-stdlib-3\.11"):
+        find_repo("pyton-stdlib-3.11", repos)
+    with pytest.raises(ValueError, match="corpus stats"):
+        find_repo("zzz", repos)

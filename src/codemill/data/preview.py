@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
@@ -47,6 +49,19 @@ def title(doc: Doc, sfim_policy: str) -> str:
     return f"{doc.path}  ·  {what}  ·  ordering: {doc.strategy}  ·  {len(doc.ids)} tokens"
 
 
+def find_repo(name: str, repos: list[str]) -> str:
+    """The repository named exactly, or the one whose name without its version matches
+    (`numpy` for `numpy-2.4.6`); otherwise an error naming the closest names."""
+    if name in repos:
+        return name
+    unversioned = [r for r in repos if r.rsplit("-", 1)[0] == name or r.rsplit("@", 1)[0] == name]
+    if len(unversioned) == 1:
+        return unversioned[0]
+    close = unversioned or difflib.get_close_matches(name, repos, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `codemill corpus stats` lists them"
+    raise ValueError(f"no repository {name!r} in the corpus{hint}")
+
+
 def preview(stream: TrainingStream, console: Console, docs: int, limit: int, repo: str | None = None) -> None:
     """The first `docs` file documents of the stream (or of one repository), with a colour legend."""
     legend = Text("legend: ")
@@ -56,9 +71,7 @@ def preview(stream: TrainingStream, console: Console, docs: int, limit: int, rep
     corpus = stream.sources["code"]
     units = stream.units["code"]
     if repo is not None:
-        if repo not in corpus.repos:
-            raise ValueError(f"no repository {repo!r} in the corpus; `codemill corpus stats` lists them")
-        units = [corpus.repos.index(repo)]
+        units = [corpus.repos.index(find_repo(repo, corpus.repos))]
     shown, unit = 0, 0
     while shown < docs and unit < len(units):
         plan = stream.plan("code", units[unit], 0)
