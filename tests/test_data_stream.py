@@ -341,7 +341,7 @@ def test_bad_settings_say_what_to_do(code_corpus, tok):
         DataConfig(text_share=0.2)
     with pytest.raises(ValueError, match="unknown data settings"):
         DataConfig.from_dict({"seq_length": 4})
-    with pytest.raises(KeyError, match="format"):
+    with pytest.raises(ValueError, match="format"):
         TrainingStream(code_corpus, tok, DataConfig(format="aixcoder"))
     with pytest.raises(FileNotFoundError, match="codemill curate"):
         CodeCorpus(code_corpus / "nowhere")

@@ -158,7 +158,12 @@ def test_llama_cpp_infill_bodies(server, capsys):
     assert raw["tokens_evaluated"] < 20 and ids["tokens_evaluated"] == 3 and raw["tokens_predicted"] > 0
     bad = httpx.post(server.url + "/completion", json={"prompt": [10**9], "n_predict": 8}, headers=h)
     assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
-    log = capsys.readouterr().err.splitlines()  # the access log: a line per request, with its tokens
+    log: list[str] = []  # the access log: a line per request, with its tokens, written after the reply
+    for _ in range(100):
+        log += capsys.readouterr().err.splitlines()
+        if any(" POST /completion 400 " in line for line in log):
+            break
+        time.sleep(0.02)
     assert any(
         " POST /infill 200 " in line and line.endswith(f" {r['tokens_predicted']} tokens") for line in log
     )

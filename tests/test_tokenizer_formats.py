@@ -145,7 +145,7 @@ def test_every_format_builds_prompts():
 
 
 def test_hf_tokenizer_refuses_unknown_tokens(bpe_dir):
-    with pytest.raises(KeyError, match="format"):
+    with pytest.raises(ValueError, match="format"):
         HFTokenizer.load(bpe_dir / "tokenizer.json").token_id("<AIX-SPAN-PRE>")
 
 

@@ -159,7 +159,7 @@ def data_preview(
 
     try:
         preview(_stream(corpus, tokenizer, recipe, set_), console, docs, chars, repo)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError) as e:
         raise _fail(e) from e
 
 
@@ -182,7 +182,7 @@ def data_stats(
     stats = StreamStats()
     try:
         stream = _stream(corpus, tokenizer, recipe, set_, stats, epochs=None if windows else 1)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError) as e:
         raise _fail(e) from e
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("windows", total=windows or None)
@@ -233,7 +233,7 @@ def train(
         if tokenizer is None:
             raise ValueError("--tokenizer is needed; train one with `codemill tokenizer train`")
         final = run(corpus, tokenizer, out, dcfg, tcfg, console)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError) as e:
         raise _fail(e) from e
     console.print(
         f"model written to [bold]{final}[/bold] (Hugging Face Llama layout); `codemill train plot {out}` draws the loss"
@@ -453,7 +453,7 @@ def run_(
 
     try:
         seconds = run(recipe, out or Path("runs") / recipe.stem, console)
-    except (ValueError, FileNotFoundError, KeyError, SandboxUnavailable) as e:
+    except (ValueError, FileNotFoundError, SandboxUnavailable) as e:
         raise _fail(e) from e
     table = Table(title="codemill run: stages")
     table.add_column("stage")
@@ -484,7 +484,7 @@ def ablate_(
     try:
         seed_list = [int(x) for x in seeds.split(",")] if seeds else None
         path = ablate(recipe, out, console, variants.split(",") if variants else None, seed_list, shared)
-    except (ValueError, FileNotFoundError, KeyError, SandboxUnavailable) as e:
+    except (ValueError, FileNotFoundError, SandboxUnavailable) as e:
         raise _fail(e) from e
     console.print(path.read_text())
 

@@ -89,7 +89,7 @@ class HFTokenizer:
     def token_id(self, token: str) -> int:
         i = self.tok.token_to_id(token)
         if i is None:
-            raise KeyError(
+            raise ValueError(
                 f"token {token!r} is not in this vocabulary; is the format right for this tokenizer?"
             )
         return i
@@ -119,7 +119,7 @@ class SPTokenizer:
     def token_id(self, token: str) -> int:
         i = self.sp.piece_to_id(token)
         if i == self.sp.unk_id() and token != self.sp.id_to_piece(i):
-            raise KeyError(f"piece {token!r} is not in this SentencePiece model")
+            raise ValueError(f"piece {token!r} is not in this SentencePiece model")
         return i
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:

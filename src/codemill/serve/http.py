@@ -510,8 +510,8 @@ def create_app(
             ids = engine.raw_ids(body.prompt)
             text = body.prompt if isinstance(body.prompt, str) else engine.tok.decode(ids)
             until = until_for(body, text, "")
-        except (ValueError, KeyError) as e:
-            return error(400, str(e).strip("'\""))
+        except ValueError as e:
+            return error(400, str(e))
         return await llama_style(request, body, ids, False, until)
 
     return app
