@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codemill.eval.suites import FIM_EVAL_LANGS
-from codemill.langs import syntax_stop
+from codemill.stops import syntax_stop
 
 
 def main(root: str) -> None:

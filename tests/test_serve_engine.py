@@ -319,8 +319,8 @@ def test_health_is_503_while_the_model_loads(checkpoint):
 def test_syntax_stop_cuts_where_the_file_parses_again(checkpoint, server):
     import httpx
 
-    from codemill.langs import syntax_stop
     from codemill.serve.engine import Engine
+    from codemill.stops import syntax_stop
 
     pre, suf = "def mean(xs):\n", "    return total / len(xs)\n"
     assert syntax_stop(pre, suf, "stats.py")("    total = sum(") == -1  # no line end yet

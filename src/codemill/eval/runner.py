@@ -18,7 +18,7 @@ from codemill.eval.metrics import bleu4, edit_similarity, identifier_scores, lin
 from codemill.eval.models import Model
 from codemill.eval.suites import SUITES, first_line, statement
 from codemill.eval.tables import paper_tables
-from codemill.langs import syntax_stop
+from codemill.stops import syntax_stop
 
 CODEBLEU_LANGS = set(CODEBLEU_KEYS.values())
 

@@ -117,7 +117,7 @@ class Engine:
                  seed: int | None = None, n_indent: int = 0,
                  until: Callable[[str], int] | None = None) -> Iterator[tuple[str, Completion]]:  # fmt: skip
         """Yield (new text, running Completion) as text becomes final; the last yield has the stop type.
-        `until` (langs.syntax_stop) cuts the text at a line end it returns: stop type "syntax"."""
+        `until` (codemill/stops.py) cuts the text at a line end it returns: stop type "syntax"."""
         if not ids:
             raise ValueError("empty prompt")
         max_tokens = min(max_tokens, self.max_len - len(ids))

@@ -30,8 +30,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from codemill.langs import syntax_stop
 from codemill.serve.engine import Completion, Engine
+from codemill.stops import syntax_stop
 
 
 class InfillExtra(BaseModel):
