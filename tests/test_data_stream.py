@@ -12,7 +12,7 @@ from conftest import stdlib
 
 from codemill.data.config import DataConfig
 from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
-from codemill.data.objectives import SfimPolicy, Span, fim_split, make_sample, sfim_span
+from codemill.data.objectives import Span, fim_split, make_sample, sfim_span
 from codemill.data.ordering import (
     STRATEGIES,
     _path_vectors,
@@ -51,7 +51,7 @@ def test_fim_and_sfim_split_the_file_exactly(corpus):
             rng = random.Random(seed)
             pre, mid, suf = fim_split(f.text, rng)
             assert pre + mid + suf == f.text
-            for policy in (SfimPolicy(), SfimPolicy("literal")):
+            for policy in (DataConfig(sfim_policy="weighted").sfim, DataConfig().sfim):
                 span = sfim_span(f, rng, policy)
                 if not isinstance(span, Span):
                     assert span in ("no_function", "no_node", "no_grammar")
@@ -69,11 +69,21 @@ def test_fim_and_sfim_split_the_file_exactly(corpus):
 def test_sfim_counts_its_fallbacks(corpus):
     files = {f.path: f for f in all_files(corpus)}
     s = make_sample(
-        files["app/__init__.py"], "sfim", random.Random(0), fim_spm=0.5, sfim_spm=0.7, policy=SfimPolicy()
+        files["app/__init__.py"],
+        "sfim",
+        random.Random(0),
+        fim_spm=0.5,
+        sfim_spm=0.7,
+        policy=DataConfig(sfim_policy="weighted").sfim,
     )
     assert s.objective == "fim" and s.fallback == "no_function"
     s = make_sample(
-        files["app/models.py"], "sfim", random.Random(0), fim_spm=0.5, sfim_spm=0.7, policy=SfimPolicy()
+        files["app/models.py"],
+        "sfim",
+        random.Random(0),
+        fim_spm=0.5,
+        sfim_spm=0.7,
+        policy=DataConfig(sfim_policy="weighted").sfim,
     )
     assert s.fallback == "no_function"
 
@@ -81,9 +91,9 @@ def test_sfim_counts_its_fallbacks(corpus):
 def test_sfim_anywhere_takes_a_node_where_no_function_has_one():
     text = "LIMITS = {\n    'a': (1, 2),\n    'b': (3, 4),\n}\nif LIMITS:\n    print(LIMITS)\n"
     f = SourceFile("consts.py", "Python", text)
-    paper = SfimPolicy("literal")
+    paper = DataConfig().sfim
     assert sfim_span(f, random.Random(0), paper) == "no_function"  # the paper's rule needs a function
-    anywhere = SfimPolicy("literal", scope="anywhere")
+    anywhere = DataConfig(sfim_scope="anywhere").sfim
     spans = [sfim_span(f, random.Random(seed), anywhere) for seed in range(30)]
     assert all(isinstance(sp, Span) and 0 <= sp.start < sp.end <= len(f.src) for sp in spans)
     assert len({sp.node for sp in spans}) > 1
@@ -97,7 +107,10 @@ def test_sfim_anywhere_takes_a_node_where_no_function_has_one():
 def test_weighted_policy_yields_longer_middles_than_the_literal_rule(corpus):
     files = all_files(corpus)
     lengths = {}
-    for name, policy in (("literal", SfimPolicy("literal")), ("weighted", SfimPolicy())):
+    for name, policy in (
+        ("literal", DataConfig().sfim),
+        ("weighted", DataConfig(sfim_policy="weighted").sfim),
+    ):
         rng = random.Random(1)
         spans = [s for f in files * 3 if isinstance(s := sfim_span(f, rng, policy), Span)]
         lengths[name] = np.percentile([s.end - s.start for s in spans], [50, 90])

@@ -71,13 +71,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class SfimPolicy:
-    policy: str = "weighted"  # weighted | literal
-    weights: tuple[tuple[str, float], ...] = (("statement", 0.5), ("block", 0.3), ("expression", 0.2))
-    start_at_node: float = 0.5
-    end_at_node: float = 0.5
+    """How SFIM picks its span; built by `DataConfig.sfim`, which holds the defaults and their reasons."""
+
+    policy: str  # weighted | literal
+    weights: tuple[tuple[str, float], ...]
+    start_at_node: float
+    end_at_node: float
     # function: the paper's rule (a function first); anywhere (ours): where no function has a node
     # (module-level code, data tables, a piece of a file cut at context level), any node of the code
-    scope: str = "function"
+    scope: str
 
     def choose(self, nodes: list, rng: random.Random):
         """literal: uniform over nodes; weighted: a kind by its weight among the kinds present, then
