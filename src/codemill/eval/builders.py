@@ -19,7 +19,14 @@ import xxhash
 
 from codemill.langs import STRUCTURES, ts_language, ts_parser
 
-LANGS = {"Python": "python", "Java": "java", "JavaScript": "javascript", "C++": "cplus"}
+# FIM-Eval's four languages, and TypeScript (codemill's addition: the npm packages bring it)
+LANGS = {
+    "Python": "python",
+    "Java": "java",
+    "JavaScript": "javascript",
+    "C++": "cplus",
+    "TypeScript": "typescript",
+}
 STATEMENTS = {
     "if_statement": ("if_statement",),
     "for_statement": ("for_statement", "enhanced_for_statement", "for_in_statement", "for_range_loop"),
@@ -110,7 +117,7 @@ def spans(lang: str, src: bytes, tree) -> dict[str, list[tuple[int, int]]]:
 def build_fim(
     corpus: str | Path, out: str | Path, *, holdout: float = 0.1, per_type: int = 100, seed: int = 0
 ) -> dict:
-    """Write `{python,java,javascript,cplus}_test.jsonl` and `heldout_repos.txt`; return counts."""
+    """Write `{python,java,javascript,cplus,typescript}_test.jsonl` and `heldout_repos.txt`; return counts."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(Path(corpus).glob("files-*.parquet"))

@@ -172,13 +172,13 @@ def multipl_e(language: str = "cpp", data: str | None = None, **_) -> list[Task]
 
 
 FIM_EVAL_LANGS = {"python": ("Python", "py"), "java": ("Java", "java"), "javascript": ("JavaScript", "js"),
-                  "cplus": ("C++", "cpp"), "cpp": ("C++", "cpp")}  # fmt: skip
+                  "cplus": ("C++", "cpp"), "cpp": ("C++", "cpp"), "typescript": ("TypeScript", "ts")}  # fmt: skip
 
 
 def fim_eval(data: str | None = None, **_) -> list[Task]:
     """aiXcoder's FIM-Eval in its published format (`task_id, pre_mask_code, post_mask_code,
     canonical_solution, task_type`), one `{language}*.jsonl` per language (python, java, javascript,
-    cplus), scored by exact match, BLEU-4, edit similarity and length ratio per language and task type."""
+    cplus; and typescript, which the held-out builder adds), scored by exact match, BLEU-4, edit similarity and length ratio per language and task type."""
     if data is None:
         raise FileNotFoundError(
             "FIM-Eval is not distributed here: pass its directory of {language}_*.jsonl with --data"
