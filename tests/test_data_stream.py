@@ -68,24 +68,10 @@ def test_fim_and_sfim_split_the_file_exactly(corpus):
 
 def test_sfim_counts_its_fallbacks(corpus):
     files = {f.path: f for f in all_files(corpus)}
-    s = make_sample(
-        files["app/__init__.py"],
-        "sfim",
-        random.Random(0),
-        fim_spm=0.5,
-        sfim_spm=0.7,
-        policy=DataConfig(sfim_policy="weighted").sfim,
-    )
-    assert s.objective == "fim" and s.fallback == "no_function"
-    s = make_sample(
-        files["app/models.py"],
-        "sfim",
-        random.Random(0),
-        fim_spm=0.5,
-        sfim_spm=0.7,
-        policy=DataConfig(sfim_policy="weighted").sfim,
-    )
-    assert s.fallback == "no_function"
+    policy = DataConfig(sfim_policy="weighted").sfim
+    for path in ("app/__init__.py", "app/models.py"):
+        s = make_sample(files[path], "sfim", random.Random(0), fim_spm=0.5, sfim_spm=0.7, policy=policy)
+        assert s.objective == "fim" and s.fallback == "no_function"
 
 
 def test_sfim_anywhere_takes_a_node_where_no_function_has_one():
