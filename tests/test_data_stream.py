@@ -238,9 +238,17 @@ def test_shards_cover_every_repository_once(code_corpus, tok):
                 code_corpus, tok, cfg, rank=rank, world=2, worker=worker, workers=2, stats=stats, epochs=1
             )
             assert all(len(w["tokens"]) == 513 for w in s)
-            assert stats.repos == len(s.units["code"])  # one epoch read each of its repositories once
-            seen += s.units["code"]
-    assert sorted(seen) == list(range(len(CodeCorpus(code_corpus))))
+            assert stats.repos == len(s.units("code", 0))  # one epoch read each of its repositories once
+            seen += s.units("code", 0)
+    n = len(CodeCorpus(code_corpus))
+    assert sorted(seen) == list(range(n))
+    # every epoch a new order of all repositories (a short run samples the corpus, not its head)
+    one = TrainingStream(code_corpus, tok, cfg)
+    orders = [one.units("code", e) for e in range(3)]
+    assert all(sorted(o) == list(range(n)) for o in orders) and len({tuple(o) for o in orders}) == 3
+    assert TrainingStream(code_corpus, tok, DataConfig(seq_len=512, shuffle_repos=False)).units(
+        "code", 2
+    ) == list(range(n))
     with pytest.raises(ValueError, match="fewer than"):
         TrainingStream(code_corpus, tok, cfg, world=4, workers=4)
 
@@ -287,7 +295,7 @@ def test_both_layouts_train_the_same_span_twice(code_corpus, tok):
         seq_len=256, fim_layouts="both", code_objectives={"sfim": 0.5, "ntp": 0.5}, objective_unit="file"
     )
     s = TrainingStream(code_corpus, tok, cfg)
-    made = [make() for unit in s.units["code"][:4] for make in s.plan("code", unit, 0)]
+    made = [make() for unit in s.units("code", 0)[:4] for make in s.plan("code", unit, 0)]
     pairs = [docs for docs in made if docs[0].sample is not None and docs[0].sample.suffix is not None]
     singles = [docs for docs in made if docs[0].sample is not None and docs[0].sample.suffix is None]
     assert pairs and singles and all(len(docs) == 1 for docs in singles)  # NTP files: one document

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -248,7 +249,7 @@ def test_fim_builder_holds_out_repositories_and_splits_files_exactly(code_corpus
     # the held-out repositories never enter the training stream
     cfg = DataConfig(seq_len=256, exclude_repos=str(tmp_path / "fim" / "heldout_repos.txt"))
     stream = TrainingStream(code_corpus, load_tokenizer(bpe_dir), cfg)
-    assert {corpus.repos[u] for u in stream.units["code"]} == set(corpus.repos) - set(held)
+    assert {corpus.repos[u] for u in stream.units("code", 0)} == set(corpus.repos) - set(held)
 
 
 @needs_bwrap
@@ -350,10 +351,11 @@ def test_fim_loss_scores_the_middle_and_its_end_in_both_layouts(code_corpus, tin
     import torch
 
     from codemill.data.tokenizer import load_tokenizer
-    from codemill.eval.builders import build_fim
-    from codemill.eval.loss import fim_loss, heldout_texts, middle_nll
+    from codemill.eval.builders import build_crossfile, build_fim
+    from codemill.eval.loss import fim_loss, heldout_texts, line_nll, middle_nll
+    from codemill.eval.models import Checkpoint
     from codemill.eval.runner import compare
-    from codemill.eval.suites import fim_eval
+    from codemill.eval.suites import crosscodeeval, fim_eval
     from codemill.formats import checkpoint_format
     from codemill.model.hf import import_hf
 
@@ -401,3 +403,26 @@ def test_fim_loss_scores_the_middle_and_its_end_in_both_layouts(code_corpus, tin
     assert all(row["psm_tokens"] >= 1 for row in res["tasks"])  # empty middles score their end
     table = compare([tmp_path / "out"])
     assert "psm_bits_per_byte" in table and "left-to-right" in table
+
+    # cross-file target lines: by hand, the line's tokens after the prompt generation builds
+    build_crossfile(code_corpus, tmp_path / "cc", holdout=1.0, per_repo=3)
+    infile = crosscodeeval(str(tmp_path / "cc"), "infile")
+    retrieval = {t.id: t for t in crosscodeeval(str(tmp_path / "cc"), "retrieval")}
+    task = next(t for t in infile if retrieval[t.id].request.context)
+    for t in (task, retrieval[task.id]):
+        prompt = Checkpoint.prompt_ids(SimpleNamespace(fmt=fmt, tok=tok, context=10_000), t.request)
+        line = tok.encode_batch([t.request.reference])[0]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + line]))[0].float(), -1)
+        want = -sum(float(logp[len(prompt) - 1 + k, x]) for k, x in enumerate(line))
+        nats, n = line_nll(model, tok, fmt, t, 10_000, torch.device("cpu"))
+        assert n == len(line) and abs(nats - want) < 1e-3 * len(line)
+    res = fim_loss(model, tok, fmt, tmp_path / "fim", tmp_path / "out2", name="tiny", crossfile=tmp_path / "cc",
+                   limit=4, context=512)  # fmt: skip
+    x = res["summary"]["cross-file"]
+    assert (
+        x["tasks"] == 4 == len(res["crossfile"])
+        and x["infile_bits_per_byte"] > 0
+        and x["retrieval_bits_per_byte"] > 0
+    )
+    assert "retrieved context" in (tmp_path / "out2" / "report.md").read_text()

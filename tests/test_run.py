@@ -76,10 +76,14 @@ def test_run_chains_the_stages_and_skips_what_is_done(sources, tmp_path):
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # everything is up to date
     assert r.returncode == 0 and r.stdout.count(": up to date (") == len(stages), r.stdout
-    RECIPE["run"]["eval_limit"] = 4  # a changed eval setting redoes the evals only
+    RECIPE["run"]["eval_limit"] = 4  # a changed eval setting redoes the generation evals only
     recipe.write_text(yaml.safe_dump(RECIPE))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and r.stdout.count(": up to date (") == 4, r.stdout
+    assert (
+        r.returncode == 0
+        and r.stdout.count(": up to date (") == 5
+        and "eval fim-loss: up to date" in r.stdout
+    )
     RECIPE["train"]["lr"] = 5e-4  # a changed training setting trains again from step 0, never resuming
     recipe.write_text(yaml.safe_dump(RECIPE))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -124,15 +128,29 @@ def test_ablation_over_seeds_pairs_tasks_and_bootstraps(tmp_path):
             files = [
                 {"nats": (3.0 + rng.gauss(0, 0.05)) * 500 * math.log(2), "bytes": 500} for _ in range(30)
             ]
-            summary = {"all": {"psm_bits_per_byte": 2.0 + shift}, "left-to-right": {"bits_per_byte": 3.0}}
+            lines = [{"task_id": f"x{i}", "bytes": 40, "retrieval_nats": (4.0 + rng.gauss(0, 0.05)) * 40 * math.log(2)}
+                     for i in range(20)]  # fmt: skip
+            summary = {"all": {"psm_bits_per_byte": 2.0 + shift}, "left-to-right": {"bits_per_byte": 3.0},
+                       "cross-file": {"retrieval_bits_per_byte": 4.0}}  # fmt: skip
             (run / "eval" / "fim-loss" / "results.json").write_text(
-                json.dumps({"suite": "fim-loss", "summary": summary, "tasks": tasks, "files": files})
+                json.dumps(
+                    {
+                        "suite": "fim-loss",
+                        "summary": summary,
+                        "tasks": tasks,
+                        "files": files,
+                        "crossfile": lines,
+                    }
+                )
             )
         dirs.append(tmp_path / f"seed{seed}")
-    mean, lo, hi, p, n = paired(dirs, "paper", "ntp-fim", "psm")
+    mean, lo, hi, p, n, each = paired(dirs, "paper", "ntp-fim", "psm")
     assert n == 60 and abs(mean + 0.1) < 0.02 and hi < 0 and p == 0.0
-    mean, lo, hi, p, n = paired(dirs, "paper", "ntp-fim", "files")
+    assert len(each) == 2 and all(abs(x + 0.1) < 0.03 for x in each)  # each seed's mean difference
+    mean, lo, hi, p, n, _ = paired(dirs, "paper", "ntp-fim", "files")
     assert n == 30 and lo < 0 < hi and 0.05 < p < 0.95
     assert paired(dirs, "paper", "ntp-fim", "spm") is None  # not measured: no row
+    assert paired(dirs, "paper", "ntp-fim", "retrieval")[4] == 20  # cross-file lines, paired by task
     text = paired_table(dirs, ["ntp-fim", "paper"]) + seeds_table(dirs, ["ntp-fim", "paper"])
     assert "| paper − ntp-fim | FIM middles, PSM | 60 |" in text and "1.900 ± 0.000" in text
+    assert "| paper − ntp-fim | cross-file line, retrieved context | 20 |" in text and "4.000 ± 0.000" in text

@@ -231,3 +231,14 @@ def test_benchmark_data_is_looked_up_in_one_place(tmp_path, monkeypatch):
     (tmp_path / "mine").mkdir()
     monkeypatch.setenv("CODEMILL_BENCHMARKS", str(tmp_path / "mine"))
     assert benchmarks_dir() == tmp_path / "mine"
+
+
+def test_a_task_limit_takes_an_evenly_spaced_subset_of_every_group():
+    from codemill.eval.suites import subset
+
+    tasks = (
+        [("python", i) for i in range(60)] + [("javascript", i) for i in range(30)] + [("typescript", 0)] * 10
+    )
+    got = subset(tasks, 10)
+    assert len(got) == 10 and [lang for lang, _ in got].count("python") == 6 and ("typescript", 0) in got
+    assert subset(tasks, None) == tasks == subset(tasks, 500)

@@ -296,6 +296,10 @@ def eval_(
         help="fim-loss: score files of the held-out repositories (--data's heldout_repos.txt) of this corpus.",
     ),
     files: int = typer.Option(200, help="fim-loss: held-out files scored left to right."),
+    crossfile: Path = typer.Option(
+        None,
+        help="fim-loss: a CrossCodeEval-shaped directory; its target lines are scored in-file and with retrieval.",
+    ),
 ) -> None:
     """Evaluate a model like the paper: generate, execute in a sandbox, report.
     `codemill eval compare RUN...` puts runs side by side in the paper's tables."""
@@ -317,7 +321,7 @@ def eval_(
     if model is None or out is None:
         raise _fail(ValueError("--model and --out are needed"))
     if suite == "fim-loss":
-        return _fim_loss(model, format, data, out, corpus, files, limit)
+        return _fim_loss(model, format, data, out, corpus, files, crossfile, limit)
 
     options = {"data": data} if data else {}
     if suite == "mbpp":
@@ -356,10 +360,10 @@ def eval_(
 
 
 def _fim_loss(model: str, format: str | None, data: str | None, out: Path, corpus: Path | None, files: int,
-              limit: int | None) -> None:  # fmt: skip
+              crossfile: Path | None, limit: int | None) -> None:  # fmt: skip
     from codemill.data.tokenizer import load_tokenizer
     from codemill.eval.loss import fim_loss, heldout_texts, interval
-    from codemill.formats import checkpoint_format
+    from codemill.formats import checkpoint_format, trained_context
     from codemill.model.hf import import_hf
 
     try:
@@ -371,7 +375,8 @@ def _fim_loss(model: str, format: str | None, data: str | None, out: Path, corpu
         texts = heldout_texts(corpus, held, files) if corpus and held.exists() else []
         net = import_hf(model)
         results = fim_loss(net, load_tokenizer(model), checkpoint_format(model, format), data, out,
-                           name=Path(model).name, files=texts, limit=limit, context=net.cfg.max_seq_len,
+                           name=Path(model).name, files=texts, crossfile=crossfile, limit=limit,
+                           context=trained_context(model, net.cfg.max_seq_len),
                            console=console)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         raise _fail(e) from e

@@ -275,6 +275,14 @@ def checkpoint_format(path: str | Path, name: str | None = None) -> Format:
     )
 
 
+def trained_context(path: str | Path, positions: int) -> int:
+    """The window a codemill checkpoint was trained on (its `codemill.json`), at most the model's
+    `positions`. Positions past it were never trained, so evaluation keeps prompts inside it."""
+    info = Path(path) / "codemill.json"
+    seq_len = (json.loads(info.read_text()).get("data") or {}).get("seq_len") if info.exists() else None
+    return min(positions, seq_len or positions)
+
+
 def get_format(name: str) -> Format:
     if name not in FORMATS:
         raise ValueError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")

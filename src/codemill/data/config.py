@@ -50,6 +50,9 @@ class DataConfig(Settings):
     repo_metadata: bool = True  # the repository name opens its stream (formats with a repo token)
     # repositories kept out of training (a file of names, one per line: `codemill bench build` writes one)
     exclude_repos: str | None = None
+    # repositories (and text chunks) in a new random order each epoch, so a short run samples the
+    # whole corpus; false: corpus order (the paper does not say)
+    shuffle_repos: bool = True
     # natural language: .parquet / .jsonl files or directories, and their share of tokens
     text: tuple[str, ...] = ()
     text_column: str = "text"

@@ -69,7 +69,7 @@ def preview(stream: TrainingStream, console: Console, docs: int, limit: int, rep
         legend.append(f"{role} ", style=style)
     console.print(legend)
     corpus = stream.sources["code"]
-    units = stream.units["code"]
+    units = stream.units("code", 0)
     if repo is not None:
         units = [corpus.repos.index(find_repo(repo, corpus.repos))]
     shown, unit = 0, 0

@@ -1,7 +1,8 @@
 """The training stream: ordering → objective → tokenize → pack, deterministic and resumable.
 
-Units are repositories (and chunks of natural-language text). Shard s of S takes units s, s+S, …,
-so ranks and loader workers never overlap and together cover everything. Every random choice comes
+Units are repositories (and chunks of natural-language text), in a new random order each epoch.
+Shard s of S takes every S-th unit of that order from the s-th, so ranks and loader workers never
+overlap and together cover everything. Every random choice comes
 from a generator keyed by (seed, epoch, repository, file), so the stream does not depend on the
 shard count, and the state (unit cursors, the position in the current unit) is enough to rebuild it
 exactly: the current unit's documents are recomputed, not stored.
@@ -101,11 +102,12 @@ class TrainingStream:
         shard, shards = rank * workers + worker, world * workers
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} out of range for world {world} x workers {workers}")
-        self.units = {name: list(range(shard, len(src), shards)) for name, src in self.sources.items()}
+        self.shard, self.shards = shard, shards
+        self.excluded: set[int] = set()
         if cfg.exclude_repos:  # held-out repositories never enter the stream
             names = set(Path(cfg.exclude_repos).read_text().split())
-            repos = self.sources["code"].repos
-            self.units["code"] = [u for u in self.units["code"] if repos[u] not in names]
+            self.excluded = {u for u, r in enumerate(self.sources["code"].repos) if r in names}
+        self._units: dict[str, tuple[int, list[int]]] = {}  # per source: its current epoch's units
         for name, src in self.sources.items():
             if len(src) < shards:
                 raise ValueError(
@@ -318,6 +320,19 @@ class TrainingStream:
             self.stats.count(event)
 
     # --- packing -------------------------------------------------------------------------------
+    def units(self, source: str, epoch: int) -> list[int]:
+        """This shard's units of `source` in epoch `epoch`: every shard strides through one order of
+        all units, a permutation keyed by (seed, epoch) with `shuffle_repos`, else the corpus order.
+        Shuffled, a short run samples the whole corpus instead of its first repositories."""
+        epoch = epoch if self.cfg.shuffle_repos else 0
+        if self._units.get(source, (None,))[0] != epoch:
+            order = list(range(len(self.sources[source])))
+            if self.cfg.shuffle_repos:
+                keyed_rng(self.cfg.seed, epoch, source, "units").shuffle(order)
+            excluded = self.excluded if source == "code" else set()
+            self._units[source] = (epoch, [u for u in order[self.shard :: self.shards] if u not in excluded])
+        return self._units[source][1]
+
     def _next_unit(self) -> bool:
         """Move to the next unit of the source furthest behind its share; False when all is done."""
         s = self.state
@@ -325,10 +340,9 @@ class TrainingStream:
         if "code" not in live:
             return False
         source = min(live, key=lambda k: (s["emitted"][k] / self.weights[k], k))
-        units = self.units[source]
-        if s["pos"][source] == len(units):  # the epoch moves on when its last unit is done
+        if s["pos"][source] == len(self.units(source, s["epoch"][source])):  # the epoch's last unit is done
             s["pos"][source], s["epoch"][source] = 0, s["epoch"][source] + 1
-        unit, epoch = units[s["pos"][source]], s["epoch"][source]
+        unit, epoch = self.units(source, s["epoch"][source])[s["pos"][source]], s["epoch"][source]
         s["pos"][source] += 1
         s["current"] = {"source": source, "unit": unit, "epoch": epoch, "doc": 0, "part": 0, "offset": 0,
                         "char": 0, "ntp": False}  # fmt: skip
@@ -337,7 +351,9 @@ class TrainingStream:
 
     def _exhausted(self, source: str) -> bool:
         s = self.state
-        last = s["pos"][source] == len(self.units[source]) and s["epoch"][source] + 1 >= (self.epochs or 0)
+        last = s["pos"][source] == len(self.units(source, s["epoch"][source])) and s["epoch"][source] + 1 >= (
+            self.epochs or 0
+        )
         return self.epochs is not None and last
 
     def _group(self, k: int) -> list[Doc]:

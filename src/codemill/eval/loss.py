@@ -21,23 +21,53 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codemill.eval.suites import fim_eval
-from codemill.formats import Format, fit, pieces
+from codemill.eval.suites import crosscodeeval, fim_eval, subset
+from codemill.formats import Format, Part, fit, pieces
 
 BOOTSTRAP = 10_000
 
 
-def _losses(model, ids: list[int], device) -> np.ndarray:
-    """Per-position NLL (nats) of ids[1:] given what precedes."""
-    with torch.no_grad():
-        x = torch.tensor([ids], device=device)
-        return model(x[:, :-1], targets=x[:, 1:]).float().cpu().numpy()
+Scored = tuple[list[int], np.ndarray]  # token ids, and which of ids[1:] are scored targets
 
 
-def middle_nll(model, tok, fmt: Format, task, spm: bool, context: int, device) -> tuple[float, int]:
-    """(nats, tokens) of the reference middle and the end token after it, given prefix and suffix."""
-    r = task.request
-    parts = fmt.document(path=r.path, prefix=r.prefix, middle=r.reference, suffix=r.suffix or "", spm=spm)
+def score(
+    model, seqs: list[Scored], device, batch_tokens: int = 16_384, advance=None
+) -> list[tuple[float, int]]:
+    """(nats, tokens) of each sequence's scored targets. Sequences of similar length run together,
+    right-padded (causal attention: what follows a position cannot change it), and the head runs only
+    where a target is scored (most of a FIM sequence is context)."""
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    i = 0
+    while i < len(order):
+        j = i + 1  # the batch: as many as fit batch_tokens at the longest one's length
+        while j < len(order) and (j - i + 1) * len(seqs[order[j]][0]) <= batch_tokens:
+            j += 1
+        group = order[i:j]
+        width = len(seqs[group[-1]][0])
+        x = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width - 1, dtype=torch.bool)
+        for row, k in enumerate(group):
+            ids, scored = seqs[k]
+            x[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(scored)] = torch.from_numpy(scored)
+        x, mask = x.to(device), mask.to(device)
+        with torch.no_grad():
+            h = model.hidden(x[:, :-1])[mask]
+            nll = torch.nn.functional.cross_entropy(
+                model.lm_head(h).float(), x[:, 1:][mask], reduction="none"
+            )
+        counts = mask.sum(1).tolist()
+        for k, part in zip(group, nll.split(counts), strict=True):
+            out[k] = (float(part.sum()), len(part))
+        if advance is not None:
+            advance(len(group))
+        i = j
+    return out
+
+
+def scored_ids(tok, parts: list[Part], context: int) -> Scored:
+    """The `middle` part and the part after it scored, the pieces cut as prompts are."""
     got = pieces(parts, tok)
     if sum(len(ids) for ids, _ in got) > context:
         got = fit(got, context)[0]  # prefix head and suffix tail cut, as prompts are
@@ -45,21 +75,38 @@ def middle_nll(model, tok, fmt: Format, task, spm: bool, context: int, device) -
     for i, (piece, role) in enumerate(got):
         scored += [role == "middle" or i == len(got) - 1] * len(piece)  # the middle and the end after it
         ids += piece
-    losses = _losses(model, ids, device)
-    mask = np.asarray(scored[1:], dtype=bool)
-    return float(losses[mask].sum()), int(mask.sum())
+    return ids, np.asarray(scored[1:], dtype=bool)
 
 
-def file_nll(model, tok, text: str, context: int, device) -> tuple[float, int]:
-    """(nats, tokens) of a whole file, left to right, in windows of `context` tokens."""
-    ids = tok.encode_batch([text])[0]
-    nats, n = 0.0, 0
-    for start in range(0, max(len(ids) - 1, 1), context - 1):
-        chunk = ids[start : start + context]
-        if len(chunk) > 1:
-            nats += float(_losses(model, chunk, device).sum())
-            n += len(chunk) - 1
-    return nats, n
+def middle_ids(tok, fmt: Format, task, spm: bool, context: int) -> Scored:
+    """The reference middle and the end token after it, given prefix and suffix."""
+    r = task.request
+    parts = fmt.document(path=r.path, prefix=r.prefix, middle=r.reference, suffix=r.suffix or "", spm=spm)
+    return scored_ids(tok, parts, context)
+
+
+def line_ids(tok, fmt: Format, task, context: int) -> Scored:
+    """A cross-file task's target line after its prompt, built as generation builds it: the
+    cross-file snippets that fit their budget (none in-file), then the file up to the cursor."""
+    r = task.request
+    parts = [*fmt.prompt(r.prefix, path=r.path, context=r.snippets(tok)), Part("middle", r.reference)]
+    return scored_ids(tok, parts, context)
+
+
+def file_windows(ids: list[int], context: int) -> list[Scored]:
+    """A whole file left to right, in windows of `context` tokens, every token after the first scored."""
+    chunks = (ids[s : s + context] for s in range(0, max(len(ids) - 1, 1), context - 1))
+    return [(c, np.ones(len(c) - 1, dtype=bool)) for c in chunks if len(c) > 1]
+
+
+def middle_nll(model, tok, fmt: Format, task, spm: bool, context: int, device) -> tuple[float, int]:
+    """(nats, tokens) of one FIM task's middle and end."""
+    return score(model, [middle_ids(tok, fmt, task, spm, context)], device)[0]
+
+
+def line_nll(model, tok, fmt: Format, task, context: int, device) -> tuple[float, int]:
+    """(nats, tokens) of one cross-file task's target line."""
+    return score(model, [line_ids(tok, fmt, task, context)], device)[0]
 
 
 def bootstrap(nats: np.ndarray, nbytes: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
@@ -75,35 +122,46 @@ def bootstrap(nats: np.ndarray, nbytes: np.ndarray, seed: int = 0) -> tuple[floa
 
 def fim_loss(
     model, tok, fmt: Format, data: str | Path, out: str | Path, *, name: str, files: list[str] = (),
-    limit: int | None = None, context: int = 2048, console=None,
+    crossfile: str | Path | None = None, limit: int | None = None, context: int = 2048, console=None,
 ) -> dict:  # fmt: skip
-    """Score a FIM-Eval-shaped benchmark (and held-out `files`), write results.json and report.md."""
+    """Score a FIM-Eval-shaped benchmark, held-out `files` and the target lines of a CrossCodeEval-shaped
+    benchmark (`crossfile`, in-file and with retrieved context); write results.json and report.md."""
     from rich.progress import Progress
 
     device = next(model.parameters()).device
     model.eval()
-    tasks = fim_eval(str(data))[:limit]
-    rows = []
+    tasks = subset(fim_eval(str(data)), limit)
+    lines = _crossfile_tasks(crossfile, limit) if crossfile else []
+    seqs: list[Scored] = []
+    where: list[tuple[dict, str]] = []  # per sequence: the row its nats add to, and the measure's key
+
+    def add(row: dict, key: str, *scored: Scored) -> None:
+        row[f"{key}nats"], row[f"{key}tokens"] = 0.0, 0
+        seqs.extend(scored)
+        where.extend([(row, key)] * len(scored))
+
+    rows = [{"task_id": t.id, "language": t.language, "task_type": t.request.meta["task_type"],
+             "bytes": len(t.request.reference.encode()) + 1} for t in tasks]  # fmt: skip
+    for row, t in zip(rows, tasks, strict=True):
+        for layout, spm in (("psm", False), ("spm", True)) if fmt.spm else (("psm", False),):
+            add(row, f"{layout}_", middle_ids(tok, fmt, t, spm, context))
+    ltr = [{"bytes": len(text.encode()) or 1} for text in files]
+    for row, ids in zip(ltr, tok.encode_batch(list(files)), strict=True):
+        add(row, "", *file_windows(ids, context))
+    xrows = [{"task_id": t.id, "language": t.language, "bytes": len(t.request.reference.encode()) or 1}
+             for t, _ in lines]  # fmt: skip
+    for row, pair in zip(xrows, lines, strict=True):
+        for setting, t in zip(("infile", "retrieval"), pair, strict=True):
+            add(row, f"{setting}_", line_ids(tok, fmt, t, context))
     with Progress(console=console, transient=True) as bar:
-        job = bar.add_task(f"fim-loss: {name}", total=len(tasks) + len(files))
-        for t in tasks:
-            row = {"task_id": t.id, "language": t.language, "task_type": t.request.meta["task_type"],
-                   "bytes": len(t.request.reference.encode()) + 1}  # fmt: skip
-            for layout, spm in (("psm", False), ("spm", True)):
-                if spm and not fmt.spm:
-                    continue
-                row[f"{layout}_nats"], row[f"{layout}_tokens"] = middle_nll(
-                    model, tok, fmt, t, spm, context, device
-                )
-            rows.append(row)
-            bar.advance(job)
-        ltr = []
-        for text in files:
-            nats, n = file_nll(model, tok, text, context, device)
-            ltr.append({"nats": nats, "tokens": n, "bytes": len(text.encode()) or 1})
-            bar.advance(job)
-    summary = summarize(rows, ltr, fmt)
-    results = {"suite": "fim-loss", "model": name, "summary": summary, "tasks": rows, "files": ltr}
+        job = bar.add_task(f"fim-loss: {name}", total=len(seqs))
+        scores = score(model, seqs, device, advance=lambda n: bar.advance(job, n))
+    for (row, key), (nats, n) in zip(where, scores, strict=True):
+        row[f"{key}nats"] += nats
+        row[f"{key}tokens"] += n
+    summary = summarize(rows, ltr, fmt, xrows)
+    results = {"suite": "fim-loss", "model": name, "summary": summary, "tasks": rows, "files": ltr,
+               "crossfile": xrows}  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -111,21 +169,20 @@ def fim_loss(
     return results
 
 
-def summarize(rows: list[dict], ltr: list[dict], fmt: Format) -> dict:
-    """Per group ("all", language, "language / task type"): bits per byte with interval, per layout."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        for key in ("all", r["language"], f"{r['language']} / {r['task_type']}"):
-            groups[key].append(r)
+def _crossfile_tasks(data: str | Path, limit: int | None) -> list[tuple]:
+    """Each cross-file task in-file and with its retrieved snippets, paired by task id."""
+    retrieval = {t.id: t for t in crosscodeeval(str(data), "retrieval")}
+    return [
+        (t, retrieval[t.id]) for t in subset(crosscodeeval(str(data), "infile"), limit) if t.id in retrieval
+    ]
+
+
+def summarize(rows: list[dict], ltr: list[dict], fmt: Format, xrows: list[dict] = ()) -> dict:
+    """Per group ("all", language, "language / task type"): bits per byte with interval, per layout;
+    "left-to-right" for the files, "cross-file" (and "cross-file / language") per context setting."""
     summary = {}
-    for key, rs in groups.items():
-        entry = {"tasks": len(rs)}
-        nbytes = np.asarray([r["bytes"] for r in rs], dtype=np.float64)
-        for layout in ("psm", "spm") if fmt.spm else ("psm",):
-            nats = np.asarray([r[f"{layout}_nats"] for r in rs], dtype=np.float64)
-            tokens = sum(r[f"{layout}_tokens"] for r in rs)
-            entry.update(_scores(nats, nbytes, tokens, f"{layout}_"))
-        summary[key] = entry
+    for key, rs in _groups(rows, ("all", "{language}", "{language} / {task_type}")).items():
+        summary[key] = _entry(rs, ("psm", "spm") if fmt.spm else ("psm",))
     if ltr:
         nats = np.asarray([f["nats"] for f in ltr], dtype=np.float64)
         nbytes = np.asarray([f["bytes"] for f in ltr], dtype=np.float64)
@@ -133,7 +190,26 @@ def summarize(rows: list[dict], ltr: list[dict], fmt: Format) -> dict:
             "files": len(ltr),
             **_scores(nats, nbytes, sum(f["tokens"] for f in ltr), ""),
         }
+    for key, rs in _groups(xrows, ("cross-file", "cross-file / {language}")).items():
+        summary[key] = _entry(rs, ("infile", "retrieval"))
     return summary
+
+
+def _groups(rows, keys: tuple[str, ...]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        for key in keys:
+            groups[key.format(**r)].append(r)
+    return groups
+
+
+def _entry(rows: list[dict], measures: tuple[str, ...]) -> dict:
+    entry = {"tasks": len(rows)}
+    nbytes = np.asarray([r["bytes"] for r in rows], dtype=np.float64)
+    for m in measures:
+        nats = np.asarray([r[f"{m}_nats"] for r in rows], dtype=np.float64)
+        entry.update(_scores(nats, nbytes, sum(r[f"{m}_tokens"] for r in rows), f"{m}_"))
+    return entry
 
 
 def _scores(nats: np.ndarray, nbytes: np.ndarray, tokens: int, prefix: str) -> dict[str, float]:
@@ -184,11 +260,20 @@ def report(results: dict) -> str:
              "Bits per byte of the reference middle given prefix and suffix (lower is better), 95% bootstrap intervals.", "",
              "| group | tasks | PSM bits/byte | SPM bits/byte |", "|---|---|---|---|"]  # fmt: skip
     for key, e in s.items():
-        if key != "left-to-right":
+        if key != "left-to-right" and not key.startswith("cross-file"):
             lines.append(f"| {key} | {e['tasks']} | {interval(e, 'psm_')} | {interval(e, 'spm_')} |")
     if "left-to-right" in s:
         e = s["left-to-right"]
         lines += ["", f"Left to right on {e['files']} held-out files: {interval(e, '')} bits per byte."]
+    if "cross-file" in s:
+        lines += ["", "Cross-file target lines, bits per byte after the file up to the cursor, alone and after the "
+                  "BM25-retrieved snippets of the repository's other files:", "",
+                  "| group | tasks | in-file context | retrieved context |", "|---|---|---|---|"]  # fmt: skip
+        for key, e in s.items():
+            if key.startswith("cross-file"):
+                lines.append(
+                    f"| {key} | {e['tasks']} | {interval(e, 'infile_')} | {interval(e, 'retrieval_')} |"
+                )
     return "\n".join(lines)
 
 
@@ -222,11 +307,12 @@ def unigram_summary(logp: np.ndarray, tok, fmt: Format, tasks, texts: list[str])
 
 def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str | Path, out: str | Path, *,
                          files: int = 100, limit: int | None = None, train_texts: int = 10_000_000,
-                         console=None) -> dict:  # fmt: skip
-    """fim-loss of a trained checkpoint beside its untrained initialisation and a unigram model of the
-    training corpus, on the same held-out middles and files: learning shows here while exact match is 0."""
+                         baselines: bool = True, console=None) -> dict:  # fmt: skip
+    """fim-loss of a trained checkpoint beside (`baselines`) its untrained initialisation and a unigram
+    model of the training corpus, on the same held-out middles, files and cross-file lines: learning
+    shows here while exact match is 0."""
     from codemill.data.tokenizer import load_tokenizer
-    from codemill.formats import checkpoint_format
+    from codemill.formats import checkpoint_format, trained_context
     from codemill.model.hf import import_hf
     from codemill.model.llama import Llama
 
@@ -235,8 +321,13 @@ def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str 
     held = bench / "fim" / "heldout_repos.txt"
     texts = heldout_texts(corpus, held, files)
     trained = import_hf(checkpoint)
-    kw = {"files": texts, "limit": limit, "context": trained.cfg.max_seq_len, "console": console}
+    crossfile = bench / "crossfile" if (bench / "crossfile").is_dir() else None
+    context = trained_context(checkpoint, trained.cfg.max_seq_len)
+    kw = {"files": texts, "crossfile": crossfile, "limit": limit, "context": context,
+          "console": console}  # fmt: skip
     results = fim_loss(trained, tok, fmt, bench / "fim", out, name=checkpoint.name, **kw)
+    if not baselines:
+        return results
     torch.manual_seed(0)
     init = Llama(trained.cfg)
     init.init_weights()
@@ -246,7 +337,7 @@ def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str 
     )
     results["baselines"] = {
         "untrained": untrained["summary"],
-        "unigram": unigram_summary(logp, tok, fmt, fim_eval(str(bench / "fim"))[:limit], texts),
+        "unigram": unigram_summary(logp, tok, fmt, subset(fim_eval(str(bench / "fim")), limit), texts),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "report.md").write_text(report(results) + "\n\n" + bought_table(results) + "\n")

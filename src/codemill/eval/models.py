@@ -31,6 +31,18 @@ class Request:
     seed: int = 0  # sampling is reproducible per request
     meta: dict = field(default_factory=dict)
 
+    def snippets(self, tok) -> list[tuple[str, str]]:
+        """The cross-file snippets, in order, that fit `context_tokens` (CrossCodeEval's rule)."""
+        kept, used = [], 0
+        for (path, code), ids in zip(
+            self.context, tok.encode_batch([c for _, c in self.context]), strict=True
+        ):
+            if used + len(ids) > self.context_tokens:
+                break
+            kept.append((path, code))
+            used += len(ids)
+        return kept
+
 
 class Model(Protocol):
     name: str
@@ -71,7 +83,7 @@ class Checkpoint:
         from transformers import AutoModelForCausalLM
 
         from codemill.data.tokenizer import load_tokenizer
-        from codemill.formats import checkpoint_format
+        from codemill.formats import checkpoint_format, trained_context
 
         path = Path(path)
         self.fmt = checkpoint_format(path, fmt)
@@ -81,19 +93,11 @@ class Checkpoint:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.name = path.name
         self.stop_ids = [self.tok.token_id(t) for t in self.fmt.stop_tokens]
-        self.context = getattr(self.model.config, "max_position_embeddings", 2048)
+        self.context = trained_context(path, getattr(self.model.config, "max_position_embeddings", 2048))
 
     def prompt_ids(self, r: Request) -> list[int]:
-        context, used = [], 0
-        for (path, code), ids in zip(
-            r.context, self.tok.encode_batch([c for _, c in r.context]), strict=True
-        ):
-            if used + len(ids) > r.context_tokens:
-                break
-            context.append((path, code))
-            used += len(ids)
         # the format puts cross-file snippets where training put other files of the repository
-        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path, context=context)
+        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path, context=r.snippets(self.tok))
         return encode(parts, self.tok, self.context - r.max_tokens)
 
     def complete(self, requests: list[Request]) -> list[str]:

@@ -16,7 +16,7 @@ from codemill.eval.codebleu import LANGS as CODEBLEU_KEYS
 from codemill.eval.codebleu import code_bleu, combine
 from codemill.eval.metrics import bleu4, edit_similarity, identifier_scores, line_match, pass_at_k
 from codemill.eval.models import Model
-from codemill.eval.suites import SUITES, first_line, statement
+from codemill.eval.suites import SUITES, first_line, statement, subset
 from codemill.eval.tables import paper_tables
 from codemill.stops import syntax_stop
 
@@ -45,7 +45,7 @@ def evaluate(
         raise sandbox.SandboxUnavailable(
             "bubblewrap is not installed: install it (`make` does) or pass --unsafe to run generated code with limits only"
         )
-    tasks = SUITES[suite](**options)[:limit]
+    tasks = subset(SUITES[suite](**options), limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if samples > 1 and temperature <= 0:

@@ -260,6 +260,14 @@ def first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")
 
 
+def subset(tasks: list[Task], limit: int | None) -> list[Task]:
+    """`limit` tasks evenly spaced through the list, so every language and task type (grouped in the
+    files) keeps its share; all of them without a limit."""
+    if limit is None or limit >= len(tasks):
+        return tasks
+    return [tasks[i * len(tasks) // limit] for i in range(limit)]
+
+
 SUITES: dict[str, Callable[..., list[Task]]] = {
     "humaneval": humaneval,
     "mbpp": mbpp,

@@ -85,25 +85,35 @@ PAIRS = (
 )
 
 
+MEASURES = (  # (fim-loss item measure, label): the three claims' held-out bits per byte
+    ("psm", "FIM middles, PSM"),
+    ("spm", "FIM middles, SPM"),
+    ("files", "files, left to right"),
+    ("infile", "cross-file line, in-file context"),
+    ("retrieval", "cross-file line, retrieved context"),
+)
+
+
 def per_item_bits(run: Path, measure: str) -> dict[str, float]:
-    """Bits per byte per FIM task (`psm`, `spm`) or per held-out file (`files`) of a variant's fim-loss."""
+    """Bits per byte per FIM task (`psm`, `spm`), held-out file (`files`) or cross-file target line
+    (`infile`, `retrieval`) of a variant's fim-loss."""
     p = run / "eval" / "fim-loss" / "results.json"
     if not p.exists():
         return {}
     r = json.loads(p.read_text())
     if measure == "files":
         return {str(i): f["nats"] / math.log(2) / f["bytes"] for i, f in enumerate(r.get("files") or [])}
+    rows = (r.get("crossfile") or []) if measure in ("infile", "retrieval") else r["tasks"]
     return {
-        t["task_id"]: t[f"{measure}_nats"] / math.log(2) / t["bytes"]
-        for t in r["tasks"]
-        if f"{measure}_nats" in t
+        t["task_id"]: t[f"{measure}_nats"] / math.log(2) / t["bytes"] for t in rows if f"{measure}_nats" in t
     }
 
 
 def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, seed: int = 0):
     """Mean per-item difference a − b in bits per byte over items and seeds, its 95% bootstrap interval
-    (items resampled with replacement, the same for a and b, and inside each item the seeds), and the
-    share of replicates at or above 0 (how often a is not better)."""
+    (items resampled with replacement, the same for a and b, and inside each item the seeds), the
+    share of replicates at or above 0 (how often a is not better), the number of items and the mean
+    difference at each seed (whether the seeds agree)."""
     per_seed = [(per_item_bits(d / a, measure), per_item_bits(d / b, measure)) for d in dirs]
     items = sorted(set.intersection(*(set(x) & set(y) for x, y in per_seed))) if per_seed else []
     if not items:
@@ -115,26 +125,24 @@ def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, s
     cols = rng.integers(0, k, size=(reps, n, k))
     boot = diff[rows[..., None], cols].mean(axis=(1, 2))
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(diff.mean()), float(lo), float(hi), float((boot >= 0).mean()), n
+    return float(diff.mean()), float(lo), float(hi), float((boot >= 0).mean()), n, diff.mean(axis=0).tolist()
 
 
 def paired_table(dirs: list[Path], names: list[str]) -> str:
     lines = ["Paired differences in bits per byte (negative: the first variant predicts the held-out code better), "
              f"per task or file, pooled over {len(dirs)} seeds, 95% bootstrap intervals.", "",
-             "| comparison | measure | items | mean difference | 95% interval | P(difference ≥ 0) |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "| comparison | measure | items | mean difference | 95% interval | P(difference ≥ 0) | per seed |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for a, b in PAIRS:
         if a not in names or b not in names:
             continue
-        for measure, label in (
-            ("psm", "FIM middles, PSM"),
-            ("spm", "FIM middles, SPM"),
-            ("files", "files, left to right"),
-        ):
+        for measure, label in MEASURES:
             got = paired(dirs, a, b, measure)
             if got is not None:
-                mean, lo, hi, p, n = got
+                mean, lo, hi, p, n, each = got
+                seeds = ", ".join(f"{x:+.3f}" for x in each)
                 lines.append(
-                    f"| {a} − {b} | {label} | {n} | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {p:.3f} |"
+                    f"| {a} − {b} | {label} | {n} | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {p:.3f} | {seeds} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -160,6 +168,8 @@ COLUMNS = [  # (header, suite directory or None for the training log, metric)
     ("FIM bits/byte PSM", "fim-loss", "psm_bits_per_byte"),
     ("FIM bits/byte SPM", "fim-loss", "spm_bits_per_byte"),
     ("files bits/byte", "fim-loss", "left-to-right"),
+    ("x-file bits/byte in-file", "fim-loss", "cross-file:infile"),
+    ("x-file bits/byte BM25", "fim-loss", "cross-file:retrieval"),
 ]
 
 
@@ -178,6 +188,9 @@ def values(run: Path) -> dict[str, float | str | None]:
             )
         elif metric == "left-to-right":
             out[header] = summaries[suite].get(metric, {}).get("bits_per_byte")
+        elif metric.startswith("cross-file:"):
+            key, setting = metric.split(":")
+            out[header] = summaries[suite].get(key, {}).get(f"{setting}_bits_per_byte")
         else:
             out[header] = summaries[suite].get("all", {}).get(metric)
     return out

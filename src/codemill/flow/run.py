@@ -37,7 +37,9 @@ class RunConfig(Settings):
     suites: tuple[str, ...] = (
         "humaneval", "fim-eval", "crosscodeeval/infile", "crosscodeeval/retrieval", "fim-loss",
     )  # fmt: skip
-    eval_limit: int | None = None  # tasks per suite
+    eval_limit: int | None = None  # tasks per generation suite (evenly spaced); fim-loss scores all
+    loss_files: int = 100  # held-out files fim-loss scores left to right
+    loss_baselines: bool = True  # fim-loss also scores the untrained initialisation and a unigram model
     eval_max_tokens: int | None = 128
     unsafe: bool = False  # run generated code without bubblewrap
 
@@ -177,7 +179,11 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
     for suite in rcfg.suites:
         name = f"eval {suite}"
         target = out / "eval" / suite.replace("/", "-")
-        s_eval = _stamp(s_train, suite, rcfg.eval_limit, rcfg.eval_max_tokens)
+        s_eval = (
+            _stamp(s_train, suite, rcfg.loss_files, rcfg.loss_baselines)
+            if suite == "fim-loss"
+            else _stamp(s_train, suite, rcfg.eval_limit, rcfg.eval_max_tokens)
+        )
         stage(
             name,
             s_eval,
@@ -261,11 +267,14 @@ def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -
 def _fim_loss(rcfg: RunConfig, final: Path, corpus: Path, bench: Path, out: Path, console) -> None:
     from codemill.eval.loss import what_training_bought
 
-    results = what_training_bought(final, corpus, bench, out, limit=rcfg.eval_limit, console=console)
+    results = what_training_bought(final, corpus, bench, out, files=rcfg.loss_files,
+                                   baselines=rcfg.loss_baselines, console=console)  # fmt: skip
     s = results["summary"]
-    console.print(f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM), untrained "
-                  f"{results['baselines']['untrained']['all']['psm_bits_per_byte']:.3f}, unigram "
-                  f"{results['baselines']['unigram']['all']['psm_bits_per_byte']:.3f}")  # fmt: skip
+    line = f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM)"
+    if base := results.get("baselines"):
+        line += (f", untrained {base['untrained']['all']['psm_bits_per_byte']:.3f}, unigram "
+                 f"{base['unigram']['all']['psm_bits_per_byte']:.3f}")  # fmt: skip
+    console.print(line)
 
 
 def write_report(out: Path, base: Path) -> Path:
