@@ -57,6 +57,33 @@ def test_cache_is_reused_and_gives_the_same_answers(checkpoint):
         assert b.tokens_cached == 0
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled-step"])
+def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, compiled):
+    """Continuous batching: requests of different lengths join after their prefill and leave when
+    they stop, while others decode; each one's greedy tokens equal the same request served alone."""
+    from codemill.serve.engine import Engine
+
+    engine = Engine(checkpoint, parallel=3, compile=compiled)
+    cut = (10, 25, 40, 55)
+    requests = [
+        (engine.prompt(PREFIX[:n], SUFFIX[: n // 2], path="io.py", max_tokens=24), 8 + n // 5) for n in cut
+    ]
+    alone = [engine.complete(ids, max_tokens=n, reset=True).tokens for ids, n in requests]
+    assert len({tuple(t) for t in alone}) > 1
+    live, done, waiting, steps = [], {}, list(enumerate(requests)), 0
+    while waiting or live:
+        if waiting and len(engine.busy) < engine.parallel and steps % 3 == 0:  # one joins every third step
+            k, (ids, n) = waiting.pop(0)
+            live.append((k, engine.start(ids, max_tokens=n, reset=True)))
+        engine.step([s for _, s in live])
+        steps += 1
+        done.update({k: s.out.tokens for k, s in live if s.done})
+        live = [(k, s) for k, s in live if not s.done]
+        assert len(live) <= engine.parallel and len(engine.busy) == len(live)
+    assert [done[k] for k in range(len(requests))] == alone
+    assert steps < sum(len(t) for t in alone)  # they overlapped
+
+
 def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):
     from codemill.serve.engine import Engine
 
@@ -84,7 +111,7 @@ def server(checkpoint):
     from codemill.serve.engine import Engine
     from codemill.serve.http import Server, create_app
 
-    app = create_app(Engine(checkpoint), api_key="sekret", max_tokens=64, max_body_bytes=100_000)
+    app = create_app(Engine(checkpoint, parallel=3), api_key="sekret", max_tokens=64, max_body_bytes=100_000)
     with Server(app) as s:
         yield s
 
@@ -180,6 +207,25 @@ def test_llama_cpp_infill_bodies(server, capsys):
     assert junk.status_code == 400
     assert httpx.post(server.url + "/infill", json={"n_predict": -1}, headers=h).status_code == 400
     assert httpx.get(server.url + "/health").status_code == 200  # still alive after all of it
+
+
+def test_concurrent_clients_decode_together_and_get_their_own_answers(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    bodies = [{"input_prefix": PREFIX[:n], "input_suffix": SUFFIX, "n_predict": 12 + n // 4, "cache_prompt": False,
+               "path": "io.py"} for n in (12, 30, 47, 60, 66)]  # fmt: skip
+
+    def ask(k: int) -> dict:
+        h = {"Authorization": "Bearer sekret", "x-client-id": f"editor-{k}"}
+        return httpx.post(server.url + "/infill", json=bodies[k], headers=h, timeout=60).json()
+
+    one_by_one = [ask(k) for k in range(len(bodies))]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(ask, range(len(bodies))))
+    assert [r["content"] for r in together] == [r["content"] for r in one_by_one]
+    assert {r["id_slot"] for r in together} <= {0, 1, 2} and all(r["tokens_predicted"] > 0 for r in together)
 
 
 def test_a_disconnect_stops_decoding(server):

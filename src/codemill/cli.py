@@ -532,6 +532,9 @@ def serve_(
     access_log: bool = typer.Option(
         True, help="One line per request on stderr: client, path, status, ms, tokens."
     ),
+    parallel: int = typer.Option(
+        4, min=1, help="Slots: requests decoded together, each with its own KV cache (llama-server's -np)."
+    ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
     from codemill.serve.engine import Engine
@@ -544,7 +547,7 @@ def serve_(
         "/health); "
         "/health answers 503 until the model is loaded"
     )
-    load = lambda: Engine(model, format, compile=compile)  # noqa: E731
+    load = lambda: Engine(model, format, compile=compile, parallel=parallel)  # noqa: E731
     serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 

@@ -166,9 +166,12 @@ class Attention(nn.Module):
         layer: int = 0,
         pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        lengths: list[int] | None = None,
     ) -> torch.Tensor:
-        """With `pos` (one token's position as a tensor) and its `mask`, the token attends to the
-        whole preallocated cache: every shape is static, so one compiled step serves every position."""
+        """With `pos` (one token per row, at its position) and its `mask`, the token attends to the
+        whole preallocated cache: every shape is static, so one compiled step serves every position.
+        With `lengths` instead of a mask, row b attends to its first lengths[b] positions on its own
+        (0: an idle row, left at 0): its numbers never depend on the other rows."""
         b, t, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
@@ -185,6 +188,15 @@ class Attention(nn.Module):
                 cache.k[layer][rows, :, pos] = k[:, :, 0]
                 cache.v[layer][rows, :, pos] = v[:, :, 0]
             k, v = cache.k[layer], cache.v[layer]
+            if lengths is not None:
+                y = q.new_zeros(q.shape)
+                for i, n in enumerate(lengths):
+                    if n:
+                        y[i : i + 1] = F.scaled_dot_product_attention(
+                            q[i : i + 1], k[i : i + 1, :, :n], v[i : i + 1, :, :n],
+                            enable_gqa=c.num_kv_heads != c.num_heads,
+                        )  # fmt: skip
+                return self.o_proj(y.transpose(1, 2).reshape(b, t, c.num_heads * c.head_dim))
         elif cache is not None:  # new tokens attend to the cached prefix and causally among themselves
             start = cache.length
             cache.k[layer][:, :, start : start + t] = k
@@ -234,8 +246,11 @@ class Block(nn.Module):
         layer: int = 0,
         pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        lengths: list[int] | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, pos, mask))
+        x = x + self.dropout(
+            self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, pos, mask, lengths)
+        )
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -296,16 +311,25 @@ class Llama(nn.Module):
         return self.lm_head(self.hidden(ids, cache)[0, -1]).float()
 
     @torch.no_grad()
-    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode_step(
+        self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache, active: list[bool] | None = None
+    ) -> torch.Tensor:
         """Logits [B, vocab] after one token per row [B, 1], row b at position `pos[b]` of row b of the
-        cache (serve's decode step: static shapes, so it compiles to one graph; the caller advances the
-        lengths). Row b equals `next_logits` of that row's token on that row alone."""
+        cache (serve's decode step; the caller advances the lengths). Row b equals `next_logits` of
+        that row's token on that row alone. Without `active`, every row attends to the whole cache
+        under a mask: static shapes, one compiled graph. With it (eager), each active row attends to
+        exactly its own positions and idle rows to none: for a fixed B, a row's numbers are the same
+        whatever the other rows hold (a request decodes alike alone or joined by others)."""
         b = token.shape[0]
         cos, sin = (t.index_select(0, pos).view(b, 1, 1, -1) for t in cache.rope)
-        mask = (torch.arange(cache.capacity, device=token.device) <= pos.view(b, 1)).view(b, 1, 1, -1)
+        mask, lengths = None, None
+        if active is None:
+            mask = (torch.arange(cache.capacity, device=token.device) <= pos.view(b, 1)).view(b, 1, 1, -1)
+        else:
+            lengths = [p + 1 if a else 0 for p, a in zip(pos.tolist(), active, strict=True)]
         x = self.model.embed_tokens(token)
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, cache, i, pos, mask)
+            x = block(x, cos, sin, cache, i, pos, mask, lengths)
         return self.lm_head(self.model.norm(x)[:, -1]).float()
 
     def forward(

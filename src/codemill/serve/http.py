@@ -1,11 +1,11 @@
 """HTTP API for editors: OpenAI-compatible `/v1/completions` and llama.cpp-style `/infill`.
 
-One engine serves one request at a time (it owns one KV cache); waiting requests queue up to
-`max_queue`, past which the server answers 429 with `x-should-retry: false`. A newer request from the
-same client (its `x-client-id` header, else its address) replaces that client's queued older one,
-which is answered 409 at once: an editor that sent a request per keystroke only waits for the last.
-Decoding runs token by token in a worker thread and the client's connection is checked between
-tokens, so a disconnect stops decoding within one token. The server listens while the model loads:
+The engine has `parallel` slots: that many requests decode together in one thread (serve/batcher.py),
+the others wait, up to `max_queue` in all, past which the server answers 429 with
+`x-should-retry: false`. A newer request from the same client (its `x-client-id` header, else its
+address) replaces that client's queued older one, which is answered 409 at once: an editor that sent
+a request per keystroke only waits for the last. The client's connection is checked whenever its text
+moves on, so a disconnect frees its slot within a token or so. The server listens while the model loads:
 `/health` and every other route answer 503 until it is ready. Invalid requests get a 4xx with an
 OpenAI error object.
 """
@@ -27,9 +27,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from codemill.serve.batcher import Batcher
 from codemill.serve.engine import Completion, Engine
 from codemill.stops import syntax_stop
 
@@ -91,7 +91,7 @@ class LlamaBody(BaseModel):
     stream: bool = False
     response_fields: list[str] = []  # answer only these (paths such as "timings/prompt_n"), flat
     samplers: list[str] | str | None = None  # accepted; codemill applies top_k, top_p, temperature
-    id_slot: int = -1  # accepted; one engine serves every request
+    id_slot: int = -1  # accepted; the free slot holding the longest common prefix serves (answers name it)
     path: str | None = None  # codemill's extensions, as in /v1/completions
     syntax_stop: bool = False
 
@@ -118,7 +118,7 @@ def llama_answer(
         "index": 0,
         "content": result.text,
         "tokens": [],
-        "id_slot": 0,
+        "id_slot": result.slot,
         "stop": True,
         "model": name,
         "tokens_predicted": n,
@@ -182,11 +182,12 @@ class Replaced(Exception):
 
 
 class EngineSlot:
-    """The engine's turn-taking: one holder, FIFO waiters up to `max_queue` (holder included), and
-    a newer waiter from the same client replacing the older one (which raises `Replaced`)."""
+    """The engine's turn-taking: `parallel` holders, FIFO waiters up to `max_queue` (holders
+    included), and a newer waiter from the same client replacing the older one (which raises
+    `Replaced`)."""
 
-    def __init__(self, max_queue: int):
-        self.lock = asyncio.Lock()
+    def __init__(self, max_queue: int, parallel: int = 1):
+        self.lock = asyncio.Semaphore(parallel)
         self.max_queue = max_queue
         self.n = 0
         self.waiting: dict[str, asyncio.Event] = {}
@@ -239,14 +240,19 @@ def create_app(
     """`engine` or a function that loads one: the server then answers 503 until it returns.
     `access_log`: one line per request on stderr (client, method, path, status, ms, tokens)."""
     app = FastAPI(title="codemill serve")
-    slot = EngineSlot(max_queue)
     stats: Counter[str] = Counter()
-    loaded: dict[str, Any] = {"engine": engine if isinstance(engine, Engine) else None, "error": None}
-    if loaded["engine"] is None:
+    loaded: dict[str, Any] = {"engine": None, "error": None}
+
+    def ready(e: Engine) -> None:
+        loaded.update(batcher=Batcher(e), slot=EngineSlot(max_queue, e.parallel), engine=e)
+
+    if isinstance(engine, Engine):
+        ready(engine)
+    else:
 
         def load():
             try:
-                loaded["engine"] = engine()
+                ready(engine())
             except Exception as e:  # the server stays up and says why on every route
                 loaded["error"] = f"{type(e).__name__}: {e}"
 
@@ -308,42 +314,43 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def turn(request: Request):
-        """The engine for this request, or an error response when it may not have it."""
+        """None while this request holds a slot, or the error response when it may not have one."""
         try:
-            async with slot.hold(_client(request)):
-                yield loaded["engine"], None
+            async with loaded["slot"].hold(_client(request)):
+                yield None
         except Busy:
-            yield (
-                None,
-                error(429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"}),
+            yield error(
+                429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"}
             )
         except Replaced:
             stats["replaced"] += 1
-            yield None, error(409, "replaced by a newer request from the same client", "request_replaced")
+            yield error(409, "replaced by a newer request from the same client", "request_replaced")
 
-    async def run(request: Request, ids: list[int], stream_piece, reset: bool = False, **kw) -> Any:
-        """Decode in the engine's turn, a token at a time, watching the connection."""
-        async with turn(request) as (engine, refused):
+    async def run(request: Request, ids: list[int], stream_piece, **kw) -> Any:
+        """Decode in a slot beside the other requests, watching the connection as text comes."""
+        async with turn(request) as refused:
             if refused is not None:
                 return refused
             if await request.is_disconnected():  # gone while queued: no prefill for nobody
                 stats["disconnects"] += 1
                 return None
-            if reset:  # cache_prompt false: evaluate the whole prompt
-                engine.reset()
-            gen = engine.generate(ids, **kw)
-            result = None
+            loop, events = asyncio.get_running_loop(), asyncio.Queue()
+            emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
+            job = loaded["batcher"].submit(ids, emit, **kw)
             while True:
-                step = await run_in_threadpool(next, gen, None)
-                if step is None:
-                    break
-                piece, result = step
+                piece, result = await events.get()
+                if isinstance(result, ValueError):
+                    return error(400, str(result))
+                if isinstance(result, Exception):
+                    return error(500, f"{type(result).__name__}: {result}", "server_error")
                 if await request.is_disconnected():
-                    gen.close()
+                    job.gone.set()
                     stats["disconnects"] += 1
                     return None
                 if piece and stream_piece is not None:
                     await stream_piece(piece)
+                if result is not None:
+                    break
             stats["tokens_generated"] += len(result.tokens)
             request.state.tokens = len(result.tokens)
             stats["tokens_cached"] += result.tokens_cached
@@ -376,7 +383,7 @@ def create_app(
     @app.get("/metrics")
     async def metrics():
         lines = [f"codemill_{k}_total {v}" for k, v in sorted(stats.items())]
-        lines.append(f"codemill_queue_waiting {slot.n}")
+        lines.append(f"codemill_queue_waiting {loaded['slot'].n}")
         return PlainTextResponse("\n".join(lines) + "\n")
 
     @app.post("/v1/completions")
@@ -433,23 +440,12 @@ def create_app(
             return error(400, f"n_predict {body.n_predict} is over the server's limit of {max_tokens}")
         if (bad := check_prompt(ids, max(body.n_predict, 1))) is not None:
             return bad
-        if body.n_predict == 0:  # warm-up: fill the cache with the prompt, generate nothing
-            async with turn(request) as (_, refused):
-                if refused is not None:
-                    return refused
-                if not body.cache_prompt:
-                    engine.reset()
-                t0 = time.perf_counter()
-                _, cached = await run_in_threadpool(engine.prefill, ids)
-            result = Completion(tokens_cached=cached, tokens_evaluated=len(ids) - cached)
-            result.prompt_ms = 1000 * (time.perf_counter() - t0)
-            return llama_answer(engine.name, ids, result, body, truncated, engine.tok.decode(ids))
         kw = {"until": until, "max_tokens": body.n_predict, "stop": tuple(body.stop), "temperature": body.temperature,
               "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed, "n_indent": body.n_indent,
               "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None}  # fmt: skip
         finish = lambda r: llama_answer(engine.name, ids, r, body, truncated, engine.tok.decode(ids))  # noqa: E731
         kw["reset"] = not body.cache_prompt
-        if not body.stream:
+        if not body.stream or body.n_predict == 0:  # n_predict 0: a warm-up, the prompt into a slot
             result = await run(request, ids, None, **kw)
             return result if result is None or isinstance(result, JSONResponse) else finish(result)
         piece = lambda text: {"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": 0}  # noqa: E731
