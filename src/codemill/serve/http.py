@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -228,6 +229,31 @@ def _client(request: Request) -> str:
     return request.headers.get("x-client-id") or (request.client.host if request.client else "")
 
 
+@dataclass
+class Limits:
+    api_key: str | None
+    max_tokens: int  # the server's cap on new tokens per request
+    max_body_bytes: int
+    max_queue: int
+    access_log: bool  # one line per request on stderr (client, method, path, status, ms, tokens)
+
+
+@dataclass
+class Job:
+    """A completion request as every endpoint hands it on: the prompt's ids and `Engine.start`'s
+    options (max_tokens among them)."""
+
+    ids: list[int]
+    options: dict
+    truncated: bool = False  # the prompt was cut to fit the context
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+
 def create_app(
     engine: Engine | Callable[[], Engine],
     *,
@@ -237,14 +263,14 @@ def create_app(
     max_queue: int = 8,
     access_log: bool = True,
 ) -> FastAPI:
-    """`engine` or a function that loads one: the server then answers 503 until it returns.
-    `access_log`: one line per request on stderr (client, method, path, status, ms, tokens)."""
+    """`engine` or a function that loads one: the server then answers 503 until it returns."""
     app = FastAPI(title="codemill serve")
-    stats: Counter[str] = Counter()
-    loaded: dict[str, Any] = {"engine": None, "error": None}
+    state = app.state
+    state.limits = Limits(api_key, max_tokens, max_body_bytes, max_queue, access_log)
+    state.stats, state.engine, state.error = Counter(), None, None
 
     def ready(e: Engine) -> None:
-        loaded.update(batcher=Batcher(e), slot=EngineSlot(max_queue, e.parallel), engine=e)
+        state.batcher, state.slot, state.engine = Batcher(e), EngineSlot(max_queue, e.parallel), e
 
     if isinstance(engine, Engine):
         ready(engine)
@@ -254,263 +280,286 @@ def create_app(
             try:
                 ready(engine())
             except Exception as e:  # the server stays up and says why on every route
-                loaded["error"] = f"{type(e).__name__}: {e}"
+                state.error = f"{type(e).__name__}: {e}"
 
         threading.Thread(target=load, daemon=True).start()
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.middleware("http")(guard)
+    for path, handler, method in (
+        ("/health", health, "GET"),
+        ("/v1/models", models, "GET"),
+        ("/metrics", metrics, "GET"),
+        ("/v1/completions", completions, "POST"),
+        ("/infill", infill, "POST"),
+        ("/completion", completion, "POST"),
+    ):
+        app.add_api_route(path, handler, methods=[method])
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_req: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", []) if x != "body" and not isinstance(x, int))
-        message = f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}"
-        return error(400, message, param=where or None)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_req: Request, exc: StarletteHTTPException):  # a body that is not UTF-8, a 404...
-        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+async def invalid(_req: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(x) for x in first.get("loc", []) if x != "body" and not isinstance(x, int))
+    message = f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}"
+    return error(400, message, param=where or None)
 
-    def refusal(request: Request) -> JSONResponse | None:
-        if loaded["engine"] is None:
-            message = (
-                f"the model failed to load: {loaded['error']}" if loaded["error"] else "the model is loading"
-            )
-            return error(503, message, "unavailable", {"retry-after": "1"})
-        authorized = request.headers.get("authorization", "") == f"Bearer {api_key}"
-        if api_key and request.url.path != "/health" and not authorized:
-            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
-        size = int(request.headers.get("content-length") or 0)
-        if size > max_body_bytes:
-            return error(413, f"request body of {size} bytes is over the limit of {max_body_bytes}")
-        return None
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = refusal(request)
-        if response is None:
-            stats["requests"] += 1
-            response = await call_next(request)
-        if not access_log:
-            return response
+async def http_error(_req: Request, exc: StarletteHTTPException):  # a body that is not UTF-8, a 404...
+    return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-        def log() -> None:
-            ms, tokens = 1000 * (time.perf_counter() - t0), getattr(request.state, "tokens", 0)
-            line = (
-                f"{_client(request)} {request.method} {request.url.path} {response.status_code} {ms:.0f} ms"
-            )
-            print(f"{line} {tokens} tokens", file=sys.stderr, flush=True)
 
-        if isinstance(response, JSONResponse):
-            log()
-            return response
+def refusal(request: Request) -> JSONResponse | None:
+    state, limits = request.app.state, request.app.state.limits
+    if state.engine is None:
+        message = f"the model failed to load: {state.error}" if state.error else "the model is loading"
+        return error(503, message, "unavailable", {"retry-after": "1"})
+    authorized = request.headers.get("authorization", "") == f"Bearer {limits.api_key}"
+    if limits.api_key and request.url.path != "/health" and not authorized:
+        return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+    size = int(request.headers.get("content-length") or 0)
+    if size > limits.max_body_bytes:
+        return error(413, f"request body of {size} bytes is over the limit of {limits.max_body_bytes}")
+    return None
 
-        async def logged(body):  # the line is written once the last byte of the answer has gone
-            async for chunk in body:
-                yield chunk
-            log()
 
-        response.body_iterator = logged(response.body_iterator)
+async def guard(request: Request, call_next):
+    t0 = time.perf_counter()
+    response = refusal(request)
+    if response is None:
+        request.app.state.stats["requests"] += 1
+        response = await call_next(request)
+    if not request.app.state.limits.access_log:
         return response
 
-    @contextlib.asynccontextmanager
-    async def turn(request: Request):
-        """None while this request holds a slot, or the error response when it may not have one."""
-        try:
-            async with loaded["slot"].hold(_client(request)):
-                yield None
-        except Busy:
-            yield error(
-                429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"}
-            )
-        except Replaced:
-            stats["replaced"] += 1
-            yield error(409, "replaced by a newer request from the same client", "request_replaced")
+    def log() -> None:
+        ms, tokens = 1000 * (time.perf_counter() - t0), getattr(request.state, "tokens", 0)
+        line = f"{_client(request)} {request.method} {request.url.path} {response.status_code} {ms:.0f} ms"
+        print(f"{line} {tokens} tokens", file=sys.stderr, flush=True)
 
-    async def run(request: Request, ids: list[int], stream_piece, **kw) -> Any:
-        """Decode in a slot beside the other requests, watching the connection as text comes."""
-        async with turn(request) as refused:
-            if refused is not None:
-                return refused
-            if await request.is_disconnected():  # gone while queued: no prefill for nobody
+    if isinstance(response, JSONResponse):
+        log()
+        return response
+
+    async def logged(body):  # the line is written once the last byte of the answer has gone
+        async for chunk in body:
+            yield chunk
+        log()
+
+    response.body_iterator = logged(response.body_iterator)
+    return response
+
+
+async def health():
+    return {"status": "ok"}
+
+
+async def models(request: Request):
+    name = request.app.state.engine.name
+    return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "codemill"}]}
+
+
+async def metrics(request: Request):
+    lines = [f"codemill_{k}_total {v}" for k, v in sorted(request.app.state.stats.items())]
+    lines.append(f"codemill_queue_waiting {request.app.state.slot.n}")
+    return PlainTextResponse("\n".join(lines) + "\n")
+
+
+# --- parsing: each endpoint's body into a Job ---------------------------------------------------
+def parse_openai(body: CompletionBody, engine: Engine, cap: int) -> Job:
+    if (name := body.unsupported()) is not None:
+        raise ApiError(400, f"`{name}` is not supported by codemill serve; leave it at its default", name)
+    context = [(e.filename, e.text) for e in body.input_extra]
+    ids, truncated = engine.prompt_fit(
+        body.prompt, body.suffix, path=body.path, max_tokens=min(body.max_tokens, cap), context=context
+    )
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    until = until_for(body, body.prompt, body.suffix or "")
+    options = {"max_tokens": body.max_tokens, "stop": stop, "temperature": body.temperature,
+               "top_p": body.top_p, "seed": body.seed, "until": until}  # fmt: skip
+    return Job(ids, options, truncated)
+
+
+def parse_infill(body: InfillBody, engine: Engine, cap: int) -> Job:
+    prefix = body.input_prefix + body.prompt
+    context = [(e.filename, e.text) for e in body.input_extra]
+    ids, truncated = engine.prompt_fit(
+        prefix,
+        body.input_suffix,
+        path=body.path,
+        max_tokens=min(max(body.n_predict, 1), cap),
+        context=context,
+    )
+    return Job(ids, llama_options(body, until_for(body, prefix, body.input_suffix)), truncated)
+
+
+def parse_raw(body: RawBody, engine: Engine, cap: int) -> Job:
+    """llama-server's raw completion: the prompt as given (special-token strings parsed), no format."""
+    ids = engine.raw_ids(body.prompt)
+    text = body.prompt if isinstance(body.prompt, str) else engine.tok.decode(ids)
+    return Job(ids, llama_options(body, until_for(body, text, "")))
+
+
+def llama_options(body: LlamaBody, until) -> dict:
+    return {"max_tokens": body.n_predict, "stop": tuple(body.stop), "temperature": body.temperature,
+            "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed, "n_indent": body.n_indent,
+            "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None,
+            "until": until, "reset": not body.cache_prompt}  # fmt: skip
+
+
+def until_for(body: CompletionBody | LlamaBody, prefix: str, suffix: str):
+    if not body.syntax_stop:
+        return None
+    if (until := syntax_stop(prefix, suffix, body.path)) is None:
+        raise ApiError(
+            400, "syntax_stop needs a `path` whose language has a tree-sitter grammar", "syntax_stop"
+        )
+    return until
+
+
+def prepare(request: Request, parse, body) -> Job | JSONResponse:
+    """The endpoint's Job, validated the same way for every endpoint, or the 4xx answer."""
+    engine, cap = request.app.state.engine, request.app.state.limits.max_tokens
+    try:
+        job = parse(body, engine, cap)
+        n = job.options["max_tokens"]
+        if n > cap:
+            raise ApiError(400, f"{n} new tokens are over the server's limit of {cap}")
+        if not job.ids:
+            raise ApiError(
+                400, f"{n} new tokens leave no room for the prompt in the context of {engine.max_len}"
+            )
+        if len(job.ids) + max(n, 1) > engine.max_len:
+            raise ApiError(
+                400,
+                f"prompt of {len(job.ids)} tokens plus {n} new ones exceeds the context of {engine.max_len}",
+            )
+    except ApiError as e:
+        return error(e.status, str(e), param=e.param)
+    except ValueError as e:
+        return error(400, str(e))
+    return job
+
+
+# --- executing: one path for every endpoint --------------------------------------------------------
+@contextlib.asynccontextmanager
+async def turn(request: Request):
+    """None while this request holds a slot, or the error response when it may not have one."""
+    try:
+        async with request.app.state.slot.hold(_client(request)):
+            yield None
+    except Busy:
+        yield error(429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"})
+    except Replaced:
+        request.app.state.stats["replaced"] += 1
+        yield error(409, "replaced by a newer request from the same client", "request_replaced")
+
+
+async def execute(request: Request, job: Job, stream_piece=None) -> Any:
+    """Decode in a slot beside the other requests, watching the connection as text comes: the
+    Completion, an error response, or None when the client left."""
+    stats = request.app.state.stats
+    async with turn(request) as refused:
+        if refused is not None:
+            return refused
+        if await request.is_disconnected():  # gone while queued: no prefill for nobody
+            stats["disconnects"] += 1
+            return None
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
+        work = request.app.state.batcher.submit(job.ids, emit, **job.options)
+        while True:
+            piece, result = await events.get()
+            if isinstance(result, ValueError):
+                return error(400, str(result))
+            if isinstance(result, Exception):
+                return error(500, f"{type(result).__name__}: {result}", "server_error")
+            if await request.is_disconnected():
+                work.gone.set()
                 stats["disconnects"] += 1
                 return None
-            loop, events = asyncio.get_running_loop(), asyncio.Queue()
-            emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
-            job = loaded["batcher"].submit(ids, emit, **kw)
-            while True:
-                piece, result = await events.get()
-                if isinstance(result, ValueError):
-                    return error(400, str(result))
-                if isinstance(result, Exception):
-                    return error(500, f"{type(result).__name__}: {result}", "server_error")
-                if await request.is_disconnected():
-                    job.gone.set()
-                    stats["disconnects"] += 1
-                    return None
-                if piece and stream_piece is not None:
-                    await stream_piece(piece)
-                if result is not None:
-                    break
-            stats["tokens_generated"] += len(result.tokens)
-            request.state.tokens = len(result.tokens)
-            stats["tokens_cached"] += result.tokens_cached
-            stats["tokens_evaluated"] += result.tokens_evaluated
-            return result
+            if piece and stream_piece is not None:
+                await stream_piece(piece)
+            if result is not None:
+                break
+        stats["tokens_generated"] += len(result.tokens)
+        request.state.tokens = len(result.tokens)
+        stats["tokens_cached"] += result.tokens_cached
+        stats["tokens_evaluated"] += result.tokens_evaluated
+        return result
 
-    def check_prompt(ids: list[int], n: int) -> JSONResponse | None:
-        engine = loaded["engine"]
-        if n > max_tokens:
-            return error(400, f"max_tokens {n} is over the server's limit of {max_tokens}")
-        if not ids:
-            return error(
-                400, f"max_tokens {n} leaves no room for the prompt in the context of {engine.max_len}"
-            )
-        if len(ids) + n > engine.max_len:
-            return error(
-                400, f"prompt of {len(ids)} tokens plus {n} new ones exceeds the context of {engine.max_len}"
-            )
-        return None
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
+def stream(request: Request, job: Job, piece, last, end: str = "") -> StreamingResponse:
+    """Server-sent events: `piece(text)` per released text, `last(result)` at the end (or the error
+    object), then `end`."""
+    queue: asyncio.Queue = asyncio.Queue()
 
-    @app.get("/v1/models")
-    async def models():
-        engine = loaded["engine"]
-        return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "codemill"}]}
+    async def produce():
+        async def put(text: str):
+            await queue.put(piece(text))
 
-    @app.get("/metrics")
-    async def metrics():
-        lines = [f"codemill_{k}_total {v}" for k, v in sorted(stats.items())]
-        lines.append(f"codemill_queue_waiting {loaded['slot'].n}")
-        return PlainTextResponse("\n".join(lines) + "\n")
+        result = await execute(request, job, put)
+        if isinstance(result, JSONResponse):
+            await queue.put(json.loads(result.body))
+        elif result is not None:
+            await queue.put(last(result))
+        await queue.put(None)
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: Request):
-        if (name := body.unsupported()) is not None:
-            return error(
-                400, f"`{name}` is not supported by codemill serve; leave it at its default", param=name
-            )
-        engine = loaded["engine"]
-        context = [(e.filename, e.text) for e in body.input_extra]
-        ids = engine.prompt(
-            body.prompt,
-            body.suffix,
-            path=body.path,
-            max_tokens=min(body.max_tokens, max_tokens),
-            context=context,
+    async def events():
+        task = asyncio.create_task(produce())
+        while (item := await queue.get()) is not None:
+            yield f"data: {json.dumps(item)}\n\n"
+        if end:
+            yield end
+        await task
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# --- answering: each endpoint's response shape -----------------------------------------------------
+async def completions(body: CompletionBody, request: Request):
+    job = prepare(request, parse_openai, body)
+    if isinstance(job, JSONResponse):
+        return job
+    name, cid, created = request.app.state.engine.name, f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(text: str, finish: str | None) -> dict:
+        return {"id": cid, "object": "text_completion", "created": created, "model": name,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+
+    reason = lambda r: "length" if r.stop_type in ("limit", "time") else "stop"  # noqa: E731
+    if body.stream:
+        return stream(
+            request, job, lambda piece: chunk(piece, None), lambda r: chunk("", reason(r)), "data: [DONE]\n\n"
         )
-        if (bad := check_prompt(ids, body.max_tokens)) is not None:
-            return bad
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        try:
-            until = until_for(body, body.prompt, body.suffix or "")
-        except ValueError as e:
-            return error(400, str(e))
-        kw = {
-            "until": until,
-            "max_tokens": body.max_tokens,
-            "stop": stop,
-            "temperature": body.temperature,
-            "top_p": body.top_p,
-            "seed": body.seed,
-        }
-        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    result = await execute(request, job)
+    if not isinstance(result, Completion):
+        return result
+    out = chunk(result.text, reason(result))
+    n, m = len(job.ids), len(result.tokens)
+    out["usage"] = {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
+    return out
 
-        def chunk(text: str, finish: str | None) -> dict:
-            return {"id": cid, "object": "text_completion", "created": created, "model": engine.name,
-                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
 
-        if body.stream:
-            last = lambda r: chunk("", "length" if r.stop_type in ("limit", "time") else "stop")  # noqa: E731
-            return stream(request, ids, kw, lambda piece: chunk(piece, None), last, "data: [DONE]\n\n")
-        result = await run(request, ids, None, **kw)
-        if result is None or isinstance(result, JSONResponse):
-            return result
-        out = chunk(result.text, "length" if result.stop_type in ("limit", "time") else "stop")
-        out["usage"] = {"prompt_tokens": len(ids), "completion_tokens": len(result.tokens),
-                        "total_tokens": len(ids) + len(result.tokens)}  # fmt: skip
-        return out
+async def infill(body: InfillBody, request: Request):
+    return await llama_style(request, body, prepare(request, parse_infill, body))
 
-    async def llama_style(request: Request, body: LlamaBody, ids: list[int], truncated: bool, until):
-        """/infill and /completion: llama-server's answer, streamed as its server-sent events or whole."""
-        engine = loaded["engine"]
-        if body.n_predict > max_tokens:
-            return error(400, f"n_predict {body.n_predict} is over the server's limit of {max_tokens}")
-        if (bad := check_prompt(ids, max(body.n_predict, 1))) is not None:
-            return bad
-        kw = {"until": until, "max_tokens": body.n_predict, "stop": tuple(body.stop), "temperature": body.temperature,
-              "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed, "n_indent": body.n_indent,
-              "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None}  # fmt: skip
-        finish = lambda r: llama_answer(engine.name, ids, r, body, truncated, engine.tok.decode(ids))  # noqa: E731
-        kw["reset"] = not body.cache_prompt
-        if not body.stream or body.n_predict == 0:  # n_predict 0: a warm-up, the prompt into a slot
-            result = await run(request, ids, None, **kw)
-            return result if result is None or isinstance(result, JSONResponse) else finish(result)
-        piece = lambda text: {"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": 0}  # noqa: E731
-        return stream(request, ids, kw, piece, lambda r: {**finish(r), "content": ""})  # text went in pieces
 
-    def stream(request: Request, ids: list[int], kw: dict, piece, last, end: str = "") -> StreamingResponse:
-        """Server-sent events: `piece(text)` per released text, `last(result)` at the end (or the error
-        object), then `end`."""
-        queue: asyncio.Queue = asyncio.Queue()
+async def completion(body: RawBody, request: Request):
+    return await llama_style(request, body, prepare(request, parse_raw, body))
 
-        async def produce():
-            async def put(text: str):
-                await queue.put(piece(text))
 
-            result = await run(request, ids, put, **kw)
-            if isinstance(result, JSONResponse):
-                await queue.put(json.loads(result.body))
-            elif result is not None:
-                await queue.put(last(result))
-            await queue.put(None)
-
-        async def events():
-            task = asyncio.create_task(produce())
-            while (item := await queue.get()) is not None:
-                yield f"data: {json.dumps(item)}\n\n"
-            if end:
-                yield end
-            await task
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    def until_for(body: CompletionBody | LlamaBody, prefix: str, suffix: str):
-        if not body.syntax_stop:
-            return None
-        if (until := syntax_stop(prefix, suffix, body.path)) is None:
-            raise ValueError("syntax_stop needs a `path` whose language has a tree-sitter grammar")
-        return until
-
-    @app.post("/infill")
-    async def infill(body: InfillBody, request: Request):
-        engine = loaded["engine"]
-        prefix = body.input_prefix + body.prompt
-        context = [(e.filename, e.text) for e in body.input_extra]
-        ids, truncated = engine.prompt_fit(
-            prefix, body.input_suffix, path=body.path, max_tokens=max(body.n_predict, 1), context=context
-        )
-        try:
-            until = until_for(body, prefix, body.input_suffix)
-        except ValueError as e:
-            return error(400, str(e))
-        return await llama_style(request, body, ids, truncated, until)
-
-    @app.post("/completion")
-    async def completion(body: RawBody, request: Request):
-        """llama-server's raw completion: the prompt as given (special-token strings parsed), no format."""
-        engine = loaded["engine"]
-        try:
-            ids = engine.raw_ids(body.prompt)
-            text = body.prompt if isinstance(body.prompt, str) else engine.tok.decode(ids)
-            until = until_for(body, text, "")
-        except ValueError as e:
-            return error(400, str(e))
-        return await llama_style(request, body, ids, False, until)
-
-    return app
+async def llama_style(request: Request, body: LlamaBody, job: Job | JSONResponse):
+    """/infill and /completion: llama-server's answer, streamed as its server-sent events or whole."""
+    if isinstance(job, JSONResponse):
+        return job
+    engine = request.app.state.engine
+    finish = lambda r: llama_answer(engine.name, job.ids, r, body, job.truncated, engine.tok.decode(job.ids))  # noqa: E731
+    if not body.stream or body.n_predict == 0:  # n_predict 0: a warm-up, the prompt into a slot
+        result = await execute(request, job)
+        return finish(result) if isinstance(result, Completion) else result
+    piece = lambda text: {"index": 0, "content": text, "tokens": [], "stop": False}  # noqa: E731
+    return stream(request, job, piece, lambda r: {**finish(r), "content": ""})  # text went in pieces
 
 
 def serve(engine: Engine | Callable[[], Engine], host: str, port: int, **kw) -> None:
