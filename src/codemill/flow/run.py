@@ -37,7 +37,8 @@ class RunConfig(Settings):
     suites: tuple[str, ...] = (
         "humaneval", "fim-eval", "crosscodeeval/infile", "crosscodeeval/retrieval", "fim-loss",
     )  # fmt: skip
-    eval_limit: int | None = None  # tasks per generation suite (evenly spaced); fim-loss scores all
+    eval_limit: int | None = None  # tasks per generation suite (evenly spaced)
+    loss_limit: int | None = None  # FIM and cross-file tasks fim-loss scores (evenly spaced); None: all
     loss_files: int = 100  # held-out files fim-loss scores left to right
     loss_baselines: bool = True  # fim-loss also scores the untrained initialisation and a unigram model
     eval_max_tokens: int | None = 128
@@ -180,7 +181,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         name = f"eval {suite}"
         target = out / "eval" / suite.replace("/", "-")
         s_eval = (
-            _stamp(s_train, suite, rcfg.loss_files, rcfg.loss_baselines)
+            _stamp(s_train, suite, rcfg.loss_limit, rcfg.loss_files, rcfg.loss_baselines)
             if suite == "fim-loss"
             else _stamp(s_train, suite, rcfg.eval_limit, rcfg.eval_max_tokens)
         )
@@ -267,7 +268,7 @@ def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -
 def _fim_loss(rcfg: RunConfig, final: Path, corpus: Path, bench: Path, out: Path, console) -> None:
     from codemill.eval.loss import what_training_bought
 
-    results = what_training_bought(final, corpus, bench, out, files=rcfg.loss_files,
+    results = what_training_bought(final, corpus, bench, out, files=rcfg.loss_files, limit=rcfg.loss_limit,
                                    baselines=rcfg.loss_baselines, console=console)  # fmt: skip
     s = results["summary"]
     line = f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM)"
