@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from codemill.errors import UserError
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 MIT = (
     "MIT License\n\nCopyright (c) 2020 The Authors\n\nPermission is hereby granted, free of charge, to any "
@@ -42,7 +44,7 @@ def benchmarks_dir(root: Path) -> Path:
         extra.append(Path(origin.stdout.strip()).resolve().parent / "shared" / "benchmarks")
     try:
         return lookup(tuple(extra))
-    except FileNotFoundError:
+    except UserError:
         return extra[0]
 
 

@@ -27,6 +27,7 @@ from codemill.data.repo import CodeCorpus, SourceFile
 from codemill.data.stats import StreamStats
 from codemill.data.stream import TrainingStream, keyed_rng
 from codemill.data.tokenizer import load_tokenizer
+from codemill.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -350,5 +351,5 @@ def test_bad_settings_say_what_to_do(code_corpus, tok):
         DataConfig.from_dict({"seq_length": 4})
     with pytest.raises(ValueError, match="format"):
         TrainingStream(code_corpus, tok, DataConfig(format="aixcoder"))
-    with pytest.raises(FileNotFoundError, match="codemill curate"):
+    with pytest.raises(UserError, match="codemill curate"):
         CodeCorpus(code_corpus / "nowhere")

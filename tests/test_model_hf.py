@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from codemill.errors import UserError
 from codemill.model.hf import export_hf, import_hf
 from codemill.model.llama import Llama, ModelConfig, preset
 from codemill.model.loss import token_losses
@@ -67,7 +68,7 @@ def test_imports_qwen2_style_qkv_bias(tmp_path):
 
 
 def test_import_refuses_what_it_cannot_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config"):
+    with pytest.raises(UserError, match="no config"):
         import_hf(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ValueError, match="Llama-family"):

@@ -21,6 +21,7 @@ from codemill.curate.pii import SensitiveWords, redact
 from codemill.curate.static import Ruff
 from codemill.curate.steps import repo_score
 from codemill.curate.syntax import check_syntax
+from codemill.errors import UserError
 
 CFG = CurateConfig()
 
@@ -226,7 +227,7 @@ def test_benchmark_data_is_looked_up_in_one_place(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CODEMILL_BENCHMARKS", raising=False)
-    with pytest.raises(FileNotFoundError, match="set CODEMILL_BENCHMARKS"):
+    with pytest.raises(UserError, match="set CODEMILL_BENCHMARKS"):
         mbpp()
     (tmp_path / "mine").mkdir()
     monkeypatch.setenv("CODEMILL_BENCHMARKS", str(tmp_path / "mine"))

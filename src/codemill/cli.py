@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 from rich.console import Console
 
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
+from codemill.errors import UserError
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Build code-completion models the aiXcoder way."
@@ -49,11 +51,6 @@ def _config(cls, recipe: Path | None, overrides: list[str]):
     return cls.from_dict(d)
 
 
-def _fail(e: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {e}")
-    return typer.Exit(2)
-
-
 @app.command()
 def curate(
     sources: list[str] = typer.Argument(
@@ -70,11 +67,8 @@ def curate(
     from codemill.curate.pipeline import curate as run
     from codemill.curate.report import summary
 
-    try:
-        cfg = _config(CurateConfig, recipe, set_)
-        manifest = run(sources, out, cfg, executor=executor)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise _fail(e) from e
+    cfg = _config(CurateConfig, recipe, set_)
+    manifest = run(sources, out, cfg, executor=executor)
     console.print(summary(manifest))
     console.print(
         f"corpus written to [bold]{out}[/bold]; `codemill corpus stats {out}` shows examples of every drop reason"
@@ -121,14 +115,11 @@ def tokenizer_train(
     from codemill.data.tokenizer import chunks, corpus_texts, save_tokenizer, train_bpe
     from codemill.formats import get_format
 
-    try:
-        fmt = get_format(format)
-        t0 = time.perf_counter()
-        texts = chunks(corpus_texts(corpus, max_bytes))
-        tok = train_bpe(texts, vocab_size, fmt, show_progress=True, pretokenizer=pretokenizer)
-        save_tokenizer(tok, out, fmt)
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(e) from e
+    fmt = get_format(format)
+    t0 = time.perf_counter()
+    texts = chunks(corpus_texts(corpus, max_bytes))
+    tok = train_bpe(texts, vocab_size, fmt, show_progress=True, pretokenizer=pretokenizer)
+    save_tokenizer(tok, out, fmt)
     console.print(
         f"tokenizer with {tok.get_vocab_size():,} ids trained in {time.perf_counter() - t0:.1f} s; "
         f"written to [bold]{out}[/bold]"
@@ -157,10 +148,7 @@ def data_preview(
     """Print training documents with prefix, suffix and middle in colour, naming ordering and objective."""
     from codemill.data.preview import preview
 
-    try:
-        preview(_stream(corpus, tokenizer, recipe, set_), console, docs, chars, repo)
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(e) from e
+    preview(_stream(corpus, tokenizer, recipe, set_), console, docs, chars, repo)
 
 
 @data_app.command("stats")
@@ -180,10 +168,7 @@ def data_stats(
     from codemill.data.stats import StreamStats
 
     stats = StreamStats()
-    try:
-        stream = _stream(corpus, tokenizer, recipe, set_, stats, epochs=None if windows else 1)
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(e) from e
+    stream = _stream(corpus, tokenizer, recipe, set_, stats, epochs=None if windows else 1)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("windows", total=windows or None)
         for _ in stream:
@@ -222,19 +207,16 @@ def train(
     from codemill.train.loop import train as run
 
     if corpus is None or out is None:
-        raise _fail(ValueError("--corpus and --out are needed (and --tokenizer unless --init-from has one)"))
+        raise UserError("--corpus and --out are needed (and --tokenizer unless --init-from has one)")
     data_set = [o.removeprefix("data.") for o in set_ if o.startswith("data.")]
     train_set = [o.removeprefix("train.") for o in set_ if not o.startswith("data.")]
-    try:
-        dcfg, tcfg = _config(DataConfig, recipe, data_set), _config(TrainConfig, recipe, train_set)
-        if init_from is not None:
-            tcfg.init_from = str(init_from)
-        tokenizer = tokenizer or (Path(tcfg.init_from) if tcfg.init_from else None)
-        if tokenizer is None:
-            raise ValueError("--tokenizer is needed; train one with `codemill tokenizer train`")
-        final = run(corpus, tokenizer, out, dcfg, tcfg, console)
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(e) from e
+    dcfg, tcfg = _config(DataConfig, recipe, data_set), _config(TrainConfig, recipe, train_set)
+    if init_from is not None:
+        tcfg.init_from = str(init_from)
+    tokenizer = tokenizer or (Path(tcfg.init_from) if tcfg.init_from else None)
+    if tokenizer is None:
+        raise UserError("--tokenizer is needed; train one with `codemill tokenizer train`")
+    final = run(corpus, tokenizer, out, dcfg, tcfg, console)
     console.print(
         f"model written to [bold]{final}[/bold] (Hugging Face Llama layout); `codemill train plot {out}` draws the loss"
     )
@@ -245,10 +227,7 @@ def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run dire
     """Write RUN/loss.png: the loss curve, total and per objective."""
     from codemill.train.metrics import plot
 
-    try:
-        console.print(f"wrote {plot(run)}")
-    except FileNotFoundError as e:
-        raise _fail(e) from e
+    console.print(f"wrote {plot(run)}")
 
 
 @app.command("eval")
@@ -307,19 +286,15 @@ def eval_(
 
     from codemill.eval.models import load_model
     from codemill.eval.runner import compare, evaluate
-    from codemill.eval.sandbox import SandboxUnavailable
 
     if suite == "compare":
-        try:
-            table = compare(runs or [], out.with_suffix(".png") if out else None)
-        except (ValueError, FileNotFoundError) as e:
-            raise _fail(e) from e
+        table = compare(runs or [], out.with_suffix(".png") if out else None)
         console.print(table)
         if out:
             out.write_text(table)
         return
     if model is None or out is None:
-        raise _fail(ValueError("--model and --out are needed"))
+        raise UserError("--model and --out are needed")
     if suite == "fim-loss":
         return _fim_loss(model, format, data, out, corpus, files, crossfile, limit)
 
@@ -328,23 +303,20 @@ def eval_(
         options["split"] = split
     if suite == "crosscodeeval":
         options["setting"] = setting
-    try:
-        results = evaluate(
-            suite,
-            load_model(model, format, api_key=os.environ.get("CODEMILL_API_KEY")),
-            out,
-            limit=limit,
-            workers=workers,
-            unsafe=unsafe,
-            samples=samples,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            syntax_stop=syntax_stop,
-            console=console,
-            **options,
-        )
-    except (ValueError, FileNotFoundError, SandboxUnavailable, ConnectionError) as e:
-        raise _fail(e) from e
+    results = evaluate(
+        suite,
+        load_model(model, format, api_key=os.environ.get("CODEMILL_API_KEY")),
+        out,
+        limit=limit,
+        workers=workers,
+        unsafe=unsafe,
+        samples=samples,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        syntax_stop=syntax_stop,
+        console=console,
+        **options,
+    )
     table = Table(title=f"{suite}: {results['model']}")
     cols = sorted({k for r in results["summary"].values() for k in r} - {"tasks"})
     for c in ("language", "tasks", *cols):
@@ -366,20 +338,17 @@ def _fim_loss(model: str, format: str | None, data: str | None, out: Path, corpu
     from codemill.formats import checkpoint_format, trained_context
     from codemill.model.hf import import_hf
 
-    try:
-        if data is None:
-            raise ValueError("--data: a FIM-Eval-shaped directory (`codemill bench build fim` writes one)")
-        if not (Path(model) / "config.json").exists():
-            raise FileNotFoundError(f"{model}: fim-loss needs a checkpoint directory (it reads the logits)")
-        held = Path(data) / "heldout_repos.txt"
-        texts = heldout_texts(corpus, held, files) if corpus and held.exists() else []
-        net = import_hf(model)
-        results = fim_loss(net, load_tokenizer(model), checkpoint_format(model, format), data, out,
-                           name=Path(model).name, files=texts, crossfile=crossfile, limit=limit,
-                           context=trained_context(model, net.cfg.max_seq_len),
-                           console=console)  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(e) from e
+    if data is None:
+        raise UserError("--data: a FIM-Eval-shaped directory (`codemill bench build fim` writes one)")
+    if not (Path(model) / "config.json").exists():
+        raise UserError(f"{model}: fim-loss needs a checkpoint directory (it reads the logits)")
+    held = Path(data) / "heldout_repos.txt"
+    texts = heldout_texts(corpus, held, files) if corpus and held.exists() else []
+    net = import_hf(model)
+    results = fim_loss(net, load_tokenizer(model), checkpoint_format(model, format), data, out,
+                       name=Path(model).name, files=texts, crossfile=crossfile, limit=limit,
+                       context=trained_context(model, net.cfg.max_seq_len),
+                       console=console)  # fmt: skip
     s = results["summary"]
     console.print(f"fim-loss {results['model']}: FIM middles PSM {interval(s['all'], 'psm_')}, SPM "
                   f"{interval(s['all'], 'spm_')} bits/byte; held-out files {interval(s.get('left-to-right', {}), '')}; "
@@ -404,10 +373,7 @@ def bench_build_fim(
 
     from codemill.eval.builders import build_fim
 
-    try:
-        got = build_fim(corpus, out, holdout=holdout, per_type=per_type, seed=seed)
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(e) from e
+    got = build_fim(corpus, out, holdout=holdout, per_type=per_type, seed=seed)
     table = Table(title=f"FIM tasks from {got['repos']} held-out repositories")
     table.add_column("language / task type")
     table.add_column("tasks", justify="right")
@@ -432,10 +398,7 @@ def bench_build_crossfile(
     """A CrossCodeEval-shaped benchmark (in-file, BM25 retrieval, oracle) from held-out repositories."""
     from codemill.eval.builders import build_crossfile
 
-    try:
-        got = build_crossfile(corpus, out, holdout=holdout, per_repo=per_repo, seed=seed)
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(e) from e
+    got = build_crossfile(corpus, out, holdout=holdout, per_repo=per_repo, seed=seed)
     console.print(
         f"{sum(got['tasks'].values())} tasks {got['tasks']} from {got['repos']} held-out repositories in [bold]{out}[/bold]"
     )
@@ -453,13 +416,9 @@ def run_(
     finished stages with unchanged settings are skipped."""
     from rich.table import Table
 
-    from codemill.eval.sandbox import SandboxUnavailable
     from codemill.flow.run import run
 
-    try:
-        seconds = run(recipe, out or Path("runs") / recipe.stem, console)
-    except (ValueError, FileNotFoundError, SandboxUnavailable) as e:
-        raise _fail(e) from e
+    seconds = run(recipe, out or Path("runs") / recipe.stem, console)
     table = Table(title="codemill run: stages")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
@@ -483,14 +442,10 @@ def ablate_(
     shared: Path = typer.Option(None, help="Reuse the corpus, tokenizer and benchmarks in this directory."),
 ) -> None:
     """NTP vs NTP+FIM vs the paper's mix, and Algorithm 1 vs random order, at equal token budgets."""
-    from codemill.eval.sandbox import SandboxUnavailable
     from codemill.flow.ablate import ablate
 
-    try:
-        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
-        path = ablate(recipe, out, console, variants.split(",") if variants else None, seed_list, shared)
-    except (ValueError, FileNotFoundError, SandboxUnavailable) as e:
-        raise _fail(e) from e
+    seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    path = ablate(recipe, out, console, variants.split(",") if variants else None, seed_list, shared)
     console.print(path.read_text())
 
 
@@ -504,10 +459,7 @@ def export_gguf_cmd(
     """One GGUF file that llama.cpp, llama-server and Ollama load, tokenizing as codemill does."""
     from codemill.model.gguf import export_gguf
 
-    try:
-        info = export_gguf(checkpoint, out, dtype, format)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise _fail(e) from e
+    info = export_gguf(checkpoint, out, dtype, format)
     console.print(
         f"wrote [bold]{info['path']}[/bold] ({info['bytes'] / 1e6:.1f} MB, {dtype}, tokenizer pre-type "
         f"{info['tokenizer']}, format {info['format']}); run it with `llama-server -m {out}`"
@@ -541,7 +493,7 @@ def serve_(
     from codemill.serve.http import serve
 
     if not (model / "config.json").exists():
-        raise _fail(FileNotFoundError(f"{model} is not a checkpoint directory (no config.json)"))
+        raise UserError(f"{model} is not a checkpoint directory (no config.json)")
     console.print(
         f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /completion, /v1/models, "
         "/health); "
@@ -568,10 +520,10 @@ def complete_(
         line_no, col = int(line), int(rest)
         text = Path(path).read_text()
     except (ValueError, OSError) as e:
-        raise _fail(ValueError(f"{position!r}: give FILE:LINE:COL with an existing file ({e})")) from e
+        raise UserError(f"{position!r}: give FILE:LINE:COL with an existing file ({e})") from e
     lines = text.splitlines(keepends=True)
     if not 1 <= line_no <= len(lines) + 1 or col < 1:
-        raise _fail(ValueError(f"line {line_no}, column {col} is outside {path} ({len(lines)} lines)"))
+        raise UserError(f"line {line_no}, column {col} is outside {path} ({len(lines)} lines)")
     offset = sum(len(x) for x in lines[: line_no - 1]) + min(
         col - 1, len(lines[line_no - 1].rstrip("\n")) if line_no <= len(lines) else 0
     )
@@ -579,6 +531,29 @@ def complete_(
     ids = engine.prompt(text[:offset], text[offset:], path=Path(path).name, max_tokens=max_tokens)
     sys.stdout.write(engine.complete(ids, max_tokens=max_tokens).text + "\n")
 
+
+def _reporting(command):
+    """A UserError becomes its message and exit code 2; any other exception keeps its traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from e
+
+    return run
+
+
+def _report_user_errors(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        info.callback = _reporting(info.callback)
+    for sub in group.registered_groups:
+        _report_user_errors(sub.typer_instance)
+
+
+_report_user_errors(app)
 
 if __name__ == "__main__":
     app()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Self
 
+from codemill.errors import UserError
+
 
 class Settings:
     """Mixin for a recipe section: strict `from_dict` (unknown keys are errors) and `to_dict`."""
@@ -17,7 +19,7 @@ class Settings:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown {cls.section} settings {unknown}; known: {sorted(names)}")
+            raise UserError(f"unknown {cls.section} settings {unknown}; known: {sorted(names)}")
         for k, v in d.items():
             if isinstance(v, list):
                 d[k] = tuple(v)

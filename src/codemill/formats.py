@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from codemill.errors import UserError
 from codemill.langs import detect
 
 PII_TAGS = ("EMAIL", "NAME", "IP_ADDRESS", "USERNAME", "PASSWORD", "KEY")
@@ -99,7 +100,7 @@ class Format:
             parts += [*header, Part("body", prefix)]
         else:
             if spm and not self.spm:
-                raise ValueError(f"format {self.name} has no SPM layout")
+                raise UserError(f"format {self.name} has no SPM layout")
             pre, suf = Part("special", self.prefix), Part("special", self.suffix)
             mid = Part("special", self.middle)
             if spm:
@@ -285,5 +286,5 @@ def trained_context(path: str | Path, positions: int) -> int:
 
 def get_format(name: str) -> Format:
     if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
+        raise UserError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
     return FORMATS[name]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from codemill.curate.minhash import batch_ngrams, ngram_hashes
+from codemill.errors import UserError
 
 
 def _records(path: Path):
@@ -57,7 +58,7 @@ class Decontaminator:
         self.names: list[str] = []
         for bench, path, fields in sources:
             if not path.exists():
-                raise FileNotFoundError(f"decontamination benchmark {path} not found")
+                raise UserError(f"decontamination benchmark {path} not found")
             for i, rec in enumerate(_records(path)):
                 task = rec.get("task_id", rec.get("name", i)) if isinstance(rec, dict) else i
                 texts = _strings({k: rec[k] for k in fields} if fields else rec)

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from codemill.errors import UserError
+
 SPEC = re.compile(r"^(@[\w.-]+/)?[\w.-]+(@[\w.^~<>=*-]+)?$")
 
 
@@ -33,10 +35,10 @@ def specs(source: str) -> list[str]:
     else:
         items = [s.strip() for s in body.split(",") if s.strip()]
     if not items:
-        raise ValueError(f"{source}: no npm packages named (npm:NAME@VERSION,... or npm:FILE)")
+        raise UserError(f"{source}: no npm packages named (npm:NAME@VERSION,... or npm:FILE)")
     for s in items:
         if not (SPEC.match(s) or Path(s).is_dir()):
-            raise ValueError(f"{source}: {s!r} is not an npm package spec (name or name@version)")
+            raise UserError(f"{source}: {s!r} is not an npm package spec (name or name@version)")
     return items
 
 
@@ -44,7 +46,7 @@ def fetch(items: list[str]) -> list[tuple[str, Path]]:
     """(name@version, tarball) per spec, downloading only what the cache lacks. A local folder
     (a package under development) is packed each time."""
     if shutil.which("npm") is None:
-        raise RuntimeError("npm sources need the npm command: apt-get install npm (or nodejs)")
+        raise UserError("npm sources need the npm command: apt-get install npm (or nodejs)")
     dest = cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     index = dest / "index.json"  # pinned spec -> its tarball, for what was fetched before
@@ -58,7 +60,7 @@ def fetch(items: list[str]) -> list[tuple[str, Path]]:
             timeout=1800,
         )
         if proc.returncode:
-            raise RuntimeError(f"npm pack failed: {proc.stderr.strip()[-2000:]}")
+            raise UserError(f"npm pack failed: {proc.stderr.strip()[-2000:]}")
         for spec, info in zip(todo, json.loads(proc.stdout), strict=True):
             known[spec] = {"file": info["filename"], "id": f"{info['name']}@{info['version']}"}
         tmp = index.with_suffix(".tmp")

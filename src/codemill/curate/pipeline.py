@@ -35,6 +35,7 @@ from codemill.curate.ledger import merge
 from codemill.curate.sources import Unit, expand
 from codemill.curate.steps import RefineStep, ScanStep
 from codemill.curate.tables import ShuffleStep, n_buckets, pieces
+from codemill.errors import UserError
 
 TOOLS = (
     "codemill",
@@ -75,7 +76,7 @@ def make_executor(kind: str, pipeline, tasks: int, workers: int, logs: Path):
         return RayPipelineExecutor(
             pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs), cpus_per_task=1
         )
-    raise ValueError(f"unknown executor {kind!r}: use 'local' or 'ray'")
+    raise UserError(f"unknown executor {kind!r}: use 'local' or 'ray'")
 
 
 def curate(
@@ -86,7 +87,7 @@ def curate(
     work.mkdir(parents=True, exist_ok=True)
     units = [u for s in sources for u in expand(s, cfg)]
     if not units:
-        raise ValueError(f"no repositories found in {sources}")
+        raise UserError(f"no repositories found in {sources}")
     _check_resume(work, sources, cfg, units)
     _clear_partial(out, work)
     stages, units = _stages(units, cfg, work, out)
@@ -142,7 +143,7 @@ def _check_resume(work: Path, sources: list[str], cfg: CurateConfig, units) -> N
     path = work / "run.json"
     if path.exists():
         if json.loads(path.read_text()) != json.loads(json.dumps(key)):
-            raise ValueError(
+            raise UserError(
                 f"{work.parent} holds a run with other sources or settings; use a new --out or delete it"
             )
     else:
@@ -181,7 +182,7 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
                 ex.run()
         except Exception as e:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(
+            raise UserError(
                 f"stage {name} failed: {e}\n--- {log} (tail) ---\n{tail}\nFix the cause and rerun the same command: finished tasks are kept."
             ) from e
         finally:
@@ -190,7 +191,7 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
         incomplete = ex.get_incomplete_ranks()
         if incomplete:
             tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"stage {name}: tasks {incomplete} did not finish; see {log}\n{tail}")
+            raise UserError(f"stage {name}: tasks {incomplete} did not finish; see {log}\n{tail}")
         bar.update(task, completed=total)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from codemill.curate import licenses
 from codemill.curate.config import CurateConfig
+from codemill.errors import UserError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -73,13 +74,13 @@ def expand(source: str, cfg: CurateConfig) -> list[Unit]:
         return [Unit("archive", name, str(path)) for name, path in npm.fetch(npm.specs(source))]
     p = Path(source)
     if not p.exists():
-        raise FileNotFoundError(f"source {source!r} does not exist (a path, or 'installed')")
+        raise UserError(f"source {source!r} does not exist (a path, or 'installed')")
     if p.is_file():
         if source.endswith(ARCHIVE_SUFFIXES):
             return [Unit("archive", _archive_name(p), str(p))]
         if source.endswith(TABLE_SUFFIXES):
             return [Unit("table", p.name, str(p))]  # split into repositories by tables.py
-        raise ValueError(f"{source}: not an archive ({ARCHIVE_SUFFIXES}) nor a table {TABLE_SUFFIXES}")
+        raise UserError(f"{source}: not an archive ({ARCHIVE_SUFFIXES}) nor a table {TABLE_SUFFIXES}")
     if _is_single_repo(p):
         return [_dir_unit(p)]
     units = []

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from codemill.errors import UserError
+
 # rule code prefix -> (SonarQube category, severity)
 RUFF_RULES: dict[str, tuple[str, str]] = {
     **{c: ("bug", "blocker") for c in ("F821", "F822", "F823", "F701", "F702", "F704", "F706")},
@@ -107,7 +109,7 @@ class Ruff:
             )
             if proc.returncode:
                 print(proc.stderr, file=sys.stderr)
-                raise RuntimeError(f"ruff failed ({proc.returncode}); see its message above")
+                raise UserError(f"ruff failed ({proc.returncode}); see its message above")
             for line in proc.stdout.splitlines():  # concise: parsing it is 5x cheaper than JSON
                 name, row, _col, rest = line.split(":", 3)
                 code, message = rest.strip().split(" ", 1)

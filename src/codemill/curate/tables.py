@@ -28,6 +28,7 @@ from codemill.curate import licenses
 from codemill.curate.config import CurateConfig
 from codemill.curate.io import PartitionWriter, Progress, read_part
 from codemill.curate.sources import RawFile, RepoMeta
+from codemill.errors import UserError
 
 JSONL_PIECE = 32 << 20
 BATCH_ROWS = 2048
@@ -60,7 +61,7 @@ def pieces(path: str, cfg: CurateConfig, jsonl_piece: int = JSONL_PIECE) -> tupl
         pf = pq.ParquetFile(path)
         meta = pf.metadata
         if cfg.columns["repo"] not in pf.schema_arrow.names:
-            raise ValueError(f"{path}: no column {cfg.columns['repo']!r}; set curate.columns.repo")
+            raise UserError(f"{path}: no column {cfg.columns['repo']!r}; set curate.columns.repo")
         groups = range(meta.num_row_groups)
         size = sum(meta.row_group(g).total_byte_size for g in groups)
         return [Piece(path, g) for g in groups], size, meta.num_rows

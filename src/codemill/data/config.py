@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from codemill.config import Settings
 from codemill.data.objectives import OBJECTIVES, SfimPolicy
 from codemill.data.ordering import STRATEGIES
+from codemill.errors import UserError
 
 
 @dataclass
@@ -65,27 +66,27 @@ class DataConfig(Settings):
             ("text_objectives", self.text_objectives, ("fim", "ntp")),
         ):
             if bad := set(keys) - set(allowed):
-                raise ValueError(f"data.{name}: unknown {sorted(bad)}; allowed: {', '.join(allowed)}")
+                raise UserError(f"data.{name}: unknown {sorted(bad)}; allowed: {', '.join(allowed)}")
             if sum(keys.values()) <= 0 or min(keys.values()) < 0:
-                raise ValueError(f"data.{name}: rates must be non-negative and not all zero")
+                raise UserError(f"data.{name}: rates must be non-negative and not all zero")
         if self.objective_unit not in ("file", "repo"):
-            raise ValueError("data.objective_unit must be 'file' or 'repo'")
+            raise UserError("data.objective_unit must be 'file' or 'repo'")
         if self.fim_level not in ("context", "document"):
-            raise ValueError("data.fim_level must be 'context' or 'document'")
+            raise UserError("data.fim_level must be 'context' or 'document'")
         if self.fim_layouts not in ("drawn", "both"):
-            raise ValueError("data.fim_layouts must be 'drawn' or 'both'")
+            raise UserError("data.fim_layouts must be 'drawn' or 'both'")
         if self.sfim_scope not in ("function", "anywhere"):
-            raise ValueError("data.sfim_scope must be 'function' or 'anywhere'")
+            raise UserError("data.sfim_scope must be 'function' or 'anywhere'")
         if self.sfim_policy not in ("weighted", "literal"):
-            raise ValueError("data.sfim_policy must be 'weighted' or 'literal'")
+            raise UserError("data.sfim_policy must be 'weighted' or 'literal'")
         if set(self.sfim_weights) - {"statement", "block", "expression"}:
-            raise ValueError("data.sfim_weights keys are statement, block and expression")
+            raise UserError("data.sfim_weights keys are statement, block and expression")
         if self.sfim_fallback not in ("fim", "ntp"):
-            raise ValueError("data.sfim_fallback must be 'fim' or 'ntp'")
+            raise UserError("data.sfim_fallback must be 'fim' or 'ntp'")
         if not 0 <= self.text_share < 1 or (self.text_share > 0 and not self.text):
-            raise ValueError("data.text_share must be in [0, 1) and needs data.text files when above 0")
+            raise UserError("data.text_share must be in [0, 1) and needs data.text files when above 0")
         if self.seq_len < 16:
-            raise ValueError("data.seq_len must be at least 16")
+            raise UserError("data.seq_len must be at least 16")
 
     @property
     def sfim(self) -> SfimPolicy:

@@ -25,6 +25,7 @@ from enum import IntEnum
 import tree_sitter
 
 from codemill.data.repo import SourceFile
+from codemill.errors import UserError
 from codemill.langs import STRUCTURES, ts_language
 
 
@@ -231,4 +232,4 @@ def make_sample(
         return Sample("fim", pre, mid, suf, rng.random() < fim_spm, fallback=reason)
     if objective == "ntp":
         return Sample("ntp", text, fallback=reason)
-    raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    raise UserError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")

@@ -29,6 +29,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
 from codemill.data.repo import SourceFile
+from codemill.errors import UserError
 
 STRATEGIES = ("content", "path", "dependency", "random", "content_central", "path_walk", "dependency_kahn")
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]+"
@@ -166,4 +167,4 @@ def order_files(
         return strategy, dependency_kahn(dependencies(files), rng)
     if strategy == "random":
         return strategy, rng.sample(range(n), n)
-    raise ValueError(f"unknown ordering strategy {strategy!r}; use {', '.join(STRATEGIES)}")
+    raise UserError(f"unknown ordering strategy {strategy!r}; use {', '.join(STRATEGIES)}")

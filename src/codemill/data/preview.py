@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from codemill.data.stream import Doc, TrainingStream
+from codemill.errors import UserError
 
 STYLES = {
     "special": "bold magenta",
@@ -59,7 +60,7 @@ def find_repo(name: str, repos: list[str]) -> str:
         return unversioned[0]
     close = unversioned or difflib.get_close_matches(name, repos, n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `codemill corpus stats` lists them"
-    raise ValueError(f"no repository {name!r} in the corpus{hint}")
+    raise UserError(f"no repository {name!r} in the corpus{hint}")
 
 
 def preview(stream: TrainingStream, console: Console, docs: int, limit: int, repo: str | None = None) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from codemill.errors import UserError
 from codemill.langs import ts_parser
 
 
@@ -50,9 +51,7 @@ class CodeCorpus:
     def __init__(self, corpus: str | Path):
         self.files = sorted(Path(corpus).glob("files-*.parquet"))
         if not self.files:
-            raise FileNotFoundError(
-                f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`"
-            )
+            raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
         self.repos: list[str] = []
         self.segments: list[list[Segment]] = []
         for fi, path in enumerate(self.files):
@@ -103,14 +102,14 @@ class TextCorpus:
                 rows = self._count(path)
                 self.units += [(path, s, min(chunk, rows - s)) for s in range(0, rows, chunk)]
         if not self.units:
-            raise FileNotFoundError(f"no .parquet or .jsonl text found in {sources}")
+            raise UserError(f"no .parquet or .jsonl text found in {sources}")
         self._cache: tuple[Path, list[str]] | None = None
 
     def _count(self, path: Path) -> int:
         if path.suffix == ".parquet":
             return pq.ParquetFile(path).metadata.num_rows
         if path.suffix != ".jsonl":
-            raise ValueError(f"{path}: natural-language text must be .parquet or .jsonl")
+            raise UserError(f"{path}: natural-language text must be .parquet or .jsonl")
         offsets, pos = [], 0
         with path.open("rb") as f:
             for line in f:
@@ -136,6 +135,6 @@ class TextCorpus:
                     f.seek(off)
                     row = json.loads(f.readline())
                     if self.column not in row:
-                        raise ValueError(f"{path}: a row has no {self.column!r} field")
+                        raise UserError(f"{path}: a row has no {self.column!r} field")
                     texts.append(row[self.column])
         return [t for t in texts if isinstance(t, str) and t]

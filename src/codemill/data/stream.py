@@ -32,6 +32,7 @@ from codemill.data.objectives import Objective, Sample, fim_split, make_sample
 from codemill.data.ordering import draw, order_files
 from codemill.data.repo import CodeCorpus, SourceFile, TextCorpus
 from codemill.data.stats import StreamStats
+from codemill.errors import UserError
 from codemill.formats import Format, Part, Pieces, fit, get_format
 
 EMPTY = np.zeros(0, dtype=np.int32)
@@ -101,7 +102,7 @@ class TrainingStream:
             self.weights["text"] = cfg.text_share
         shard, shards = rank * workers + worker, world * workers
         if not 0 <= shard < shards:
-            raise ValueError(f"shard {shard} out of range for world {world} x workers {workers}")
+            raise UserError(f"shard {shard} out of range for world {world} x workers {workers}")
         self.shard, self.shards = shard, shards
         self.excluded: set[int] = set()
         if cfg.exclude_repos:  # held-out repositories never enter the stream
@@ -110,7 +111,7 @@ class TrainingStream:
         self._units: dict[str, tuple[int, list[int]]] = {}  # per source: its current epoch's units
         for name, src in self.sources.items():
             if len(src) < shards:
-                raise ValueError(
+                raise UserError(
                     f"the {name} source has {len(src)} units, fewer than the {shards} shards "
                     "(ranks x loader workers); use fewer loader workers or a larger corpus"
                 )
@@ -137,7 +138,7 @@ class TrainingStream:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["pos"]) != set(self.sources):
-            raise ValueError(
+            raise UserError(
                 f"state is for sources {sorted(state['pos'])}, this stream has {sorted(self.sources)}"
             )
         self.state = {

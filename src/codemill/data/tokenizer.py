@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from codemill.errors import UserError
 from codemill.formats import PII_TOKENS, Format
 
 CODEMILL_SPLIT = (
@@ -53,7 +54,7 @@ DEFAULT_PRETOKENIZER = "qwen2"
 def pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
     """The regex splits applied one after another (as llama.cpp does), then the byte-level alphabet."""
     if name not in _SPLITS:
-        raise ValueError(f"unknown pre-tokenizer {name!r}; use one of {', '.join(PRETOKENIZERS)}")
+        raise UserError(f"unknown pre-tokenizer {name!r}; use one of {', '.join(PRETOKENIZERS)}")
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _SPLITS[name]]
     return pre_tokenizers.Sequence(
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
@@ -89,7 +90,7 @@ class HFTokenizer:
     def token_id(self, token: str) -> int:
         i = self.tok.token_to_id(token)
         if i is None:
-            raise ValueError(
+            raise UserError(
                 f"token {token!r} is not in this vocabulary; is the format right for this tokenizer?"
             )
         return i
@@ -119,7 +120,7 @@ class SPTokenizer:
     def token_id(self, token: str) -> int:
         i = self.sp.piece_to_id(token)
         if i == self.sp.unk_id() and token != self.sp.id_to_piece(i):
-            raise ValueError(f"piece {token!r} is not in this SentencePiece model")
+            raise UserError(f"piece {token!r} is not in this SentencePiece model")
         return i
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -139,9 +140,7 @@ def load_tokenizer(path: str | Path) -> HFTokenizer | SPTokenizer:
     for candidate in (p, p / "tokenizer.json", p / "tokenizer.model"):
         if candidate.is_file():
             return SPTokenizer(candidate) if candidate.suffix == ".model" else HFTokenizer.load(candidate)
-    raise FileNotFoundError(
-        f"no tokenizer.json or tokenizer.model at {p}; train one with `codemill tokenizer train`"
-    )
+    raise UserError(f"no tokenizer.json or tokenizer.model at {p}; train one with `codemill tokenizer train`")
 
 
 def train_bpe(
@@ -155,7 +154,7 @@ def train_bpe(
     specials = list(fmt.specials)
     pii = list(PII_TOKENS) if fmt.pii else []
     if vocab_size < 256 + len(specials) + len(pii):
-        raise ValueError(f"vocab_size {vocab_size} is smaller than the 256 bytes plus the special tokens")
+        raise UserError(f"vocab_size {vocab_size} is smaller than the 256 bytes plus the special tokens")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizer(pretokenizer)
     tok.decoder = decoders.ByteLevel()
@@ -208,7 +207,7 @@ def corpus_texts(corpus: str | Path, max_bytes: int) -> Iterator[str]:
 
     files = sorted(Path(corpus).glob("files-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
     seen = 0
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(columns=["content"], batch_size=256):

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import tree_sitter
 import xxhash
 
+from codemill.errors import UserError
 from codemill.langs import STRUCTURES, ts_language, ts_parser
 
 # FIM-Eval's four languages, and TypeScript (codemill's addition: the npm packages bring it)
@@ -122,7 +123,7 @@ def build_fim(
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(Path(corpus).glob("files-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
     rows: dict[str, list[dict]] = {k: [] for k in LANGS.values()}
     counts: Counter[tuple[str, str]] = Counter()
     repos: set[str] = set()
@@ -202,7 +203,7 @@ def build_crossfile(
     out = Path(out)
     files = sorted(Path(corpus).glob("files-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
     by_repo: dict[str, list[tuple[str, str, str]]] = {}
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(

@@ -30,6 +30,7 @@ import tokenize
 from collections import Counter
 from dataclasses import dataclass
 
+from codemill.errors import UserError
 from codemill.langs import ts_parser
 
 KEYWORDS = {
@@ -59,7 +60,7 @@ ALIASES = {"c++": "cpp", "cplus": "cpp", "js": "javascript", "py": "python"}
 def lang_key(language: str) -> str:
     key = ALIASES.get(language.lower(), language.lower())
     if key not in LANGS:
-        raise ValueError(f"CodeBLEU is defined here for {', '.join(LANGS)}; got {language!r}")
+        raise UserError(f"CodeBLEU is defined here for {', '.join(LANGS)}; got {language!r}")
     return key
 
 
@@ -93,7 +94,7 @@ def code_bleu(
 def combine(terms: dict[str, float], weights=(0.25, 0.25, 0.25, 0.25), dataflow: str = "codebleu") -> float:
     """The weighted sum of the four terms under a data-flow convention (see the module docstring)."""
     if dataflow not in ("codebleu", "codexglue"):
-        raise ValueError("dataflow must be 'codebleu' (no data flow scores 1) or 'codexglue' (scores 0)")
+        raise UserError("dataflow must be 'codebleu' (no data flow scores 1) or 'codexglue' (scores 0)")
     flow = terms["dataflow_match"]
     a, b, c, d = weights
     return (

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from codemill.errors import UserError
 from codemill.formats import encode, get_format
 
 
@@ -179,7 +180,7 @@ class Endpoint:
                 listed.raise_for_status()
                 model = listed.json()["data"][0]["id"]
             except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
-                raise ConnectionError(f"{base}/models did not name a model ({e}); is the server up?") from e
+                raise UserError(f"{base}/models did not name a model ({e}); is the server up?") from e
         self.name = model
 
     def _one(self, r: Request) -> str:
@@ -225,7 +226,7 @@ def load_model(spec: str, fmt: str | None = None, api_key: str | None = None) ->
         return Endpoint(url, name or None, api_key, stops=get_format(fmt).stop_tokens if fmt else ())
     path = Path(spec)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(
+        raise UserError(
             f"{spec} is not a checkpoint directory (no config.json), an http(s):// endpoint, reference or empty"
         )
     return Checkpoint(path, fmt)

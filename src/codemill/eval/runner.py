@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from codemill.errors import UserError
 from codemill.eval import sandbox
 from codemill.eval.codebleu import LANGS as CODEBLEU_KEYS
 from codemill.eval.codebleu import code_bleu, combine
@@ -40,7 +41,7 @@ def evaluate(
     **options,
 ) -> dict:
     if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+        raise UserError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if not sandbox.available() and not unsafe:
         raise sandbox.SandboxUnavailable(
             "bubblewrap is not installed: install it (`make` does) or pass --unsafe to run generated code with limits only"
@@ -49,7 +50,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if samples > 1 and temperature <= 0:
-        raise ValueError("several samples per task need --temperature above 0")
+        raise UserError("several samples per task need --temperature above 0")
     jobs = [(t, k) for t in tasks for k in range(samples)]
     completions: list[str] = []
     with Progress(console=console, transient=True) as bar:
@@ -177,7 +178,7 @@ def compare(runs: list[Path], chart_path: Path | None = None, chart_metric: str 
     task type, a bar per run."""
     loaded = [json.loads((Path(r) / "results.json").read_text()) for r in runs]
     if not loaded:
-        raise ValueError("name at least one eval output directory")
+        raise UserError("name at least one eval output directory")
     lines = ["# Comparison", "", paper_tables(loaded)]
     for suite in dict.fromkeys(r["suite"] for r in loaded):
         group = [(r, p) for r, p in zip(loaded, runs, strict=True) if r["suite"] == suite]

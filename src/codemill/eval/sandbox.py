@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from codemill.errors import UserError
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -46,7 +48,7 @@ class Outcome:
     seconds: float
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError):
     pass
 
 

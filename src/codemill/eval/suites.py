@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from codemill.errors import UserError
 from codemill.eval.models import Request
 from codemill.eval.sandbox import Limits, python
 
@@ -29,7 +30,7 @@ def benchmarks_dir(extra: tuple[Path, ...] = ()) -> Path:
     for p in places:
         if p.is_dir():
             return p
-    raise FileNotFoundError(
+    raise UserError(
         f"no benchmark data in {', '.join(map(str, places))}: set CODEMILL_BENCHMARKS to the directory "
         "holding mbpp/, multipl-e/ and santacoder-fim/, or pass the file with --data"
     )
@@ -77,14 +78,14 @@ def humaneval(**_) -> list[Task]:
 def _data(path: str | None, default: str) -> Path:
     p = Path(path) if path else benchmarks_dir() / default
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist; pass the benchmark file with --data")
+        raise UserError(f"{p} does not exist; pass the benchmark file with --data")
     return p
 
 
 def mbpp(data: str | None = None, split: str = "all", **_) -> list[Task]:
     """All 974 problems (the paper) or the 500 of the test split (task ids 11-510, bigcode)."""
     if split not in ("all", "test"):
-        raise ValueError("MBPP split must be 'all' (974 problems, as the paper) or 'test' (500)")
+        raise UserError("MBPP split must be 'all' (974 problems, as the paper) or 'test' (500)")
     tasks = []
     for line in _data(data, "mbpp/mbpp.jsonl").read_text().splitlines():
         p = json.loads(line)
@@ -157,7 +158,7 @@ def multipl_e(language: str = "cpp", data: str | None = None, **_) -> list[Task]
     and run; the completion is cut at the task's own stop tokens. The files carry no reference
     solutions, so the `reference` model scores 0 here."""
     if language not in MULTIPLE_RUN:
-        raise ValueError(f"MultiPL-E language must be one of {', '.join(MULTIPLE_RUN)}")
+        raise UserError(f"MultiPL-E language must be one of {', '.join(MULTIPLE_RUN)}")
     name, argv = MULTIPLE_RUN[language]
     tasks = []
     for line in _data(data, f"multipl-e/humaneval-{language}.jsonl").read_text().splitlines():
@@ -180,7 +181,7 @@ def fim_eval(data: str | None = None, **_) -> list[Task]:
     canonical_solution, task_type`), one `{language}*.jsonl` per language (python, java, javascript,
     cplus; and typescript, which the held-out builder adds), scored by exact match, BLEU-4, edit similarity and length ratio per language and task type."""
     if data is None:
-        raise FileNotFoundError(
+        raise UserError(
             "FIM-Eval is not distributed here: pass its directory of {language}_*.jsonl with --data"
         )
     root = Path(data)
@@ -189,7 +190,7 @@ def fim_eval(data: str | None = None, **_) -> list[Task]:
     for f in files:
         key = f.stem.split("_")[0].lower()
         if key not in FIM_EVAL_LANGS:
-            raise ValueError(f"{f.name}: the file name must start with one of {', '.join(FIM_EVAL_LANGS)}")
+            raise UserError(f"{f.name}: the file name must start with one of {', '.join(FIM_EVAL_LANGS)}")
         lang, ext = FIM_EVAL_LANGS[key]
         for line in f.read_text().splitlines():
             p = json.loads(line)
@@ -222,9 +223,9 @@ def crosscodeeval(data: str | None = None, setting: str = "retrieval", **_) -> l
     in the paper's three settings: in-file context only, BM25-retrieved chunks (rg1), retrieval with
     the reference (oracle). Left to right, 50 new tokens, snippets within 512 tokens."""
     if setting not in CCEVAL_FILES:
-        raise ValueError(f"CrossCodeEval setting must be one of {', '.join(CCEVAL_FILES)}")
+        raise UserError(f"CrossCodeEval setting must be one of {', '.join(CCEVAL_FILES)}")
     if data is None:
-        raise FileNotFoundError("CrossCodeEval is not distributed here: pass its data directory with --data")
+        raise UserError("CrossCodeEval is not distributed here: pass its data directory with --data")
     tasks = []
     for lang in CCEVAL_LANGS:
         f = Path(data) / lang / CCEVAL_FILES[setting]
@@ -241,7 +242,7 @@ def crosscodeeval(data: str | None = None, setting: str = "retrieval", **_) -> l
                 Task(p["metadata"]["task_id"], lang, req, target=p["groundtruth"], scoring="statement")
             )
     if not tasks:
-        raise FileNotFoundError(f"no */{CCEVAL_FILES[setting]} under {data}")
+        raise UserError(f"no */{CCEVAL_FILES[setting]} under {data}")
     return tasks
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codemill.errors import UserError
 from codemill.eval.runner import compare
 from codemill.flow.run import run
 from codemill.train.metrics import loss_token_mix, mix_text
@@ -36,7 +37,7 @@ def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | N
     out = Path(out)
     names = variants or list(VARIANTS)
     if unknown := set(names) - set(VARIANTS):
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     shared = shared or out / "shared"
     for seed in seeds or [None]:
         where = out if seed is None else out / f"seed{seed}"

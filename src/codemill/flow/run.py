@@ -19,6 +19,7 @@ import yaml
 
 from codemill.config import Settings
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
+from codemill.errors import UserError
 
 
 @dataclass
@@ -48,7 +49,7 @@ class RunConfig(Settings):
 def load_recipe(path: str | Path) -> dict:
     recipe = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: a recipe is a mapping of sections (run, curate, data, train)")
+        raise UserError(f"{path}: a recipe is a mapping of sections (run, curate, data, train)")
     return recipe
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from codemill.data.tokenizer import LLAMA_CPP_PRETOKENIZERS, pretokenizer_name
+from codemill.errors import UserError
 from codemill.formats import Format, checkpoint_format
 from codemill.model.hf import from_hf_config, load_state
 from codemill.model.llama import ModelConfig
@@ -85,7 +86,7 @@ def _bpe_vocab(gguf, path: Path, size: int) -> tuple[list[str], list[int], list[
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     pre = pretokenizer_name(tok)
     if pre not in LLAMA_CPP_PRETOKENIZERS:
-        raise ValueError(
+        raise UserError(
             f"{path / 'tokenizer.json'} splits text with a pre-tokenizer llama.cpp does not implement "
             f"({pre or 'one codemill does not know'}); retrain it with `codemill tokenizer train --pretokenizer "
             f"qwen2` (one of {', '.join(LLAMA_CPP_PRETOKENIZERS)}) and train the model on it"
@@ -132,7 +133,7 @@ def _special_ids(fmt: Format, tokens: list[str]) -> dict[str, int]:
     }
     missing = [t for t in keys.values() if t and t not in index]
     if missing:
-        raise ValueError(f"the tokenizer has no {missing}; is --format right for this checkpoint?")
+        raise UserError(f"the tokenizer has no {missing}; is --format right for this checkpoint?")
     return {k: index[t] for k, t in keys.items() if t}
 
 
@@ -140,13 +141,13 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
     """Write `out` from a checkpoint directory (config.json, weights, tokenizer). Returns a summary."""
     gguf = _gguf()
     if dtype not in DTYPES:
-        raise ValueError(f"unknown GGUF dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise UserError(f"unknown GGUF dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     path, out = Path(checkpoint), Path(out)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no config.json; pass a checkpoint directory (train's final/)")
+        raise UserError(f"{path} has no config.json; pass a checkpoint directory (train's final/)")
     cfg = from_hf_config(json.loads((path / "config.json").read_text()))
     if cfg.qkv_bias:
-        raise ValueError("q/k/v bias (Qwen2-style) models are not exported to GGUF by codemill")
+        raise UserError("q/k/v bias (Qwen2-style) models are not exported to GGUF by codemill")
     form = checkpoint_format(path, fmt)
     tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: no truncated .gguf if killed
     w = gguf.GGUFWriter(str(tmp), "llama")
@@ -176,7 +177,7 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
         w.add_tokenizer_pre(pre)
         w.add_token_scores(scores)
     else:
-        raise FileNotFoundError(f"{path} has no tokenizer.json or tokenizer.model")
+        raise UserError(f"{path} has no tokenizer.json or tokenizer.model")
     w.add_token_list(tokens)
     w.add_token_types(types)
     specials = _special_ids(form, tokens)

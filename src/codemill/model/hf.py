@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from codemill.errors import UserError
 from codemill.model.llama import Llama, ModelConfig
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "starcoder2-llama")
@@ -21,7 +22,7 @@ MAX_SHARD_BYTES = 5 * 1024**3
 
 def to_hf_config(cfg: ModelConfig, **extra) -> dict:
     if cfg.qkv_bias:
-        raise ValueError(
+        raise UserError(
             "a model with q/k/v bias exports as Qwen2, which codemill does not write; train without it"
         )
     return {
@@ -52,13 +53,13 @@ def to_hf_config(cfg: ModelConfig, **extra) -> dict:
 def from_hf_config(d: dict) -> ModelConfig:
     kind = d.get("model_type", "llama")
     if kind not in LLAMA_FAMILY:
-        raise ValueError(
+        raise UserError(
             f"model_type {kind!r} is not a Llama-family decoder; codemill imports {', '.join(LLAMA_FAMILY)}"
         )
     if d.get("rope_scaling") or (d.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-        raise ValueError("RoPE scaling (rope_scaling / rope_parameters.rope_type) is not supported")
+        raise UserError("RoPE scaling (rope_scaling / rope_parameters.rope_type) is not supported")
     if d.get("attention_bias") or d.get("mlp_bias"):
-        raise ValueError(
+        raise UserError(
             "Llama attention_bias / mlp_bias checkpoints are not supported (Qwen2-style q/k/v bias is)"
         )
     theta = (d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta", 10000.0))
@@ -121,7 +122,7 @@ def _weight_files(path: Path) -> list[Path]:
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (path / single).exists():
             return [path / single]
-    raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin (sharded or not)")
+    raise UserError(f"{path} has no model.safetensors or pytorch_model.bin (sharded or not)")
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -138,7 +139,7 @@ def import_hf(path: str | Path, dtype: torch.dtype = torch.float32, **overrides)
     """A Llama-family HF checkpoint directory as our model (config overrides such as dropout allowed)."""
     path = Path(path)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
+        raise UserError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
     cfg = from_hf_config(json.loads((path / "config.json").read_text()))
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -150,7 +151,7 @@ def import_hf(path: str | Path, dtype: torch.dtype = torch.float32, **overrides)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"checkpoint does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     if cfg.tie_embeddings:

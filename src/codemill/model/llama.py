@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from codemill.errors import UserError
 from codemill.model.loss import token_losses
 
 
@@ -41,7 +42,7 @@ class ModelConfig:
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_heads
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise UserError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
             )
 
@@ -90,7 +91,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
@@ -288,7 +289,7 @@ class Llama(nn.Module):
         cache, `ids` continue the cached sequence (batch 1) and their keys and values are added."""
         start = cache.length if cache is not None else 0
         if cache is not None and start + ids.shape[1] > cache.capacity:
-            raise ValueError(f"{start + ids.shape[1]} tokens do not fit the cache of {cache.capacity}")
+            raise UserError(f"{start + ids.shape[1]} tokens do not fit the cache of {cache.capacity}")
         if cache is None:
             cos, sin = rope_tables(self.cfg, torch.arange(ids.shape[1], device=ids.device))
         else:  # decoding: slice tables built once per cache instead of rebuilding them every token

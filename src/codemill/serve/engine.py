@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from codemill.errors import UserError
 from codemill.formats import checkpoint_format, encode_fit
 from codemill.model.hf import import_hf
 from codemill.model.llama import KVCache, rope_tables
@@ -152,7 +153,7 @@ class Engine:
         for item in items:
             if isinstance(item, int):
                 if not 0 <= item < self.model.cfg.vocab_size:
-                    raise ValueError(
+                    raise UserError(
                         f"token id {item} is outside the vocabulary of {self.model.cfg.vocab_size}"
                     )
                 ids.append(item)
@@ -193,12 +194,10 @@ class Engine:
         `max_tokens` 0 only fills the cache (a warm-up) and is done at once. `reset`: the whole
         prompt is evaluated (llama.cpp's `cache_prompt: false`)."""
         if not ids:
-            raise ValueError("empty prompt")
+            raise UserError("empty prompt")
         room = self.max_len - len(ids)
         if room <= 0 or (max_tokens > 0 and min(max_tokens, room) <= 0):
-            raise ValueError(
-                f"the prompt ({len(ids)} tokens) leaves no room in the context of {self.max_len}"
-            )
+            raise UserError(f"the prompt ({len(ids)} tokens) leaves no room in the context of {self.max_len}")
         slot = self.pick_slot(ids) if slot is None else slot
         gen = torch.Generator(device=self.device)
         if seed is not None:

@@ -16,6 +16,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from codemill.errors import UserError
 from codemill.train.dist import Dist, barrier
 
 
@@ -83,7 +84,7 @@ def load(path: Path, model, optim, shards: list[int], d: Dist) -> tuple[dict, di
     for s in shards:
         f = path / f"data-shard-{s}.json"
         if not f.exists():
-            raise FileNotFoundError(f"{path} has no data state for shard {s}: was data_shards changed?")
+            raise UserError(f"{path} has no data state for shard {s}: was data_shards changed?")
         data[s] = json.loads(f.read_text())
     return meta, data
 

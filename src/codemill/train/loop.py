@@ -21,6 +21,7 @@ from codemill.data.config import DataConfig
 from codemill.data.objectives import Objective
 from codemill.data.stream import TrainingStream
 from codemill.data.tokenizer import load_tokenizer
+from codemill.errors import UserError
 from codemill.model.hf import export_hf, import_hf
 from codemill.model.llama import Llama, preset
 from codemill.train import checkpoint
@@ -37,7 +38,7 @@ def build_model(tcfg: TrainConfig, vocab: int, seq_len: int, device: torch.devic
     if tcfg.init_from:
         model = import_hf(tcfg.init_from, **tcfg.model)
         if model.cfg.vocab_size < vocab:
-            raise ValueError(
+            raise UserError(
                 f"{tcfg.init_from} has {model.cfg.vocab_size} ids but the tokenizer {vocab}: use the checkpoint's tokenizer"
             )
         return model.to(device)
@@ -56,7 +57,7 @@ def build_model(tcfg: TrainConfig, vocab: int, seq_len: int, device: torch.devic
 def _autocast(tcfg: TrainConfig, device: torch.device):
     bf16 = tcfg.dtype == "bf16" or (tcfg.dtype == "auto" and device.type == "cuda")
     if tcfg.dtype not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"train.dtype must be auto, bf16 or fp32, not {tcfg.dtype!r}")
+        raise UserError(f"train.dtype must be auto, bf16 or fp32, not {tcfg.dtype!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
@@ -65,7 +66,7 @@ def _plan(tcfg: TrainConfig, d: Dist) -> tuple[list[int], int, int]:
     shards = tcfg.data_shards or d.world
     per_rank = tcfg.global_batch // d.world
     if shards % d.world or tcfg.global_batch % shards or per_rank % tcfg.micro_batch:
-        raise ValueError(
+        raise UserError(
             f"global_batch {tcfg.global_batch} must split evenly over data_shards {shards}, world size {d.world} "
             f"and micro_batch {tcfg.micro_batch}"
         )

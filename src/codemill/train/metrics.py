@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from codemill.errors import UserError
 from codemill.model.llama import Llama
 
 # bf16 dense peak FLOP/s per device (vendor data sheets); a CPU has no entry: pass peak_flops
@@ -83,7 +84,7 @@ def plot(run: Path) -> Path:
 
     path = run / "metrics.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; is {run} a `codemill train` run directory?")
+        raise UserError(f"{path} does not exist; is {run} a `codemill train` run directory?")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     for key, style in (("loss", "-"), ("loss_ntp", "--"), ("loss_fim", "--"), ("loss_sfim", "--")):
