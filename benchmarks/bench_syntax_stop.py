@@ -10,34 +10,30 @@ exactly the reference?). Per task type, pooled over languages.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from codemill.eval.suites import FIM_EVAL_LANGS
+from codemill.eval.suites import fim_eval
 from codemill.stops import syntax_stop
 
 
 def main(root: str) -> None:
     rows: dict[str, list[tuple[bool, bool, bool]]] = defaultdict(list)
-    for f in sorted(Path(root).glob("*.jsonl")):
-        ext = FIM_EVAL_LANGS[f.stem.split("_")[0].lower()][1]
-        for line in f.read_text().splitlines():
-            t = json.loads(line)
-            pre, mid, suf = t["pre_mask_code"], t["canonical_solution"], t["post_mask_code"]
-            cut = syntax_stop(pre, suf, f"x.{ext}")
-            if cut is None:
-                continue
-            alone = cut(mid)
-            kept = alone == -1 or mid[:alone].strip() == mid.strip()
-            overrun = mid + suf[:300]
-            at = syntax_stop(pre, suf, f"x.{ext}")(overrun)
-            recovered = at != -1 and overrun[:at].strip() == mid.strip()
-            rows[t["task_type"]].append((kept, recovered, at == -1))
+    for task in fim_eval(root):
+        r = task.request
+        pre, mid, suf = r.prefix, r.reference, r.suffix
+        cut = syntax_stop(pre, suf, r.path)
+        if cut is None:
+            continue
+        alone = cut(mid)
+        kept = alone == -1 or mid[:alone].strip() == mid.strip()
+        overrun = mid + suf[:300]
+        at = syntax_stop(pre, suf, r.path)(overrun)
+        recovered = at != -1 and overrun[:at].strip() == mid.strip()
+        rows[r.meta["task_type"]].append((kept, recovered, at == -1))
     table = Table(title=f"syntax-aware stop on {root}")
     for col in (
         "task type",

@@ -71,7 +71,7 @@ def test_humaneval_reference_scores_100_and_empty_0(tmp_path):
         results = json.loads((tmp_path / model / "results.json").read_text())
         assert results["summary"]["all"] == {"tasks": 164, "pass@1": score, "executed": 164}
         assert len(results["samples"]) == 164 and "check(" not in results["samples"][0]["completion"]
-        assert "| python | 164 |" in (tmp_path / model / "report.md").read_text()
+        assert "| Python | 164 |" in (tmp_path / model / "report.md").read_text()
 
 
 @needs_bwrap
@@ -151,7 +151,9 @@ def test_multipl_e_runners_compile_and_judge(language):
     from codemill.eval.models import truncate
     from codemill.eval.suites import SUITES
 
-    tasks = SUITES[f"multipl-e-{language}"](data=str(BENCH / "multipl-e" / f"humaneval-{language}.jsonl"))
+    tasks = SUITES[f"multipl-e-{language}"].load(
+        data=str(BENCH / "multipl-e" / f"humaneval-{language}.jsonl")
+    )
     assert len(tasks) == {"cpp": 161, "java": 158, "js": 161}[language]
     task = next(t for t in tasks if t.id == "HumanEval_23_strlen")
     for completion, verdict in (
@@ -303,7 +305,7 @@ def test_crossfile_builder_and_crosscodeeval_settings(code_corpus, tmp_path):
     from codemill.data.repo import CodeCorpus
     from codemill.eval.builders import build_crossfile
     from codemill.eval.metrics import identifier_scores, line_match
-    from codemill.eval.suites import statement
+    from codemill.eval.scoring import statement
 
     got = build_crossfile(code_corpus, tmp_path / "cc", holdout=1.0, per_repo=5)
     assert got["repos"] == 8 and got["tasks"]["python"] > 5
@@ -320,12 +322,12 @@ def test_crossfile_builder_and_crosscodeeval_settings(code_corpus, tmp_path):
         files = {c["filename"] for c in row["crossfile_context"]["list"]}
         assert meta["file"] not in files and len(files) >= 1  # snippets come from the other files
     assert (
-        statement("    x = f(y); z = 1\nmore", "java") == "    x = f(y);"
-        and statement("\nreturn a\nb", "python") == "return a"
+        statement("    x = f(y); z = 1\nmore", "Java") == "    x = f(y);"
+        and statement("\nreturn a\nb", "Python") == "return a"
     )
     assert (
         line_match("a(b)\n", " a(b)")
-        and identifier_scores("self.fit(x)", "self.fit(y)", "python")[1] == 2 * 0.5 * 0.5 / 1.0
+        and identifier_scores("self.fit(x)", "self.fit(y)", "Python")[1] == 2 * 0.5 * 0.5 / 1.0
     )
     for setting in ("infile", "retrieval", "oracle"):
         for model, score in (("reference", 100.0), ("empty", 0.0)):

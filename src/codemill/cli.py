@@ -286,6 +286,7 @@ def eval_(
 
     from codemill.eval.models import load_model
     from codemill.eval.runner import compare, evaluate
+    from codemill.eval.suites import SUITES
 
     if suite == "compare":
         table = compare(runs or [], out.with_suffix(".png") if out else None)
@@ -298,11 +299,9 @@ def eval_(
     if suite == "fim-loss":
         return _fim_loss(model, format, data, out, corpus, files, crossfile, limit)
 
-    options = {"data": data} if data else {}
-    if suite == "mbpp":
-        options["split"] = split
-    if suite == "crosscodeeval":
-        options["setting"] = setting
+    given = {"data": data, "split": split, "setting": setting}  # each suite takes the ones it names
+    spec = SUITES.get(suite)
+    options = {k: v for k, v in given.items() if v is not None and spec and k in spec.options}
     results = evaluate(
         suite,
         load_model(model, format, api_key=os.environ.get("CODEMILL_API_KEY")),

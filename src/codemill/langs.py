@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import PurePosixPath
 
+from codemill.errors import UserError
+
 
 @dataclass(frozen=True)
 class Lang:
@@ -46,7 +48,7 @@ LANGS: tuple[Lang, ...] = (
     Lang("C", (".c", ".h"), *C_STYLE, grammar=("tree_sitter_c", "language")),
     Lang(
         "C++",
-        (".cc", ".cpp", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".ipp", ".tpp", ".inl"),
+        (".cpp", ".cc", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".ipp", ".tpp", ".inl"),
         *C_STYLE,
         grammar=("tree_sitter_cpp", "language"),
     ),
@@ -120,6 +122,33 @@ LANGS: tuple[Lang, ...] = (
 )
 
 BY_NAME: dict[str, Lang] = {lang.name: lang for lang in LANGS}
+
+# How benchmarks name the table's languages, in their file names and fields: eval keys everything by
+# the table's names and reads or writes these only at a benchmark's edge.
+BENCHMARK_NAMES: dict[str, dict[str, str]] = {
+    "fim-eval": {"Python": "python", "Java": "java", "JavaScript": "javascript", "C++": "cplus",
+                 "TypeScript": "typescript"},  # TypeScript: codemill's addition
+    "crosscodeeval": {"Python": "python", "Java": "java", "TypeScript": "typescript", "C#": "csharp"},
+    "multipl-e": {"C++": "cpp", "Java": "java", "JavaScript": "js"},
+    "santacoder-fim": {"Python": "py", "JavaScript": "js", "Java": "java"},
+}  # fmt: skip
+_COMMON = {"py": "Python", "js": "JavaScript", "ts": "TypeScript", "cpp": "C++", "c++": "C++", "cs": "C#"}
+
+
+def lang_name(name: str, benchmark: str | None = None) -> str:
+    """The table's name of a language as `benchmark` writes it, or as it is commonly abbreviated
+    (py, js, ts, cpp, c++, cs), or in any case."""
+    if benchmark is not None:
+        for lang, alias in BENCHMARK_NAMES[benchmark].items():
+            if alias == name:
+                return lang
+    folded = {k.lower(): k for k in BY_NAME}
+    key = name.lower()
+    if key in _COMMON or key in folded:
+        return _COMMON.get(key) or folded[key]
+    raise UserError(f"unknown language {name!r}" + (f" in {benchmark}" if benchmark else ""))
+
+
 _BY_FILENAME: dict[str, Lang] = {f: lang for lang in LANGS for f in lang.filenames}
 _BY_EXT: dict[str, Lang] = {e: lang for lang in LANGS for e in lang.extensions}
 

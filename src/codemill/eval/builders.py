@@ -18,16 +18,9 @@ import tree_sitter
 import xxhash
 
 from codemill.errors import UserError
-from codemill.langs import STRUCTURES, ts_language, ts_parser
+from codemill.langs import BENCHMARK_NAMES, STRUCTURES, ts_language, ts_parser
 
-# FIM-Eval's four languages, and TypeScript (codemill's addition: the npm packages bring it)
-LANGS = {
-    "Python": "python",
-    "Java": "java",
-    "JavaScript": "javascript",
-    "C++": "cplus",
-    "TypeScript": "typescript",
-}
+LANGS = BENCHMARK_NAMES["fim-eval"]  # FIM-Eval's four languages and TypeScript, named as its files are
 STATEMENTS = {
     "if_statement": ("if_statement",),
     "for_statement": ("for_statement", "enhanced_for_statement", "for_in_statement", "for_range_loop"),
@@ -159,7 +152,7 @@ def build_fim(
     return {"repos": len(repos), "tasks": {f"{lang}/{kind}": n for (lang, kind), n in sorted(counts.items())}}
 
 
-CROSSFILE_LANGS = {"Python": "python", "Java": "java", "TypeScript": "typescript", "C#": "csharp"}
+CROSSFILE_LANGS = BENCHMARK_NAMES["crosscodeeval"]
 _DEFS = {
     "Python": "(function_definition name: (identifier) @d) (class_definition name: (identifier) @d)",
     "Java": "(method_declaration name: (identifier) @d) (class_declaration name: (identifier) @d)",

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from codemill.errors import UserError
-from codemill.langs import ts_parser
+from codemill.langs import lang_name, ts_parser
 
 KEYWORDS = {
     "python": """False None True and as assert async await break class continue def del elif else except
@@ -53,15 +53,19 @@ KEYWORDS = {
         or xor cin endl INT_MIN iomanip main npos std cout include INT_MAX iostream MAX_RAND NULL string""",
 }  # the reference's keyword lists, quirks included (JavaScript's "True", C++'s library names)
 KEYWORDS = {k: frozenset(v.split()) for k, v in KEYWORDS.items()}
-LANGS = {"python": "Python", "java": "Java", "javascript": "JavaScript", "cpp": "C++"}  # -> langs.py names
-ALIASES = {"c++": "cpp", "cplus": "cpp", "js": "javascript", "py": "python"}
+KEYS = {"Python": "python", "Java": "java", "JavaScript": "javascript", "C++": "cpp"}  # the reference's keys
+NAMES = {key: name for name, key in KEYS.items()}
 
 
 def lang_key(language: str) -> str:
-    key = ALIASES.get(language.lower(), language.lower())
-    if key not in LANGS:
-        raise UserError(f"CodeBLEU is defined here for {', '.join(LANGS)}; got {language!r}")
-    return key
+    """The reference's key for a language of langs.py's table (or a common abbreviation of one)."""
+    try:
+        name = lang_name(language)
+    except UserError:
+        name = language
+    if name not in KEYS:
+        raise UserError(f"CodeBLEU is defined here for {', '.join(KEYS)}; got {language!r}")
+    return KEYS[name]
 
 
 def code_bleu(
@@ -180,7 +184,7 @@ def _subtrees(root) -> list[str]:
 
 
 def _syntax_match(refs: list[str], hyps: list[str], key: str) -> float:
-    parser = ts_parser(LANGS[key])
+    parser = ts_parser(NAMES[key])
     matched = total = 0
     for ref, hyp in zip(refs, hyps, strict=True):
         cand = set(_subtrees(parser.parse(hyp.encode()).root_node))
@@ -253,7 +257,7 @@ class _Flow:
     def __init__(self, source: str, key: str):
         self.key, self.rules = key, FLOW[key]
         lines = source.split("\n")
-        self.tree = ts_parser(LANGS[key]).parse(source.encode()).root_node
+        self.tree = ts_parser(NAMES[key]).parse(source.encode()).root_node
         self.tokens: dict = {}
         for i, node in enumerate(self._token_nodes(self.tree)):
             (r0, c0), (r1, c1) = node.start_point, node.end_point

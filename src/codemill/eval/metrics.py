@@ -60,22 +60,22 @@ def edit_similarity(prediction: str, reference: str) -> float:
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KEYWORDS = {
-    "python": set(keyword.kwlist) | {"self", "True", "False", "None"},
-    "java": {
+    "Python": set(keyword.kwlist) | {"self", "True", "False", "None"},
+    "Java": {
         "abstract", "assert", "boolean", "break", "byte", "case", "catch", "char", "class", "const", "continue",
         "default", "do", "double", "else", "enum", "extends", "final", "finally", "float", "for", "goto", "if",
         "implements", "import", "instanceof", "int", "interface", "long", "native", "new", "package", "private",
         "protected", "public", "return", "short", "static", "strictfp", "super", "switch", "synchronized", "this",
         "throw", "throws", "transient", "try", "void", "volatile", "while", "true", "false", "null", "var",
     },
-    "typescript": {
+    "TypeScript": {
         "break", "case", "catch", "class", "const", "continue", "debugger", "default", "delete", "do", "else",
         "enum", "export", "extends", "false", "finally", "for", "function", "if", "import", "in", "instanceof",
         "new", "null", "return", "super", "switch", "this", "throw", "true", "try", "typeof", "var", "void",
         "while", "with", "let", "static", "yield", "await", "async", "of", "as", "interface", "type", "any",
         "number", "string", "boolean", "undefined", "implements", "private", "protected", "public", "readonly",
     },
-    "csharp": {
+    "C#": {
         "abstract", "as", "base", "bool", "break", "byte", "case", "catch", "char", "checked", "class", "const",
         "continue", "decimal", "default", "delegate", "do", "double", "else", "enum", "event", "explicit",
         "extern", "false", "finally", "fixed", "float", "for", "foreach", "goto", "if", "implicit", "in", "int",

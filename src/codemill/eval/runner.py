@@ -13,15 +13,11 @@ from rich.progress import Progress
 
 from codemill.errors import UserError
 from codemill.eval import sandbox
-from codemill.eval.codebleu import LANGS as CODEBLEU_KEYS
-from codemill.eval.codebleu import code_bleu, combine
-from codemill.eval.metrics import bleu4, edit_similarity, identifier_scores, line_match, pass_at_k
+from codemill.eval.metrics import pass_at_k
 from codemill.eval.models import Model
-from codemill.eval.suites import SUITES, first_line, statement, subset
+from codemill.eval.suites import SUITES, subset
 from codemill.eval.tables import paper_tables
 from codemill.stops import syntax_stop
-
-CODEBLEU_LANGS = set(CODEBLEU_KEYS.values())
 
 
 def evaluate(
@@ -46,7 +42,8 @@ def evaluate(
         raise sandbox.SandboxUnavailable(
             "bubblewrap is not installed: install it (`make` does) or pass --unsafe to run generated code with limits only"
         )
-    tasks = subset(SUITES[suite](**options), limit)
+    spec = SUITES[suite]
+    tasks = subset(spec.load(**options), limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if samples > 1 and temperature <= 0:
@@ -81,31 +78,9 @@ def evaluate(
             sample["completion"] = completion
             if task.request.meta.get("task_type"):
                 sample["task_type"] = task.request.meta["task_type"]
-            if task.target is not None and task.scoring == "text":
-                sample["exact_match"] = completion.strip() == task.target.strip()
-                sample["bleu4"] = bleu4(completion, task.target)
-                sample["edit_similarity"] = edit_similarity(completion, task.target)
-                sample["chars"] = [len(completion.strip()), len(task.target)]
-                if task.language in CODEBLEU_LANGS:  # both data-flow conventions (eval/codebleu.py)
-                    terms = code_bleu([task.target], [completion], task.language)
-                    sample["codebleu"] = 100 * terms.pop("codebleu")
-                    sample["codebleu_codexglue"] = 100 * combine(terms, dataflow="codexglue")
-                    sample["codebleu_terms"] = terms
-            elif task.target is not None and task.scoring == "statement":
-                pred = statement(completion, task.language)
-                ident_em, ident_f1 = identifier_scores(pred, task.target, task.language)
-                sample.update(
-                    prediction=pred,
-                    exact_match=line_match(pred, task.target),
-                    edit_similarity=edit_similarity(pred, task.target),
-                    identifier_em=ident_em,
-                    identifier_f1=100 * ident_f1,
-                    context_files=[p for p, _ in task.request.context],
-                )
-            elif task.target is not None:
-                sample["exact_match"] = first_line(completion).strip() == task.target.strip()
+            sample.update(spec.score(task, completion))
             if task.program is not None:
-                argv, files = task.program(first_line(completion) if task.target is not None else completion)
+                argv, files = task.program(completion)
                 o = sandbox.run(argv, files, task.limits, unsafe=unsafe)
                 sample.update(
                     verdict=o.status, stdout=o.stdout[-2000:], stderr=o.stderr[-2000:], seconds=o.seconds

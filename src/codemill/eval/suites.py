@@ -17,8 +17,11 @@ from functools import partial
 from pathlib import Path
 
 from codemill.errors import UserError
+from codemill.eval import scoring
 from codemill.eval.models import Request
 from codemill.eval.sandbox import Limits, python
+from codemill.eval.scoring import first_line
+from codemill.langs import BENCHMARK_NAMES, BY_NAME, lang_name
 
 
 def benchmarks_dir(extra: tuple[Path, ...] = ()) -> Path:
@@ -42,15 +45,35 @@ DEFAULT_LIMITS = Limits()
 @dataclass
 class Task:
     id: str
-    language: str
+    language: str  # langs.py's name
     request: Request
-    # how to judge: a program to run (argv, files), or None when the suite scores by matching only
+    # a program to run on the completion (argv, files), or None when the suite scores by matching only
     program: Callable[[str], tuple[list[str], dict[str, str]]] | None = None
-    target: str | None = None  # for exact match
+    target: str | None = None  # what the suite's scorer matches the completion against
     limits: Limits = DEFAULT_LIMITS
-    scoring: str = (
-        "line"  # first non-empty line (SantaCoder-FIM), whole "text" (FIM-Eval), "statement" (cceval)
-    )
+
+
+JAVATUPLES = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java, installed by make
+# how a program in each language runs in the sandbox: its file name and command
+RUNNERS: dict[str, tuple[str, Callable[[], list[str]]]] = {
+    "Python": ("prog.py", lambda: [*python(), "prog.py"]),
+    "JavaScript": ("prog.js", lambda: ["node", "prog.js"]),
+    "C++": ("prog.cpp", lambda: ["sh", "-c", "g++ -std=c++17 -O0 -o prog prog.cpp && ./prog"]),
+    "Java": (
+        "Problem.java",
+        lambda: [
+            "sh",
+            "-c",
+            f"javac -J-Xmx256m -encoding UTF8 -cp {JAVATUPLES} -d . Problem.java"
+            f" && java -Xmx256m -ea -cp .:{JAVATUPLES} Problem",
+        ],
+    ),
+}
+
+
+def _runs(language: str, code: str) -> tuple[list[str], dict[str, str]]:
+    name, argv = RUNNERS[language]
+    return argv(), {name: code}
 
 
 # stop strings of the code; the format's stop tokens (formats.py) end a completion by id, whatever the model
@@ -65,13 +88,14 @@ def humaneval(**_) -> list[Task]:
     for tid, p in read_problems().items():
 
         def program(completion: str, p=p) -> tuple[list[str], dict[str, str]]:
-            code = p["prompt"] + completion + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
-            return [*python(), "prog.py"], {"prog.py": code}
+            return _runs(
+                "Python", p["prompt"] + completion + "\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
+            )
 
         req = Request(
             p["prompt"], stop=HUMANEVAL_STOPS, reference=p["canonical_solution"], path="solution.py"
         )
-        tasks.append(Task(tid, "python", req, program))
+        tasks.append(Task(tid, "Python", req, program))
     return tasks
 
 
@@ -95,85 +119,62 @@ def mbpp(data: str | None = None, split: str = "all", **_) -> list[Task]:
         tests = "\n".join([p["test_setup_code"], *p["test_list"]])
 
         def program(completion: str, prompt=prompt, tests=tests) -> tuple[list[str], dict[str, str]]:
-            return [*python(), "prog.py"], {"prog.py": prompt + completion + "\n" + tests + "\n"}
+            return _runs("Python", prompt + completion + "\n" + tests + "\n")
 
         ref = p["code"].replace("\r\n", "\n")
         tasks.append(
-            Task(f"MBPP/{p['task_id']}", "python", Request(prompt, stop=MBPP_STOPS, reference=ref), program)
+            Task(f"MBPP/{p['task_id']}", "Python", Request(prompt, stop=MBPP_STOPS, reference=ref), program)
         )
     return tasks
 
 
-FIM_RUNNERS = {
-    "py": ("prog.py", lambda: [*python(), "prog.py"]),
-    "js": ("prog.js", lambda: ["node", "prog.js"]),
-}
-
-
 def santacoder_fim(data: str | None = None, **_) -> list[Task]:
-    """Single-line infilling in Python, JavaScript and Java: exact match (bigcode), plus the task's
-    tests run on the filled program where a runtime is installed (Python always, node if present)."""
+    """Single-line infilling in Python, JavaScript and Java: exact match of the first non-empty line
+    (bigcode), plus the task's tests run on the filled program where a runtime is installed (Python
+    always, node if present)."""
     import pyarrow.parquet as pq
 
     rows = pq.read_table(_data(data, "santacoder-fim/santacoder-fim-task.train.parquet")).to_pylist()
     node = shutil.which("node") is not None
     tasks = []
     for i, r in enumerate(rows):
-        lang = r["language"]
+        lang = lang_name(r["language"], "santacoder-fim")
         program = None
-        if lang == "py" or (lang == "js" and node):
-            name, argv = FIM_RUNNERS[lang]
+        if lang == "Python" or (lang == "JavaScript" and node):
 
-            def program(completion: str, r=r, name=name, argv=argv) -> tuple[list[str], dict[str, str]]:
-                code = f"{r['prompt']}\n{completion}\n{r['suffix']}\n{r['tests']}\n"
-                return argv(), {name: code}
+            def program(completion: str, r=r, lang=lang) -> tuple[list[str], dict[str, str]]:
+                return _runs(lang, f"{r['prompt']}\n{first_line(completion)}\n{r['suffix']}\n{r['tests']}\n")
 
-        ext = {"py": "py", "js": "js", "java": "java"}[lang]
         req = Request(r["prompt"], r["suffix"], stop=(), max_tokens=64, reference=r["canonical_solution"])
-        req.path = f"solution.{ext}"
-        tasks.append(Task(f"SantaCoder-FIM/{lang}/{i}", lang, req, program, target=r["canonical_solution"]))
+        req.path = "solution" + BY_NAME[lang].extensions[0]
+        tasks.append(
+            Task(f"SantaCoder-FIM/{r['language']}/{i}", lang, req, program, target=r["canonical_solution"])
+        )
     return tasks
 
 
-JAVATUPLES = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java, installed by make
-MULTIPLE_RUN = {
-    "cpp": ("prog.cpp", ["sh", "-c", "g++ -std=c++17 -O0 -o prog prog.cpp && ./prog"]),
-    "java": (
-        "Problem.java",
-        [
-            "sh",
-            "-c",
-            f"javac -J-Xmx256m -encoding UTF8 -cp {JAVATUPLES} -d . Problem.java"
-            f" && java -Xmx256m -ea -cp .:{JAVATUPLES} Problem",
-        ],
-    ),
-    "js": ("prog.js", ["node", "prog.js"]),
-}
 # compilers and the JVM need more address space and threads than a Python sample
 MULTIPLE_LIMITS = Limits(cpu_s=30, wall_s=60, memory_mb=8192, processes=256)
 
 
 def multipl_e(language: str = "cpp", data: str | None = None, **_) -> list[Task]:
-    """MultiPL-E's HumanEval in C++, Java or JavaScript: prompt.strip() + completion + tests, compiled
-    and run; the completion is cut at the task's own stop tokens. The files carry no reference
-    solutions, so the `reference` model scores 0 here."""
-    if language not in MULTIPLE_RUN:
-        raise UserError(f"MultiPL-E language must be one of {', '.join(MULTIPLE_RUN)}")
-    name, argv = MULTIPLE_RUN[language]
+    """MultiPL-E's HumanEval in C++, Java or JavaScript (its names: cpp, java, js): prompt.strip() +
+    completion + tests, compiled and run; the completion is cut at the task's own stop tokens. The
+    files carry no reference solutions, so the `reference` model scores 0 here."""
+    names = BENCHMARK_NAMES["multipl-e"]
+    if language not in names.values():
+        raise UserError(f"MultiPL-E language must be one of {', '.join(names.values())}")
+    lang = lang_name(language, "multipl-e")
     tasks = []
     for line in _data(data, f"multipl-e/humaneval-{language}.jsonl").read_text().splitlines():
         p = json.loads(line)
 
         def program(completion: str, p=p) -> tuple[list[str], dict[str, str]]:
-            return list(argv), {name: p["prompt"].strip() + completion + "\n" + p["tests"]}
+            return _runs(lang, p["prompt"].strip() + completion + "\n" + p["tests"])
 
-        req = Request(p["prompt"].strip(), stop=tuple(p["stop_tokens"]), path=name)
-        tasks.append(Task(p["name"], language, req, program, limits=MULTIPLE_LIMITS))
+        req = Request(p["prompt"].strip(), stop=tuple(p["stop_tokens"]), path=RUNNERS[lang][0])
+        tasks.append(Task(p["name"], lang, req, program, limits=MULTIPLE_LIMITS))
     return tasks
-
-
-FIM_EVAL_LANGS = {"python": ("Python", "py"), "java": ("Java", "java"), "javascript": ("JavaScript", "js"),
-                  "cplus": ("C++", "cpp"), "cpp": ("C++", "cpp"), "typescript": ("TypeScript", "ts")}  # fmt: skip
 
 
 def fim_eval(data: str | None = None, **_) -> list[Task]:
@@ -188,25 +189,19 @@ def fim_eval(data: str | None = None, **_) -> list[Task]:
     files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
     tasks = []
     for f in files:
-        key = f.stem.split("_")[0].lower()
-        if key not in FIM_EVAL_LANGS:
-            raise UserError(f"{f.name}: the file name must start with one of {', '.join(FIM_EVAL_LANGS)}")
-        lang, ext = FIM_EVAL_LANGS[key]
+        try:
+            lang = lang_name(f.stem.split("_")[0].lower(), "fim-eval")
+        except UserError as e:
+            names = ", ".join(BENCHMARK_NAMES["fim-eval"].values())
+            raise UserError(f"{f.name}: the file name must start with one of {names}") from e
         for line in f.read_text().splitlines():
             p = json.loads(line)
+            path = "test" + BY_NAME[lang].extensions[0]
             req = Request(
-                p["pre_mask_code"], p["post_mask_code"], reference=p["canonical_solution"], path=f"test.{ext}"
+                p["pre_mask_code"], p["post_mask_code"], reference=p["canonical_solution"], path=path
             )
             req.meta = {"task_type": p["task_type"]}
-            tasks.append(
-                Task(
-                    f"FIM-Eval/{lang}/{p['task_id']}",
-                    lang,
-                    req,
-                    target=p["canonical_solution"],
-                    scoring="text",
-                )
-            )
+            tasks.append(Task(f"FIM-Eval/{lang}/{p['task_id']}", lang, req, target=p["canonical_solution"]))
     return tasks
 
 
@@ -215,7 +210,6 @@ CCEVAL_FILES = {
     "retrieval": "line_completion_rg1_bm25.jsonl",
     "oracle": "line_completion_oracle_bm25.jsonl",
 }
-CCEVAL_LANGS = ("python", "java", "typescript", "csharp")
 
 
 def crosscodeeval(data: str | None = None, setting: str = "retrieval", **_) -> list[Task]:
@@ -227,8 +221,8 @@ def crosscodeeval(data: str | None = None, setting: str = "retrieval", **_) -> l
     if data is None:
         raise UserError("CrossCodeEval is not distributed here: pass its data directory with --data")
     tasks = []
-    for lang in CCEVAL_LANGS:
-        f = Path(data) / lang / CCEVAL_FILES[setting]
+    for lang, name in BENCHMARK_NAMES["crosscodeeval"].items():
+        f = Path(data) / name / CCEVAL_FILES[setting]
         if not f.exists():
             continue
         for line in f.read_text().splitlines():
@@ -238,27 +232,10 @@ def crosscodeeval(data: str | None = None, setting: str = "retrieval", **_) -> l
                 p["prompt"], max_tokens=50, reference=p["groundtruth"], path=p["metadata"].get("file")
             )
             req.context = [(c.get("filename", ""), c["retrieved_chunk"]) for c in ctx]
-            tasks.append(
-                Task(p["metadata"]["task_id"], lang, req, target=p["groundtruth"], scoring="statement")
-            )
+            tasks.append(Task(p["metadata"]["task_id"], lang, req, target=p["groundtruth"]))
     if not tasks:
         raise UserError(f"no */{CCEVAL_FILES[setting]} under {data}")
     return tasks
-
-
-def statement(completion: str, language: str) -> str:
-    """CrossCodeEval's statement-level truncation: the first line; in Java, C# and TypeScript also cut
-    after the first `;`, `{` or `}`."""
-    text = completion.lstrip("\n").split("\n", 1)[0]
-    if language != "python":
-        cut = [i for i in (text.find(c) for c in ";{}") if i != -1]
-        text = text[: min(cut) + 1] if cut else text
-    return text
-
-
-def first_line(text: str) -> str:
-    """SantaCoder-FIM's middle is one line: the first non-empty line of the completion."""
-    return next((line for line in text.splitlines() if line.strip()), "")
 
 
 def subset(tasks: list[Task], limit: int | None) -> list[Task]:
@@ -269,13 +246,31 @@ def subset(tasks: list[Task], limit: int | None) -> list[Task]:
     return [tasks[i * len(tasks) // limit] for i in range(limit)]
 
 
-SUITES: dict[str, Callable[..., list[Task]]] = {
-    "humaneval": humaneval,
-    "mbpp": mbpp,
-    "santacoder-fim": santacoder_fim,
-    "fim-eval": fim_eval,
-    "crosscodeeval": crosscodeeval,
-    "multipl-e-cpp": partial(multipl_e, language="cpp"),
-    "multipl-e-java": partial(multipl_e, language="java"),
-    "multipl-e-js": partial(multipl_e, language="js"),
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark: its tasks from the options it takes, and the scores of a completion (a task's
+    program, where it has one, is run apart)."""
+
+    name: str
+    load: Callable[..., list[Task]]
+    score: Callable[[Task, str], dict] = lambda task, completion: {}
+    options: tuple[str, ...] = ()  # of data, split, setting
+    built: str | None = None  # the held-out benchmark `codemill run` builds for it (bench/<built>)
+
+
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (
+        Suite("humaneval", humaneval),
+        Suite("mbpp", mbpp, options=("data", "split")),
+        Suite("santacoder-fim", santacoder_fim, scoring.first_line_match, ("data",)),
+        Suite("fim-eval", fim_eval, scoring.text_scores, ("data",), built="fim"),
+        Suite(
+            "crosscodeeval", crosscodeeval, scoring.statement_scores, ("data", "setting"), built="crossfile"
+        ),
+        *(
+            Suite(f"multipl-e-{name}", partial(multipl_e, language=name), options=("data",))
+            for name in BENCHMARK_NAMES["multipl-e"].values()
+        ),
+    )
 }

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 NL2CODE = {"humaneval": "HumanEval", "mbpp": "MBPP", "multipl-e-cpp": "C++", "multipl-e-java": "Java",
            "multipl-e-js": "JavaScript"}  # fmt: skip
-SANTACODER = {"py": "Python", "js": "JavaScript", "java": "Java"}
-CCEVAL = {"python": "Python", "java": "Java", "typescript": "TypeScript", "csharp": "C#"}
+SANTACODER = ("Python", "JavaScript", "Java")  # the paper's column orders
+CCEVAL = ("Python", "Java", "TypeScript", "C#")
 FIM_EVAL = ("Java", "C++", "JavaScript", "Python")  # the paper's column order
 
 
@@ -69,7 +69,7 @@ def santacoder(runs: list[dict]) -> str | None:
         rows.append([model, *map(_fmt, vals), _mean_row(vals)])
     return _markdown(
         "Table III. SantaCoder-FIM single-line, exact match (%)",
-        ["Model", *SANTACODER.values(), "Average"],
+        ["Model", *SANTACODER, "Average"],
         rows,
     )
 
@@ -86,7 +86,7 @@ def cceval(runs: list[dict]) -> str | None:
             s = summary.get(lang, {})
             cells += [_fmt(s.get("exact_match")), _fmt(s.get("edit_similarity"))]
         rows.append([model, *cells])
-    head = ["Model (setting)"] + [f"{v} {m}" for v in CCEVAL.values() for m in ("EM", "ES")]
+    head = ["Model (setting)"] + [f"{v} {m}" for v in CCEVAL for m in ("EM", "ES")]
     return _markdown("Table IV. CrossCodeEval, exact match and edit similarity (%)", head, rows)
 
 

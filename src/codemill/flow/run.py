@@ -253,13 +253,14 @@ def _train(corpus: Path, tokenizer: Path, out: Path, dcfg, tcfg, console) -> Non
 
 def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -> None:
     from codemill.eval.runner import evaluate
+    from codemill.eval.suites import SUITES
 
     name, _, setting = suite.partition("/")
-    options: dict = {}
-    if name == "fim-eval":
-        options["data"] = str(bench / "fim")
-    elif name == "crosscodeeval":
-        options.update(data=str(bench / "crossfile"), setting=setting or "retrieval")
+    if (spec := SUITES.get(name)) is None:
+        raise UserError(f"run.suites: unknown suite {suite!r}; choose from fim-loss, {', '.join(SUITES)}")
+    options = {"data": str(bench / spec.built)} if spec.built else {}
+    if setting and "setting" in spec.options:
+        options["setting"] = setting
     results = evaluate(name, model, out, limit=rcfg.eval_limit, max_tokens=rcfg.eval_max_tokens,
                        unsafe=rcfg.unsafe, console=console, **options)  # fmt: skip
     row = results["summary"]["all"]
