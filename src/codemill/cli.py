@@ -486,6 +486,9 @@ def serve_(
     parallel: int = typer.Option(
         4, min=1, help="Slots: requests decoded together, each with its own KV cache (llama-server's -np)."
     ),
+    dtype: str = typer.Option(
+        None, help="fp32 or bf16 weights and cache (default: bf16 on a GPU, fp32 on a CPU)."
+    ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
     from codemill.serve.engine import Engine
@@ -498,7 +501,7 @@ def serve_(
         "/health); "
         "/health answers 503 until the model is loaded"
     )
-    load = lambda: Engine(model, format, compile=compile, parallel=parallel)  # noqa: E731
+    load = lambda: Engine(model, format, compile=compile, parallel=parallel, dtype=dtype)  # noqa: E731
     serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 

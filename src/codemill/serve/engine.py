@@ -97,18 +97,23 @@ class Session:
 
 class Engine:
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
-                 max_len: int | None = None, compile: bool = False, parallel: int = 1):  # fmt: skip
+                 max_len: int | None = None, compile: bool = False, parallel: int = 1,
+                 dtype: str | None = None):  # fmt: skip
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
         many requests decode together, one batched forward per token (`step`). `compile`: decode with
         a torch.compile'd step over the whole preallocated cache (static shapes, one graph for every
-        position), compiled here, before the first request."""
+        position), compiled here, before the first request. `dtype`: fp32 or bf16 weights and cache
+        (default bf16 on a GPU, fp32 on a CPU)."""
         from codemill.data.tokenizer import load_tokenizer
 
         path = Path(path)
         self.fmt = checkpoint_format(path, fmt)
         self.tok = load_tokenizer(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if dtype not in (None, "fp32", "bf16"):
+            raise UserError(f"dtype must be fp32 or bf16, not {dtype!r}")
+        bf16 = dtype == "bf16" or (dtype is None and self.device.type == "cuda")
+        dtype = torch.bfloat16 if bf16 else torch.float32
         self.model = import_hf(path, dtype=dtype).to(self.device).eval()
         self.name = path.name
         self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
