@@ -142,3 +142,44 @@ def test_train_errors_say_what_to_do(code_corpus, bpe_dir, tmp_path):
     assert r.returncode == 2 and "unknown train settings" in r.stdout
     with pytest.raises(AssertionError):
         run([sys.executable, "-m", "codemill.cli", "train", "plot", str(tmp_path / "nothing")])
+
+
+def test_plan_counts_what_backward_keeps_on_the_meta_device():
+    """The planner's activations come from autograd's saved tensors on meta: linear in the sequence
+    (attention counted as a fused kernel keeps it), a checkpointed block keeps exactly its input, and
+    states and time follow their definitions."""
+    from codemill.model.llama import preset
+    from codemill.train.metrics import flops_per_token
+    from codemill.train.plan import meta_model, plan, saved_activations
+
+    cfg = preset("small", num_layers=2)
+    model = meta_model(cfg)
+    real = sum(p.numel() for p in type(model)(cfg).parameters())
+    assert model.num_params() == real  # the meta model is the model
+    short, long = (saved_activations(model, 2, s, False).per_module["layers.1"] for s in (1024, 4096))
+    assert 3.9 < long / short < 4.1  # 4x the tokens, 4x the bytes: no T x T scores
+    ckpt = saved_activations(model, 2, 1024, True)
+    assert ckpt.per_module["layers.1"] == 2 * 1024 * cfg.hidden_size * 2  # its bf16 input
+    assert ckpt.recompute == saved_activations(model, 2, 1024, False).per_module["layers.0"]
+    p = plan(model, seq_len=1024, micro_batch=2, global_batch=64, tokens=1e9, gpus=8, gpu_memory_gb=80,
+             peak_tflops=989, mfu=0.4)  # fmt: skip
+    assert p["states"] == 16 * real / 8 and p["steps"] == 1e9 / (64 * 1024)
+    assert p["gpu_hours"] == pytest.approx(1e9 * flops_per_token(model, 1024) / (0.4 * 989e12) / 3600)
+    assert p["memory"]["checkpointing"]["total"] < p["memory"]["no checkpointing"]["total"]
+    tight = plan(model, seq_len=1024, micro_batch=2, global_batch=64, tokens=1e9, gpus=8, gpu_memory_gb=1.5,
+                 peak_tflops=989, mfu=0.4)  # fmt: skip
+    assert not tight["memory"]["no checkpointing"]["fits"]
+
+
+def test_train_plan_and_dry_run_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from codemill.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(
+        app, ["train", "plan", "recipes/aixcoder-7b.yaml", "--gpus", "64", "--tokens", "1.2e12"]
+    )
+    assert r.exit_code == 0 and "7.43B parameters" in r.output and "GPU-hours" in r.output, r.output
+    r = runner.invoke(app, ["train", "--dry-run", "--recipe", "recipes/demo.yaml"])
+    assert r.exit_code == 0 and "7,096,576" in r.output and "layers.1-3 (each)" in r.output, r.output

@@ -197,20 +197,24 @@ def train(
     init_from: Path = typer.Option(
         None, help="A Hugging Face Llama-family checkpoint to continue pretraining."
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Build the model on the meta device and print per-module memory; train nothing.",
+    ),
 ) -> None:
     """Train from scratch or continue a checkpoint: `torchrun --nproc-per-node N -m codemill.cli train ...`
     runs the same command on N processes (FSDP2)."""
     if ctx.invoked_subcommand is not None:
         return
-    from codemill.data.config import DataConfig
-    from codemill.train.config import TrainConfig
     from codemill.train.loop import train as run
 
+    if dry_run:
+        dcfg, tcfg = _train_configs(recipe, set_)
+        return _dry_run(dcfg, tcfg)
     if corpus is None or out is None:
         raise UserError("--corpus and --out are needed (and --tokenizer unless --init-from has one)")
-    data_set = [o.removeprefix("data.") for o in set_ if o.startswith("data.")]
-    train_set = [o.removeprefix("train.") for o in set_ if not o.startswith("data.")]
-    dcfg, tcfg = _config(DataConfig, recipe, data_set), _config(TrainConfig, recipe, train_set)
+    dcfg, tcfg = _train_configs(recipe, set_)
     if init_from is not None:
         tcfg.init_from = str(init_from)
     tokenizer = tokenizer or (Path(tcfg.init_from) if tcfg.init_from else None)
@@ -220,6 +224,129 @@ def train(
     console.print(
         f"model written to [bold]{final}[/bold] (Hugging Face Llama layout); `codemill train plot {out}` draws the loss"
     )
+
+
+def _train_configs(recipe: Path | None, overrides: list[str]):
+    """The recipe's data and train sections, `--set data.x=...` and `--set x=...` applied."""
+    from codemill.data.config import DataConfig
+    from codemill.train.config import TrainConfig
+
+    data_set = [o.removeprefix("data.") for o in overrides if o.startswith("data.")]
+    train_set = [o.removeprefix("train.") for o in overrides if not o.startswith("data.")]
+    return _config(DataConfig, recipe, data_set), _config(TrainConfig, recipe, train_set)
+
+
+def _meta(dcfg, tcfg):
+    from codemill.train.loop import model_config
+    from codemill.train.plan import meta_model
+
+    if tcfg.init_from:
+        import dataclasses
+        import json
+
+        from codemill.model.hf import from_hf_config
+
+        hf = json.loads((Path(tcfg.init_from) / "config.json").read_text())
+        cfg = dataclasses.replace(from_hf_config(hf), **tcfg.model)
+    else:
+        cfg = model_config(tcfg, None, dcfg.seq_len)
+    return meta_model(cfg)
+
+
+def _dry_run(dcfg, tcfg) -> None:
+    from rich.table import Table
+
+    from codemill.train.plan import saved_activations
+
+    model = _meta(dcfg, tcfg)
+    kept = {
+        ck: saved_activations(model, tcfg.micro_batch, dcfg.seq_len, ck, tcfg.loss_chunk)
+        for ck in (False, True)
+    }
+    mib = lambda n: f"{n / 1024**2:,.1f}"  # noqa: E731
+    rows: list[list] = []  # [name, parameters, kept, kept with checkpointing]; equal blocks in one row
+    head = [model.model.norm] + (
+        [] if model.cfg.tie_embeddings else [model.lm_head]
+    )  # tied: with the embeddings
+    parts = {"embed_tokens": [model.model.embed_tokens], **{f"layers.{i}": [b] for i, b in enumerate(model.model.layers)},
+             "head": head}  # fmt: skip
+    for name, mods in parts.items():
+        row = [name, sum(p.numel() for m in mods for p in m.parameters()),
+               *(kept[ck].per_module.get(name, 0) for ck in (False, True))]  # fmt: skip
+        if (
+            rows
+            and name.startswith("layers.")
+            and rows[-1][0].startswith("layers.")
+            and rows[-1][1:] == row[1:]
+        ):
+            rows[-1][0] = rows[-1][0].split("-")[0].removesuffix(" (each)") + f"-{name.split('.')[1]} (each)"
+        else:
+            rows.append(row)
+    title = f"one micro-batch: {tcfg.micro_batch} x {dcfg.seq_len} tokens in bf16 (meta device: nothing allocated)"
+    table = Table(title=title)
+    for col in ("module", "parameters", "bf16 MiB", "kept for backward MiB", "with checkpointing MiB"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for name, n, a, b in rows:
+        table.add_row(name, f"{n:,}", mib(2 * n), mib(a), mib(b))
+    total = model.num_params()
+    table.add_row(
+        "total", f"{total:,}", mib(2 * total), mib(kept[False].total), mib(kept[True].total), style="bold"
+    )
+    console.print(table)
+    console.print(f"with checkpointing, a block's backward first rebuilds its {mib(kept[True].recompute)} MiB; "
+                  "`codemill train plan` adds optimizer state, FSDP2 sharding and time")  # fmt: skip
+
+
+@train_app.command("plan")
+def train_plan(
+    recipe: Path = typer.Argument(
+        ..., help="A recipe; its data and train sections give the model, sequence and batch."
+    ),
+    gpus: int = typer.Option(8, min=1, help="GPUs in the job (FSDP2 shards over all of them)."),
+    gpu_memory: float = typer.Option(80.0, help="Memory per GPU in GiB."),
+    peak_tflops: float = typer.Option(989.0, help="Dense bf16 peak per GPU (H100 SXM 989, A100 312)."),
+    mfu: float = typer.Option(0.4, help="Model FLOPs utilization to assume."),
+    tokens: float = typer.Option(
+        None, help="Training tokens (default: the recipe's steps x batch x sequence)."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override: micro_batch=2 (train) or data.seq_len=4096."),
+) -> None:
+    """Will a step fit in GPU memory, and how long will the token budget take? (nothing is allocated)"""
+    from rich.table import Table
+
+    from codemill.train.plan import plan
+
+    dcfg, tcfg = _train_configs(recipe, set_)
+    model = _meta(dcfg, tcfg)
+    budget = tokens or tcfg.max_steps * tcfg.global_batch * dcfg.seq_len
+    p = plan(model, seq_len=dcfg.seq_len, micro_batch=tcfg.micro_batch, global_batch=tcfg.global_batch,
+             tokens=budget, gpus=gpus, gpu_memory_gb=gpu_memory, peak_tflops=peak_tflops, mfu=mfu,
+             loss_chunk=tcfg.loss_chunk)  # fmt: skip
+    table = Table(
+        title=f"{recipe}: {p['parameters'] / 1e9:.2f}B parameters on {gpus} GPUs of {gpu_memory:g} GiB"
+    )
+    table.add_column("per GPU, GiB", justify="left")
+    modes = list(p["memory"])
+    for m in modes:
+        table.add_column(m, justify="right")
+    gib = lambda n: f"{n / 1024**3:,.1f}"  # noqa: E731
+    both = lambda v: [gib(v)] * len(modes)  # noqa: E731
+    table.add_row("fp32 parameters, gradients, AdamW moments (sharded)", *both(p["states"]))
+    table.add_row("gathered bf16 block and its gradients", *both(p["gathered"]))
+    table.add_row(
+        f"activations, micro-batch {tcfg.micro_batch} x {dcfg.seq_len}",
+        *(gib(p["memory"][m]["activations"]) for m in modes),
+    )
+    table.add_row(
+        "total (with a loss chunk and 1 GiB of context)",
+        *(gib(p["memory"][m]["total"]) for m in modes),
+        style="bold",
+    )
+    table.add_row("fits", *("yes" if p["memory"][m]["fits"] else "[red]no[/red]" for m in modes))
+    console.print(table)
+    console.print(f"{p['flops_per_token'] / 1e9:.1f} GFLOP per token; at {mfu:.0%} MFU of {peak_tflops:g} TFLOPS: "
+                  f"{p['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU; {budget:.3g} tokens = {p['steps']:,.0f} steps of "
+                  f"{tcfg.global_batch} x {dcfg.seq_len}, {p['gpu_hours']:,.0f} GPU-hours, {p['days']:.1f} days on {gpus} GPUs")  # fmt: skip
 
 
 @train_app.command("plot")
@@ -551,6 +678,8 @@ def _reporting(command):
 def _report_user_errors(group: typer.Typer) -> None:
     for info in group.registered_commands:
         info.callback = _reporting(info.callback)
+    if group.registered_callback is not None and group.registered_callback.callback is not None:
+        group.registered_callback.callback = _reporting(group.registered_callback.callback)
     for sub in group.registered_groups:
         _report_user_errors(sub.typer_instance)
 

@@ -206,16 +206,35 @@ class Attention(nn.Module):
             causal = False
             if t > 1:
                 mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            dropout_p=c.attention_dropout if self.training else 0.0,
-            enable_gqa=c.num_kv_heads != c.num_heads,
-        )
+        if q.is_meta:  # shapes only (train/plan.py): keep what a fused kernel keeps, not the T x T scores
+            y = FusedAttentionShapes.apply(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=causal,
+                dropout_p=c.attention_dropout if self.training else 0.0,
+                enable_gqa=c.num_kv_heads != c.num_heads,
+            )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, c.num_heads * c.head_dim))
+
+
+class FusedAttentionShapes(torch.autograd.Function):
+    """Attention on the meta device: the output's shape, and for backward what flash attention keeps
+    (queries, keys and values at their own heads, the output and its fp32 log-sum-exp). On meta, SDPA
+    falls back to the math path, which keeps the scores: quadratic in the sequence length."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("meta tensors are for planning; nothing runs backward on them")
 
 
 class MLP(nn.Module):

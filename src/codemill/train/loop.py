@@ -23,7 +23,7 @@ from codemill.data.stream import TrainingStream
 from codemill.data.tokenizer import load_tokenizer
 from codemill.errors import UserError
 from codemill.model.hf import export_hf, import_hf
-from codemill.model.llama import Llama, preset
+from codemill.model.llama import Llama, ModelConfig, preset
 from codemill.train import checkpoint
 from codemill.train.config import TrainConfig
 from codemill.train.dist import Dist, all_reduce, setup, shard, teardown
@@ -34,6 +34,16 @@ from codemill.train.optim import build_optimizer, lr_at
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
+def model_config(tcfg: TrainConfig, vocab: int | None, seq_len: int) -> ModelConfig:
+    """The preset with the recipe's overrides, the vocabulary padded to a multiple of 128 (Megatron's
+    rule; None keeps the preset's) and room for the sequence length."""
+    cfg = preset(tcfg.preset, **tcfg.model)
+    if vocab is not None:
+        cfg.vocab_size = -(-vocab // 128) * 128
+    cfg.max_seq_len = max(cfg.max_seq_len, seq_len)
+    return cfg
+
+
 def build_model(tcfg: TrainConfig, vocab: int, seq_len: int, device: torch.device) -> Llama:
     if tcfg.init_from:
         model = import_hf(tcfg.init_from, **tcfg.model)
@@ -42,11 +52,8 @@ def build_model(tcfg: TrainConfig, vocab: int, seq_len: int, device: torch.devic
                 f"{tcfg.init_from} has {model.cfg.vocab_size} ids but the tokenizer {vocab}: use the checkpoint's tokenizer"
             )
         return model.to(device)
-    cfg = preset(tcfg.preset, **tcfg.model)
-    cfg.vocab_size = -(-vocab // 128) * 128  # padded to a multiple of 128 (Megatron's rule)
-    cfg.max_seq_len = max(cfg.max_seq_len, seq_len)
     with torch.device("meta"):
-        model = Llama(cfg)
+        model = Llama(model_config(tcfg, vocab, seq_len))
     model.to_empty(device=device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)  # the same initial weights on every rank and world size

@@ -1,0 +1,122 @@
+"""Before renting a cluster: does a recipe's training step fit in GPU memory, and how long does its
+token budget take?
+
+The model is built on the meta device (no memory is allocated) and one micro-batch's forward and loss
+are walked there in bf16; the tensors autograd keeps for backward are counted per module, with and
+without activation checkpointing. That is measured, not a formula, so it follows the model code.
+Model states follow FSDP2 with mixed precision (fp32 sharded parameters, gradients and AdamW moments;
+bf16 parameters gathered one block at a time). Time follows model FLOPs per token (6N plus attention,
+`train/metrics.py`) at an assumed MFU, the convention of PaLM, Megatron-LM and torchtitan reports.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from codemill.model.llama import Llama
+from codemill.train.metrics import flops_per_token
+
+GIB = 1024**3
+CONTEXT_BYTES = 1 * GIB  # the CUDA context, NCCL buffers and allocator slack beyond the tensors counted
+
+
+@dataclass
+class Activations:
+    per_module: dict[str, int]  # bytes kept for backward, by module (embed, layers.N, head)
+    total: int
+    recompute: int  # with checkpointing: one block's activations, rebuilt during its backward
+
+
+def meta_model(cfg, dtype: torch.dtype = torch.bfloat16) -> Llama:
+    with torch.device("meta"):
+        return Llama(cfg).to(dtype)
+
+
+def saved_activations(model: Llama, micro_batch: int, seq_len: int, checkpointing: bool,
+                      loss_chunk: int = 4096) -> Activations:  # fmt: skip
+    """Bytes autograd saves for backward during one forward and loss on the meta device, per module."""
+    model.train()
+    model.checkpointing = checkpointing
+    names = {id(m): n for n, m in model.named_modules()}
+    stack, per = ["head"], Counter()
+    owner: dict[int, tuple[str, int]] = {id(p): ("", 0) for p in model.parameters()}  # weights are not activations
+
+    def base(t: torch.Tensor) -> torch.Tensor:
+        while t._base is not None:  # a view keeps its base: count the base, once
+            t = t._base
+        return t
+
+    def enter(m, args):
+        stack.append(names[id(m)].removeprefix("model."))
+        x = base(args[0]) if isinstance(args[0], torch.Tensor) else None
+        if x is not None and owner.get(id(x), ("", 0))[0] == "head":  # a checkpoint kept the block's input
+            per["head"] -= owner[id(x)][1]
+            per[stack[-1]] += owner[id(x)][1]
+            owner[id(x)] = (stack[-1], owner[id(x)][1])
+
+    def leave(*_):
+        stack.pop()
+
+    def pack(t: torch.Tensor):
+        b = base(t)
+        if id(b) not in owner:
+            owner[id(b)] = (stack[-1], b.numel() * b.element_size())
+            per[stack[-1]] += owner[id(b)][1]
+        return t
+
+    parts = [model.model.embed_tokens, *model.model.layers]
+    hooks = [h for m in parts for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        ids = torch.zeros(micro_batch, seq_len + 1, dtype=torch.long, device="meta")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids[:, :-1], targets=ids[:, 1:], loss_chunk=loss_chunk)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.checkpointing = False
+    recompute = 0
+    if checkpointing:  # a block's backward first rebuilds what it would have kept
+        recompute = saved_activations(model, micro_batch, seq_len, False, loss_chunk).per_module["layers.0"]
+    return Activations(dict(per), sum(per.values()), recompute)
+
+
+def plan(model: Llama, *, seq_len: int, micro_batch: int, global_batch: int, tokens: float, gpus: int,
+         gpu_memory_gb: float, peak_tflops: float, mfu: float, loss_chunk: int = 4096) -> dict:  # fmt: skip
+    """Memory per GPU with and without activation checkpointing, and time for `tokens`."""
+    n = model.num_params()
+    blocks = [sum(p.numel() for p in b.parameters()) for b in model.model.layers]
+    root = n - sum(blocks)  # embeddings, final norm and head: FSDP2's root unit
+    states = 16 * n / gpus  # fp32 parameters, gradients, AdamW's two moments; all sharded
+    # gathered bf16 parameters of the unit in compute and the one prefetched, and a unit's unsharded
+    # gradients (bf16, then fp32 for the reduce-scatter)
+    unit = max(max(blocks), root)
+    gathered = 2 * 2 * unit + (2 + 4) * unit
+    memory = {}
+    for ckpt in (False, True):
+        act = saved_activations(model, micro_batch, seq_len, ckpt, loss_chunk)
+        logits = 3 * 4 * min(loss_chunk, micro_batch * seq_len) * model.cfg.vocab_size  # a loss chunk
+        total = states + gathered + act.total + act.recompute + logits + CONTEXT_BYTES
+        memory["checkpointing" if ckpt else "no checkpointing"] = {
+            "activations": act.total + act.recompute,
+            "total": total,
+            "fits": total <= gpu_memory_gb * GIB,
+            "per_module": act.per_module,
+        }
+    fpt = flops_per_token(model, seq_len)
+    per_gpu = mfu * peak_tflops * 1e12 / fpt  # tokens per second per GPU
+    gpu_hours = tokens / per_gpu / 3600
+    return {
+        "parameters": n,
+        "non_embedding": model.num_params(embeddings=False),
+        "states": states,
+        "gathered": gathered,
+        "memory": memory,
+        "flops_per_token": fpt,
+        "tokens_per_s_per_gpu": per_gpu,
+        "steps": tokens / (global_batch * seq_len),
+        "gpu_hours": gpu_hours,
+        "days": gpu_hours / gpus / 24,
+    }
