@@ -566,12 +566,17 @@ def ablate_(
         "paired per-task differences with bootstrap intervals.",
     ),
     shared: Path = typer.Option(None, help="Reuse the corpus, tokenizer and benchmarks in this directory."),
+    generation_seeds: int = typer.Option(
+        None, help="Run the generation suites at the first N seeds only (fim-loss runs at every seed)."
+    ),
 ) -> None:
     """NTP vs NTP+FIM vs the paper's mix, and Algorithm 1 vs random order, at equal token budgets."""
     from codemill.flow.ablate import ablate
 
     seed_list = [int(x) for x in seeds.split(",")] if seeds else None
-    path = ablate(recipe, out, console, variants.split(",") if variants else None, seed_list, shared)
+    path = ablate(
+        recipe, out, console, variants.split(",") if variants else None, seed_list, shared, generation_seeds
+    )
     console.print(path.read_text())
 
 

@@ -30,22 +30,26 @@ VARIANTS: dict[str, dict] = {
 
 
 def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | None = None,
-           seeds: list[int] | None = None, shared: str | Path | None = None) -> Path:  # fmt: skip
+           seeds: list[int] | None = None, shared: str | Path | None = None,
+           generation_seeds: int | None = None) -> Path:  # fmt: skip
     """Every variant at every seed (which replaces the data and training seeds), on one corpus,
     tokenizer and benchmark set (`shared`: those of an earlier ablation). With seeds, ablation.md has
-    each column's mean and standard deviation over seeds and the paired per-task differences."""
+    each column's mean and standard deviation over seeds and the paired per-task differences.
+    `generation_seeds`: the generation suites run at the first that many seeds only, fim-loss at all
+    (generation costs the most evaluation time and sits near its floor at small scale)."""
     out = Path(out)
     names = variants or list(VARIANTS)
     if unknown := set(names) - set(VARIANTS):
         raise UserError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     shared = shared or out / "shared"
-    for seed in seeds or [None]:
+    for k, seed in enumerate(seeds or [None]):
         where = out if seed is None else out / f"seed{seed}"
         over = {} if seed is None else {"seed": seed}
+        loss_only = ("fim-loss",) if generation_seeds is not None and k >= generation_seeds else None
         for name in names:
             console.rule(f"[bold magenta]ablation: {name}" + ("" if seed is None else f", seed {seed}"))
             run(recipe, where / name, console, shared=shared, data_overrides={**VARIANTS[name], **over},
-                train_overrides=over)  # fmt: skip
+                train_overrides=over, suites=loss_only)  # fmt: skip
         (where / "ablation.md").write_text(table(where, names))
         fim = [
             where / n / "eval" / "fim-eval"

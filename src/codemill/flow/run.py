@@ -90,9 +90,11 @@ class Stages:
 
 
 def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path | None = None,
-        data_overrides: dict | None = None, train_overrides: dict | None = None) -> dict:  # fmt: skip
+        data_overrides: dict | None = None, train_overrides: dict | None = None,
+        suites: tuple[str, ...] | None = None) -> dict:  # fmt: skip
     """Run the flow; return {stage: seconds} (0 for stages that were up to date). With `shared`,
-    the corpus, tokenizer and benchmarks live there (runs that differ only in training share them)."""
+    the corpus, tokenizer and benchmarks live there (runs that differ only in training share them).
+    `suites` replaces the recipe's."""
     from codemill.curate.config import CurateConfig
     from codemill.data.config import DataConfig
     from codemill.train.config import TrainConfig
@@ -178,7 +180,7 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
             loaded["m"].name = out.name  # the run's name, not "final"
         return loaded["m"]
 
-    for suite in rcfg.suites:
+    for suite in rcfg.suites if suites is None else suites:
         name = f"eval {suite}"
         target = out / "eval" / suite.replace("/", "-")
         s_eval = (

@@ -42,7 +42,9 @@ def saved_activations(model: Llama, micro_batch: int, seq_len: int, checkpointin
     model.checkpointing = checkpointing
     names = {id(m): n for n, m in model.named_modules()}
     stack, per = ["head"], Counter()
-    owner: dict[int, tuple[str, int]] = {id(p): ("", 0) for p in model.parameters()}  # weights are not activations
+    owner: dict[int, tuple[str, int]] = {
+        id(p): ("", 0) for p in model.parameters()
+    }  # weights are not activations
 
     def base(t: torch.Tensor) -> torch.Tensor:
         while t._base is not None:  # a view keeps its base: count the base, once
