@@ -99,43 +99,45 @@ MEASURES = (  # (fim-loss item measure, label): the three claims' held-out bits 
 )
 
 
-def per_item_bits(run: Path, measure: str) -> dict[str, float]:
-    """Bits per byte per FIM task (`psm`, `spm`), held-out file (`files`) or cross-file target line
+def per_item(run: Path, measure: str) -> dict[str, tuple[float, int]]:
+    """(nats, bytes) per FIM task (`psm`, `spm`), held-out file (`files`) or cross-file target line
     (`infile`, `retrieval`) of a variant's fim-loss."""
     p = run / "eval" / "fim-loss" / "results.json"
     if not p.exists():
         return {}
     r = json.loads(p.read_text())
     if measure == "files":
-        return {str(i): f["nats"] / math.log(2) / f["bytes"] for i, f in enumerate(r.get("files") or [])}
+        return {str(i): (f["nats"], f["bytes"]) for i, f in enumerate(r.get("files") or [])}
     rows = (r.get("crossfile") or []) if measure in ("infile", "retrieval") else r["tasks"]
-    return {
-        t["task_id"]: t[f"{measure}_nats"] / math.log(2) / t["bytes"] for t in rows if f"{measure}_nats" in t
-    }
+    return {t["task_id"]: (t[f"{measure}_nats"], t["bytes"]) for t in rows if f"{measure}_nats" in t}
 
 
 def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, seed: int = 0):
-    """Mean per-item difference a − b in bits per byte over items and seeds, its 95% bootstrap interval
-    (items resampled with replacement, the same for a and b, and inside each item the seeds), the
-    share of replicates at or above 0 (how often a is not better), the number of items and the mean
-    difference at each seed (whether the seeds agree)."""
-    per_seed = [(per_item_bits(d / a, measure), per_item_bits(d / b, measure)) for d in dirs]
+    """Difference a − b in bits per byte pooled over items (their nats over their bytes, as the suite
+    reports bits per byte) and seeds; its 95% bootstrap interval (items resampled with replacement, the
+    same for a and b, and inside each item the seeds); the share of replicates at or above 0 (how often
+    a is not better); the number of items; and the difference at each seed (whether the seeds agree)."""
+    per_seed = [(per_item(d / a, measure), per_item(d / b, measure)) for d in dirs]
     items = sorted(set.intersection(*(set(x) & set(y) for x, y in per_seed))) if per_seed else []
     if not items:
         return None
-    diff = np.asarray([[x[i] - y[i] for x, y in per_seed] for i in items])  # [items, seeds]
+    diff = np.asarray([[x[i][0] - y[i][0] for x, y in per_seed] for i in items]) / math.log(
+        2
+    )  # [items, seeds]
+    nbytes = np.asarray([per_seed[0][0][i][1] for i in items], dtype=np.float64)
     rng = np.random.default_rng(seed)
     n, k = diff.shape
     rows = rng.integers(0, n, size=(reps, n))
     cols = rng.integers(0, k, size=(reps, n, k))
-    boot = diff[rows[..., None], cols].mean(axis=(1, 2))
+    boot = diff[rows[..., None], cols].sum(axis=(1, 2)) / (nbytes[rows].sum(axis=1) * k)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(diff.mean()), float(lo), float(hi), float((boot >= 0).mean()), n, diff.mean(axis=0).tolist()
+    each = (diff.sum(axis=0) / nbytes.sum()).tolist()
+    return float(diff.sum() / (nbytes.sum() * k)), float(lo), float(hi), float((boot >= 0).mean()), n, each
 
 
 def paired_table(dirs: list[Path], names: list[str]) -> str:
     lines = ["Paired differences in bits per byte (negative: the first variant predicts the held-out code better), "
-             f"per task or file, pooled over {len(dirs)} seeds, 95% bootstrap intervals.", "",
+             f"pooled over the items and {len(dirs)} seeds; 95% bootstrap intervals over items.", "",
              "| comparison | measure | items | mean difference | 95% interval | P(difference ≥ 0) | per seed |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for a, b in PAIRS:
