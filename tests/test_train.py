@@ -67,6 +67,42 @@ def test_two_processes_take_the_same_steps_as_one(code_corpus, bpe_dir, tmp_path
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
 
 
+def test_fsdp2_mixed_precision_takes_the_steps_of_one_process_in_bf16(code_corpus, bpe_dir, tmp_path):
+    """bf16 parameters and compute, fp32 gradient reduction and master weights under FSDP2 (gloo on
+    CPU) against one process under bf16 autocast: the same losses within bf16's precision, falling."""
+    extra = ["--set", "max_steps=6", "--set", "data_shards=2", "--set", "dtype=bf16", "--set", "lr=3e-3"]
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "one", *extra))
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "two", *extra, torchrun=2))
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] and all(
+        abs(x - y) < 0.02 * x for (_, x), (_, y) in zip(a, b, strict=True)
+    )
+    assert b[-1][1] < b[0][1] - 0.1  # it learns
+    weights = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # the optimizer stepped fp32 masters
+
+
+def test_tied_embeddings_shard_train_and_round_trip_through_hugging_face(code_corpus, bpe_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from codemill.model.hf import import_hf
+
+    tied = "model={hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, tie_embeddings: true}"
+    extra = ["--set", tied, "--set", "max_steps=2", "--set", "data_shards=2"]
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "one", *extra))
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "two", *extra, torchrun=2))
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert all(abs(x - y) < 1e-5 for (_, x), (_, y) in zip(a, b, strict=True))
+    final = tmp_path / "two" / "final"
+    assert "lm_head.weight" not in load_file(final / "model.safetensors")  # one matrix, stored once
+    ours = import_hf(final)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    hf = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
+    ids = torch.randint(0, ours.cfg.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(ours(ids), hf(ids).logits, atol=1e-5)
+
+
 def test_killed_run_resumes_to_the_same_loss_curve(code_corpus, bpe_dir, tmp_path):
     extra = ["--set", "max_steps=10", "--set", "ckpt_every=3", "--set", "keep_last=2", "--set", "log_every=2"]
     run(train_cmd(code_corpus, bpe_dir, tmp_path / "straight", *extra))

@@ -16,13 +16,19 @@ class Settings:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Self:
         d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(types))
         if unknown:
-            raise UserError(f"unknown {cls.section} settings {unknown}; known: {sorted(names)}")
+            raise UserError(f"unknown {cls.section} settings {unknown}; known: {sorted(types)}")
         for k, v in d.items():
             if isinstance(v, list):
                 d[k] = tuple(v)
+            elif isinstance(v, str) and types[k].split(" |")[0] in ("float", "int"):
+                # YAML reads 3e-3 (no dot) as a string
+                try:
+                    d[k] = float(v) if types[k].startswith("float") else int(v)
+                except ValueError:
+                    raise UserError(f"{cls.section}.{k}: expected a number, got {v!r}") from None
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

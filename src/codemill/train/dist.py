@@ -35,17 +35,24 @@ def setup() -> Dist:
     return Dist(rank, world, local, torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 
-def shard(model: nn.Module, d: Dist) -> nn.Module:
-    """FSDP2 `fully_shard` per block, then the root; a CPU mesh is built explicitly (pytorch #132471)."""
+def shard(model: nn.Module, d: Dist, bf16: bool = False) -> nn.Module:
+    """FSDP2 `fully_shard` per block, then the root; a CPU mesh is built explicitly (pytorch #132471).
+    `bf16`: parameters gathered and computed in bf16, gradients reduced in fp32 into the fp32 sharded
+    parameters the optimizer steps (torchtitan's mixed-precision policy)."""
     if d.world == 1:
         return model
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(d.device.type, (d.world,))
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if bf16
+        else MixedPrecisionPolicy()
+    )
     for block in model.model.layers:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
 
 

@@ -61,11 +61,17 @@ def build_model(tcfg: TrainConfig, vocab: int, seq_len: int, device: torch.devic
     return model
 
 
-def _autocast(tcfg: TrainConfig, device: torch.device):
-    bf16 = tcfg.dtype == "bf16" or (tcfg.dtype == "auto" and device.type == "cuda")
+def _bf16(tcfg: TrainConfig, device: torch.device) -> bool:
     if tcfg.dtype not in ("auto", "bf16", "fp32"):
         raise UserError(f"train.dtype must be auto, bf16 or fp32, not {tcfg.dtype!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return tcfg.dtype == "bf16" or (tcfg.dtype == "auto" and device.type == "cuda")
+
+
+def _autocast(tcfg: TrainConfig, device: torch.device):
+    """bf16 compute on one process; under FSDP2 the mixed-precision policy casts (autocast is then a no-op)."""
+    return (
+        torch.autocast(device.type, dtype=torch.bfloat16) if _bf16(tcfg, device) else contextlib.nullcontext()
+    )
 
 
 def _plan(tcfg: TrainConfig, d: Dist) -> tuple[list[int], int, int]:
@@ -106,7 +112,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
     model.checkpointing = tcfg.activation_checkpointing
     fpt = flops_per_token(model, dcfg.seq_len)
     n_params = model.num_params()
-    model = shard(model, d)
+    model = shard(model, d, bf16=_bf16(tcfg, d.device))
     if tcfg.compile:
         for block in model.model.layers:
             block.compile()
