@@ -352,7 +352,7 @@ def test_bad_settings_say_what_to_do(code_corpus, tok):
     assert (
         DataConfig.from_dict({"fim_spm_rate": "5e-1", "seq_len": "64"}).fim_spm_rate == 0.5
     )  # YAML's 5e-1 is text
-    with pytest.raises(UserError, match="data.seq_len: expected a number"):
+    with pytest.raises(UserError, match=r"data\.seq_len: expected a number"):
         DataConfig.from_dict({"seq_len": "long"})
     with pytest.raises(ValueError, match="format"):
         TrainingStream(code_corpus, tok, DataConfig(format="aixcoder"))
