@@ -3,16 +3,18 @@
 Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, greedy, CPU, in one run:
 - transformers `generate()` (its own KV cache within the call, nothing kept between calls);
 - codemill cold (empty cache), warm (the same request again), and typing (the prompt grown by the
-  characters a user types, one request per keystroke, as an editor sends them);
+  characters a user types, one request per keystroke, as an editor sends them), with one slot and with
+  `--parallel` slots (every slot is a row of each decode step, so a lone request pays for the others'
+  rows), eager, `--compile` and bf16;
 - llama.cpp (llama-cpp-python, the checkpoint exported with `codemill export gguf` in f32), the same
   three, reusing its cache over the longest common prefix as llama-server does.
 
-Then, through the HTTP server on 127.0.0.1 (uvicorn, httpx clients):
+Then, through the HTTP server on 127.0.0.1 (uvicorn, httpx clients), with `--parallel` slots:
 - keystroke replay: real files typed character by character (60-180 ms between keys and a 0.4-1.2 s
-  pause before one key in ten, seeded), an
-  editor-like client sending `/infill` after each debounce pause and dropping (disconnecting) the
-  request still in flight when a newer one goes out: p50 / p90 latency, tokens reused against
-  evaluated, and the time spent on requests that were cancelled;
+  pause before one key in ten, seeded), by 1, 4 and 8 editor-like clients at once (`--typing-clients`),
+  each sending `/infill` after each debounce pause and dropping (disconnecting) the request still in
+  flight when a newer one goes out: p50 / p90 / p95 latency, errors, tokens reused against evaluated,
+  and the time spent on requests that were cancelled;
 - concurrent clients: N clients each completing M different positions at once: p50 / p90 / p95
   latency and the error count.
 
@@ -50,6 +52,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients (0: skip)")
     ap.add_argument("--compile-http", action="store_true", help="serve the HTTP parts with the compiled step")
     ap.add_argument("--requests", type=int, default=6, help="requests per concurrent client")
+    ap.add_argument("--parallel", type=int, default=4, help="slots of the served engine")
+    ap.add_argument("--typing-clients", type=str, default="1,4,8", help="typists at once in the replay")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()
@@ -75,12 +79,19 @@ def main() -> None:
         return time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    compiled = Engine(args.model, compile=True)
+    compiled = Engine(args.model, compile=True, parallel=args.parallel)
     compile_s = time.perf_counter() - t0
     rows = {"transformers generate()": []}
     hf_run()  # warm-up
     rows["transformers generate()"] = [hf_run() for _ in range(args.repeats)]
-    for label, eng in (("codemill", engine), ("codemill --compile", compiled)):
+    p = args.parallel
+    engines = (
+        ("codemill, 1 slot", engine),
+        (f"codemill, {p} slots", Engine(args.model, parallel=p)),
+        (f"codemill --compile, {p} slots", compiled),
+        (f"codemill --dtype bf16, {p} slots", Engine(args.model, parallel=p, dtype="bf16")),
+    )
+    for label, eng in engines:
         eng.stop_ids = set()  # both decode exactly `tokens` tokens
         ours(eng, ids, True)  # warm-up
         rows[f"{label}, cold cache"] = [ours(eng, ids, True) for _ in range(args.repeats)]
@@ -109,13 +120,13 @@ def main() -> None:
         f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}); "
         f"--compile took {compile_s:.1f} s at load"
     )
-    engine = compiled if args.compile_http else engine
-
+    engine = compiled if args.compile_http else engines[1][1]
     engine.stop_ids = {engine.tok.token_id(t) for t in engine.fmt.stop_tokens}  # real stops again
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
     if args.replay_files:
         for debounce in (int(x) for x in args.debounce.split(",")):
-            asyncio.run(replay(engine, files[: args.replay_files], args.chars, debounce / 1000))
+            for typists in (int(x) for x in args.typing_clients.split(",")):
+                asyncio.run(replay(engine, files, args.replay_files, args.chars, debounce / 1000, typists))
     if args.clients:
         asyncio.run(concurrent(engine, files, args.clients, args.requests))
 
@@ -172,75 +183,76 @@ def _positions(files: list[Path], n: int, seed: int = 0) -> list[tuple[str, str,
     return out
 
 
-async def replay(engine: Engine, files: list[Path], chars: int, debounce: float) -> None:
+async def replay(engine: Engine, files: list[Path], per_client: int, chars: int, debounce: float,
+                 typists: int = 1) -> None:  # fmt: skip
+    """`typists` editors at once, each typing `per_client` files of its own."""
     import random
 
     import httpx
 
     from codemill.serve.http import Server, create_app
 
-    rng = random.Random(0)
-    done, cancelled_s, cached, evaluated, sent = [], [], 0, 0, 0
-    with Server(create_app(engine)) as server:
+    done, cancelled_s, counts = [], [], {"cached": 0, "evaluated": 0, "sent": 0, "errors": 0}
+    positions = _positions(files, per_client * typists, seed=1)
+
+    async def typist(k: int, client) -> None:
+        rng = random.Random(k)
+        for path, prefix, rest in positions[k * per_client : (k + 1) * per_client]:
+            typed, inflight, timer = rest[:chars], None, None
+
+            async def send(prefix, path, rest):
+                nonlocal inflight
+                if inflight is not None and not inflight.done():
+                    inflight.cancel()  # the editor drops it: the connection closes, decoding stops
+                counts["sent"] += 1
+                inflight = asyncio.create_task(one(prefix, path, rest))
+
+            async def one(prefix, path, suffix):
+                t0 = time.perf_counter()
+                try:
+                    body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 32, "path": path}
+                    r = await client.post("/infill", json=body, headers={"x-client-id": f"editor-{k}"})
+                except asyncio.CancelledError:
+                    cancelled_s.append(time.perf_counter() - t0)
+                    raise
+                if r.status_code != 200:
+                    counts["errors"] += 1
+                    return
+                done.append(time.perf_counter() - t0)
+                counts["cached"] += r.json()["tokens_cached"]
+                counts["evaluated"] += r.json()["tokens_evaluated"]
+
+            for i in range(len(typed)):
+                prefix_now, rest_now = prefix + typed[: i + 1], rest[len(typed) :]  # new code, same suffix
+                if timer is not None:
+                    timer.cancel()
+
+                async def later(p=prefix_now, r=rest_now, path=path):
+                    await asyncio.sleep(debounce)
+                    await send(p, path, r)
+
+                timer = asyncio.create_task(later())
+                # 60-180 ms between keys, and a pause to think before one key in ten
+                await asyncio.sleep(
+                    rng.uniform(0.06, 0.18) + (rng.uniform(0.4, 1.2) if rng.random() < 0.1 else 0)
+                )
+            await timer
+            if inflight is not None:
+                await asyncio.gather(inflight, return_exceptions=True)
+
+    with Server(create_app(engine, access_log=False)) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            for path, prefix, rest in _positions(files, len(files), seed=1):
-                typed, inflight, timer = rest[:chars], None, None
-
-                async def send(prefix=prefix, path=path, rest=rest):
-                    nonlocal inflight, sent
-                    if inflight is not None and not inflight.done():
-                        inflight.cancel()  # the editor drops it: the connection closes, decoding stops
-                    sent += 1
-                    inflight = asyncio.create_task(one(client, path, prefix, rest))
-
-                async def one(client, path, prefix, suffix):
-                    nonlocal cached, evaluated
-                    t0 = time.perf_counter()
-                    try:
-                        body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 32, "path": path}
-                        r = (await client.post("/infill", json=body)).json()
-                    except asyncio.CancelledError:
-                        cancelled_s.append(time.perf_counter() - t0)
-                        raise
-                    done.append(time.perf_counter() - t0)
-                    cached += r["tokens_cached"]
-                    evaluated += r["tokens_evaluated"]
-
-                for i in range(len(typed)):
-                    prefix_now, rest_now = (
-                        prefix + typed[: i + 1],
-                        rest[len(typed) :],
-                    )  # new code, same suffix
-                    if timer is not None:
-                        timer.cancel()
-
-                    async def later(p=prefix_now, r=rest_now, path=path):
-                        await asyncio.sleep(debounce)
-                        await send(p, path, r)
-
-                    timer = asyncio.create_task(later())
-                    # 60-180 ms between keys, and a pause to think before one key in ten
-                    await asyncio.sleep(
-                        rng.uniform(0.06, 0.18) + (rng.uniform(0.4, 1.2) if rng.random() < 0.1 else 0)
-                    )
-                await timer
-                if inflight is not None:
-                    await asyncio.gather(inflight, return_exceptions=True)
+            await asyncio.gather(*(typist(k, client) for k in range(typists)))
     table = Table(
-        title=f"keystroke replay: {len(files)} files x {chars} typed characters, debounce {1000 * debounce:.0f} ms"
+        title=f"keystroke replay: {typists} typist(s) x {per_client} files x {chars} characters, debounce "
+        f"{1000 * debounce:.0f} ms, {engine.parallel} slots"
     )
-    for col in (
-        "requests sent",
-        "completed",
-        "cancelled",
-        "p50 s",
-        "p90 s",
-        "tokens reused : evaluated",
-        "s on cancelled",
-    ):
+    for col in ("requests sent", "completed", "errors", "cancelled", "p50 s", "p90 s", "p95 s",
+                "tokens reused : evaluated", "s on cancelled"):  # fmt: skip
         table.add_column(col, justify="right")
-    table.add_row(str(sent), str(len(done)), str(len(cancelled_s)), f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}",
-                  f"{cached:,} : {evaluated:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
+    table.add_row(str(counts["sent"]), str(len(done)), str(counts["errors"]), str(len(cancelled_s)),
+                  f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}", f"{_pct(done, 0.95):.3f}",
+                  f"{counts['cached']:,} : {counts['evaluated']:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
     Console().print(table)
 
 
@@ -251,7 +263,7 @@ async def concurrent(engine: Engine, files: list[Path], clients: int, requests: 
 
     latencies, errors = [], 0
     positions = _positions(files, clients * requests, seed=2)
-    with Server(create_app(engine)) as server:
+    with Server(create_app(engine, access_log=False)) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
 
             async def user(k: int):
