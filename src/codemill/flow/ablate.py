@@ -67,8 +67,10 @@ def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | N
 
 
 def seeds_table(dirs: list[Path], names: list[str]) -> str:
-    """Each numeric column: mean ± standard deviation over the seeds."""
+    """Each numeric column: mean ± standard deviation over the seeds that measured it (a column measured
+    at fewer seeds says how many)."""
     head = [h for h, _, m in COLUMNS if m != "mix"]
+    head = [h for h in head if any(isinstance(values(d / n)[h], float | int) for d in dirs for n in names)]
     lines = [f"Mean ± standard deviation over {len(dirs)} seeds.", "", "| variant | " + " | ".join(head) + " |",
              "|---" * (len(head) + 1) + "|"]  # fmt: skip
     for name in names:
@@ -76,8 +78,12 @@ def seeds_table(dirs: list[Path], names: list[str]) -> str:
         cells = []
         for h in head:
             xs = np.asarray([v[h] for v in per if isinstance(v[h], float | int)], dtype=np.float64)
-            sd = xs.std(ddof=1) if len(xs) > 1 else 0.0
-            cells.append(f"{_cell(h, float(xs.mean()))} ± {_cell(h, float(sd))}" if len(xs) else "-")
+            if len(xs) == len(dirs) > 1:
+                cells.append(f"{_cell(h, float(xs.mean()))} ± {_cell(h, float(xs.std(ddof=1)))}")
+            elif len(xs):
+                cells.append(f"{_cell(h, float(xs.mean()))} ({len(xs)} seed{'s' if len(xs) > 1 else ''})")
+            else:
+                cells.append("-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
