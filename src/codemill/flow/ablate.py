@@ -120,9 +120,10 @@ def per_item(run: Path, measure: str) -> dict[str, tuple[float, int]]:
 
 def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, seed: int = 0):
     """Difference a − b in bits per byte pooled over items (their nats over their bytes, as the suite
-    reports bits per byte) and seeds; its 95% bootstrap interval (items resampled with replacement, the
-    same for a and b, and inside each item the seeds); the share of replicates at or above 0 (how often
-    a is not better); the number of items; and the difference at each seed (whether the seeds agree)."""
+    reports bits per byte) and seeds; its 95% bootstrap interval, resampling the seeds as whole runs
+    and the items (the same for a and b): a seed's model is shared by all its items, so its effect is
+    one draw, which resampling seeds item by item would average away; the share of replicates at or
+    above 0 (how often a is not better); the number of items; and the difference at each seed."""
     per_seed = [(per_item(d / a, measure), per_item(d / b, measure)) for d in dirs]
     items = sorted(set.intersection(*(set(x) & set(y) for x, y in per_seed))) if per_seed else []
     if not items:
@@ -134,8 +135,8 @@ def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, s
     rng = np.random.default_rng(seed)
     n, k = diff.shape
     rows = rng.integers(0, n, size=(reps, n))
-    cols = rng.integers(0, k, size=(reps, n, k))
-    boot = diff[rows[..., None], cols].sum(axis=(1, 2)) / (nbytes[rows].sum(axis=1) * k)
+    runs = rng.integers(0, k, size=(reps, k))
+    boot = diff[rows[:, :, None], runs[:, None, :]].sum(axis=(1, 2)) / (nbytes[rows].sum(axis=1) * k)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     each = (diff.sum(axis=0) / nbytes.sum()).tolist()
     return float(diff.sum() / (nbytes.sum() * k)), float(lo), float(hi), float((boot >= 0).mean()), n, each
@@ -143,7 +144,7 @@ def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, s
 
 def paired_table(dirs: list[Path], names: list[str]) -> str:
     lines = ["Paired differences in bits per byte (negative: the first variant predicts the held-out code better), "
-             f"pooled over the items and {len(dirs)} seeds; 95% bootstrap intervals over items.", "",
+             f"pooled over the items and {len(dirs)} seeds; 95% bootstrap intervals over seeds (as whole runs) and items.", "",
              "| comparison | measure | items | mean difference | 95% interval | P(difference ≥ 0) | per seed |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for a, b in PAIRS:
