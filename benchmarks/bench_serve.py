@@ -192,7 +192,8 @@ async def replay(engine: Engine, files: list[Path], per_client: int, chars: int,
 
     from codemill.serve.http import Server, create_app
 
-    done, cancelled_s, counts = [], [], {"cached": 0, "evaluated": 0, "sent": 0, "errors": 0}
+    done, cancelled_s = [], []
+    counts = {"cached": 0, "evaluated": 0, "sent": 0, "errors": 0, "replaced": 0, "busy": 0}
     positions = _positions(files, per_client * typists, seed=1)
 
     async def typist(k: int, client) -> None:
@@ -215,8 +216,8 @@ async def replay(engine: Engine, files: list[Path], per_client: int, chars: int,
                 except asyncio.CancelledError:
                     cancelled_s.append(time.perf_counter() - t0)
                     raise
-                if r.status_code != 200:
-                    counts["errors"] += 1
+                if r.status_code != 200:  # 409: a newer keystroke replaced it in the queue; 429: queue full
+                    counts[{409: "replaced", 429: "busy"}.get(r.status_code, "errors")] += 1
                     return
                 done.append(time.perf_counter() - t0)
                 counts["cached"] += r.json()["tokens_cached"]
@@ -247,10 +248,11 @@ async def replay(engine: Engine, files: list[Path], per_client: int, chars: int,
         title=f"keystroke replay: {typists} typist(s) x {per_client} files x {chars} characters, debounce "
         f"{1000 * debounce:.0f} ms, {engine.parallel} slots"
     )
-    for col in ("requests sent", "completed", "errors", "cancelled", "p50 s", "p90 s", "p95 s",
-                "tokens reused : evaluated", "s on cancelled"):  # fmt: skip
+    for col in ("sent", "completed", "replaced (409)", "busy (429)", "errors", "cancelled", "p50 s", "p90 s",
+                "p95 s", "tokens reused : evaluated", "s on cancelled"):  # fmt: skip
         table.add_column(col, justify="right")
-    table.add_row(str(counts["sent"]), str(len(done)), str(counts["errors"]), str(len(cancelled_s)),
+    table.add_row(str(counts["sent"]), str(len(done)), str(counts["replaced"]), str(counts["busy"]),
+                  str(counts["errors"]), str(len(cancelled_s)),
                   f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}", f"{_pct(done, 0.95):.3f}",
                   f"{counts['cached']:,} : {counts['evaluated']:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
     Console().print(table)

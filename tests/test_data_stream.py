@@ -358,3 +358,16 @@ def test_bad_settings_say_what_to_do(code_corpus, tok):
         TrainingStream(code_corpus, tok, DataConfig(format="aixcoder"))
     with pytest.raises(UserError, match="codemill curate"):
         CodeCorpus(code_corpus / "nowhere")
+
+
+def test_runs_that_differ_only_in_file_order_draw_the_same_objective_per_repository(code_corpus, tok):
+    """The ablation's paper vs paper-random-order: the ordering strategy consumes random draws, which must
+    not change the objective a repository trains on."""
+    drawn = {}
+    for name, ordering in (("algorithm1", None), ("random", {"random": 1.0})):
+        cfg = DataConfig(seq_len=256, **({"ordering": ordering} if ordering else {}))
+        s = TrainingStream(code_corpus, tok, cfg)
+        drawn[name] = [
+            {d.drawn for make in s.plan("code", u, 0) for d in make() if d.drawn} for u in s.units("code", 0)
+        ]
+    assert drawn["algorithm1"] == drawn["random"] and any(len(x) == 1 for x in drawn["random"])

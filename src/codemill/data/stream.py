@@ -156,9 +156,10 @@ class TrainingStream:
             return [partial(self._text_doc, t, (epoch, "text", unit, row)) for row, t in enumerate(texts)]
         cfg = self.cfg
         repo, files = self.sources["code"].read(unit)
-        rng = keyed_rng(cfg.seed, epoch, repo)
-        strategy, order = order_files(files, rng, cfg.ordering, cfg.max_clusters)
-        repo_objective = draw(cfg.code_objectives, rng) if cfg.objective_unit == "repo" else None
+        strategy, order = order_files(files, keyed_rng(cfg.seed, epoch, repo), cfg.ordering, cfg.max_clusters)
+        # its own draw: runs that differ only in file order train each repository on the same objective
+        objective_rng = keyed_rng(cfg.seed, epoch, repo, "objective")
+        repo_objective = draw(cfg.code_objectives, objective_rng) if cfg.objective_unit == "repo" else None
         if self.stats is not None:
             self.stats.repo(strategy)
         plan = []

@@ -97,10 +97,12 @@ class Session:
 
 class Engine:
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
-                 max_len: int | None = None, compile: bool = False, parallel: int = 1,
+                 max_len: int | None = None, compile: bool = False, parallel: int | None = 1,
                  dtype: str | None = None):  # fmt: skip
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
-        many requests decode together, one batched forward per token (`step`). `compile`: decode with
+        many requests decode together, one batched forward per token (`step`). None: 4 on a GPU, 1 on
+        a CPU, where a batched step of small matrices costs a lone request about twice one row's
+        (docs/benchmarks.md). `compile`: decode with
         a torch.compile'd step over the whole preallocated cache (static shapes, one graph for every
         position), compiled here, before the first request. `dtype`: fp32 or bf16 weights and cache
         (default bf16 on a GPU, fp32 on a CPU)."""
@@ -117,17 +119,17 @@ class Engine:
         self.model = import_hf(path, dtype=dtype).to(self.device).eval()
         self.name = path.name
         self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
-        self.parallel = parallel
-        self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype, batch=parallel)
+        self.parallel = parallel or (4 if self.device.type == "cuda" else 1)
+        self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype, batch=self.parallel)
         self.cache.rope = rope_tables(self.model.cfg, torch.arange(self.max_len, device=self.device))
-        self.slots: list[list[int]] = [[] for _ in range(parallel)]  # token ids each slot's rows hold
-        self.used = [0.0] * parallel  # when each slot last served, for least-recently-used reuse
+        self.slots: list[list[int]] = [[] for _ in range(self.parallel)]  # token ids each slot's rows hold
+        self.used = [0.0] * self.parallel  # when each slot last served, for least-recently-used reuse
         self.busy: set[int] = set()
         self.stop_ids = {self.tok.token_id(t) for t in self.fmt.stop_tokens}
         self._step = None
         if compile:
             step = torch.compile(self.model.decode_step, dynamic=False)
-            zero = torch.zeros(parallel, dtype=torch.long, device=self.device)
+            zero = torch.zeros(self.parallel, dtype=torch.long, device=self.device)
             step(zero.view(-1, 1), zero, self.cache)  # compile now: the server says "loading" meanwhile
             self._step = step
 
