@@ -114,9 +114,9 @@ def main() -> None:
     for name, ts in rows.items():
         m = statistics.median(ts)
         table.add_row(name, f"{m:.3f}", f"{1000 * m / args.tokens:.1f}", f"{base / m:.2f}x")
-    Console().print(table)
+    Console(width=200).print(table)
     cfg = engine.model.cfg
-    Console().print(
+    Console(width=200).print(
         f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}); "
         f"--compile took {compile_s:.1f} s at load"
     )
@@ -255,7 +255,7 @@ async def replay(engine: Engine, files: list[Path], per_client: int, chars: int,
                   str(counts["errors"]), str(len(cancelled_s)),
                   f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}", f"{_pct(done, 0.95):.3f}",
                   f"{counts['cached']:,} : {counts['evaluated']:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 async def concurrent(engine: Engine, files: list[Path], clients: int, requests: int) -> None:
@@ -285,7 +285,7 @@ async def concurrent(engine: Engine, files: list[Path], clients: int, requests: 
         table.add_column(col, justify="right")
     table.add_row(str(len(latencies)), str(errors), f"{_pct(latencies, 0.5):.3f}", f"{_pct(latencies, 0.9):.3f}",
                   f"{_pct(latencies, 0.95):.3f}", f"{wall:.1f}")  # fmt: skip
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from codemill.errors import UserError
 from codemill.eval.sandbox import available
 
 
@@ -283,14 +284,14 @@ def test_eval_through_the_server_equals_eval_of_the_checkpoint(checkpoint, tmp_p
     got = [x["completion"] for x in via_http["samples"]]
     assert got == [x["completion"] for x in direct["samples"]] and any(got)
     assert via_http["summary"] == direct["summary"]
-    with pytest.raises(ConnectionError, match="is the server up"):
+    with pytest.raises(UserError, match="is the server up"):
         Endpoint(s.url)  # the server is gone
 
 
 def test_a_newer_request_from_the_same_client_replaces_its_queued_older_one():
     import asyncio
 
-    from codemill.serve.http import Busy, EngineSlot, Replaced
+    from codemill.serve.http import Busy, EngineSlot, Gone, Replaced
 
     async def scenario():
         slot, log = EngineSlot(max_queue=4), []
@@ -322,6 +323,27 @@ def test_a_newer_request_from_the_same_client_replaces_its_queued_older_one():
         await asyncio.gather(running, a1, a2, c1, *others)
         assert log == ["b1 runs", "a1 replaced", "x1 busy", "a2 runs", "c1 runs", "x0 runs"]
         assert slot.n == 0 and not slot.waiting and not slot.lock.locked()
+        # a client that hangs up while queued gives its place back at once
+        release, hangup = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(request("editor-h", "h1", release))
+        await asyncio.sleep(0.01)
+
+        async def left():
+            try:
+                async with slot.hold("editor-g", hangup.wait()):
+                    log.append("g1 runs")
+            except Gone:
+                log.append("g1 gone")
+
+        waiter = asyncio.create_task(left())
+        await asyncio.sleep(0.01)
+        assert slot.n == 2
+        hangup.set()
+        await asyncio.sleep(0.01)
+        assert log[-1] == "g1 gone" and slot.n == 1
+        release.set()
+        await asyncio.gather(holder, waiter)
+        assert slot.n == 0 and not slot.lock.locked()
 
     asyncio.run(scenario())
 

@@ -182,6 +182,10 @@ class Replaced(Exception):
     pass
 
 
+class Gone(Exception):
+    """The client hung up while its request waited: its place in the queue is given back."""
+
+
 class EngineSlot:
     """The engine's turn-taking: `parallel` holders, FIFO waiters up to `max_queue` (holders
     included), and a newer waiter from the same client replacing the older one (which raises
@@ -194,8 +198,11 @@ class EngineSlot:
         self.waiting: dict[str, asyncio.Event] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, client: str):
+    async def hold(self, client: str, gone=None):
+        """`gone`: an awaitable that finishes if the client hangs up while waiting (raises `Gone`)."""
         if self.n >= self.max_queue:
+            if asyncio.iscoroutine(gone):
+                gone.close()
             raise Busy
         self.n += 1
         mine = asyncio.Event()
@@ -205,14 +212,17 @@ class EngineSlot:
         try:
             acquire = asyncio.ensure_future(self.lock.acquire())
             replaced = asyncio.ensure_future(mine.wait())
-            await asyncio.wait({acquire, replaced}, return_when=asyncio.FIRST_COMPLETED)
-            if mine.is_set():
+            left = asyncio.ensure_future(gone) if gone is not None else asyncio.Future()
+            await asyncio.wait({acquire, replaced, left}, return_when=asyncio.FIRST_COMPLETED)
+            if mine.is_set() or (left.done() and not acquire.done()):
                 if acquire.done() and not acquire.cancelled():
                     self.lock.release()
                 else:
                     acquire.cancel()
-                raise Replaced
+                left.cancel()
+                raise Replaced if mine.is_set() else Gone
             replaced.cancel()
+            left.cancel()
             if self.waiting.get(client) is mine:
                 del self.waiting[client]  # running now: a newer request queues behind it
             try:
@@ -445,9 +455,17 @@ def prepare(request: Request, parse, body) -> Job | JSONResponse:
 @contextlib.asynccontextmanager
 async def turn(request: Request):
     """None while this request holds a slot, or the error response when it may not have one."""
+
+    async def hangs_up():
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.05)
+
     try:
-        async with request.app.state.slot.hold(_client(request)):
+        async with request.app.state.slot.hold(_client(request), hangs_up()):
             yield None
+    except Gone:
+        request.app.state.stats["disconnects"] += 1
+        yield GONE
     except Busy:
         yield error(429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"})
     except Replaced:
@@ -455,11 +473,16 @@ async def turn(request: Request):
         yield error(409, "replaced by a newer request from the same client", "request_replaced")
 
 
+GONE = JSONResponse({}, status_code=499)  # what `turn` yields for a client that left while queued: no answer
+
+
 async def execute(request: Request, job: Job, stream_piece=None) -> Any:
     """Decode in a slot beside the other requests, watching the connection as text comes: the
     Completion, an error response, or None when the client left."""
     stats = request.app.state.stats
     async with turn(request) as refused:
+        if refused is GONE:
+            return None
         if refused is not None:
             return refused
         if await request.is_disconnected():  # gone while queued: no prefill for nobody
