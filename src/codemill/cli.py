@@ -237,20 +237,13 @@ def _train_configs(recipe: Path | None, overrides: list[str]):
 
 
 def _meta(dcfg, tcfg):
+    from codemill.model.hf import hf_config
     from codemill.train.loop import model_config
     from codemill.train.plan import meta_model
 
-    if tcfg.init_from:
-        import dataclasses
-        import json
-
-        from codemill.model.hf import from_hf_config
-
-        hf = json.loads((Path(tcfg.init_from) / "config.json").read_text())
-        cfg = dataclasses.replace(from_hf_config(hf), **tcfg.model)
-    else:
-        cfg = model_config(tcfg, None, dcfg.seq_len)
-    return meta_model(cfg)
+    return meta_model(
+        hf_config(tcfg.init_from, **tcfg.model) if tcfg.init_from else model_config(tcfg, None, dcfg.seq_len)
+    )
 
 
 def _dry_run(dcfg, tcfg) -> None:

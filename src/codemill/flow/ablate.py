@@ -69,12 +69,13 @@ def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | N
 def seeds_table(dirs: list[Path], names: list[str]) -> str:
     """Each numeric column: mean ± standard deviation over the seeds that measured it (a column measured
     at fewer seeds says how many)."""
+    measured = {name: [values(d / name) for d in dirs] for name in names}
     head = [h for h, _, m in COLUMNS if m != "mix"]
-    head = [h for h in head if any(isinstance(values(d / n)[h], float | int) for d in dirs for n in names)]
+    head = [h for h in head if any(isinstance(v[h], float | int) for vs in measured.values() for v in vs)]
     lines = [f"Mean ± standard deviation over {len(dirs)} seeds.", "", "| variant | " + " | ".join(head) + " |",
              "|---" * (len(head) + 1) + "|"]  # fmt: skip
     for name in names:
-        per = [values(d / name) for d in dirs]
+        per = measured[name]
         cells = []
         for h in head:
             xs = np.asarray([v[h] for v in per if isinstance(v[h], float | int)], dtype=np.float64)

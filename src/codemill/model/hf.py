@@ -135,14 +135,21 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def import_hf(path: str | Path, dtype: torch.dtype = torch.float32, **overrides) -> Llama:
-    """A Llama-family HF checkpoint directory as our model (config overrides such as dropout allowed)."""
+def hf_config(path: str | Path, **overrides) -> ModelConfig:
+    """The model config of a HF checkpoint directory, with overrides such as dropout."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
     cfg = from_hf_config(json.loads((path / "config.json").read_text()))
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    return cfg
+
+
+def import_hf(path: str | Path, dtype: torch.dtype = torch.float32, **overrides) -> Llama:
+    """A Llama-family HF checkpoint directory as our model (config overrides such as dropout allowed)."""
+    path = Path(path)
+    cfg = hf_config(path, **overrides)
     with torch.device("meta"):
         model = Llama(cfg)
     state = load_state(path)

@@ -332,21 +332,19 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def decode_step(
-        self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache, active: list[bool] | None = None
+        self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache, lengths: list[int] | None = None
     ) -> torch.Tensor:
         """Logits [B, vocab] after one token per row [B, 1], row b at position `pos[b]` of row b of the
         cache (serve's decode step; the caller advances the lengths). Row b equals `next_logits` of
-        that row's token on that row alone. Without `active`, every row attends to the whole cache
-        under a mask: static shapes, one compiled graph. With it (eager), each active row attends to
-        exactly its own positions and idle rows to none: for a fixed B, a row's numbers are the same
+        that row's token on that row alone. Without `lengths`, every row attends to the whole cache
+        under a mask: static shapes, one compiled graph. With them (eager), row b attends to exactly its
+        first lengths[b] positions (its own and the new token's; 0: an idle row, none): for a fixed B, a row's numbers are the same
         whatever the other rows hold (a request decodes alike alone or joined by others)."""
         b = token.shape[0]
         cos, sin = (t.index_select(0, pos).view(b, 1, 1, -1) for t in cache.rope)
-        mask, lengths = None, None
-        if active is None:
+        mask = None
+        if lengths is None:
             mask = (torch.arange(cache.capacity, device=token.device) <= pos.view(b, 1)).view(b, 1, 1, -1)
-        else:
-            lengths = [p + 1 if a else 0 for p, a in zip(pos.tolist(), active, strict=True)]
         x = self.model.embed_tokens(token)
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, cache, i, pos, mask, lengths)

@@ -13,6 +13,7 @@ cap or a time budget.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -271,7 +272,8 @@ class Engine:
         at = torch.tensor(pos, device=self.device)
         if self._step is not None:
             return self._step(ids, at, self.cache)
-        return self.model.decode_step(ids, at, self.cache, active=[i in tokens for i in range(self.parallel)])
+        lengths = [p + 1 if i in tokens else 0 for i, p in enumerate(pos)]
+        return self.model.decode_step(ids, at, self.cache, lengths=lengths)
 
     def generate(self, ids: list[int], **kw) -> Iterator[tuple[str, Completion]]:
         """Yield (new text, running Completion) as text becomes final; the last yield has the stop type.
@@ -310,13 +312,7 @@ class Engine:
 
 
 def _common(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    return len(os.path.commonprefix([a, b]))  # noqa: RUF071 (any two sequences, here token ids)
 
 
 def _dedent_at(text: str, n_indent: int) -> int:

@@ -473,7 +473,7 @@ async def turn(request: Request):
         yield error(409, "replaced by a newer request from the same client", "request_replaced")
 
 
-GONE = JSONResponse({}, status_code=499)  # what `turn` yields for a client that left while queued: no answer
+GONE = object()  # what `turn` yields for a client that left while queued: nothing to answer
 
 
 async def execute(request: Request, job: Job, stream_piece=None) -> Any:
