@@ -294,7 +294,7 @@ def test_a_newer_request_from_the_same_client_replaces_its_queued_older_one():
     from codemill.serve.http import Busy, EngineSlot, Gone, Replaced
 
     async def scenario():
-        slot, log = EngineSlot(max_queue=4), []
+        slot, log = EngineSlot(max_queue=3), []
 
         async def request(client: str, name: str, hold: asyncio.Event | None = None):
             try:
@@ -318,10 +318,12 @@ def test_a_newer_request_from_the_same_client_replaces_its_queued_older_one():
         assert log == ["b1 runs", "a1 replaced"]  # at once, while b1 still holds the engine
         others = [asyncio.create_task(request(f"x{i}", f"x{i}")) for i in range(2)]
         await asyncio.sleep(0.01)
-        assert log[-1] == "x1 busy"  # b1, a2, c1, x0 fill the queue of 4
+        assert log[-1] == "x1 busy"  # a2, c1, x0 wait: the queue of 3 is full (b1 holds the engine)
+        a3 = asyncio.create_task(request("editor-a", "a3"))  # a full queue still takes a replacement
+        await asyncio.sleep(0.01)
         release.set()
-        await asyncio.gather(running, a1, a2, c1, *others)
-        assert log == ["b1 runs", "a1 replaced", "x1 busy", "a2 runs", "c1 runs", "x0 runs"]
+        await asyncio.gather(running, a1, a2, a3, c1, *others)
+        assert log == ["b1 runs", "a1 replaced", "x1 busy", "a2 replaced", "c1 runs", "x0 runs", "a3 runs"]
         assert slot.n == 0 and not slot.waiting and not slot.lock.locked()
         # a client that hangs up while queued gives its place back at once
         release, hangup = asyncio.Event(), asyncio.Event()

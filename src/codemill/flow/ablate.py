@@ -25,6 +25,7 @@ VARIANTS: dict[str, dict] = {
     "paper": {},  # data/config.py's defaults: SFIM 0.7, FIM 0.15, NTP 0.15 per repository, literal SFIM, Algorithm 1
     "paper-weighted-sfim": {"sfim_policy": "weighted"},  # our SFIM node policy against the paper's rule
     "paper-random-order": {"ordering": {"random": 1.0}},
+    "paper-fim": {"code_objectives": {"fim": 0.85, "ntp": 0.15}},  # the paper's mix with FIM for SFIM
     "paper-sfim-anywhere": {"sfim_scope": "anywhere"},  # ours: SFIM also where no function has a node
 }
 
@@ -93,6 +94,7 @@ PAIRS = (
     ("paper", "ntp-fim"),
     ("ntp-fim", "ntp"),
     ("paper", "paper-random-order"),
+    ("paper", "paper-fim"),
     ("paper-weighted-sfim", "paper"),
 )
 

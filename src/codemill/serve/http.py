@@ -1,7 +1,7 @@
 """HTTP API for editors: OpenAI-compatible `/v1/completions` and llama.cpp-style `/infill`.
 
 The engine has `parallel` slots: that many requests decode together in one thread (serve/batcher.py),
-the others wait, up to `max_queue` in all, past which the server answers 429 with
+the others wait, up to `max_queue` waiting clients, past which the server answers 429 with
 `x-should-retry: false`. A newer request from the same client (its `x-client-id` header, else its
 address) replaces that client's queued older one, which is answered 409 at once: an editor that sent
 a request per keystroke only waits for the last. The client's connection is checked whenever its text
@@ -187,26 +187,28 @@ class Gone(Exception):
 
 
 class EngineSlot:
-    """The engine's turn-taking: `parallel` holders, FIFO waiters up to `max_queue` (holders
-    included), and a newer waiter from the same client replacing the older one (which raises
-    `Replaced`)."""
+    """The engine's turn-taking: `parallel` holders and FIFO waiters. A newer waiter from the same
+    client replaces the older one (which raises `Replaced`) and takes no new place; other newcomers
+    find `max_queue` waiters at most (holders are not counted), so an editor that sends a request per
+    keystroke holds one place however fast it types."""
 
     def __init__(self, max_queue: int, parallel: int = 1):
         self.lock = asyncio.Semaphore(parallel)
         self.max_queue = max_queue
-        self.n = 0
+        self.n = 0  # requests waiting or holding
         self.waiting: dict[str, asyncio.Event] = {}
 
     @contextlib.asynccontextmanager
     async def hold(self, client: str, gone=None):
         """`gone`: an awaitable that finishes if the client hangs up while waiting (raises `Gone`)."""
-        if self.n >= self.max_queue:
+        older = self.waiting.get(client)
+        if older is None and len(self.waiting) >= self.max_queue:
             if asyncio.iscoroutine(gone):
                 gone.close()
             raise Busy
         self.n += 1
         mine = asyncio.Event()
-        if (older := self.waiting.get(client)) is not None:
+        if older is not None:
             older.set()
         self.waiting[client] = mine
         try:
