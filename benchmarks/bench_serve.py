@@ -9,7 +9,8 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
 - llama.cpp (llama-cpp-python, the checkpoint exported with `codemill export gguf` in f32), the same
   three, reusing its cache over the longest common prefix as llama-server does.
 
-Then, through the HTTP server on 127.0.0.1 (uvicorn, httpx clients), with `--parallel` slots:
+Then, through `codemill serve` on 127.0.0.1 with `--parallel` slots, in its own process as an editor
+would find it (the clients here would otherwise share the server's interpreter lock), httpx clients:
 - keystroke replay: real files typed character by character (60-180 ms between keys and a 0.4-1.2 s
   pause before one key in ten, seeded), by 1, 4 and 8 editor-like clients at once (`--typing-clients`),
   each sending `/infill` after each debounce pause and dropping (disconnecting) the request still in
@@ -25,9 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import subprocess
+import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -120,15 +125,44 @@ def main() -> None:
         f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}); "
         f"--compile took {compile_s:.1f} s at load"
     )
-    engine = compiled if args.compile_http else engines[1][1]
-    engine.stop_ids = {engine.tok.token_id(t) for t in engine.fmt.stop_tokens}  # real stops again
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
-    if args.replay_files:
-        for debounce in (int(x) for x in args.debounce.split(",")):
-            for typists in (int(x) for x in args.typing_clients.split(",")):
-                asyncio.run(replay(engine, files, args.replay_files, args.chars, debounce / 1000, typists))
-    if args.clients:
-        asyncio.run(concurrent(engine, files, args.clients, args.requests))
+    del engines, compiled  # the server process needs the cores
+    with serving(args.model, args.parallel, args.compile_http) as url:
+        if args.replay_files:
+            for debounce in (int(x) for x in args.debounce.split(",")):
+                for typists in (int(x) for x in args.typing_clients.split(",")):
+                    asyncio.run(replay(url, args.parallel, files, args.replay_files, args.chars, debounce / 1000,
+                                       typists))  # fmt: skip
+        if args.clients:
+            asyncio.run(concurrent(url, files, args.clients, args.requests))
+
+
+@contextlib.contextmanager
+def serving(model: Path, parallel: int, compile: bool) -> Iterator[str]:
+    """`codemill serve` in a process of its own on a free port; its URL once /health answers."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "codemill.cli", "serve", str(model), "--port", str(port), "--parallel",
+           str(parallel), "--no-access-log", *(["--compile"] if compile else [])]  # fmt: skip
+    server = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"codemill serve exited with {server.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def llama_cpp_rows(args, ids: list[int], typed: list[list[int]]) -> dict[str, list[float]]:
@@ -183,14 +217,12 @@ def _positions(files: list[Path], n: int, seed: int = 0) -> list[tuple[str, str,
     return out
 
 
-async def replay(engine: Engine, files: list[Path], per_client: int, chars: int, debounce: float,
+async def replay(url: str, slots: int, files: list[Path], per_client: int, chars: int, debounce: float,
                  typists: int = 1) -> None:  # fmt: skip
     """`typists` editors at once, each typing `per_client` files of its own."""
     import random
 
     import httpx
-
-    from codemill.serve.http import Server, create_app
 
     done, cancelled_s = [], []
     counts = {"cached": 0, "evaluated": 0, "sent": 0, "errors": 0, "replaced": 0, "busy": 0}
@@ -241,12 +273,11 @@ async def replay(engine: Engine, files: list[Path], per_client: int, chars: int,
             if inflight is not None:
                 await asyncio.gather(inflight, return_exceptions=True)
 
-    with Server(create_app(engine, access_log=False)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            await asyncio.gather(*(typist(k, client) for k in range(typists)))
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await asyncio.gather(*(typist(k, client) for k in range(typists)))
     table = Table(
         title=f"keystroke replay: {typists} typist(s) x {per_client} files x {chars} characters, debounce "
-        f"{1000 * debounce:.0f} ms, {engine.parallel} slots"
+        f"{1000 * debounce:.0f} ms, {slots} slots"
     )
     for col in ("sent", "completed", "replaced (409)", "busy (429)", "errors", "cancelled", "p50 s", "p90 s",
                 "p95 s", "tokens reused : evaluated", "s on cancelled"):  # fmt: skip
@@ -258,28 +289,25 @@ async def replay(engine: Engine, files: list[Path], per_client: int, chars: int,
     Console(width=200).print(table)
 
 
-async def concurrent(engine: Engine, files: list[Path], clients: int, requests: int) -> None:
+async def concurrent(url: str, files: list[Path], clients: int, requests: int) -> None:
     import httpx
-
-    from codemill.serve.http import Server, create_app
 
     latencies, errors = [], 0
     positions = _positions(files, clients * requests, seed=2)
-    with Server(create_app(engine, access_log=False)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
 
-            async def user(k: int):
-                nonlocal errors
-                for path, prefix, suffix in positions[k * requests : (k + 1) * requests]:
-                    t0 = time.perf_counter()
-                    body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 32, "path": path}
-                    r = await client.post("/infill", json=body, headers={"x-client-id": f"user-{k}"})
-                    errors += r.status_code != 200
-                    latencies.append(time.perf_counter() - t0)
+        async def user(k: int):
+            nonlocal errors
+            for path, prefix, suffix in positions[k * requests : (k + 1) * requests]:
+                t0 = time.perf_counter()
+                body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 32, "path": path}
+                r = await client.post("/infill", json=body, headers={"x-client-id": f"user-{k}"})
+                errors += r.status_code != 200
+                latencies.append(time.perf_counter() - t0)
 
-            t0 = time.perf_counter()
-            await asyncio.gather(*(user(k) for k in range(clients)))
-            wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(user(k) for k in range(clients)))
+        wall = time.perf_counter() - t0
     table = Table(title=f"{clients} concurrent clients x {requests} completions (32 tokens), loopback")
     for col in ("requests", "errors", "p50 s", "p90 s", "p95 s", "wall s"):
         table.add_column(col, justify="right")

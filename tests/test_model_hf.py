@@ -157,3 +157,32 @@ def test_decode_step_decodes_each_row_at_its_own_position():
                 seqs[i].append(int(tokens[i]))
                 alone = model(torch.tensor([seqs[i]]))[0, -1]
                 assert torch.allclose(got[i], alone, atol=1e-4), (step, i)
+
+
+@pytest.mark.skipif(not __import__("codemill.model.packed").model.packed.available(), reason="no oneDNN")
+def test_packed_linears_compute_what_the_model_computes():
+    """oneDNN-packed weights (serve's CPU decode): the same logits as the plain model to float rounding,
+    for one row, a few and a prompt's worth, biases included; a row's numbers at a fixed row count do not
+    depend on the other rows."""
+    from codemill.model.packed import PackedLinear, pack_linears
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2, max_seq_len=64, qkv_bias=True)  # fmt: skip
+    model = Llama(cfg).eval()
+    model.init_weights()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m.bias is not None:
+            torch.nn.init.normal_(m.bias)
+    x = ids(2, 40, 300)
+    with torch.no_grad():
+        plain = model(x)
+        assert pack_linears(model, 4, pack_from=64 * 64 * 4 + 1) == 7  # the head and the MLPs: 1 + 2 x 3
+        assert pack_linears(model, 4, pack_from=0) == 8  # the attention projections too
+        assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 15
+        assert (model(x) - plain).abs().max() < 1e-5
+        assert (model(x[:1, :1]) - plain[:1, :1]).abs().max() < 1e-5
+        rows = torch.randn(4, 64)
+        other = torch.cat([rows[:1], torch.randn(3, 64)])
+        head = model.lm_head
+        assert torch.equal(head(rows)[0], head(other)[0])

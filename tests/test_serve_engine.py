@@ -58,13 +58,22 @@ def test_cache_is_reused_and_gives_the_same_answers(checkpoint):
         assert b.tokens_cached == 0
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled-step"])
-def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, compiled):
+@pytest.mark.parametrize(
+    ("compiled", "pack"),
+    [(False, False), (True, False), (False, True)],
+    ids=["eager", "compiled-step", "packed"],
+)
+def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, compiled, pack, monkeypatch):
     """Continuous batching: requests of different lengths join after their prefill and leave when
-    they stop, while others decode; each one's greedy tokens equal the same request served alone."""
+    they stop, while others decode; each one's greedy tokens equal the same request served alone.
+    `packed`: every linear layer in oneDNN's layout (the tiny model's are below the size that is)."""
+    from codemill.model import packed
     from codemill.serve.engine import Engine
 
+    if pack:
+        monkeypatch.setattr(packed, "PACK_FROM", 0)
     engine = Engine(checkpoint, parallel=3, compile=compiled)
+    assert any(isinstance(m, packed.PackedLinear) for m in engine.model.modules()) == pack
     cut = (10, 25, 40, 55)
     requests = [
         (engine.prompt(PREFIX[:n], SUFFIX[: n // 2], path="io.py", max_tokens=24), 8 + n // 5) for n in cut

@@ -24,6 +24,7 @@ import torch
 
 from codemill.errors import UserError
 from codemill.formats import checkpoint_format, encode_fit
+from codemill.model import packed
 from codemill.model.hf import import_hf
 from codemill.model.llama import KVCache, rope_tables
 
@@ -121,6 +122,8 @@ class Engine:
         self.name = path.name
         self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
         self.parallel = parallel or (4 if self.device.type == "cuda" else 1)
+        if self.device.type == "cpu" and packed.available():  # oneDNN's layout: model/packed.py
+            packed.pack_linears(self.model, self.parallel)
         self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype, batch=self.parallel)
         self.cache.rope = rope_tables(self.model.cfg, torch.arange(self.max_len, device=self.device))
         self.slots: list[list[int]] = [[] for _ in range(self.parallel)]  # token ids each slot's rows hold
