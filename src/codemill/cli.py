@@ -551,7 +551,9 @@ def ablate_(
     recipe: Path = typer.Argument(..., help="A recipe; its data section is the base of every variant."),
     out: Path = typer.Option(Path("runs/ablate"), "--out", "-o", help="One directory per variant inside."),
     variants: str = typer.Option(
-        None, help="Comma-separated subset of ntp, ntp-fim, paper, paper-random-order."
+        None,
+        help="Comma-separated variants (default: all): ntp, ntp-fim, paper, paper-random-order, paper-fim "
+        "(SFIM replaced by FIM), paper-weighted-sfim, paper-sfim-anywhere (our options).",
     ),
     seeds: str = typer.Option(
         None,

@@ -1,9 +1,10 @@
 """`codemill ablate RECIPE.yaml`: the paper's claims at small scale, at equal token budgets.
 
-Four runs share one corpus, tokenizer and held-out benchmarks and differ only in the data stream:
-NTP only; NTP + FIM; the paper's NTP + FIM + SFIM mix; and that mix with every repository in random
-file order instead of Algorithm 1. Same steps, batch and sequence length, so the same number of
-training tokens. Each is evaluated on the recipe's suites; the table puts them side by side.
+The runs share one corpus, tokenizer and held-out benchmarks and differ only in the data stream:
+NTP only; NTP + FIM; the paper's NTP + FIM + SFIM mix; that mix with every repository in random file
+order instead of Algorithm 1; that mix with FIM in place of SFIM; and our named options against the
+paper's rules. Same steps, batch and sequence length, so the same number of training tokens. Each is
+evaluated on the recipe's suites; the table puts them side by side.
 """
 
 from __future__ import annotations
