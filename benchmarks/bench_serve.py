@@ -5,7 +5,8 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
 - codemill cold (empty cache), warm (the same request again), and typing (the prompt grown by the
   characters a user types, one request per keystroke, as an editor sends them), with one slot and with
   `--parallel` slots (every slot is a row of each decode step, so a lone request pays for the others'
-  rows), eager, `--compile` and bf16;
+  rows), eager, `--compile` and bf16, and with every layer on MKL as before oneDNN packing
+  (model/packed.py);
 - llama.cpp (llama-cpp-python, the checkpoint exported with `codemill export gguf` in f32), the same
   three, reusing its cache over the longest common prefix as llama-server does.
 
@@ -40,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM
 
+from codemill.model import packed
 from codemill.serve.engine import Engine
 
 
@@ -90,12 +92,19 @@ def main() -> None:
     hf_run()  # warm-up
     rows["transformers generate()"] = [hf_run() for _ in range(args.repeats)]
     p = args.parallel
-    engines = (
+    engines = [
         ("codemill, 1 slot", engine),
         (f"codemill, {p} slots", Engine(args.model, parallel=p)),
         (f"codemill --compile, {p} slots", compiled),
         (f"codemill --dtype bf16, {p} slots", Engine(args.model, parallel=p, dtype="bf16")),
-    )
+    ]
+    pack_from, packed.PACK_FROM = packed.PACK_FROM, 1 << 62  # as before packing: MKL for every layer
+    engines += [
+        ("codemill, 1 slot, unpacked", Engine(args.model)),
+        (f"codemill, {p} slots, unpacked", Engine(args.model, parallel=p)),
+        (f"codemill --compile, {p} slots, unpacked", Engine(args.model, compile=True, parallel=p)),
+    ]
+    packed.PACK_FROM = pack_from
     for label, eng in engines:
         eng.stop_ids = set()  # both decode exactly `tokens` tokens
         ours(eng, ids, True)  # warm-up
@@ -252,8 +261,8 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
                     counts[{409: "replaced", 429: "busy"}.get(r.status_code, "errors")] += 1
                     return
                 done.append(time.perf_counter() - t0)
-                counts["cached"] += r.json()["tokens_cached"]
-                counts["evaluated"] += r.json()["tokens_evaluated"]
+                counts["cached"] += r.json()["timings"]["cache_n"]  # llama-server's: reused from the slot
+                counts["evaluated"] += r.json()["timings"]["prompt_n"]
 
             for i in range(len(typed)):
                 prefix_now, rest_now = prefix + typed[: i + 1], rest[len(typed) :]  # new code, same suffix

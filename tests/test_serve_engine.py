@@ -257,6 +257,26 @@ def test_a_disconnect_stops_decoding(server):
     assert "codemill_disconnects_total 1" in text and "codemill_disconnects_total" not in before
 
 
+def test_an_editors_newer_request_stops_its_running_one_and_takes_its_slot(server):
+    """With `x-client-id`, a request stops that client's request still decoding (answered 409 in its
+    stream) before it is admitted, so it finds the older one's slot and cached prompt free."""
+    import httpx
+
+    h = {"Authorization": "Bearer sekret", "x-client-id": "editor-r"}
+    prompt_ids = httpx.post(
+        server.url + "/completion", json={"prompt": PREFIX, "n_predict": 0}, headers=h
+    ).json()
+    with httpx.stream("POST", server.url + "/completion", json={"prompt": PREFIX, "n_predict": 64, "stream": True},
+                      headers=h, timeout=60) as r:  # fmt: skip
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data:"))  # decoding now
+        newer = httpx.post(server.url + "/completion", json={"prompt": PREFIX + "    ", "n_predict": 4},
+                           headers=h, timeout=60).json()  # fmt: skip
+        rest = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+    assert rest[-1]["error"]["code"] == 409 and "newer request" in rest[-1]["error"]["message"]
+    assert newer["timings"]["cache_n"] >= prompt_ids["tokens_evaluated"] - 1  # the older one's cache
+
+
 def test_complete_a_position_in_a_file(checkpoint, tmp_path):
     import subprocess
     import sys

@@ -611,10 +611,9 @@ def serve_(
         True, help="One line per request on stderr: client, path, status, ms, tokens."
     ),
     parallel: int = typer.Option(
-        None,
+        4,
         min=1,
-        help="Slots: requests decoded together, each with its own KV cache (llama-server's -np); "
-        "default 4 on a GPU, 1 on a CPU (where a lone request pays for every row).",
+        help="Slots: requests decoded together, each with its own KV cache (llama-server's -np).",
     ),
     dtype: str = typer.Option(
         None, help="fp32 or bf16 weights and cache (default: bf16 on a GPU, fp32 on a CPU)."

@@ -99,13 +99,12 @@ class Session:
 
 class Engine:
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
-                 max_len: int | None = None, compile: bool = False, parallel: int | None = 1,
+                 max_len: int | None = None, compile: bool = False, parallel: int = 1,
                  dtype: str | None = None):  # fmt: skip
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
-        many requests decode together, one batched forward per token (`step`). None: 4 on a GPU, 1 on
-        a CPU, where a batched step of small matrices costs a lone request about twice one row's
-        (docs/benchmarks.md). `compile`: decode with
-        a torch.compile'd step over the whole preallocated cache (static shapes, one graph for every
+        many requests decode together, one batched forward per token (`step`); on a CPU the linear
+        layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
+        which makes 4 rows cost about what 1 does. `compile`: decode with a torch.compile'd step over the whole preallocated cache (static shapes, one graph for every
         position), compiled here, before the first request. `dtype`: fp32 or bf16 weights and cache
         (default bf16 on a GPU, fp32 on a CPU)."""
         from codemill.data.tokenizer import load_tokenizer
@@ -121,7 +120,7 @@ class Engine:
         self.model = import_hf(path, dtype=dtype).to(self.device).eval()
         self.name = path.name
         self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
-        self.parallel = parallel or (4 if self.device.type == "cuda" else 1)
+        self.parallel = parallel
         if self.device.type == "cpu" and packed.available():  # oneDNN's layout: model/packed.py
             packed.pack_linears(self.model, self.parallel)
         self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype, batch=self.parallel)

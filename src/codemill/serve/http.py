@@ -3,8 +3,9 @@
 The engine has `parallel` slots: that many requests decode together in one thread (serve/batcher.py),
 the others wait, up to `max_queue` waiting clients, past which the server answers 429 with
 `x-should-retry: false`. A newer request from the same client (its `x-client-id` header, else its
-address) replaces that client's queued older one, which is answered 409 at once: an editor that sent
-a request per keystroke only waits for the last. The client's connection is checked whenever its text
+address) replaces that client's queued older one, which is answered 409 at once, and with an
+`x-client-id` it also stops that client's request still decoding: an editor that sends a request per
+keystroke only waits for the last, which finds the older one's slot and cached prompt free. The client's connection is checked whenever its text
 moves on, so a disconnect frees its slot within a token or so. The server listens while the model loads:
 `/health` and every other route answer 503 until it is ready. Invalid requests get a 4xx with an
 OpenAI error object.
@@ -280,6 +281,7 @@ def create_app(
     state = app.state
     state.limits = Limits(api_key, max_tokens, max_body_bytes, max_queue, access_log)
     state.stats, state.engine, state.error = Counter(), None, None
+    state.running = {}  # x-client-id: its request decoding now
 
     def ready(e: Engine) -> None:
         state.batcher, state.slot, state.engine = Batcher(e), EngineSlot(max_queue, e.parallel), e
@@ -476,11 +478,14 @@ async def turn(request: Request):
 
 
 GONE = object()  # what `turn` yields for a client that left while queued: nothing to answer
+WATCH_S = 0.02  # how often a decoding request's connection is looked at when no text came
 
 
 async def execute(request: Request, job: Job, stream_piece=None) -> Any:
     """Decode in a slot beside the other requests, watching the connection as text comes: the
-    Completion, an error response, or None when the client left."""
+    Completion, an error response, or None when the client left. A request with an `x-client-id`
+    stops that client's request still decoding (an editor's newest request replaces its last one),
+    before it is admitted, so it finds that request's slot and cached prompt free."""
     stats = request.app.state.stats
     async with turn(request) as refused:
         if refused is GONE:
@@ -492,21 +497,36 @@ async def execute(request: Request, job: Job, stream_piece=None) -> Any:
             return None
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
+        running, client = request.app.state.running, request.headers.get("x-client-id")
+        if client and (older := running.get(client)) is not None:
+            older.gone.set()
         work = request.app.state.batcher.submit(job.ids, emit, **job.options)
-        while True:
-            piece, result = await events.get()
-            if isinstance(result, ValueError):
-                return error(400, str(result))
-            if isinstance(result, Exception):
-                return error(500, f"{type(result).__name__}: {result}", "server_error")
-            if await request.is_disconnected():
-                work.gone.set()
-                stats["disconnects"] += 1
-                return None
-            if piece and stream_piece is not None:
-                await stream_piece(piece)
-            if result is not None:
-                break
+        if client:
+            running[client] = work
+        try:
+            while True:
+                try:  # text may be held back while a stop string could still match: look anyway
+                    piece, result = await asyncio.wait_for(events.get(), WATCH_S)
+                except TimeoutError:
+                    piece, result = "", None
+                if isinstance(result, ValueError):
+                    return error(400, str(result))
+                if isinstance(result, Exception):
+                    return error(500, f"{type(result).__name__}: {result}", "server_error")
+                if result is None and work.gone.is_set():  # replaced by its client's newer request
+                    stats["replaced"] += 1
+                    return error(409, "replaced by a newer request from the same client", "request_replaced")
+                if await request.is_disconnected():
+                    work.gone.set()
+                    stats["disconnects"] += 1
+                    return None
+                if piece and stream_piece is not None:
+                    await stream_piece(piece)
+                if result is not None:
+                    break
+        finally:
+            if client and running.get(client) is work:
+                del running[client]
         stats["tokens_generated"] += len(result.tokens)
         request.state.tokens = len(result.tokens)
         stats["tokens_cached"] += result.tokens_cached
