@@ -233,7 +233,7 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
 
     import httpx
 
-    done, cancelled_s = [], []
+    done, cancelled_s, served = [], [], []
     counts = {"cached": 0, "evaluated": 0, "sent": 0, "errors": 0, "replaced": 0, "busy": 0}
     positions = _positions(files, per_client * typists, seed=1)
 
@@ -261,6 +261,8 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
                     counts[{409: "replaced", 429: "busy"}.get(r.status_code, "errors")] += 1
                     return
                 done.append(time.perf_counter() - t0)
+                timings = r.json()["timings"]
+                served.append((timings["prompt_ms"] + timings["predicted_ms"]) / 1000)
                 counts["cached"] += r.json()["timings"]["cache_n"]  # llama-server's: reused from the slot
                 counts["evaluated"] += r.json()["timings"]["prompt_n"]
 
@@ -289,11 +291,11 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
         f"{1000 * debounce:.0f} ms, {slots} slots"
     )
     for col in ("sent", "completed", "replaced (409)", "busy (429)", "errors", "cancelled", "p50 s", "p90 s",
-                "p95 s", "tokens reused : evaluated", "s on cancelled"):  # fmt: skip
+                "p95 s", "server p50 s", "tokens reused : evaluated", "s on cancelled"):  # fmt: skip
         table.add_column(col, justify="right")
     table.add_row(str(counts["sent"]), str(len(done)), str(counts["replaced"]), str(counts["busy"]),
                   str(counts["errors"]), str(len(cancelled_s)),
-                  f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}", f"{_pct(done, 0.95):.3f}",
+                  f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}", f"{_pct(done, 0.95):.3f}", f"{_pct(served, 0.5):.3f}",
                   f"{counts['cached']:,} : {counts['evaluated']:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
     Console(width=200).print(table)
 

@@ -281,7 +281,7 @@ def create_app(
     state = app.state
     state.limits = Limits(api_key, max_tokens, max_body_bytes, max_queue, access_log)
     state.stats, state.engine, state.error = Counter(), None, None
-    state.running = {}  # x-client-id: its request decoding now
+    state.running = {}  # x-client-id: its request decoding now and that request's event queue
 
     def ready(e: Engine) -> None:
         state.batcher, state.slot, state.engine = Batcher(e), EngineSlot(max_queue, e.parallel), e
@@ -431,11 +431,13 @@ def until_for(body: CompletionBody | LlamaBody, prefix: str, suffix: str):
     return until
 
 
-def prepare(request: Request, parse, body) -> Job | JSONResponse:
-    """The endpoint's Job, validated the same way for every endpoint, or the 4xx answer."""
+async def prepare(request: Request, parse, body) -> Job | JSONResponse:
+    """The endpoint's Job, validated the same way for every endpoint, or the 4xx answer. The prompt
+    is built in a worker thread: tokenizing a long file takes 5-20 ms, which would hold up the other
+    requests' text and the batcher (the tokenizer lets go of the interpreter lock)."""
     engine, cap = request.app.state.engine, request.app.state.limits.max_tokens
     try:
-        job = parse(body, engine, cap)
+        job = await asyncio.to_thread(parse, body, engine, cap)
         n = job.options["max_tokens"]
         if n > cap:
             raise ApiError(400, f"{n} new tokens are over the server's limit of {cap}")
@@ -499,10 +501,12 @@ async def execute(request: Request, job: Job, stream_piece=None) -> Any:
         emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
         running, client = request.app.state.running, request.headers.get("x-client-id")
         if client and (older := running.get(client)) is not None:
-            older.gone.set()
+            older_work, older_events = older
+            older_work.gone.set()
+            older_events.put_nowait(("", None))  # its handler answers at once and gives back its place
         work = request.app.state.batcher.submit(job.ids, emit, **job.options)
         if client:
-            running[client] = work
+            running[client] = work, events
         try:
             while True:
                 try:  # text may be held back while a stop string could still match: look anyway
@@ -525,7 +529,7 @@ async def execute(request: Request, job: Job, stream_piece=None) -> Any:
                 if result is not None:
                     break
         finally:
-            if client and running.get(client) is work:
+            if client and running.get(client, (None,))[0] is work:
                 del running[client]
         stats["tokens_generated"] += len(result.tokens)
         request.state.tokens = len(result.tokens)
@@ -563,7 +567,7 @@ def stream(request: Request, job: Job, piece, last, end: str = "") -> StreamingR
 
 # --- answering: each endpoint's response shape -----------------------------------------------------
 async def completions(body: CompletionBody, request: Request):
-    job = prepare(request, parse_openai, body)
+    job = await prepare(request, parse_openai, body)
     if isinstance(job, JSONResponse):
         return job
     name, cid, created = request.app.state.engine.name, f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -587,11 +591,11 @@ async def completions(body: CompletionBody, request: Request):
 
 
 async def infill(body: InfillBody, request: Request):
-    return await llama_style(request, body, prepare(request, parse_infill, body))
+    return await llama_style(request, body, await prepare(request, parse_infill, body))
 
 
 async def completion(body: RawBody, request: Request):
-    return await llama_style(request, body, prepare(request, parse_raw, body))
+    return await llama_style(request, body, await prepare(request, parse_raw, body))
 
 
 async def llama_style(request: Request, body: LlamaBody, job: Job | JSONResponse):
