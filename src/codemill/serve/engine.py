@@ -104,8 +104,9 @@ class Engine:
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
         many requests decode together, one batched forward per token (`step`); on a CPU the linear
         layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
-        which makes 4 rows cost about what 1 does. `compile`: decode with a torch.compile'd step over the whole preallocated cache (static shapes, one graph for every
-        position), compiled here, before the first request. `dtype`: fp32 or bf16 weights and cache
+        which makes 4 rows cost about what 1 does. `compile`: decode with a torch.compile'd step over
+        the whole preallocated cache (static shapes, one graph for every position), compiled here,
+        before the first request. `dtype`: fp32 or bf16 weights and cache
         (default bf16 on a GPU, fp32 on a CPU)."""
         from codemill.data.tokenizer import load_tokenizer
 

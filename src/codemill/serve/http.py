@@ -5,8 +5,9 @@ the others wait, up to `max_queue` waiting clients, past which the server answer
 `x-should-retry: false`. A newer request from the same client (its `x-client-id` header, else its
 address) replaces that client's queued older one, which is answered 409 at once, and with an
 `x-client-id` it also stops that client's request still decoding: an editor that sends a request per
-keystroke only waits for the last, which finds the older one's slot and cached prompt free. The client's connection is checked whenever its text
-moves on, so a disconnect frees its slot within a token or so. The server listens while the model loads:
+keystroke only waits for the last, which finds the older one's slot and cached prompt free. The
+client's connection is checked whenever its text moves on and every 20 ms, so a disconnect frees its
+slot within a token or so. The server listens while the model loads:
 `/health` and every other route answer 503 until it is ready. Invalid requests get a 4xx with an
 OpenAI error object.
 """
