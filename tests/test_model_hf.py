@@ -151,7 +151,7 @@ def test_decode_step_decodes_each_row_at_its_own_position():
         for step in range(3):
             tokens = torch.tensor([[7 + step], [11 + step], [13 + step]])
             pos = torch.tensor([row.length for row in rows])
-            got = model.decode_step(tokens, pos, cache)
+            got = model.decode_step(tokens, pos, cache, [n + 1 for n in pos.tolist()])
             for i, row in enumerate(rows):
                 row.length += 1
                 seqs[i].append(int(tokens[i]))
@@ -161,8 +161,8 @@ def test_decode_step_decodes_each_row_at_its_own_position():
 
 @pytest.mark.skipif(not __import__("codemill.model.packed").model.packed.available(), reason="no oneDNN")
 def test_packed_linears_compute_what_the_model_computes():
-    """oneDNN-packed weights (serve's CPU decode): the same logits as the plain model to float rounding,
-    for one row, a few and a prompt's worth, biases included; a row's numbers at a fixed row count do not
+    """Fused q/k/v and gate/up products and oneDNN-packed weights (serve's CPU decode): the same logits
+    as the plain model to float rounding, for one row, a few and a prompt's worth, biases included; a row's numbers at a fixed row count do not
     depend on the other rows."""
     from codemill.model.packed import PackedLinear, pack_linears
 
@@ -177,9 +177,11 @@ def test_packed_linears_compute_what_the_model_computes():
     x = ids(2, 40, 300)
     with torch.no_grad():
         plain = model(x)
-        assert pack_linears(model, 4, pack_from=64 * 64 * 4 + 1) == 7  # the head and the MLPs: 1 + 2 x 3
-        assert pack_linears(model, 4, pack_from=0) == 8  # the attention projections too
-        assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 15
+        model.fuse()  # q/k/v and gate/up as one product each, as serve decodes
+        assert (model(x) - plain).abs().max() < 1e-5
+        assert pack_linears(model, 4, pack_from=64 * 64 * 4 + 1) == 7  # all but o_proj: 1 + 2 x 3
+        assert pack_linears(model, 4, pack_from=0) == 2  # o_proj too
+        assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 9
         assert (model(x) - plain).abs().max() < 1e-5
         assert (model(x[:1, :1]) - plain[:1, :1]).abs().max() < 1e-5
         rows = torch.randn(4, 64)

@@ -102,6 +102,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # the same numbers, fewer calls
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
@@ -119,6 +121,8 @@ def rope_tables(cfg: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    if x.dtype == torch.float32:
+        return x * cos + rotated * sin
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
@@ -157,6 +161,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
+        self.qkv_proj: nn.Linear | None = None
+
+    def fuse(self) -> None:
+        """One product for queries, keys and values instead of three (inference: a decode step is
+        mostly calls on small matrices); the three layers a state dict names are dropped."""
+        self.qkv_proj = _fused(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(
         self,
@@ -166,59 +177,84 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         pos: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
         lengths: list[int] | None = None,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """With `pos` (one token per row, at its position) and its `mask`, the token attends to the
-        whole preallocated cache: every shape is static, so one compiled step serves every position.
-        With `lengths` instead of a mask, row b attends to its first lengths[b] positions on its own
-        (0: an idle row, left at 0): its numbers never depend on the other rows."""
+        """With `pos` and `lengths` (serve's decode step): one token per row, row b at position pos[b],
+        attending to its first lengths[b] positions on its own (0: an idle row, left at 0), so its
+        numbers never depend on the other rows."""
         b, t, _ = x.shape
         c = self.cfg
-        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        causal = mask is None
-        if pos is not None:  # one token per row, each at its own position
-            if b == 1:
-                cache.k[layer].index_copy_(2, pos, k)
-                cache.v[layer].index_copy_(2, pos, v)
-            else:
-                rows = torch.arange(b, device=x.device)
-                cache.k[layer][rows, :, pos] = k[:, :, 0]
-                cache.v[layer][rows, :, pos] = v[:, :, 0]
-            k, v = cache.k[layer], cache.v[layer]
-            if lengths is not None:
-                y = q.new_zeros(q.shape)
-                for i, n in enumerate(lengths):
-                    if n:
-                        y[i : i + 1] = F.scaled_dot_product_attention(
-                            q[i : i + 1], k[i : i + 1, :, :n], v[i : i + 1, :, :n],
-                            enable_gqa=c.num_kv_heads != c.num_heads,
-                        )  # fmt: skip
-                return self.o_proj(y.transpose(1, 2).reshape(b, t, c.num_heads * c.head_dim))
-        elif cache is not None:  # new tokens attend to the cached prefix and causally among themselves
+        h, kv = c.num_heads, c.num_kv_heads
+        if self.qkv_proj is not None:  # one rotation for queries and keys together
+            qkv = self.qkv_proj(x).view(b, t, h + 2 * kv, c.head_dim).transpose(1, 2)
+            qk, v = apply_rope(qkv[:, : h + kv], cos, sin), qkv[:, h + kv :]
+            q, k = qk[:, :h], qk[:, h:]
+        else:
+            q = self.q_proj(x).view(b, t, h, c.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, t, kv, c.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, t, kv, c.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if pos is not None:
+            y = _attend_rows(q, k, v, cache, layer, pos, lengths, rows)
+        else:
+            y = self._attend(q, k, v, cache, layer)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, h * c.head_dim))
+
+    def _attend(self, q, k, v, cache: KVCache | None, layer: int) -> torch.Tensor:
+        """Causal attention over the new tokens and, with a cache, the prefix it holds (training, a
+        prompt's prefill)."""
+        t, causal, mask = q.shape[2], True, None
+        if cache is not None:  # new tokens attend to the cached prefix and causally among themselves
             start = cache.length
             cache.k[layer][:, :, start : start + t] = k
             cache.v[layer][:, :, start : start + t] = v
             k, v = cache.k[layer][:, :, : start + t], cache.v[layer][:, :, : start + t]
             causal = False
             if t > 1:
-                mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                mask = torch.ones(t, start + t, dtype=torch.bool, device=q.device).tril(diagonal=start)
         if q.is_meta:  # shapes only (train/plan.py): keep what a fused kernel keeps, not the T x T scores
-            y = FusedAttentionShapes.apply(q, k, v)
-        else:
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=causal,
-                dropout_p=c.attention_dropout if self.training else 0.0,
-                enable_gqa=c.num_kv_heads != c.num_heads,
+            return FusedAttentionShapes.apply(q, k, v)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.cfg.attention_dropout if self.training else 0.0,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+
+
+def _attend_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache: KVCache,
+    layer: int,
+    pos: torch.Tensor,
+    lengths: list[int],
+    rows: list[int],
+) -> torch.Tensor:
+    """One new token per batch row: every key and value goes into cache row rows[b] at pos[b] first,
+    then batch row b attends to the first lengths[b] positions of that cache row."""
+    b, gqa = q.shape[0], q.shape[1] != k.shape[1]
+    ck, cv = cache.k[layer], cache.v[layer]
+    if b == 1:  # the serving engine's own row (never idle)
+        ck.index_copy_(2, pos, k)
+        cv.index_copy_(2, pos, v)
+        n = lengths[0]
+        return F.scaled_dot_product_attention(q, ck[:, :, :n], cv[:, :, :n], enable_gqa=gqa)
+    at = torch.tensor(rows, device=q.device)
+    ck[at, :, pos] = k[:, :, 0]
+    cv[at, :, pos] = v[:, :, 0]
+    y = q.new_zeros(q.shape)
+    for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
+        if n:
+            y[i : i + 1] = F.scaled_dot_product_attention(
+                q[i : i + 1], ck[r : r + 1, :, :n], cv[r : r + 1, :, :n], enable_gqa=gqa
             )
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, c.num_heads * c.head_dim))
+    return y
 
 
 class FusedAttentionShapes(torch.autograd.Function):
@@ -243,9 +279,30 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj: nn.Linear | None = None
+
+    def fuse(self) -> None:
+        """One product for gate and up (inference, as `Attention.fuse`)."""
+        self.gate_up_proj = _fused(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _fused(*linears: nn.Linear) -> nn.Linear:
+    """One linear layer whose outputs are those of `linears`, in order."""
+    first = linears[0]
+    fused = nn.Linear(first.in_features, sum(m.out_features for m in linears), bias=first.bias is not None,
+                      device=first.weight.device, dtype=first.weight.dtype)  # fmt: skip
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in linears]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([m.bias for m in linears]))
+    return fused.requires_grad_(False)
 
 
 class Block(nn.Module):
@@ -265,11 +322,11 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         pos: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
         lengths: list[int] | None = None,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
         x = x + self.dropout(
-            self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, pos, mask, lengths)
+            self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, pos, lengths, rows)
         )
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
@@ -291,6 +348,14 @@ class Llama(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.checkpointing = False  # activation checkpointing per block (RNG preserved for dropout)
+
+    def fuse(self) -> Llama:
+        """Fuse each block's q/k/v and gate/up products for inference (fewer calls per decoded
+        token; the state dict no longer has Hugging Face's names)."""
+        for block in self.model.layers:
+            block.self_attn.fuse()
+            block.mlp.fuse()
+        return self
 
     def init_weights(self) -> None:
         for m in self.modules():
@@ -332,22 +397,26 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def decode_step(
-        self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache, lengths: list[int] | None = None
+        self,
+        token: torch.Tensor,
+        pos: torch.Tensor,
+        cache: KVCache,
+        lengths: list[int],
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """Logits [B, vocab] after one token per row [B, 1], row b at position `pos[b]` of row b of the
-        cache (serve's decode step; the caller advances the lengths). Row b equals `next_logits` of
-        that row's token on that row alone. Without `lengths`, every row attends to the whole cache
-        under a mask: static shapes, one compiled graph. With them (eager), row b attends to exactly its
-        first lengths[b] positions (its own and the new token's; 0: an idle row, none): for a fixed B, a row's numbers are the same
-        whatever the other rows hold (a request decodes alike alone or joined by others)."""
+        """Logits [B, vocab] after one token per batch row [B, 1], batch row b at position `pos[b]` of
+        cache row rows[b] (default b), attending to exactly its first lengths[b] positions (its own and
+        the new token's; 0: an idle row). Batch row b equals `next_logits` of its token on its cache
+        row alone, and for a fixed B its numbers are the same whatever the other rows hold (a request
+        decodes alike alone or joined by others). Several batch rows may feed consecutive positions of
+        one cache row (drafts): each sees the others' keys, written first. The caller advances the
+        lengths."""
         b = token.shape[0]
+        rows = list(range(b)) if rows is None else rows
         cos, sin = (t.index_select(0, pos).view(b, 1, 1, -1) for t in cache.rope)
-        mask = None
-        if lengths is None:
-            mask = (torch.arange(cache.capacity, device=token.device) <= pos.view(b, 1)).view(b, 1, 1, -1)
         x = self.model.embed_tokens(token)
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, cache, i, pos, mask, lengths)
+            x = block(x, cos, sin, cache, i, pos, lengths, rows)
         return self.lm_head(self.model.norm(x)[:, -1]).float()
 
     def forward(

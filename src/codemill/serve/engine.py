@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +43,11 @@ class Completion:
     slot: int = 0
 
 
-@dataclass
+@dataclass(eq=False)  # a session is itself: hashed by identity
 class Session:
-    """One request in a slot: its stop rules, the logits its next token is picked from, and the text
-    released so far. `Engine.step` advances every live session by one token."""
+    """One request in a slot: its stop rules, the logits its next tokens are picked from, and the text
+    released so far. `Engine.step` advances every live session by one token, or several when drafts
+    it fed are verified."""
 
     slot: int
     max_tokens: int
@@ -58,7 +60,9 @@ class Session:
     until: Callable[[str], int] | None
     gen: torch.Generator
     out: Completion
-    logits: torch.Tensor | None = None
+    history: array = field(default_factory=lambda: array("i"))  # prompt and answer ids, for lookup
+    logits: torch.Tensor | None = None  # [1 + drafts, vocab]: after the fed token, after each draft
+    drafts: list[int] = field(default_factory=list)  # fed beside the token, not yet verified
     emitted: str = ""  # released text is final: held back while a stop could still cut into it
     done: bool = False
     started: float = 0.0
@@ -69,6 +73,7 @@ class Session:
         if token in stop_ids:
             return self._finish("eos", tok)
         out.tokens.append(token)
+        self.history.append(token)
         text = tok.decode(out.tokens)
         hit, word = min(((i, s) for s in self.stop if s and (i := text.find(s)) != -1), default=(-1, ""))
         # llama.cpp's rule: a new line indented less than n_indent ends the completion
@@ -100,14 +105,16 @@ class Session:
 class Engine:
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
                  max_len: int | None = None, compile: bool = False, parallel: int = 1,
-                 dtype: str | None = None):  # fmt: skip
+                 dtype: str | None = None, lookup: bool = True):  # fmt: skip
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
         many requests decode together, one batched forward per token (`step`); on a CPU the linear
         layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
-        which makes 4 rows cost about what 1 does. `compile`: decode with a torch.compile'd step over
-        the whole preallocated cache (static shapes, one graph for every position), compiled here,
-        before the first request. `dtype`: fp32 or bf16 weights and cache
-        (default bf16 on a GPU, fp32 on a CPU)."""
+        which makes 4 rows cost about what 1 does. `compile`: decode with a torch.compile'd step,
+        compiled here, before the first request, with dynamic shapes: each row attends to its own
+        length as in eager (one graph for every length). `dtype`: fp32 or bf16 weights and cache
+        (default bf16 on a GPU, fp32 on a CPU). `lookup`: a greedy request fills the rows no request
+        holds with drafts from prompt lookup, verified in the same step (several tokens a step, the
+        same answer: `step`)."""
         from codemill.data.tokenizer import load_tokenizer
 
         path = Path(path)
@@ -118,10 +125,10 @@ class Engine:
             raise UserError(f"dtype must be fp32 or bf16, not {dtype!r}")
         bf16 = dtype == "bf16" or (dtype is None and self.device.type == "cuda")
         dtype = torch.bfloat16 if bf16 else torch.float32
-        self.model = import_hf(path, dtype=dtype).to(self.device).eval()
+        self.model = import_hf(path, dtype=dtype).to(self.device).eval().fuse()
         self.name = path.name
         self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
-        self.parallel = parallel
+        self.parallel, self.lookup = parallel, lookup
         if self.device.type == "cpu" and packed.available():  # oneDNN's layout: model/packed.py
             packed.pack_linears(self.model, self.parallel)
         self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype, batch=self.parallel)
@@ -130,12 +137,14 @@ class Engine:
         self.used = [0.0] * self.parallel  # when each slot last served, for least-recently-used reuse
         self.busy: set[int] = set()
         self.stop_ids = {self.tok.token_id(t) for t in self.fmt.stop_tokens}
-        self._step = None
-        if compile:
-            step = torch.compile(self.model.decode_step, dynamic=False)
-            zero = torch.zeros(self.parallel, dtype=torch.long, device=self.device)
-            step(zero.view(-1, 1), zero, self.cache)  # compile now: the server says "loading" meanwhile
-            self._step = step
+        self._step = self.model.decode_step
+        if compile:  # compiled now: the server says "loading" meanwhile
+            self._step = torch.compile(self.model.decode_step, dynamic=True)
+            ids = torch.zeros(self.parallel, 1, dtype=torch.long, device=self.device)
+            for idle in range(min(2, self.parallel)):  # every row busy, and (slots) a row idle
+                lengths = [0 if i < idle else 2 + i for i in range(self.parallel)]
+                pos = torch.tensor([max(n - 1, 0) for n in lengths], device=self.device)
+                self._step(ids, pos, self.cache, lengths, list(range(self.parallel)))
 
     @property
     def cached(self) -> list[int]:
@@ -214,13 +223,14 @@ class Engine:
         if seed is not None:
             gen.manual_seed(seed)
         s = Session(slot, min(max_tokens, room), stop, temperature, top_p, top_k, time_budget_s, n_indent, until,
-                    gen, Completion(slot=slot))  # fmt: skip
+                    gen, Completion(slot=slot), array("i", ids))  # fmt: skip
         self.busy.add(slot)
         if reset:
             self.slots[slot] = []
         t0 = time.perf_counter()
         try:
-            s.logits, s.out.tokens_cached = self.prefill(ids, slot)
+            logits, s.out.tokens_cached = self.prefill(ids, slot)
+            s.logits = logits[None]
         except BaseException:
             self.release(s)
             raise
@@ -233,50 +243,91 @@ class Engine:
         return s
 
     def step(self, sessions: list[Session]) -> list[str]:
-        """One token for every session: each picks from its logits and applies its stop rules; the
-        ones that go on are evaluated in one batched forward over all slots. Returns each session's
-        released text; a session that stopped gives up its slot."""
+        """Advance every session: each picks its next token and applies its stop rules, and goes on
+        picking while the drafts it fed last step turn out to be the tokens it picks (each draft's
+        logits were computed as if it had been fed alone, so the answer is the same as without
+        drafts). The ones that go on are evaluated in one batched forward over all slots, with
+        drafts (prompt lookup) in the rows no session holds. Returns each session's released text;
+        a session that stopped gives up its slot."""
         greedy = [s.logits for s in sessions if s.temperature <= 0]
-        argmax = iter(torch.stack(greedy).argmax(-1).tolist() if greedy else [])  # one sync for all
+        argmax = iter(torch.cat(greedy).argmax(-1).tolist() if greedy else [])  # one sync for all
         pieces = []
         for s in sessions:
-            token = (
-                next(argmax)
-                if s.temperature <= 0
-                else self._pick(s.logits, s.temperature, s.top_p, s.top_k, s.gen)
-            )
-            pieces.append(s.accept(token, self.tok, self.stop_ids))
+            if s.temperature <= 0:
+                picks = [next(argmax) for _ in range(len(s.logits))]
+            else:
+                picks = [self._pick(s.logits[0], s.temperature, s.top_p, s.top_k, s.gen)]
+            piece, verified = "", 0
+            for token in picks:
+                piece += s.accept(token, self.tok, self.stop_ids)
+                if s.done or verified == len(s.drafts) or s.drafts[verified] != token:
+                    break
+                verified += 1
+            self._forget_drafts(s, verified)
+            pieces.append(piece)
         live = [s for s in sessions if not s.done]
         for s in sessions:
             if s.done:
                 self.release(s)
         if live:
-            logits = self._decode({s.slot: s.out.tokens[-1] for s in live})
+            self._draft(live)
+            logits = self._decode(live)
             for s in live:
-                s.logits = logits[s.slot]
-                self.slots[s.slot].append(s.out.tokens[-1])
+                self.slots[s.slot] += [s.out.tokens[-1], *s.drafts]
+                s.logits = logits[s]
         return pieces
+
+    def _forget_drafts(self, s: Session, keep: int = 0) -> None:
+        """The slot keeps the first `keep` drafts fed last step (verified) and drops the rest."""
+        if len(s.drafts) > keep:
+            del self.slots[s.slot][keep - len(s.drafts) :]
+        s.drafts = []
+
+    def _draft(self, live: list[Session]) -> None:
+        """Prompt lookup drafts for greedy sessions, as many as the rows no session holds allow."""
+        spare = self.parallel - len(live)
+        greedy = [s for s in live if s.temperature <= 0] if self.lookup else []
+        for i, s in enumerate(greedy):
+            room = min(self.max_len - len(self.slots[s.slot]) - 1, s.max_tokens - len(s.out.tokens) - 1)
+            share = spare // len(greedy) + (i < spare % len(greedy))
+            s.drafts = lookup(s.history, min(share, room)) if room > 0 and share > 0 else []
 
     def release(self, s: Session) -> None:
         """The session gives up its slot (stopped, or its client left); the slot keeps its cache."""
+        self._forget_drafts(s)
         self.busy.discard(s.slot)
         self.used[s.slot] = time.perf_counter()
 
-    def _decode(self, tokens: dict[int, int]) -> torch.Tensor:
-        """Logits [slots, vocab] after one token in each slot of `tokens` (slot: token). Every slot
-        is a row of the step, so its shapes are the same whichever slots are busy; an idle row writes
-        its keys past what its slot holds, which costs it nothing."""
-        pos = []
-        for i, held in enumerate(self.slots):
-            if i not in tokens and len(held) >= self.max_len:  # full: its last position is written over
-                del held[-1]
-            pos.append(len(held))
-        ids = torch.tensor([[tokens.get(i, 0)] for i in range(self.parallel)], device=self.device)
-        at = torch.tensor(pos, device=self.device)
-        if self._step is not None:
-            return self._step(ids, at, self.cache)
-        lengths = [p + 1 if i in tokens else 0 for i, p in enumerate(pos)]
-        return self.model.decode_step(ids, at, self.cache, lengths=lengths)
+    def _decode(self, live: list[Session]) -> dict[Session, torch.Tensor]:
+        """Each live session's logits [1 + drafts, vocab] after its last token and each of its drafts.
+        Every slot is a row of the step, so its shapes are the same whichever slots are busy: a
+        session's token is fed in its own slot's row, its drafts in rows no session holds (reading
+        and writing its slot's cache), and an idle row writes its keys past what its slot holds,
+        which costs it nothing."""
+        rows: list[tuple[int, int, int, int] | None] = [
+            None
+        ] * self.parallel  # cache row, token, position, length
+        for s in live:
+            n = len(self.slots[s.slot])
+            rows[s.slot] = (s.slot, s.out.tokens[-1], n, n + 1)
+        spare = iter([i for i, r in enumerate(rows) if r is None])
+        at = {}
+        for s in live:
+            n = len(self.slots[s.slot])
+            at[s] = [s.slot]
+            for j, token in enumerate(s.drafts, 1):
+                at[s].append(next(spare))
+                rows[at[s][-1]] = (s.slot, token, n + j, n + j + 1)
+        for i, r in enumerate(rows):
+            if r is None:
+                held = self.slots[i]
+                if len(held) >= self.max_len:  # full: its last position is written over
+                    del held[-1]
+                rows[i] = (i, 0, len(held), 0)
+        cache_rows, tokens, pos, lengths = (list(c) for c in zip(*rows, strict=True))
+        ids = torch.tensor(tokens, device=self.device).view(-1, 1)
+        logits = self._step(ids, torch.tensor(pos, device=self.device), self.cache, lengths, cache_rows)
+        return {s: logits[i] for s, i in at.items()}
 
     def generate(self, ids: list[int], **kw) -> Iterator[tuple[str, Completion]]:
         """Yield (new text, running Completion) as text becomes final; the last yield has the stop type.
@@ -312,6 +363,21 @@ class Engine:
             keep = sorted_p.cumsum(0) - sorted_p < top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def lookup(history: array, k: int, longest: int = 3) -> list[int]:
+    """Prompt lookup drafts (llama.cpp's and vLLM's n-gram speculation): up to `k` tokens that followed
+    the latest earlier occurrence of the last n tokens, the longest n from `longest` down to 1 that
+    occurs. Code repeats itself (names, calls, whole lines of the suffix), so these are often right."""
+    data, size = history.tobytes(), history.itemsize
+    for n in range(min(longest, len(history) - 1), 0, -1):
+        tail, end = data[-n * size :], len(data) - size  # a match must end before the last token
+        while (i := data.rfind(tail, 0, end)) != -1:
+            if i % size == 0:  # on a token boundary
+                start = i // size + n
+                return history[start : start + k].tolist()
+            end = i + len(tail) - 1
+    return []
 
 
 def _common(a: list[int], b: list[int]) -> int:
