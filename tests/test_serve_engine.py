@@ -40,6 +40,46 @@ def test_greedy_output_equals_transformers_generate(checkpoint, compiled):
         assert ours.tokens == theirs and len(ours.tokens) > 0
 
 
+def test_lookup_proposes_what_followed_the_longest_recent_match():
+    from array import array
+
+    from codemill.serve.engine import lookup
+
+    h = array("i", [5, 6, 7, 8, 1, 6, 7, 9, 2, 6, 7])
+    assert lookup(h, 2) == [9, 2]  # "6 7" last seen before 9 (the latest match, not the first)
+    assert lookup(array("i", [5, 6, 7, 8, 1, 6, 7, 9, 2, 5, 6, 7]), 3) == [8, 1, 6]  # "5 6 7" beats "6 7"
+    assert lookup(array("i", [1, 2, 3]), 4) == []
+    # the bytes of 256 then 1 contain those of 1 then 0 off a token boundary: no match there
+    assert lookup(array("i", [256, 1, 0, 9, 1]), 2) == [0, 9]
+    assert lookup(array("i", [0, 1, 0, 0, 3, 1, 0]), 2) == [0, 3]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled-step"])
+def test_drafts_in_idle_slots_give_the_same_answers_in_fewer_steps(checkpoint, compiled):
+    """Prompt-lookup drafts fill the rows no request holds; each is verified in the step that feeds
+    it, so the answer equals the one decoded a token a step, with fewer steps; a request whose client
+    leaves with drafts in flight leaves its slot holding only verified tokens."""
+    from codemill.serve.engine import Engine
+
+    plain, drafted = (
+        Engine(checkpoint, parallel=4, lookup=False),
+        Engine(checkpoint, parallel=4, compile=compiled),
+    )
+    first = plain.prompt(PREFIX, SUFFIX, path="io.py", max_tokens=48)
+    ids = first + plain.complete(first, max_tokens=24).tokens + first  # what followed, to be looked up
+    want = plain.complete(ids, max_tokens=48).tokens
+    s, steps = drafted.start(ids, max_tokens=48), 0
+    while not s.done:
+        drafted.step([s])
+        steps += 1
+    assert s.out.tokens == want
+    assert 0 < s.out.draft_n_accepted <= s.out.draft_n and steps < len(want)
+    for _ in drafted.generate(ids, max_tokens=48):  # the client leaves after the first piece
+        break
+    assert drafted.slots[s.slot] == ids + want[: len(drafted.slots[s.slot]) - len(ids)]
+    assert drafted.complete(ids, max_tokens=48).tokens == want
+
+
 def test_cache_is_reused_and_gives_the_same_answers(checkpoint):
     from codemill.serve.engine import Engine
 
@@ -87,11 +127,12 @@ def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, com
             live.append((k, engine.start(ids, max_tokens=n, reset=True)))
         engine.step([s for _, s in live])
         steps += 1
-        done.update({k: s.out.tokens for k, s in live if s.done})
+        done.update({k: s for k, s in live if s.done})
         live = [(k, s) for k, s in live if not s.done]
         assert len(live) <= engine.parallel and len(engine.busy) == len(live)
-    assert [done[k] for k in range(len(requests))] == alone
+    assert [done[k].out.tokens for k in range(len(requests))] == alone
     assert steps < sum(len(t) for t in alone)  # they overlapped
+    assert any(s.out.draft_n for s in done.values())  # and idle rows carried drafts
 
 
 def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):

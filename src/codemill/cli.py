@@ -618,6 +618,11 @@ def serve_(
     dtype: str = typer.Option(
         None, help="fp32 or bf16 weights and cache (default: bf16 on a GPU, fp32 on a CPU)."
     ),
+    lookup: bool = typer.Option(
+        True,
+        help="Fill the slots no request holds with prompt-lookup drafts, verified in the same step "
+        "(greedy requests; several tokens a step, the same answers).",
+    ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
     from codemill.serve.engine import Engine
@@ -630,7 +635,7 @@ def serve_(
         "/health); "
         "/health answers 503 until the model is loaded"
     )
-    load = lambda: Engine(model, format, compile=compile, parallel=parallel, dtype=dtype)  # noqa: E731
+    load = lambda: Engine(model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup)  # noqa: E731
     serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 

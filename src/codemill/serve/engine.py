@@ -41,6 +41,8 @@ class Completion:
     prompt_ms: float = 0.0
     decode_ms: float = 0.0
     slot: int = 0
+    draft_n: int = 0  # prompt-lookup drafts fed, and how many of them were the tokens picked
+    draft_n_accepted: int = 0
 
 
 @dataclass(eq=False)  # a session is itself: hashed by identity
@@ -263,6 +265,7 @@ class Engine:
                 if s.done or verified == len(s.drafts) or s.drafts[verified] != token:
                     break
                 verified += 1
+            s.out.draft_n_accepted += verified
             self._forget_drafts(s, verified)
             pieces.append(piece)
         live = [s for s in sessions if not s.done]
@@ -291,6 +294,7 @@ class Engine:
             room = min(self.max_len - len(self.slots[s.slot]) - 1, s.max_tokens - len(s.out.tokens) - 1)
             share = spare // len(greedy) + (i < spare % len(greedy))
             s.drafts = lookup(s.history, min(share, room)) if room > 0 and share > 0 else []
+            s.out.draft_n += len(s.drafts)
 
     def release(self, s: Session) -> None:
         """The session gives up its slot (stopped, or its client left); the slot keeps its cache."""

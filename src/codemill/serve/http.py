@@ -148,6 +148,8 @@ def llama_answer(
             "predicted_ms": result.decode_ms,
             "predicted_per_token_ms": result.decode_ms / n if n else 0.0,
             "predicted_per_second": n / predicted_s if predicted_s else 0.0,
+            "draft_n": result.draft_n,
+            "draft_n_accepted": result.draft_n_accepted,
         },
     }
     if not body.response_fields:
@@ -533,6 +535,8 @@ async def execute(request: Request, job: Job, stream_piece=None) -> Any:
             if client and running.get(client, (None,))[0] is work:
                 del running[client]
         stats["tokens_generated"] += len(result.tokens)
+        stats["draft_tokens"] += result.draft_n
+        stats["draft_tokens_accepted"] += result.draft_n_accepted
         request.state.tokens = len(result.tokens)
         stats["tokens_cached"] += result.tokens_cached
         stats["tokens_evaluated"] += result.tokens_evaluated
