@@ -4,11 +4,13 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
 - transformers `generate()` (its own KV cache within the call, nothing kept between calls);
 - codemill cold (empty cache), warm (the same request again), and typing (the prompt grown by the
   characters a user types, one request per keystroke, as an editor sends them), with one slot and with
-  `--parallel` slots (every slot is a row of each decode step, so a lone request pays for the others'
-  rows), eager, `--compile` and bf16, and with every layer on MKL as before oneDNN packing
-  (model/packed.py);
+  `--parallel` slots (every slot is a row of each decode step: a lone request fills the others' rows
+  with prompt-lookup drafts, or with `--no-lookup` pays for them idle), eager, `--compile` and bf16,
+  and with every layer on MKL as before oneDNN packing (model/packed.py); besides the whole request,
+  ms per decoded token from codemill's own count (the prompt's evaluation excluded);
 - llama.cpp (llama-cpp-python, the checkpoint exported with `codemill export gguf` in f32), the same
-  three, reusing its cache over the longest common prefix as llama-server does.
+  three, reusing its cache over the longest common prefix as llama-server does, without and with
+  llama-cpp-python's prompt-lookup drafts.
 
 Then, through `codemill serve` on 127.0.0.1 with `--parallel` slots, in its own process as an editor
 would find it (the clients here would otherwise share the server's interpreter lock), httpx clients:
@@ -58,11 +60,28 @@ def main() -> None:
     ap.add_argument("--debounce", type=str, default="100,350", help="debounce pauses to replay, ms")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients (0: skip)")
     ap.add_argument("--compile-http", action="store_true", help="serve the HTTP parts with the compiled step")
+    ap.add_argument("--no-lookup-http", action="store_true", help="serve the HTTP parts without drafts")
+    ap.add_argument("--http-only", action="store_true", help="only the parts through `codemill serve`")
     ap.add_argument("--requests", type=int, default=6, help="requests per concurrent client")
     ap.add_argument("--parallel", type=int, default=4, help="slots of the served engine")
     ap.add_argument("--typing-clients", type=str, default="1,4,8", help="typists at once in the replay")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.http_only:
+        engine_table(args)
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
+    with serving(args.model, args.parallel, args.compile_http, not args.no_lookup_http) as url:
+        if args.replay_files:
+            for debounce in (int(x) for x in args.debounce.split(",")):
+                for typists in (int(x) for x in args.typing_clients.split(",")):
+                    asyncio.run(replay(url, args.parallel, files, args.replay_files, args.chars, debounce / 1000,
+                                       typists))  # fmt: skip
+        if args.clients:
+            asyncio.run(concurrent(url, files, args.clients, args.requests))
+
+
+def engine_table(args) -> None:
+    """The engines in this process against transformers and llama.cpp on one prompt."""
     text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()
     cut = text.index("\n", len(text) // 3) + 1
     prefix, suffix = text[:cut] + "    ", text[cut:]
@@ -78,11 +97,14 @@ def main() -> None:
                         pad_token_id=stops[0])  # fmt: skip
         return time.perf_counter() - t0
 
-    def ours(eng: Engine, prompt: list[int], cold: bool) -> float:
+    decode: dict[str, list[float]] = {}  # ms per decoded token, prompt excluded (codemill's own count)
+
+    def ours(eng: Engine, prompt: list[int], cold: bool, label: str) -> float:
         if cold:
             eng.reset()
         t0 = time.perf_counter()
-        eng.complete(prompt, max_tokens=args.tokens, stop=())
+        c = eng.complete(prompt, max_tokens=args.tokens, stop=())
+        decode.setdefault(label, []).append(c.decode_ms / len(c.tokens))
         return time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -94,60 +116,56 @@ def main() -> None:
     p = args.parallel
     engines = [
         ("codemill, 1 slot", engine),
+        ("codemill --compile, 1 slot", Engine(args.model, compile=True)),
         (f"codemill, {p} slots", Engine(args.model, parallel=p)),
+        (f"codemill, {p} slots, --no-lookup", Engine(args.model, parallel=p, lookup=False)),
         (f"codemill --compile, {p} slots", compiled),
+        (
+            f"codemill --compile, {p} slots, --no-lookup",
+            Engine(args.model, compile=True, parallel=p, lookup=False),
+        ),
         (f"codemill --dtype bf16, {p} slots", Engine(args.model, parallel=p, dtype="bf16")),
     ]
     pack_from, packed.PACK_FROM = packed.PACK_FROM, 1 << 62  # as before packing: MKL for every layer
     engines += [
         ("codemill, 1 slot, unpacked", Engine(args.model)),
-        (f"codemill, {p} slots, unpacked", Engine(args.model, parallel=p)),
-        (f"codemill --compile, {p} slots, unpacked", Engine(args.model, compile=True, parallel=p)),
+        (f"codemill, {p} slots, --no-lookup, unpacked", Engine(args.model, parallel=p, lookup=False)),
     ]
     packed.PACK_FROM = pack_from
     for label, eng in engines:
         eng.stop_ids = set()  # both decode exactly `tokens` tokens
-        ours(eng, ids, True)  # warm-up
-        rows[f"{label}, cold cache"] = [ours(eng, ids, True) for _ in range(args.repeats)]
-        rows[f"{label}, same request again"] = [ours(eng, ids, False) for _ in range(args.repeats)]
-        typed, times = prefix, []
+        ours(eng, ids, True, "warm-up")
+        for run, cold in (("cold cache", True), ("same request again", False)):
+            name = f"{label}, {run}"
+            rows[name] = [ours(eng, ids, cold, name) for _ in range(args.repeats)]
+        typed, name = prefix, f"{label}, typing (one request per keystroke)"
+        rows[name] = []
         for ch in "return text"[: args.repeats * 2]:
             typed += ch
-            times.append(
-                ours(eng, eng.prompt(typed, suffix, path="textwrap.py", max_tokens=args.tokens), False)
-            )
-        rows[f"{label}, typing (one request per keystroke)"] = times
+            prompt = eng.prompt(typed, suffix, path="textwrap.py", max_tokens=args.tokens)
+            rows[name].append(ours(eng, prompt, False, name))
     rows.update(llama_cpp_rows(args, ids, [engine.prompt(prefix + "return text"[:k], suffix, path="textwrap.py",
                                                           max_tokens=args.tokens) for k in range(1, args.repeats * 2 + 1)]))  # fmt: skip
     base = statistics.median(rows["transformers generate()"])
     table = Table(
         title=f"{args.tokens}-token greedy completion, prompt {len(ids)} tokens, CPU, {args.threads} threads"
     )
-    for col in ("run", "median s", "ms/token", "vs generate()"):
+    for col in ("run", "median s", "ms/token", "decode ms/token", "vs generate()"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name, ts in rows.items():
         m = statistics.median(ts)
-        table.add_row(name, f"{m:.3f}", f"{1000 * m / args.tokens:.1f}", f"{base / m:.2f}x")
+        dec = f"{statistics.median(decode[name]):.2f}" if name in decode else "-"
+        table.add_row(name, f"{m:.3f}", f"{1000 * m / args.tokens:.1f}", dec, f"{base / m:.2f}x")
     Console(width=200).print(table)
     cfg = engine.model.cfg
     Console(width=200).print(
         f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}); "
         f"--compile took {compile_s:.1f} s at load"
     )
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
-    del engines, compiled  # the server process needs the cores
-    with serving(args.model, args.parallel, args.compile_http) as url:
-        if args.replay_files:
-            for debounce in (int(x) for x in args.debounce.split(",")):
-                for typists in (int(x) for x in args.typing_clients.split(",")):
-                    asyncio.run(replay(url, args.parallel, files, args.replay_files, args.chars, debounce / 1000,
-                                       typists))  # fmt: skip
-        if args.clients:
-            asyncio.run(concurrent(url, files, args.clients, args.requests))
 
 
 @contextlib.contextmanager
-def serving(model: Path, parallel: int, compile: bool) -> Iterator[str]:
+def serving(model: Path, parallel: int, compile: bool, lookup: bool = True) -> Iterator[str]:
     """`codemill serve` in a process of its own on a free port; its URL once /health answers."""
     import socket
 
@@ -157,7 +175,8 @@ def serving(model: Path, parallel: int, compile: bool) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "codemill.cli", "serve", str(model), "--port", str(port), "--parallel",
-           str(parallel), "--no-access-log", *(["--compile"] if compile else [])]  # fmt: skip
+           str(parallel), "--no-access-log", *(["--compile"] if compile else []),
+           *([] if lookup else ["--no-lookup"])]  # fmt: skip
     server = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -179,30 +198,36 @@ def llama_cpp_rows(args, ids: list[int], typed: list[list[int]]) -> dict[str, li
     import tempfile
 
     import llama_cpp
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     from codemill.model.gguf import export_gguf
 
+    rows = {}
     with tempfile.TemporaryDirectory() as d:
         export_gguf(args.model, Path(d) / "m.gguf", "f32")
-        llm = llama_cpp.Llama(
-            model_path=str(Path(d) / "m.gguf"), n_ctx=2048, n_threads=args.threads, verbose=False
-        )
+        for label, draft in (
+            ("llama.cpp", None),
+            ("llama.cpp + prompt lookup (3 tokens)", LlamaPromptLookupDecoding(3, 3)),
+        ):
+            llm = llama_cpp.Llama(model_path=str(Path(d) / "m.gguf"), n_ctx=2048, n_batch=2048, n_threads=args.threads,
+                                  verbose=False, draft_model=draft)  # fmt: skip
 
-    def run(prompt: list[int], cold: bool) -> float:
-        if cold:
-            llm.reset()
-        t0 = time.perf_counter()
-        for k, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1, reset=True), 1):  # reuses the prefix
-            if k == args.tokens:
-                break
-        return time.perf_counter() - t0
+            def run(prompt: list[int], cold: bool, llm=llm) -> float:
+                if cold:
+                    llm.reset()
+                t0 = time.perf_counter()
+                for k, _ in enumerate(
+                    llm.generate(prompt, temp=0.0, top_k=1, reset=True), 1
+                ):  # reuses the prefix
+                    if k == args.tokens:
+                        break
+                return time.perf_counter() - t0
 
-    run(ids, True)  # warm-up
-    return {
-        "llama.cpp, cold cache": [run(ids, True) for _ in range(args.repeats)],
-        "llama.cpp, same request again": [run(ids, False) for _ in range(args.repeats)],
-        "llama.cpp, typing (one request per keystroke)": [run(p, False) for p in typed],
-    }
+            run(ids, True)  # warm-up
+            rows[f"{label}, cold cache"] = [run(ids, True) for _ in range(args.repeats)]
+            rows[f"{label}, same request again"] = [run(ids, False) for _ in range(args.repeats)]
+            rows[f"{label}, typing (one request per keystroke)"] = [run(p, False) for p in typed]
+    return rows
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -234,7 +259,9 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
     import httpx
 
     done, cancelled_s, served = [], [], []
-    counts = {"cached": 0, "evaluated": 0, "sent": 0, "errors": 0, "replaced": 0, "busy": 0}
+    counts = dict.fromkeys(
+        ("cached", "evaluated", "drafted", "accepted", "sent", "errors", "replaced", "busy"), 0
+    )
     positions = _positions(files, per_client * typists, seed=1)
 
     async def typist(k: int, client) -> None:
@@ -263,8 +290,10 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
                 done.append(time.perf_counter() - t0)
                 timings = r.json()["timings"]
                 served.append((timings["prompt_ms"] + timings["predicted_ms"]) / 1000)
-                counts["cached"] += r.json()["timings"]["cache_n"]  # llama-server's: reused from the slot
-                counts["evaluated"] += r.json()["timings"]["prompt_n"]
+                counts["cached"] += timings["cache_n"]  # llama-server's: reused from the slot
+                counts["evaluated"] += timings["prompt_n"]
+                counts["drafted"] += timings["draft_n"]
+                counts["accepted"] += timings["draft_n_accepted"]
 
             for i in range(len(typed)):
                 prefix_now, rest_now = prefix + typed[: i + 1], rest[len(typed) :]  # new code, same suffix
@@ -291,12 +320,13 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
         f"{1000 * debounce:.0f} ms, {slots} slots"
     )
     for col in ("sent", "completed", "replaced (409)", "busy (429)", "errors", "cancelled", "p50 s", "p90 s",
-                "p95 s", "server p50 s", "tokens reused : evaluated", "s on cancelled"):  # fmt: skip
+                "p95 s", "server p50 s", "tokens reused : evaluated", "drafts accepted", "s on cancelled"):  # fmt: skip
         table.add_column(col, justify="right")
     table.add_row(str(counts["sent"]), str(len(done)), str(counts["replaced"]), str(counts["busy"]),
                   str(counts["errors"]), str(len(cancelled_s)),
                   f"{_pct(done, 0.5):.3f}", f"{_pct(done, 0.9):.3f}", f"{_pct(done, 0.95):.3f}", f"{_pct(served, 0.5):.3f}",
-                  f"{counts['cached']:,} : {counts['evaluated']:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
+                  f"{counts['cached']:,} : {counts['evaluated']:,}",
+                  f"{counts['accepted']:,} / {counts['drafted']:,}", f"{sum(cancelled_s):.2f}")  # fmt: skip
     Console(width=200).print(table)
 
 

@@ -308,9 +308,8 @@ class Engine:
         session's token is fed in its own slot's row, its drafts in rows no session holds (reading
         and writing its slot's cache), and an idle row writes its keys past what its slot holds,
         which costs it nothing."""
-        rows: list[tuple[int, int, int, int] | None] = [
-            None
-        ] * self.parallel  # cache row, token, position, length
+        # per batch row: the cache row it reads and writes, its token, position and attended length
+        rows: list[tuple[int, int, int, int] | None] = [None] * self.parallel
         for s in live:
             n = len(self.slots[s.slot])
             rows[s.slot] = (s.slot, s.out.tokens[-1], n, n + 1)
