@@ -49,8 +49,8 @@ def test_lookup_proposes_what_followed_the_longest_recent_match():
     assert lookup(h, 2) == [9, 2]  # "6 7" last seen before 9 (the latest match, not the first)
     assert lookup(array("i", [5, 6, 7, 8, 1, 6, 7, 9, 2, 5, 6, 7]), 3) == [8, 1, 6]  # "5 6 7" beats "6 7"
     assert lookup(array("i", [1, 2, 3]), 4) == []
-    # the bytes of 256 then 1 contain those of 1 then 0 off a token boundary: no match there
-    assert lookup(array("i", [256, 1, 0, 9, 1]), 2) == [0, 9]
+    # the bytes of 2**24 then 0 contain those of 256 off a token boundary: no match there
+    assert lookup(array("i", [256, 7, 2**24, 0, 3, 256]), 2) == [7, 2**24]
     assert lookup(array("i", [0, 1, 0, 0, 3, 1, 0]), 2) == [0, 3]
 
 
