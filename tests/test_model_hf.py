@@ -162,8 +162,8 @@ def test_decode_step_decodes_each_row_at_its_own_position():
 @pytest.mark.skipif(not __import__("codemill.model.packed").model.packed.available(), reason="no oneDNN")
 def test_packed_linears_compute_what_the_model_computes():
     """Fused q/k/v and gate/up products and oneDNN-packed weights (serve's CPU decode): the same logits
-    as the plain model to float rounding, for one row, a few and a prompt's worth, biases included; a row's numbers at a fixed row count do not
-    depend on the other rows."""
+    as the plain model to float rounding, for one row, a few and a prompt's worth, biases included; a
+    row's numbers at a fixed row count do not depend on the other rows."""
     from codemill.model.packed import PackedLinear, pack_linears
 
     torch.manual_seed(0)

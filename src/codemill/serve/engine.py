@@ -310,17 +310,12 @@ class Engine:
         which costs it nothing."""
         # per batch row: the cache row it reads and writes, its token, position and attended length
         rows: list[tuple[int, int, int, int] | None] = [None] * self.parallel
-        for s in live:
+        spare = iter(sorted(set(range(self.parallel)) - {s.slot for s in live}))
+        at = {s: [s.slot] + [next(spare) for _ in s.drafts] for s in live}
+        for s, batch_rows in at.items():
             n = len(self.slots[s.slot])
-            rows[s.slot] = (s.slot, s.out.tokens[-1], n, n + 1)
-        spare = iter([i for i, r in enumerate(rows) if r is None])
-        at = {}
-        for s in live:
-            n = len(self.slots[s.slot])
-            at[s] = [s.slot]
-            for j, token in enumerate(s.drafts, 1):
-                at[s].append(next(spare))
-                rows[at[s][-1]] = (s.slot, token, n + j, n + j + 1)
+            for j, (i, token) in enumerate(zip(batch_rows, [s.out.tokens[-1], *s.drafts], strict=True)):
+                rows[i] = (s.slot, token, n + j, n + j + 1)
         for i, r in enumerate(rows):
             if r is None:
                 held = self.slots[i]
