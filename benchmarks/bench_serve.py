@@ -4,8 +4,9 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
 - transformers `generate()` (its own KV cache within the call, nothing kept between calls);
 - codemill cold (empty cache), warm (the same request again), and typing (the prompt grown by the
   characters a user types, one request per keystroke, as an editor sends them), with one slot and with
-  `--parallel` slots (every slot is a row of each decode step: a lone request fills the others' rows
-  with prompt-lookup drafts, or with `--no-lookup` pays for them idle), eager, `--compile` and bf16,
+  `--parallel` slots (every decode step has a row per slot and as many again for drafts: a lone request
+  fills the rows no request holds with prompt-lookup drafts, or with `--no-lookup` pays for its slots'
+  rows idle; `--draft-rows 0`: drafts only in idle slots' rows), eager, `--compile` and bf16,
   and with every layer on MKL as before oneDNN packing (model/packed.py); besides the whole request,
   ms per decoded token from codemill's own count (the prompt's evaluation excluded);
 - llama.cpp (llama-cpp-python, the checkpoint exported with `codemill export gguf` in f32), the same
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients (0: skip)")
     ap.add_argument("--compile-http", action="store_true", help="serve the HTTP parts with the compiled step")
     ap.add_argument("--no-lookup-http", action="store_true", help="serve the HTTP parts without drafts")
+    ap.add_argument("--draft-rows-http", type=int, default=None, help="the served engine's --draft-rows")
     ap.add_argument("--http-only", action="store_true", help="only the parts through `codemill serve`")
     ap.add_argument("--requests", type=int, default=6, help="requests per concurrent client")
     ap.add_argument("--parallel", type=int, default=4, help="slots of the served engine")
@@ -70,7 +72,9 @@ def main() -> None:
     if not args.http_only:
         engine_table(args)
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
-    with serving(args.model, args.parallel, args.compile_http, not args.no_lookup_http) as url:
+    with serving(
+        args.model, args.parallel, args.compile_http, not args.no_lookup_http, args.draft_rows_http
+    ) as url:
         if args.replay_files:
             for debounce in (int(x) for x in args.debounce.split(",")):
                 for typists in (int(x) for x in args.typing_clients.split(",")):
@@ -116,8 +120,10 @@ def engine_table(args) -> None:
     p = args.parallel
     engines = [
         ("codemill, 1 slot", engine),
+        ("codemill, 1 slot, --no-lookup", Engine(args.model, lookup=False)),
         ("codemill --compile, 1 slot", Engine(args.model, compile=True)),
         (f"codemill, {p} slots", Engine(args.model, parallel=p)),
+        (f"codemill, {p} slots, --draft-rows 0", Engine(args.model, parallel=p, draft_rows=0)),
         (f"codemill, {p} slots, --no-lookup", Engine(args.model, parallel=p, lookup=False)),
         (f"codemill --compile, {p} slots", compiled),
         (
@@ -165,7 +171,9 @@ def engine_table(args) -> None:
 
 
 @contextlib.contextmanager
-def serving(model: Path, parallel: int, compile: bool, lookup: bool = True) -> Iterator[str]:
+def serving(
+    model: Path, parallel: int, compile: bool, lookup: bool = True, draft_rows: int | None = None
+) -> Iterator[str]:
     """`codemill serve` in a process of its own on a free port; its URL once /health answers."""
     import socket
 
@@ -176,7 +184,7 @@ def serving(model: Path, parallel: int, compile: bool, lookup: bool = True) -> I
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "codemill.cli", "serve", str(model), "--port", str(port), "--parallel",
            str(parallel), "--no-access-log", *(["--compile"] if compile else []),
-           *([] if lookup else ["--no-lookup"])]  # fmt: skip
+           *([] if lookup else ["--no-lookup"]), *([] if draft_rows is None else ["--draft-rows", str(draft_rows)])]  # fmt: skip
     server = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     try:

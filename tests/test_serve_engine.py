@@ -106,33 +106,37 @@ def test_cache_is_reused_and_gives_the_same_answers(checkpoint):
 def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, compiled, pack, monkeypatch):
     """Continuous batching: requests of different lengths join after their prefill and leave when
     they stop, while others decode; each one's greedy tokens equal the same request served alone.
-    `packed`: every linear layer in oneDNN's layout (the tiny model's are below the size that is)."""
+    `packed`: every linear layer in oneDNN's layout (else none). Drafts ride in the step's rows
+    beyond the slots, so requests get them while every slot is held."""
     from codemill.model import packed
     from codemill.serve.engine import Engine
 
-    if pack:
-        monkeypatch.setattr(packed, "PACK_FROM", 0)
+    monkeypatch.setattr(packed, "PACK_FROM", 0 if pack else 2**62)
     engine = Engine(checkpoint, parallel=3, compile=compiled)
     assert any(isinstance(m, packed.PackedLinear) for m in engine.model.modules()) == pack
     cut = (10, 25, 40, 55)
-    requests = [
-        (engine.prompt(PREFIX[:n], SUFFIX[: n // 2], path="io.py", max_tokens=24), 8 + n // 5) for n in cut
-    ]
+    requests = []
+    for n in cut:  # a prompt, its answer, the prompt again: lookup has drafts to offer
+        ids = engine.prompt(PREFIX[:n], SUFFIX[: n // 2], path="io.py", max_tokens=24)
+        requests.append((ids + engine.complete(ids, max_tokens=24).tokens + ids, 8 + n // 5))
     alone = [engine.complete(ids, max_tokens=n, reset=True).tokens for ids, n in requests]
     assert len({tuple(t) for t in alone}) > 1
-    live, done, waiting, steps = [], {}, list(enumerate(requests)), 0
+    live, done, waiting, steps, drafts_all_held = [], {}, list(enumerate(requests)), 0, 0
     while waiting or live:
         if waiting and len(engine.busy) < engine.parallel and steps % 3 == 0:  # one joins every third step
             k, (ids, n) = waiting.pop(0)
             live.append((k, engine.start(ids, max_tokens=n, reset=True)))
+        fed = sum(s.out.draft_n for _, s in live)
         engine.step([s for _, s in live])
         steps += 1
+        if len(live) == engine.parallel:
+            drafts_all_held += sum(s.out.draft_n for _, s in live) - fed
         done.update({k: s for k, s in live if s.done})
         live = [(k, s) for k, s in live if not s.done]
         assert len(live) <= engine.parallel and len(engine.busy) == len(live)
     assert [done[k].out.tokens for k in range(len(requests))] == alone
     assert steps < sum(len(t) for t in alone)  # they overlapped
-    assert any(s.out.draft_n for s in done.values())  # and idle rows carried drafts
+    assert drafts_all_held > 0  # and the rows beyond the slots carried drafts
 
 
 def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):

@@ -620,8 +620,14 @@ def serve_(
     ),
     lookup: bool = typer.Option(
         True,
-        help="Fill the slots no request holds with prompt-lookup drafts, verified in the same step "
-        "(greedy requests; several tokens a step, the same answers).",
+        help="Fill the decode rows no request holds with prompt-lookup drafts, verified in the same "
+        "step (greedy requests; several tokens a step, the same answers).",
+    ),
+    draft_rows: int = typer.Option(
+        None,
+        min=0,
+        help="Decode rows beyond the slots, for drafts only: compute, no KV cache "
+        "(default: as many as --parallel with --lookup, 0 without).",
     ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
@@ -635,7 +641,9 @@ def serve_(
         "/health); "
         "/health answers 503 until the model is loaded"
     )
-    load = lambda: Engine(model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup)  # noqa: E731
+    load = lambda: Engine(  # noqa: E731
+        model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup, draft_rows=draft_rows
+    )
     serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 

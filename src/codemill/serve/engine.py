@@ -4,8 +4,9 @@ Each slot holds the prompt it last served; a request takes the free slot with th
 prefix and only what follows it is evaluated. With SPM the suffix comes first and typing at the
 cursor only appends to the prefix, so consecutive keystrokes reuse almost everything. Requests in
 flight decode together, one forward per token for all slots (continuous batching: a request joins
-after its prefill and leaves when it stops), and every slot is a row of that forward whether busy or
-not, so a request's numbers, and its greedy answer, do not depend on who else is decoding. Decoding
+after its prefill and leaves when it stops). That forward has the same rows whoever is busy (one per
+slot, and rows for prompt-lookup drafts), so a request's numbers, and its greedy answer, do not
+depend on who else is decoding. Decoding
 is greedy by default (temperature, top-p and top-k on request), text is released only when it ends
 on a whole UTF-8 character, and generation stops on the format's stop tokens, stop strings, a token
 cap or a time budget.
@@ -107,7 +108,8 @@ class Session:
 class Engine:
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
                  max_len: int | None = None, compile: bool = False, parallel: int = 1,
-                 dtype: str | None = None, lookup: bool = True):  # fmt: skip
+                 dtype: str | None = None, lookup: bool = True,
+                 draft_rows: int | None = None):  # fmt: skip
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
         many requests decode together, one batched forward per token (`step`); on a CPU the linear
         layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
@@ -116,7 +118,9 @@ class Engine:
         length as in eager (one graph for every length). `dtype`: fp32 or bf16 weights and cache
         (default bf16 on a GPU, fp32 on a CPU). `lookup`: a greedy request fills the rows no request
         holds with drafts from prompt lookup, verified in the same step (several tokens a step, the
-        same answer: `step`)."""
+        same answer: `step`). `draft_rows`: rows of every step beyond the slots, for drafts only
+        (default: as many as slots with `lookup`, none without), so requests get drafts when every
+        slot is held too; they cost compute, not cache (drafts go in their request's own cache row)."""
         from codemill.data.tokenizer import load_tokenizer
 
         path = Path(path)
@@ -131,10 +135,16 @@ class Engine:
         self.name = path.name
         self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
         self.parallel, self.lookup = parallel, lookup
+        draft_rows = (parallel if lookup else 0) if draft_rows is None else draft_rows
+        if draft_rows < 0 or (draft_rows and not lookup):
+            raise UserError(f"draft_rows must be 0, or positive with lookup on, not {draft_rows}")
+        self.batch_rows = parallel + draft_rows  # the rows of every decode step
         if self.device.type == "cpu" and packed.available():  # oneDNN's layout: model/packed.py
-            packed.pack_linears(self.model, self.parallel)
-        self.cache = KVCache.empty(self.model.cfg, self.max_len, self.device, dtype, batch=self.parallel)
-        self.cache.rope = rope_tables(self.model.cfg, torch.arange(self.max_len, device=self.device))
+            packed.pack_linears(self.model, self.batch_rows)
+        # past max_len, one scratch position per batch row: where an idle row writes its keys
+        capacity = self.max_len + self.batch_rows
+        self.cache = KVCache.empty(self.model.cfg, capacity, self.device, dtype, batch=self.parallel)
+        self.cache.rope = rope_tables(self.model.cfg, torch.arange(capacity, device=self.device))
         self.slots: list[list[int]] = [[] for _ in range(self.parallel)]  # token ids each slot's rows hold
         self.used = [0.0] * self.parallel  # when each slot last served, for least-recently-used reuse
         self.busy: set[int] = set()
@@ -142,11 +152,13 @@ class Engine:
         self._step = self.model.decode_step
         if compile:  # compiled now: the server says "loading" meanwhile
             self._step = torch.compile(self.model.decode_step, dynamic=True)
-            ids = torch.zeros(self.parallel, 1, dtype=torch.long, device=self.device)
-            for idle in range(min(2, self.parallel)):  # every row busy, and (slots) a row idle
-                lengths = [0 if i < idle else 2 + i for i in range(self.parallel)]
-                pos = torch.tensor([max(n - 1, 0) for n in lengths], device=self.device)
-                self._step(ids, pos, self.cache, lengths, list(range(self.parallel)))
+            n = self.batch_rows
+            ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
+            for idle in range(min(2, n)):  # every row busy, and (several rows) a row idle
+                lengths = [0 if i < idle else 2 + i for i in range(n)]
+                pos = torch.tensor([self.max_len + i if i < idle else 1 + i for i in range(n)])
+                cache_rows = [0 if i < idle else i % self.parallel for i in range(n)]
+                self._step(ids, pos.to(self.device), self.cache, lengths, cache_rows)
 
     @property
     def cached(self) -> list[int]:
@@ -288,7 +300,7 @@ class Engine:
 
     def _draft(self, live: list[Session]) -> None:
         """Prompt lookup drafts for greedy sessions, as many as the rows no session holds allow."""
-        spare = self.parallel - len(live)
+        spare = self.batch_rows - len(live)
         greedy = [s for s in live if s.temperature <= 0] if self.lookup else []
         for i, s in enumerate(greedy):
             room = min(self.max_len - len(self.slots[s.slot]) - 1, s.max_tokens - len(s.out.tokens) - 1)
@@ -304,13 +316,13 @@ class Engine:
 
     def _decode(self, live: list[Session]) -> dict[Session, torch.Tensor]:
         """Each live session's logits [1 + drafts, vocab] after its last token and each of its drafts.
-        Every slot is a row of the step, so its shapes are the same whichever slots are busy: a
-        session's token is fed in its own slot's row, its drafts in rows no session holds (reading
-        and writing its slot's cache), and an idle row writes its keys past what its slot holds,
-        which costs it nothing."""
+        The step always has `batch_rows` rows, so its shapes are the same whichever slots are busy: a
+        session's token is fed in the batch row of its slot, its drafts in rows no session holds
+        (reading and writing its slot's cache), and an idle row writes its keys at a scratch
+        position past max_len, which no row attends to."""
         # per batch row: the cache row it reads and writes, its token, position and attended length
-        rows: list[tuple[int, int, int, int] | None] = [None] * self.parallel
-        spare = iter(sorted(set(range(self.parallel)) - {s.slot for s in live}))
+        rows: list[tuple[int, int, int, int] | None] = [None] * self.batch_rows
+        spare = iter(sorted(set(range(self.batch_rows)) - {s.slot for s in live}))
         at = {s: [s.slot] + [next(spare) for _ in s.drafts] for s in live}
         for s, batch_rows in at.items():
             n = len(self.slots[s.slot])
@@ -318,10 +330,7 @@ class Engine:
                 rows[i] = (s.slot, token, n + j, n + j + 1)
         for i, r in enumerate(rows):
             if r is None:
-                held = self.slots[i]
-                if len(held) >= self.max_len:  # full: its last position is written over
-                    del held[-1]
-                rows[i] = (i, 0, len(held), 0)
+                rows[i] = (0, 0, self.max_len + i, 0)
         cache_rows, tokens, pos, lengths = (list(c) for c in zip(*rows, strict=True))
         ids = torch.tensor(tokens, device=self.device).view(-1, 1)
         logits = self._step(ids, torch.tensor(pos, device=self.device), self.cache, lengths, cache_rows)
