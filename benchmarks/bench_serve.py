@@ -67,11 +67,16 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=6, help="requests per concurrent client")
     ap.add_argument("--parallel", type=int, default=4, help="slots of the served engine")
     ap.add_argument("--typing-clients", type=str, default="1,4,8", help="typists at once in the replay")
+    ap.add_argument(
+        "--batch-positions", type=int, default=40, help="real positions decoded alone and 4 at once (0: skip)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
     if not args.http_only:
         engine_table(args)
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
+        if args.batch_positions:
+            batch_table(args, files)
     with serving(
         args.model, args.parallel, args.compile_http, not args.no_lookup_http, args.draft_rows_http
     ) as url:
@@ -168,6 +173,46 @@ def engine_table(args) -> None:
         f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}); "
         f"--compile took {compile_s:.1f} s at load"
     )
+
+
+def batch_table(args, files: list[Path]) -> None:
+    """Real file positions (32 tokens each, greedy) decoded in one engine alone and `--parallel` at once,
+    with each drafting setting: tokens per step for each request, drafts taken, ms per token and per
+    step, and a request's decode time (from its prefill's end, the others' prefills included). The
+    engine's side of the typing replay, without HTTP and the clients sharing its cores."""
+    p = args.parallel
+    positions = _positions(files, args.batch_positions, seed=3)
+    table = Table(title=f"{len(positions)} real positions, 32 tokens each, greedy, {p} slots")
+    for col in ("engine", "at once", "tokens / step / request", "drafts taken", "ms / step", "ms / token",
+                "p50 decode s"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    for label, kw in ((f"draft rows {p} (default)", {}), ("draft rows 0", {"draft_rows": 0}),
+                      ("--no-lookup", {"lookup": False})):  # fmt: skip
+        eng = Engine(args.model, parallel=p, **kw)
+        prompts = [eng.prompt(pre, suf, path=path, max_tokens=32) for path, pre, suf in positions]
+        eng.complete(prompts[0], max_tokens=8)  # warm-up
+        for at_once in (1, p):
+            eng.reset()
+            steps = rows = tokens = drafted = taken = 0  # rows: a live request's place in a step
+            wall, latency = 0.0, []
+            for i in range(0, len(prompts), at_once):
+                sessions = [eng.start(ids, max_tokens=32, stop=()) for ids in prompts[i : i + at_once]]
+                t0 = time.perf_counter()
+                while live := [s for s in sessions if not s.done]:
+                    eng.step(live)
+                    steps, rows = steps + 1, rows + len(live)
+                wall += time.perf_counter() - t0
+                for s in sessions:
+                    tokens, drafted, taken = (
+                        tokens + len(s.out.tokens),
+                        drafted + s.out.draft_n,
+                        taken + s.out.draft_n_accepted,
+                    )
+                    latency.append(s.out.decode_ms / 1000)
+            table.add_row(label, str(at_once), f"{tokens / rows:.2f}",
+                          f"{taken / drafted:.0%}" if drafted else "-", f"{1000 * wall / steps:.2f}",
+                          f"{1000 * wall / tokens:.2f}", f"{statistics.median(latency):.3f}")  # fmt: skip
+    Console(width=200).print(table)
 
 
 @contextlib.contextmanager

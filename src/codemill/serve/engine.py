@@ -299,14 +299,16 @@ class Engine:
         s.drafts = []
 
     def _draft(self, live: list[Session]) -> None:
-        """Prompt lookup drafts for greedy sessions, as many as the rows no session holds allow."""
+        """Prompt lookup drafts for greedy sessions, as many as the rows no session holds allow: an
+        even share each, and rows one session's lookup leaves unused go to the sessions after it."""
         spare = self.batch_rows - len(live)
         greedy = [s for s in live if s.temperature <= 0] if self.lookup else []
         for i, s in enumerate(greedy):
             room = min(self.max_len - len(self.slots[s.slot]) - 1, s.max_tokens - len(s.out.tokens) - 1)
-            share = spare // len(greedy) + (i < spare % len(greedy))
+            share = -(-spare // (len(greedy) - i))  # what is left, over the sessions left, rounded up
             s.drafts = lookup(s.history, min(share, room)) if room > 0 and share > 0 else []
             s.out.draft_n += len(s.drafts)
+            spare -= len(s.drafts)
 
     def release(self, s: Session) -> None:
         """The session gives up its slot (stopped, or its client left); the slot keeps its cache."""
