@@ -108,12 +108,15 @@ def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, com
     they stop, while others decode; each one's greedy tokens equal the same request served alone.
     `packed`: every linear layer in oneDNN's layout (else none). Drafts ride in the step's rows
     beyond the slots, so requests get them while every slot is held."""
+    from torch._dynamo.utils import counters
+
     from codemill.model import packed
     from codemill.serve.engine import Engine
 
     monkeypatch.setattr(packed, "PACK_FROM", 0 if pack else 2**62)
     engine = Engine(checkpoint, parallel=3, compile=compiled)
     assert any(isinstance(m, packed.PackedLinear) for m in engine.model.modules()) == pack
+    graphs = counters["stats"]["unique_graphs"]  # after the engine's warm-up
     cut = (10, 25, 40, 55)
     requests = []
     for n in cut:  # a prompt, its answer, the prompt again: lookup has drafts to offer
@@ -137,6 +140,7 @@ def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, com
     assert [done[k].out.tokens for k in range(len(requests))] == alone
     assert steps < sum(len(t) for t in alone)  # they overlapped
     assert drafts_all_held > 0  # and the rows beyond the slots carried drafts
+    assert counters["stats"]["unique_graphs"] == graphs  # compiled: no recompilation, whoever is busy
 
 
 def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):

@@ -226,6 +226,7 @@ class Attention(nn.Module):
         )
 
 
+@torch.compiler.disable  # traced, each row's length, cache row and layer would each be a guard
 def _attend_rows(
     q: torch.Tensor,
     k: torch.Tensor,
