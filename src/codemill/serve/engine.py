@@ -114,8 +114,8 @@ class Engine:
         many requests decode together, one batched forward per token (`step`); on a CPU the linear
         layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
         which makes 4 rows cost about what 1 does. `compile`: decode with a torch.compile'd step,
-        compiled here, before the first request, with dynamic shapes: each row attends to its own
-        length as in eager (one graph for every length). `dtype`: fp32 or bf16 weights and cache
+        compiled here, before the first request, with dynamic shapes and the per-row attention left
+        eager (the same graphs whatever the lengths and whoever is busy). `dtype`: fp32 or bf16 weights and cache
         (default bf16 on a GPU, fp32 on a CPU). `lookup`: a greedy request fills the rows no request
         holds with drafts from prompt lookup, verified in the same step (several tokens a step, the
         same answer: `step`). `draft_rows`: rows of every step beyond the slots, for drafts only
