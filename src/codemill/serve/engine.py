@@ -6,10 +6,9 @@ cursor only appends to the prefix, so consecutive keystrokes reuse almost everyt
 flight decode together, one forward per token for all slots (continuous batching: a request joins
 after its prefill and leaves when it stops). That forward has the same rows whoever is busy (one per
 slot, and rows for prompt-lookup drafts), so a request's numbers, and its greedy answer, do not
-depend on who else is decoding. Decoding
-is greedy by default (temperature, top-p and top-k on request), text is released only when it ends
-on a whole UTF-8 character, and generation stops on the format's stop tokens, stop strings, a token
-cap or a time budget.
+depend on who else is decoding. Decoding is greedy by default (temperature, top-p and top-k on
+request), text is released only when it ends on a whole UTF-8 character, and generation stops on the
+format's stop tokens, stop strings, a token cap or a time budget.
 """
 
 from __future__ import annotations
@@ -115,8 +114,8 @@ class Engine:
         layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
         which makes 4 rows cost about what 1 does. `compile`: decode with a torch.compile'd step,
         compiled here, before the first request, with dynamic shapes and the per-row attention left
-        eager (the same graphs whatever the lengths and whoever is busy). `dtype`: fp32 or bf16 weights and cache
-        (default bf16 on a GPU, fp32 on a CPU). `lookup`: a greedy request fills the rows no request
+        eager (the same graphs whatever the lengths and whoever is busy). `dtype`: fp32 or bf16
+        weights and cache (default bf16 on a GPU, fp32 on a CPU). `lookup`: a greedy request fills the rows no request
         holds with drafts from prompt lookup, verified in the same step (several tokens a step, the
         same answer: `step`). `draft_rows`: rows of every step beyond the slots, for drafts only
         (default: as many as slots with `lookup`, none without), so requests get drafts when every
@@ -154,11 +153,8 @@ class Engine:
             self._step = torch.compile(self.model.decode_step, dynamic=True)
             n = self.batch_rows
             ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
-            for idle in range(min(2, n)):  # every row busy, and (several rows) a row idle
-                lengths = [0 if i < idle else 2 + i for i in range(n)]
-                pos = torch.tensor([self.max_len + i if i < idle else 1 + i for i in range(n)])
-                cache_rows = [0 if i < idle else i % self.parallel for i in range(n)]
-                self._step(ids, pos.to(self.device), self.cache, lengths, cache_rows)
+            pos = torch.arange(1, n + 1, device=self.device)
+            self._step(ids, pos, self.cache, [2 + i for i in range(n)], [i % self.parallel for i in range(n)])
 
     @property
     def cached(self) -> list[int]:
@@ -326,9 +322,9 @@ class Engine:
         rows: list[tuple[int, int, int, int] | None] = [None] * self.batch_rows
         spare = iter(sorted(set(range(self.batch_rows)) - {s.slot for s in live}))
         at = {s: [s.slot] + [next(spare) for _ in s.drafts] for s in live}
-        for s, batch_rows in at.items():
+        for s, mine in at.items():
             n = len(self.slots[s.slot])
-            for j, (i, token) in enumerate(zip(batch_rows, [s.out.tokens[-1], *s.drafts], strict=True)):
+            for j, (i, token) in enumerate(zip(mine, [s.out.tokens[-1], *s.drafts], strict=True)):
                 rows[i] = (s.slot, token, n + j, n + j + 1)
         for i, r in enumerate(rows):
             if r is None:
