@@ -107,14 +107,15 @@ def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, com
     """Continuous batching: requests of different lengths join after their prefill and leave when
     they stop, while others decode; each one's greedy tokens equal the same request served alone.
     `packed`: every linear layer in oneDNN's layout (else none). Drafts ride in the step's rows
-    beyond the slots, so requests get them while every slot is held."""
+    beyond the slots, so requests get them while every slot is held; prompts go in 16 tokens a step
+    while the others decode."""
     from torch._dynamo.utils import counters
 
     from codemill.model import packed
     from codemill.serve.engine import Engine
 
     monkeypatch.setattr(packed, "PACK_FROM", 0 if pack else 2**62)
-    engine = Engine(checkpoint, parallel=3, compile=compiled)
+    engine = Engine(checkpoint, parallel=3, compile=compiled, prefill_chunk=16)
     assert any(isinstance(m, packed.PackedLinear) for m in engine.model.modules()) == pack
     graphs = counters["stats"]["unique_graphs"]  # after the engine's warm-up
     cut = (10, 25, 40, 55)
@@ -124,13 +125,17 @@ def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, com
         requests.append((ids + engine.complete(ids, max_tokens=24).tokens + ids, 8 + n // 5))
     alone = [engine.complete(ids, max_tokens=n, reset=True).tokens for ids, n in requests]
     assert len({tuple(t) for t in alone}) > 1
-    live, done, waiting, steps, drafts_all_held = [], {}, list(enumerate(requests)), 0, 0
+    live, done, waiting, steps = [], {}, list(enumerate(requests)), 0
+    drafts_all_held = decoded_beside_prefill = 0
     while waiting or live:
         if waiting and len(engine.busy) < engine.parallel and steps % 3 == 0:  # one joins every third step
             k, (ids, n) = waiting.pop(0)
             live.append((k, engine.start(ids, max_tokens=n, reset=True)))
-        fed = sum(s.out.draft_n for _, s in live)
+        fed, tokens = sum(s.out.draft_n for _, s in live), sum(len(s.out.tokens) for _, s in live)
+        prefilling = any(s.pending for _, s in live)
         engine.step([s for _, s in live])
+        if prefilling:
+            decoded_beside_prefill += sum(len(s.out.tokens) for _, s in live) - tokens
         steps += 1
         if len(live) == engine.parallel:
             drafts_all_held += sum(s.out.draft_n for _, s in live) - fed
@@ -140,7 +145,28 @@ def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, com
     assert [done[k].out.tokens for k in range(len(requests))] == alone
     assert steps < sum(len(t) for t in alone)  # they overlapped
     assert drafts_all_held > 0  # and the rows beyond the slots carried drafts
+    assert decoded_beside_prefill > 0  # and requests decoded while a prompt went in
     assert counters["stats"]["unique_graphs"] == graphs  # compiled: no recompilation, whoever is busy
+
+
+def test_a_long_prompt_goes_in_a_chunk_a_step(checkpoint):
+    """Chunked prefill: a warm-up of a long prompt (llama.vim's n_predict 0) takes a step per 24
+    tokens while another request decodes, is done when its prompt is in, and leaves it cached."""
+    from codemill.serve.engine import Engine
+
+    engine = Engine(checkpoint, parallel=2, prefill_chunk=24)
+    long_ids = engine.prompt(PREFIX * 3, SUFFIX * 3, path="io.py", max_tokens=8)
+    short = engine.start(engine.prompt(PREFIX, None, path="io.py", max_tokens=8), max_tokens=8, stop=())
+    warm = engine.start(long_ids, max_tokens=0)
+    steps = 0
+    while not warm.done:
+        assert warm.pending and engine.step([s for s in (short, warm) if not s.done])[1] == ""
+        steps += 1
+    assert not short.pending and len(long_ids) > 48  # the short one is in at once, the long one is not
+    assert steps == -(-len(long_ids) // 24) - 1 and len(short.out.tokens) >= min(steps, 8)
+    assert engine.slots[warm.slot] == long_ids and warm.out.tokens_evaluated == len(long_ids)
+    again = engine.complete(long_ids, max_tokens=4)
+    assert again.tokens_cached == len(long_ids) - 1 and again.slot == warm.slot
 
 
 def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):

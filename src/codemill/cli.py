@@ -629,6 +629,12 @@ def serve_(
         help="Decode rows beyond the slots, for drafts only: compute, no KV cache "
         "(default: as many as --parallel with --lookup, 0 without).",
     ),
+    prefill_chunk: int = typer.Option(
+        512,
+        min=1,
+        help="Prompt tokens evaluated per step, between the other requests' decode steps "
+        "(llama-server's --ubatch-size): a long prompt delays them a chunk at a time.",
+    ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
     from codemill.serve.engine import Engine
@@ -642,7 +648,8 @@ def serve_(
         "/health answers 503 until the model is loaded"
     )
     load = lambda: Engine(  # noqa: E731
-        model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup, draft_rows=draft_rows
+        model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup, draft_rows=draft_rows,
+        prefill_chunk=prefill_chunk,
     )
     serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 

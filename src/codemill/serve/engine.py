@@ -63,11 +63,13 @@ class Session:
     gen: torch.Generator
     out: Completion
     history: array = field(default_factory=lambda: array("i"))  # prompt and answer ids, for lookup
+    pending: list[int] = field(default_factory=list)  # prompt ids not evaluated yet (chunked prefill)
     logits: torch.Tensor | None = None  # [1 + drafts, vocab]: after the fed token, after each draft
     drafts: list[int] = field(default_factory=list)  # fed beside the token, not yet verified
     emitted: str = ""  # released text is final: held back while a stop could still cut into it
     done: bool = False
-    started: float = 0.0
+    started: float = 0.0  # when the prompt was in: decoding time counts from here
+    arrived: float = 0.0
 
     def accept(self, token: int, tok, stop_ids: set[int]) -> str:
         """Take the picked token; return the text it releases (all that is left when it stops)."""
@@ -107,8 +109,8 @@ class Session:
 class Engine:
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
                  max_len: int | None = None, compile: bool = False, parallel: int = 1,
-                 dtype: str | None = None, lookup: bool = True,
-                 draft_rows: int | None = None):  # fmt: skip
+                 dtype: str | None = None, lookup: bool = True, draft_rows: int | None = None,
+                 prefill_chunk: int = 512):  # fmt: skip
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
         many requests decode together, one batched forward per token (`step`); on a CPU the linear
         layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
@@ -119,7 +121,9 @@ class Engine:
         holds with drafts from prompt lookup, verified in the same step (several tokens a step, the
         same answer: `step`). `draft_rows`: rows of every step beyond the slots, for drafts only
         (default: as many as slots with `lookup`, none without), so requests get drafts when every
-        slot is held too; they cost compute, not cache (drafts go in their request's own cache row)."""
+        slot is held too; they cost compute, not cache (drafts go in their request's own cache row).
+        `prefill_chunk`: a prompt is evaluated this many tokens a step, between the decode steps of
+        the others, so a long prompt delays them by a chunk at a time (llama-server's ubatch)."""
         from codemill.data.tokenizer import load_tokenizer
 
         path = Path(path)
@@ -134,6 +138,9 @@ class Engine:
         self.name = path.name
         self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
         self.parallel, self.lookup = parallel, lookup
+        if prefill_chunk < 1:
+            raise UserError(f"prefill_chunk must be at least 1, not {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         draft_rows = (parallel if lookup else 0) if draft_rows is None else draft_rows
         if draft_rows < 0 or (draft_rows and not lookup):
             raise UserError(f"draft_rows must be 0, or positive with lookup on, not {draft_rows}")
@@ -206,23 +213,15 @@ class Engine:
             raise RuntimeError(f"all {self.parallel} slots are busy")
         return max(free, key=lambda i: (_common(self.slots[i], ids), -self.used[i]))
 
-    def prefill(self, ids: list[int], slot: int = 0) -> tuple[torch.Tensor, int]:
-        """Logits after `ids` in `slot`, evaluating only what its cache does not already hold."""
-        common = min(_common(self.slots[slot], ids), len(ids) - 1)  # one token at least, for its logits
-        self.slots[slot] = self.slots[slot][:common]
-        logits = self.model.next_logits(
-            torch.tensor([ids[common:]], device=self.device), self.cache.row(slot, common)
-        )
-        self.slots[slot] = list(ids)
-        return logits, common
-
     def start(self, ids: list[int], *, max_tokens: int = 64, stop: tuple[str, ...] = (), temperature: float = 0.0,
               top_p: float = 1.0, top_k: int = 0, time_budget_s: float | None = None, seed: int | None = None,
               n_indent: int = 0, until: Callable[[str], int] | None = None, reset: bool = False,
               slot: int | None = None) -> Session:  # fmt: skip
-        """Take a slot and evaluate the prompt: the session decodes from the next `step` on.
-        `max_tokens` 0 only fills the cache (a warm-up) and is done at once. `reset`: the whole
-        prompt is evaluated (llama.cpp's `cache_prompt: false`)."""
+        """Take a slot and evaluate the prompt's first `prefill_chunk` tokens past what the slot's cache
+        holds; `step` evaluates the rest a chunk at a time, and the session decodes from the step
+        after its last chunk (at once for most prompts: typing reuses the cache). `max_tokens` 0
+        only fills the cache (a warm-up): done when the prompt is in. `reset`: the whole prompt is
+        evaluated (llama.cpp's `cache_prompt: false`)."""
         if not ids:
             raise UserError("empty prompt")
         room = self.max_len - len(ids)
@@ -237,28 +236,44 @@ class Engine:
         self.busy.add(slot)
         if reset:
             self.slots[slot] = []
-        t0 = time.perf_counter()
+        s.arrived = time.perf_counter()
+        common = min(_common(self.slots[slot], ids), len(ids) - 1)  # one token at least, for its logits
+        self.slots[slot] = self.slots[slot][:common]
+        s.pending, s.out.tokens_cached, s.out.tokens_evaluated = list(ids[common:]), common, len(ids) - common
+        self._prefill(s)
+        return s
+
+    def _prefill(self, s: Session) -> None:
+        """Evaluate the session's next chunk of prompt in its slot; after the last, its logits."""
+        chunk = s.pending[: self.prefill_chunk]
+        held = self.slots[s.slot]
         try:
-            logits, s.out.tokens_cached = self.prefill(ids, slot)
-            s.logits = logits[None]
+            logits = self.model.next_logits(
+                torch.tensor([chunk], device=self.device), self.cache.row(s.slot, len(held))
+            )
         except BaseException:
             self.release(s)
             raise
-        s.out.tokens_evaluated = len(ids) - s.out.tokens_cached
-        s.out.prompt_ms = 1000 * (time.perf_counter() - t0)
-        s.started = time.perf_counter()
-        if max_tokens == 0:
+        held += chunk
+        del s.pending[: len(chunk)]
+        if s.pending:
+            return
+        s.logits, s.started = logits[None], time.perf_counter()
+        s.out.prompt_ms = 1000 * (s.started - s.arrived)
+        if s.max_tokens == 0:
             s.done = True
             self.release(s)
-        return s
 
     def step(self, sessions: list[Session]) -> list[str]:
         """Advance every session: each picks its next token and applies its stop rules, and goes on
         picking while the drafts it fed last step turn out to be the tokens it picks (each draft's
         logits were computed as if it had been fed alone, so the answer is the same as without
         drafts). The ones that go on are evaluated in one batched forward over all slots, with
-        drafts (prompt lookup) in the rows no session holds. Returns each session's released text;
-        a session that stopped gives up its slot."""
+        drafts (prompt lookup) in the rows no session holds. A session whose prompt is not in yet
+        has its next chunk evaluated instead. Returns each session's released text; a session
+        that stopped gives up its slot."""
+        all_sessions, prefilling = sessions, [s for s in sessions if s.pending]
+        sessions = [s for s in sessions if not s.pending]
         greedy = [s.logits for s in sessions if s.temperature <= 0]
         argmax = iter(torch.cat(greedy).argmax(-1).tolist() if greedy else [])  # one sync for all
         pieces = []
@@ -286,7 +301,10 @@ class Engine:
             for s in live:
                 self.slots[s.slot] += [s.out.tokens[-1], *s.drafts]
                 s.logits = logits[s]
-        return pieces
+        for s in prefilling:
+            self._prefill(s)
+        released = dict(zip(sessions, pieces, strict=True))
+        return [released.get(s, "") for s in all_sessions]
 
     def _forget_drafts(self, s: Session, keep: int = 0) -> None:
         """The slot keeps the first `keep` drafts fed last step (verified) and drops the rest."""
