@@ -11,7 +11,9 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
   ms per decoded token from codemill's own count (the prompt's evaluation excluded);
 - llama.cpp (llama-cpp-python, the checkpoint exported with `codemill export gguf` in f32), the same
   three, reusing its cache over the longest common prefix as llama-server does, without and with
-  llama-cpp-python's prompt-lookup drafts.
+  llama-cpp-python's prompt-lookup drafts;
+- real positions decoded alone and `--parallel` at once in one engine, by drafting setting
+  (`--batch-positions`), and a long prompt joining a decoding request, by `--prefill-chunk`.
 
 Then, through `codemill serve` on 127.0.0.1 with `--parallel` slots, in its own process as an editor
 would find it (the clients here would otherwise share the server's interpreter lock), httpx clients:
@@ -77,6 +79,7 @@ def main() -> None:
         engine_table(args)
         if args.batch_positions:
             batch_table(args, files)
+        prefill_table(args, files)
     with serving(
         args.model, args.parallel, args.compile_http, not args.no_lookup_http, args.draft_rows_http
     ) as url:
@@ -212,6 +215,42 @@ def batch_table(args, files: list[Path]) -> None:
             table.add_row(label, str(at_once), f"{tokens / rows:.2f}",
                           f"{taken / drafted:.0%}" if drafted else "-", f"{1000 * wall / steps:.2f}",
                           f"{1000 * wall / tokens:.2f}", f"{statistics.median(latency):.3f}")  # fmt: skip
+    Console(width=200).print(table)
+
+
+def prefill_table(args, files: list[Path]) -> None:
+    """A long prompt arriving while another request decodes, by `--prefill-chunk`: the prompt's own
+    time until it is in, and the longest pause between the decoding request's steps meanwhile."""
+    positions = _positions(files, 12, seed=4)
+    table = Table(title="a long prompt joins a decoding request, 2 slots")
+    for col in ("prefill chunk", "prompt tokens", "prompt in, ms", "longest pause of the other, ms",
+                "median step of the other, ms"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for chunk in (4096, 512, 128, 32):
+        eng = Engine(args.model, parallel=2, prefill_chunk=chunk)
+        eng.stop_ids = set()  # the other decodes all its tokens
+        ins, pauses, steps, n = [], [], [], 0
+        for i in range(0, len(positions), 2):
+            (pa, pre_a, _), (pb, pre_b, suf_b) = positions[i], positions[i + 1]
+            eng.reset()
+            other = eng.start(eng.prompt(pre_a[-400:], None, path=pa, max_tokens=64), max_tokens=64)
+            eng.step([other])
+            long_ids = eng.prompt(pre_b, suf_b, path=pb, max_tokens=16)
+            n = max(n, len(long_ids))
+            t0 = time.perf_counter()
+            new = eng.start(long_ids, max_tokens=16, stop=())
+            gaps = [time.perf_counter() - t0]  # the other waits for the first chunk too
+            while new.pending:
+                t = time.perf_counter()
+                eng.step([other, new])
+                gaps.append(time.perf_counter() - t)
+            ins.append(new.out.prompt_ms)
+            pauses.append(1000 * max(gaps))
+            steps.append(1000 * statistics.median(gaps))
+            eng.release(other)
+            eng.release(new)
+        table.add_row(str(chunk), f"up to {n}", f"{statistics.median(ins):.0f}", f"{statistics.median(pauses):.0f}",
+                      f"{statistics.median(steps):.1f}")  # fmt: skip
     Console(width=200).print(table)
 
 
