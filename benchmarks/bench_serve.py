@@ -191,7 +191,7 @@ def batch_table(args, files: list[Path]) -> None:
         table.add_column(col, justify="left" if col == "engine" else "right")
     for label, kw in ((f"draft rows {p} (default)", {}), ("draft rows 0", {"draft_rows": 0}),
                       ("--no-lookup", {"lookup": False})):  # fmt: skip
-        eng = Engine(args.model, parallel=p, **kw)
+        eng = Engine(args.model, parallel=p, prefill_chunk=1 << 20, **kw)  # whole prompts: steps only decode
         prompts = [eng.prompt(pre, suf, path=path, max_tokens=32) for path, pre, suf in positions]
         eng.complete(prompts[0], max_tokens=8)  # warm-up
         for at_once in (1, p):
