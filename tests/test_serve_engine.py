@@ -241,6 +241,9 @@ def test_llama_cpp_infill_bodies(server, capsys):
             "prompt": "", "n_predict": 0}  # fmt: skip
     warm = httpx.post(server.url + "/infill", json=body, headers=h).json()  # llama.vim's warm-up request
     assert warm["content"] == "" and warm["tokens_evaluated"] > 0
+    form = {**h, "content-type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+    again = httpx.post(server.url + "/infill", content=json.dumps(body), headers=form).json()
+    assert again["content"] == "" and again["tokens_evaluated"] == warm["tokens_evaluated"]
     body.update(n_predict=16, prompt="da", n_indent=4, t_max_predict_ms=2000, stop=["\n\n"])
     r = httpx.post(server.url + "/infill", json=body, headers=h).json()
     assert (

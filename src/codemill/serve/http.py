@@ -340,8 +340,17 @@ def refusal(request: Request) -> JSONResponse | None:
     return None
 
 
+def _read_as_json(request: Request) -> None:
+    """Every POST body is JSON, whatever its content type says, as llama-server reads it (`curl -d`
+    sends a form type, which FastAPI would parse as a form)."""
+    if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+
+
 async def guard(request: Request, call_next):
     t0 = time.perf_counter()
+    _read_as_json(request)
     response = refusal(request)
     if response is None:
         request.app.state.stats["requests"] += 1
