@@ -647,10 +647,8 @@ def serve_(
         "/health); "
         "/health answers 503 until the model is loaded"
     )
-    options = dict(
-        parallel=parallel, dtype=dtype, lookup=lookup, draft_rows=draft_rows, prefill_chunk=prefill_chunk
-    )
-    load = lambda: Engine(model, format, compile=compile, **options)  # noqa: E731
+    load = functools.partial(Engine, model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup,
+                             draft_rows=draft_rows, prefill_chunk=prefill_chunk)  # fmt: skip
     serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 

@@ -272,12 +272,12 @@ class Engine:
         drafts (prompt lookup) in the rows no session holds. A session whose prompt is not in yet
         has its next chunk evaluated instead. Returns each session's released text; a session
         that stopped gives up its slot."""
-        all_sessions, prefilling = sessions, [s for s in sessions if s.pending]
-        sessions = [s for s in sessions if not s.pending]
-        greedy = [s.logits for s in sessions if s.temperature <= 0]
+        prefilling = [s for s in sessions if s.pending]
+        ready = [s for s in sessions if not s.pending]
+        greedy = [s.logits for s in ready if s.temperature <= 0]
         argmax = iter(torch.cat(greedy).argmax(-1).tolist() if greedy else [])  # one sync for all
-        pieces = []
-        for s in sessions:
+        pieces: dict[Session, str] = {}
+        for s in ready:
             if s.temperature <= 0:
                 picks = [next(argmax) for _ in range(len(s.logits))]
             else:
@@ -290,9 +290,9 @@ class Engine:
                 verified += 1
             s.out.draft_n_accepted += verified
             self._forget_drafts(s, verified)
-            pieces.append(piece)
-        live = [s for s in sessions if not s.done]
-        for s in sessions:
+            pieces[s] = piece
+        live = [s for s in ready if not s.done]
+        for s in ready:
             if s.done:
                 self.release(s)
         if live:
@@ -303,8 +303,7 @@ class Engine:
                 s.logits = logits[s]
         for s in prefilling:
             self._prefill(s)
-        released = dict(zip(sessions, pieces, strict=True))
-        return [released.get(s, "") for s in all_sessions]
+        return [pieces.get(s, "") for s in sessions]
 
     def _forget_drafts(self, s: Session, keep: int = 0) -> None:
         """The slot keeps the first `keep` drafts fed last step (verified) and drops the rest."""
