@@ -6,7 +6,15 @@ import random
 
 import pytest
 
-from codemill.data.tokenizer import HFTokenizer, load_tokenizer, pre_tokenizer, pretokenizer_name
+from codemill.data.tokenizer import (
+    PRETOKENIZERS,
+    ChunkCache,
+    HFTokenizer,
+    load_tokenizer,
+    pre_tokenizer,
+    pretokenizer_name,
+    train_bpe,
+)
 from codemill.formats import FORMATS, PII_TOKENS, get_format
 
 PREFIX = "def area(r):\n    if r <= 0:\n"
@@ -165,3 +173,45 @@ def test_prompts_with_cross_file_snippets_fit_their_budget(bpe_dir):
         ids = encode(parts, tok, budget)
         assert len(ids) <= budget < len(whole)
         assert prefix[-100:] in tok.decode(ids)  # the text just before the cursor survives every cut
+
+
+@pytest.mark.parametrize("name", PRETOKENIZERS)
+def test_chunk_cache_gives_the_whole_texts_ids(name):
+    """Cut at the lines where the pre-tokenizer always starts a piece, real files and adversarial
+    whitespace tokenize exactly as whole texts; typing at the end re-tokenizes one chunk."""
+    import sysconfig
+    from pathlib import Path
+
+    rng = random.Random(0)
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    texts = [f.read_text(errors="replace") for f in rng.sample(files, 40)]
+    fmt = get_format("codemill")
+    tok = HFTokenizer(train_bpe(texts[:20], 2000, fmt, show_progress=False, pretokenizer=name))
+    cache = ChunkCache(tok, chunk=16)
+    assert cache.starts is not None
+    alphabet = ["\n", " ", "  ", "\t", "\r\n", "\r", "a", "bc", "1", ")", "'s", "\x0b", "\f", "\u00a0",
+                "\x1c", "\x85", "\u2028", "<EMAIL>", "é", "_"]  # fmt: skip
+    cases = [t[: rng.randrange(len(t))] for t in texts[20:]] + [
+        t[rng.randrange(len(t)) :] for t in texts[20:]
+    ]
+    cases += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 200))) for _ in range(300)]
+    for text in cases:
+        assert cache.encode_batch([text]) == tok.encode_batch([text]), repr(text[:200])
+    prefix = texts[20][:5000].rstrip()  # typing goes on a line already begun
+    cache.encode_batch([prefix])
+    before = set(cache.ids)
+    cache.encode_batch([prefix + "x"])
+    assert len(set(cache.ids) - before) == 1
+
+
+def test_chunk_cache_tokenizes_whole_texts_for_other_pretokenizers():
+    from tokenizers import Tokenizer, models
+    from tokenizers import pre_tokenizers as pt
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pt.ByteLevel(add_prefix_space=True)  # GPT-2's own: not one of ours
+    cache = ChunkCache(HFTokenizer(hf), chunk=8)
+    assert cache.starts is None
+    text = "def f():\n    return 1\n" * 20
+    assert cache.encode_batch([text]) == HFTokenizer(hf).encode_batch([text])
+    assert not cache.ids

@@ -18,6 +18,9 @@ own code does after its PR #35.
 from __future__ import annotations
 
 import json
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -100,6 +103,76 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
+
+
+# Where each pre-tokenizer always starts a new piece: before a line whose indentation (spaces and
+# tabs) ends on a character Python calls non-space (Unicode's White_Space is within Python's space).
+# `codemill` keeps a newline with the indentation after it, so its pieces start after the indentation;
+# `qwen2` and `llama3` end a piece with the last newline of a whitespace run; `deepseek-coder`
+# isolates newlines. `starcoder` matches whitespace runs not followed by a non-space (`\s+(?!\S)`),
+# which the end of a chunk would change: only a lone newline between two non-spaces is a cut there.
+# The text before a cut must also end the same way alone: a whitespace run that holds a newline ends
+# at it for `qwen2`, holds the indentation after it for `codemill`.
+_PIECE_STARTS = {
+    "codemill": re.compile(r"\n[ \t]*(?=\S)"),
+    "qwen2": re.compile(r"\n(?=[ \t]*\S)"),
+    "llama3": re.compile(r"\n(?=[ \t]*\S)"),
+    "starcoder": re.compile(r"(?<=\S)\n(?=\S)"),
+    "deepseek-coder": re.compile(r"\n(?=\S)"),
+}
+
+
+class ChunkCache:
+    """Token ids of texts that mostly repeat, from ids kept per chunk: an editor sends its whole file
+    on every keystroke, and tokenizing a 100 kB file takes 15-20 ms on a CPU core that decoding
+    needs (docs/benchmarks.md). A text is cut into chunks of at least `chunk` characters where its
+    pre-tokenizer always starts a new piece (`_PIECE_STARTS`), so the chunks' ids joined are the
+    whole text's ids, and chunks count from the text's start, so typing at the end of a prefix only
+    re-tokenizes its last chunk. For a tokenizer whose pre-tokenizer is not one of ours, or with an
+    added token that could match across a cut, it tokenizes whole texts. Safe to share between threads."""
+
+    def __init__(self, tok: HFTokenizer | SPTokenizer, chunk: int = 2048, entries: int = 8192):
+        self.tok, self.chunk, self.entries = tok, chunk, entries
+        name = pretokenizer_name(tok.tok) if isinstance(tok, HFTokenizer) else None
+        spec = json.loads(tok.tok.to_str()) if name else {}
+        # an added token matched across a cut (one with whitespace in it, or taking the whitespace
+        # beside it) would make the chunks' ids differ from the text's
+        spans = any(any(c.isspace() for c in t["content"]) or t["lstrip"] or t["rstrip"]
+                    for t in spec.get("added_tokens", []) if not t["special"])  # fmt: skip
+        plain = spec.get("normalizer") is None and spec.get("model", {}).get("dropout") is None
+        self.starts = _PIECE_STARTS[name] if name and plain and not spans else None
+        self.ids: OrderedDict[str, list[int]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def token_id(self, token: str) -> int:
+        return self.tok.token_id(token)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self.starts is None:
+            return self.tok.encode_batch(texts)
+        chunks = [self._cut(t) for t in texts]
+        with self.lock:
+            known = {c: self.ids[c] for cs in chunks for c in cs if c in self.ids}
+            for c in known:
+                self.ids.move_to_end(c)
+        new = list(dict.fromkeys(c for cs in chunks for c in cs if c not in known))
+        known.update(zip(new, self.tok.encode_batch(new), strict=True))
+        with self.lock:
+            for c in new:
+                self.ids[c] = known[c]
+            while len(self.ids) > self.entries:
+                self.ids.popitem(last=False)
+        return [[i for c in cs for i in known[c]] for cs in chunks]
+
+    def _cut(self, text: str) -> list[str]:
+        out, start = [], 0
+        while len(text) - start > self.chunk:
+            m = self.starts.search(text, start + self.chunk)
+            if m is None:
+                break
+            out.append(text[start : m.end()])
+            start = m.end()
+        return [*out, text[start:]]
 
 
 class SPTokenizer:

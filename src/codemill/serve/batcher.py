@@ -22,6 +22,7 @@ class Job:
     ids: list[int]
     options: dict
     emit: Emit
+    stream: bool = True  # the client takes text as it comes; otherwise only the end is sent
     gone: threading.Event = field(default_factory=threading.Event)  # the client left: stop decoding it
 
 
@@ -31,9 +32,11 @@ class Batcher:
         self.jobs: queue.Queue[Job] = queue.Queue()
         threading.Thread(target=self._loop, daemon=True, name="codemill-batcher").start()
 
-    def submit(self, ids: list[int], emit: Emit, **options) -> Job:
-        """Queue a request (the caller keeps at most `engine.parallel` in flight)."""
-        job = Job(ids, options, emit)
+    def submit(self, ids: list[int], emit: Emit, stream: bool = True, **options) -> Job:
+        """Queue a request (the caller keeps at most `engine.parallel` in flight). `stream`: text is
+        handed over as it comes, else only with the end (each hand-over wakes the server's event loop,
+        which then competes with this thread for the interpreter lock)."""
+        job = Job(ids, options, emit, stream)
         self.jobs.put(job)
         return job
 
@@ -57,7 +60,7 @@ class Batcher:
                 live.clear()
                 continue
             for (s, job), piece in zip(live, pieces, strict=True):
-                if piece or s.done:
+                if s.done or (piece and job.stream):
                     _send(job, piece, s.out if s.done else None)
             live[:] = [(s, j) for s, j in live if not s.done]
 

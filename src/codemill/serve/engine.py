@@ -124,11 +124,12 @@ class Engine:
         slot is held too; they cost compute, not cache (drafts go in their request's own cache row).
         `prefill_chunk`: a prompt is evaluated this many tokens a step, between the decode steps of
         the others, so a long prompt delays them by a chunk at a time (llama-server's ubatch)."""
-        from codemill.data.tokenizer import load_tokenizer
+        from codemill.data.tokenizer import ChunkCache, load_tokenizer
 
         path = Path(path)
         self.fmt = checkpoint_format(path, fmt)
         self.tok = load_tokenizer(path)
+        self.chunks = ChunkCache(self.tok)  # prompts: an editor's file, again on every keystroke
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype not in (None, "fp32", "bf16"):
             raise UserError(f"dtype must be fp32 or bf16, not {dtype!r}")
@@ -177,7 +178,7 @@ class Engine:
                    context: list[tuple[str, str]] = ()) -> tuple[list[int], bool]:  # fmt: skip
         """`prompt` and whether it had to be cut."""
         parts = self.fmt.prompt(prefix, suffix, path=path, context=list(context))
-        return encode_fit(parts, self.tok, self.max_len - max_tokens)
+        return encode_fit(parts, self.chunks, self.max_len - max_tokens)
 
     def raw_ids(self, prompt: str | list[int | str]) -> list[int]:
         """llama-server's /completion prompt: text whose special-token strings become their ids (and

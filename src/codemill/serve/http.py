@@ -516,7 +516,7 @@ async def execute(request: Request, job: Job, stream_piece=None) -> Any:
             older_work, older_events = older
             older_work.gone.set()
             older_events.put_nowait(("", None))  # its handler answers at once and gives back its place
-        work = request.app.state.batcher.submit(job.ids, emit, **job.options)
+        work = request.app.state.batcher.submit(job.ids, emit, stream_piece is not None, **job.options)
         if client:
             running[client] = work, events
         try:
