@@ -499,8 +499,13 @@ async def execute(request: Request, job: Job, stream_piece=None) -> Any:
     """Decode in a slot beside the other requests, watching the connection as text comes: the
     Completion, an error response, or None when the client left. A request with an `x-client-id`
     stops that client's request still decoding (an editor's newest request replaces its last one),
-    before it is admitted, so it finds that request's slot and cached prompt free."""
+    as it arrives, so it finds that request's slot and cached prompt free."""
     stats = request.app.state.stats
+    running, client = request.app.state.running, request.headers.get("x-client-id")
+    if client and (older := running.get(client)) is not None:  # before queueing: its slot is free sooner
+        older_work, older_events = older
+        older_work.gone.set()
+        older_events.put_nowait(("", None))  # its handler answers at once and gives back its place
     async with turn(request) as refused:
         if refused is GONE:
             return None
@@ -511,11 +516,6 @@ async def execute(request: Request, job: Job, stream_piece=None) -> Any:
             return None
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
-        running, client = request.app.state.running, request.headers.get("x-client-id")
-        if client and (older := running.get(client)) is not None:
-            older_work, older_events = older
-            older_work.gone.set()
-            older_events.put_nowait(("", None))  # its handler answers at once and gives back its place
         work = request.app.state.batcher.submit(job.ids, emit, stream_piece is not None, **job.options)
         if client:
             running[client] = work, events
