@@ -13,7 +13,9 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
   three, reusing its cache over the longest common prefix as llama-server does, without and with
   llama-cpp-python's prompt-lookup drafts;
 - real positions decoded alone and `--parallel` at once in one engine, by drafting setting
-  (`--batch-positions`), and a long prompt joining a decoding request, by `--prefill-chunk`.
+  (`--batch-positions`), and a long prompt joining a decoding request, by `--prefill-chunk`;
+- a typing request's prompt ids built from a whole real file: tokenized whole, and through the
+  engine's chunk cache.
 
 Then, through `codemill serve` on 127.0.0.1 with `--parallel` slots, in its own process as an editor
 would find it (the clients here would otherwise share the server's interpreter lock), httpx clients:
@@ -80,6 +82,7 @@ def main() -> None:
         if args.batch_positions:
             batch_table(args, files)
         prefill_table(args, files)
+        prompt_table(args, files)
     with serving(
         args.model, args.parallel, args.compile_http, not args.no_lookup_http, args.draft_rows_http
     ) as url:
@@ -251,6 +254,34 @@ def prefill_table(args, files: list[Path]) -> None:
             eng.release(new)
         table.add_row(str(chunk), f"up to {n}", f"{statistics.median(ins):.0f}", f"{statistics.median(pauses):.0f}",
                       f"{statistics.median(steps):.1f}")  # fmt: skip
+    Console(width=200).print(table)
+
+
+def prompt_table(args, files: list[Path]) -> None:
+    """Building a typing request's prompt ids from the whole file, tokenized whole (what llama-server
+    does with an editor's prefix and suffix) and through the engine's chunk cache (data/tokenizer.py),
+    one keystroke after another; the ids are checked equal."""
+    from codemill.formats import encode_fit
+
+    eng = Engine(args.model)
+    table = Table(title="a typing request's prompt ids, whole file tokenized against the chunk cache")
+    for col in ("file", "characters", "prompt tokens", "whole, ms", "chunk cache, ms", "ratio"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    for path, prefix, suffix in _positions(files, 8, seed=1):
+        whole, cached = [], []
+        eng.prompt(prefix, suffix, path=path)  # the file's first request fills the cache
+        for k in range(1, args.repeats * 2 + 1):
+            parts = eng.fmt.prompt(prefix + "x" * k, suffix, path=path)
+            t0 = time.perf_counter()
+            a = encode_fit(parts, eng.tok, eng.max_len - 64)
+            t1 = time.perf_counter()
+            b = encode_fit(parts, eng.chunks, eng.max_len - 64)
+            cached.append(time.perf_counter() - t1)
+            whole.append(t1 - t0)
+            assert a == b, "the chunk cache changed a prompt's ids"
+        w, c = statistics.median(whole), statistics.median(cached)
+        table.add_row(path, f"{len(prefix) + len(suffix):,}", str(len(a[0])), f"{1000 * w:.2f}", f"{1000 * c:.2f}",
+                      f"{w / c:.0f}x")  # fmt: skip
     Console(width=200).print(table)
 
 
