@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--compile-http", action="store_true", help="serve the HTTP parts with the compiled step")
     ap.add_argument("--no-lookup-http", action="store_true", help="serve the HTTP parts without drafts")
     ap.add_argument("--draft-rows-http", type=int, default=None, help="the served engine's --draft-rows")
+    ap.add_argument("--cache-ram-http", type=int, default=None, help="the served engine's --cache-ram (MiB)")
     ap.add_argument("--http-only", action="store_true", help="only the parts through `codemill serve`")
     ap.add_argument("--requests", type=int, default=6, help="requests per concurrent client")
     ap.add_argument("--parallel", type=int, default=4, help="slots of the served engine")
@@ -84,7 +85,12 @@ def main() -> None:
         prefill_table(args, files)
         prompt_table(args, files)
     with serving(
-        args.model, args.parallel, args.compile_http, not args.no_lookup_http, args.draft_rows_http
+        args.model,
+        args.parallel,
+        args.compile_http,
+        not args.no_lookup_http,
+        args.draft_rows_http,
+        args.cache_ram_http,
     ) as url:
         if args.replay_files:
             for debounce in (int(x) for x in args.debounce.split(",")):
@@ -286,9 +292,8 @@ def prompt_table(args, files: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def serving(
-    model: Path, parallel: int, compile: bool, lookup: bool = True, draft_rows: int | None = None
-) -> Iterator[str]:
+def serving(model: Path, parallel: int, compile: bool, lookup: bool = True, draft_rows: int | None = None,
+            cache_ram: int | None = None) -> Iterator[str]:  # fmt: skip
     """`codemill serve` in a process of its own on a free port; its URL once /health answers."""
     import socket
 
@@ -299,7 +304,8 @@ def serving(
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "codemill.cli", "serve", str(model), "--port", str(port), "--parallel",
            str(parallel), "--no-access-log", *(["--compile"] if compile else []),
-           *([] if lookup else ["--no-lookup"]), *([] if draft_rows is None else ["--draft-rows", str(draft_rows)])]  # fmt: skip
+           *([] if lookup else ["--no-lookup"]), *([] if draft_rows is None else ["--draft-rows", str(draft_rows)]),
+           *([] if cache_ram is None else ["--cache-ram", str(cache_ram)])]  # fmt: skip
     server = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -98,6 +98,45 @@ def test_cache_is_reused_and_gives_the_same_answers(checkpoint):
         assert b.tokens_cached == 0
 
 
+def test_prompts_a_slot_gives_up_come_back_from_host_memory(checkpoint):
+    """Two editors on one slot: each request evicts the other's prompt, which the prompt cache keeps
+    and copies back, so a request evaluates only what is new and answers as a cold one does; within
+    the budget, least recently used go first, and a prompt that extends a kept one replaces it."""
+    from codemill.serve.engine import Engine
+
+    def editors(engine: Engine) -> list:
+        a = engine.prompt(PREFIX, SUFFIX, path="io.py", max_tokens=8)
+        b = engine.prompt(
+            "class Point:\n    def __init__(self, x):\n        ", "\n", path="p.py", max_tokens=8
+        )
+        return [engine.complete(ids, max_tokens=8) for ids in (a, b, a, b, [*a, a[-1]])]
+
+    kept, plain = editors(Engine(checkpoint)), editors(Engine(checkpoint, cache_ram_mib=0))
+    assert [r.tokens for r in kept] == [r.tokens for r in plain]
+    assert [r.tokens_evaluated for r in kept[2:]] == [1, 1, 1]  # only the last prompt token is new
+    assert all(r.tokens_cached < 5 for r in plain[1:4])  # the shared format tokens at most
+    engine = Engine(checkpoint, parallel=1)
+    ids = [engine.prompt(f"x{i} = {i}\n" * 20, None, path="a.py", max_tokens=4) for i in range(4)]
+    engine.complete(ids[0], max_tokens=4)
+    assert not engine.prompts.kept  # the slot holds it
+    engine.complete(ids[1], max_tokens=4)
+    one = engine.prompts.nbytes
+    engine.prompts.limit = 2 * one + one // 2  # room for two such prompts
+    for i in (2, 3):
+        engine.complete(ids[i], max_tokens=4)
+    assert [k.ids[: len(ids[i])] for k, i in zip(engine.prompts.kept.values(), (1, 2), strict=True)] == ids[
+        1:3
+    ]
+    assert engine.prompts.nbytes <= engine.prompts.limit
+    held = engine.slots[0]
+    extending = lambda: [k.ids for k in engine.prompts.kept.values() if k.ids[: len(held)] == held]  # noqa: E731
+    engine.prompts.save(held, engine.cache, 0)
+    assert extending() == [held]
+    engine.prompts.save([*held, 5, 6], engine.cache, 0)  # replaces it
+    engine.prompts.save(held, engine.cache, 0)  # a prefix of a kept prompt: not kept again
+    assert extending() == [[*held, 5, 6]]
+
+
 @pytest.mark.parametrize(
     ("compiled", "pack"),
     [(False, False), (True, False), (False, True)],

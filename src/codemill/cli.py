@@ -635,6 +635,12 @@ def serve_(
         help="Prompt tokens evaluated per step, between the other requests' decode steps "
         "(llama-server's --ubatch-size): a long prompt delays them a chunk at a time.",
     ),
+    cache_ram: int = typer.Option(
+        8192,
+        min=0,
+        help="MiB of host memory for prompts the slots give up, copied back when a request shares "
+        "more with one than with its slot (llama-server's --cache-ram; 0: off).",
+    ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
     from codemill.serve.engine import Engine
@@ -648,7 +654,7 @@ def serve_(
         "/health answers 503 until the model is loaded"
     )
     load = functools.partial(Engine, model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup,
-                             draft_rows=draft_rows, prefill_chunk=prefill_chunk)  # fmt: skip
+                             draft_rows=draft_rows, prefill_chunk=prefill_chunk, cache_ram_mib=cache_ram)  # fmt: skip
     serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 

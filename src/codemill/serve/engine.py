@@ -13,7 +13,6 @@ format's stop tokens, stop strings, a token cap or a time budget.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from array import array
@@ -28,6 +27,7 @@ from codemill.formats import checkpoint_format, encode_fit
 from codemill.model import packed
 from codemill.model.hf import import_hf
 from codemill.model.llama import KVCache, rope_tables
+from codemill.serve.prompt_cache import PromptCache, common_prefix
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Engine:
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None,
                  max_len: int | None = None, compile: bool = False, parallel: int = 1,
                  dtype: str | None = None, lookup: bool = True, draft_rows: int | None = None,
-                 prefill_chunk: int = 512):  # fmt: skip
+                 prefill_chunk: int = 512, cache_ram_mib: int = 8192):  # fmt: skip
         """`parallel` slots, each with its own rows of the KV cache and its own cached prompt: that
         many requests decode together, one batched forward per token (`step`); on a CPU the linear
         layers large enough for that many rows run with oneDNN-packed weights (model/packed.py),
@@ -123,7 +123,9 @@ class Engine:
         (default: as many as slots with `lookup`, none without), so requests get drafts when every
         slot is held too; they cost compute, not cache (drafts go in their request's own cache row).
         `prefill_chunk`: a prompt is evaluated this many tokens a step, between the decode steps of
-        the others, so a long prompt delays them by a chunk at a time (llama-server's ubatch)."""
+        the others, so a long prompt delays them by a chunk at a time (llama-server's ubatch).
+        `cache_ram_mib`: prompts a slot gives up are kept in this much host memory and copied back
+        for a request that shares more with them (serve/prompt_cache.py; 0: none)."""
         from codemill.data.tokenizer import ChunkCache, load_tokenizer
 
         path = Path(path)
@@ -155,6 +157,9 @@ class Engine:
         self.slots: list[list[int]] = [[] for _ in range(self.parallel)]  # token ids each slot's rows hold
         self.used = [0.0] * self.parallel  # when each slot last served, for least-recently-used reuse
         self.busy: set[int] = set()
+        if cache_ram_mib < 0:
+            raise UserError(f"cache_ram_mib must be 0 (off) or more, not {cache_ram_mib}")
+        self.prompts = PromptCache(cache_ram_mib << 20) if cache_ram_mib else None
         self.stop_ids = {self.tok.token_id(t) for t in self.fmt.stop_tokens}
         self._step = self.model.decode_step
         if compile:  # compiled now: the server says "loading" meanwhile
@@ -203,8 +208,10 @@ class Engine:
         return ids
 
     def reset(self) -> None:
-        """Forget every cached prompt (llama.cpp's `cache_prompt: false`, or a cold measurement)."""
+        """Forget every cached prompt, the prompt cache's too (a cold measurement)."""
         self.slots = [[] for _ in range(self.parallel)]
+        if self.prompts is not None:
+            self.prompts.clear()
 
     def pick_slot(self, ids: list[int]) -> int:
         """A free slot: the one holding the longest common prefix with `ids`, else the least recently
@@ -212,7 +219,7 @@ class Engine:
         free = [i for i in range(self.parallel) if i not in self.busy]
         if not free:
             raise RuntimeError(f"all {self.parallel} slots are busy")
-        return max(free, key=lambda i: (_common(self.slots[i], ids), -self.used[i]))
+        return max(free, key=lambda i: (common_prefix(self.slots[i], ids), -self.used[i]))
 
     def start(self, ids: list[int], *, max_tokens: int = 64, stop: tuple[str, ...] = (), temperature: float = 0.0,
               top_p: float = 1.0, top_k: int = 0, time_budget_s: float | None = None, seed: int | None = None,
@@ -235,14 +242,28 @@ class Engine:
         s = Session(slot, min(max_tokens, room), stop, temperature, top_p, top_k, time_budget_s, n_indent, until,
                     gen, Completion(slot=slot), array("i", ids))  # fmt: skip
         self.busy.add(slot)
+        self._swap(slot, [] if reset else ids)
         if reset:
             self.slots[slot] = []
         s.arrived = time.perf_counter()
-        common = min(_common(self.slots[slot], ids), len(ids) - 1)  # one token at least, for its logits
+        common = min(common_prefix(self.slots[slot], ids), len(ids) - 1)  # one token at least, for its logits
         self.slots[slot] = self.slots[slot][:common]
         s.pending, s.out.tokens_cached, s.out.tokens_evaluated = list(ids[common:]), common, len(ids) - common
         self._prefill(s)
         return s
+
+    def _swap(self, slot: int, ids: list[int]) -> None:
+        """Keep what the slot holds in the prompt cache when the request overwrites most of it, and
+        copy a kept prompt into the slot when it shares a longer prefix with the request."""
+        if self.prompts is None:
+            return
+        held = self.slots[slot]
+        mine = common_prefix(held, ids)
+        if len(held) - mine > len(held) // 2 or self.prompts.best(ids)[0] > mine:
+            self.prompts.save(held, self.cache, slot)
+            n, kept = self.prompts.best(ids)
+            if n > mine:
+                self.slots[slot] = self.prompts.restore(kept, n, self.cache, slot)
 
     def _prefill(self, s: Session) -> None:
         """Evaluate the session's next chunk of prompt in its slot; after the last, its logits."""
@@ -401,10 +422,6 @@ def lookup(history: array, k: int, longest: int = 3) -> list[int]:
                 return history[start : start + k].tolist()
             end = i + len(tail) - 1
     return []
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    return len(os.path.commonprefix([a, b]))  # noqa: RUF071 (any two sequences, here token ids)
 
 
 def _dedent_at(text: str, n_indent: int) -> int:
