@@ -323,7 +323,8 @@ def test_llama_cpp_infill_bodies(server, capsys):
     )
     assert any(" POST /completion 400 " in line for line in log)
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
-    assert "codemill_requests_total" in httpx.get(server.url + "/metrics", headers=h).text
+    metrics = httpx.get(server.url + "/metrics", headers=h).text
+    assert "codemill_requests_total" in metrics and "codemill_prompt_cache_bytes" in metrics
     big = httpx.post(
         server.url + "/infill", content=b"x" * 200_000, headers={**h, "content-type": "application/json"}
     )

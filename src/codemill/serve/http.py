@@ -388,6 +388,11 @@ async def models(request: Request):
 async def metrics(request: Request):
     lines = [f"codemill_{k}_total {v}" for k, v in sorted(request.app.state.stats.items())]
     lines.append(f"codemill_queue_waiting {request.app.state.slot.n}")
+    if (prompts := request.app.state.engine.prompts) is not None:  # serve/prompt_cache.py
+        lines += [
+            f"codemill_prompt_cache_prompts {len(prompts.kept)}",
+            f"codemill_prompt_cache_bytes {prompts.nbytes}",
+        ]
     return PlainTextResponse("\n".join(lines) + "\n")
 
 
