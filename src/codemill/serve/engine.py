@@ -259,11 +259,15 @@ class Engine:
             return
         held = self.slots[slot]
         mine = common_prefix(held, ids)
-        if len(held) - mine > len(held) // 2 or self.prompts.best(ids)[0] > mine:
-            self.prompts.save(held, self.cache, slot)
-            n, kept = self.prompts.best(ids)
-            if n > mine:
-                self.slots[slot] = self.prompts.restore(kept, n, self.cache, slot)
+        n, kept = self.prompts.best(ids)
+        better = kept is not None and n > mine
+        if not better and len(held) - mine <= len(held) // 2:
+            return
+        if better:
+            self.prompts.drop(kept)  # it goes into the slot: saving the slot's may not evict it
+        self.prompts.save(held, self.cache, slot)
+        if better:
+            self.slots[slot] = self.prompts.restore(kept, n, self.cache, slot)
 
     def _prefill(self, s: Session) -> None:
         """Evaluate the session's next chunk of prompt in its slot; after the last, its logits."""

@@ -57,26 +57,25 @@ class PromptCache:
         if kept.nbytes > self.limit:
             return
         for old in [k for k in self.kept.values() if common_prefix(k.ids, ids) == len(k.ids)]:
-            self._drop(old)
+            self.drop(old)
         while self.nbytes + kept.nbytes > self.limit or len(self.kept) >= self.max_prompts:
-            self._drop(next(iter(self.kept.values())))
+            self.drop(next(iter(self.kept.values())))
         self.kept[id(kept)] = kept
         self.nbytes += kept.nbytes
 
-    def restore(self, kept: Kept, n: int, cache: KVCache, row: int) -> list[int]:
-        """Copy the first n positions of a kept prompt into cache row `row` (it leaves the cache: the
-        slot holds it now); the ids the row then holds."""
+    @staticmethod
+    def restore(kept: Kept, n: int, cache: KVCache, row: int) -> list[int]:
+        """Copy the first n positions of a kept prompt into cache row `row`; the ids the row then holds."""
         for dst, src in ((cache.k, kept.k), (cache.v, kept.v)):
             for t, s in zip(dst, src, strict=True):
                 t[row, :, :n].copy_(s[:, :n])
-        self._drop(kept)
         return kept.ids[:n]
 
     def clear(self) -> None:
         self.kept.clear()
         self.nbytes = 0
 
-    def _drop(self, kept: Kept) -> None:
+    def drop(self, kept: Kept) -> None:
         del self.kept[id(kept)]
         self.nbytes -= kept.nbytes
 
