@@ -25,7 +25,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 CPP = [
     "/root/.pyenv/versions/3.11.7/lib/python3.11/test/test_cppext/extension.cpp",
     "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/numpy/_core/tests/data/generate_umath_validation_data.cpp",
@@ -95,14 +94,22 @@ def variants(ref: str, other: str) -> list[str]:
     return [ref, renamed, half, other, "\n".join(renamed.split("\n")[1:4])]
 
 
+def bench(rel: str) -> list[dict]:
+    """A published benchmark file's records, found as `codemill eval` finds it (codemill.eval.benchdata:
+    the copy the package ships, $CODEMILL_BENCHMARKS overriding); imported here, in step 1 only."""
+    from codemill.eval.benchdata import locate, read_text
+
+    return [json.loads(x) for x in read_text(locate(rel)).splitlines()]
+
+
 def make_pairs(out: str) -> None:
     rng = random.Random(0)
     refs: dict[str, list[str]] = {}
-    mbpp = [json.loads(x) for x in (BENCH / "mbpp" / "mbpp.jsonl").read_text().splitlines()]
+    mbpp = bench("mbpp/mbpp.jsonl")
     refs["python"] = [r["code"].replace("\r\n", "\n") for r in rng.sample(mbpp, 16)]
     refs["cpp"] = [f for p in CPP for f in functions(p, "C++", 6)]
     refs["javascript"] = [f for p in JS for f in functions(p, "JavaScript", 16)]
-    java = [json.loads(x) for x in (BENCH / "multipl-e" / "humaneval-java.jsonl").read_text().splitlines()]
+    java = bench("multipl-e/humaneval-java.jsonl")
     refs["java"] = JAVA + [r["tests"].strip().removesuffix("}").strip() for r in rng.sample(java, 8)]
     with open(out, "w") as f:
         for lang, items in refs.items():

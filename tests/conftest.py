@@ -29,23 +29,15 @@ GPL = (
 )
 
 
-def benchmarks_dir(root: Path) -> Path:
-    """codemill's own lookup, plus `../shared/benchmarks` beside the repository this checkout was cloned
-    from (CI runs a fresh clone elsewhere); a path that does not exist when there is none (tests skip)."""
-    import subprocess
+def bench_file(rel: str) -> Path | None:
+    """A published benchmark file as codemill finds it without downloading ($CODEMILL_BENCHMARKS, the
+    package's copy, the cache; codemill.eval.benchdata), or None: the tests that need it skip."""
+    from codemill.eval.benchdata import find
 
-    from codemill.eval.suites import benchmarks_dir as lookup
-
-    extra = [root.parent / "shared" / "benchmarks"]
-    origin = subprocess.run(
-        ["git", "-C", str(root), "config", "remote.origin.url"], capture_output=True, text=True
-    )
-    if origin.returncode == 0 and origin.stdout.strip() and Path(origin.stdout.strip()).is_dir():
-        extra.append(Path(origin.stdout.strip()).resolve().parent / "shared" / "benchmarks")
     try:
-        return lookup(tuple(extra))
+        return find(rel)
     except UserError:
-        return extra[0]
+        return None
 
 
 def stdlib(name: str) -> str:

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import benchmarks_dir
+from conftest import bench_file
 
 from codemill.eval.metrics import pass_at_k
 from codemill.eval.sandbox import Limits, available, python, run
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = benchmarks_dir(ROOT)
+SANTACODER_FIM = "santacoder-fim/santacoder-fim-task.train.parquet"  # downloaded on first use
 needs_bwrap = pytest.mark.skipif(not available(), reason="bubblewrap is not installed (make installs it)")
 
 PROBES = {
@@ -75,11 +75,10 @@ def test_humaneval_reference_scores_100_and_empty_0(tmp_path):
 
 
 @needs_bwrap
-@pytest.mark.skipif(
-    not (BENCH / "mbpp").exists(), reason="no ../shared/benchmarks beside this checkout or its origin"
-)
-def test_mbpp_and_santacoder_fim_reference_score_100(tmp_path):
-    mbpp = str(BENCH / "mbpp" / "mbpp.jsonl")
+def test_mbpp_reference_scores_100(tmp_path):
+    from codemill.eval.benchdata import locate
+
+    mbpp = str(locate("mbpp/mbpp.jsonl"))  # the package's copy, gzipped: --data reads it too
     r = codemill(
         "eval",
         "mbpp",
@@ -94,6 +93,14 @@ def test_mbpp_and_santacoder_fim_reference_score_100(tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((tmp_path / "mbpp" / "results.json").read_text())["summary"]["all"]["pass@1"] == 100.0
+
+
+@needs_bwrap
+@pytest.mark.skipif(
+    bench_file(SANTACODER_FIM) is None,
+    reason=f"{SANTACODER_FIM} is downloaded on first use and is not in the cache (no network in tests)",
+)
+def test_santacoder_fim_reference_scores_100(tmp_path):
     r = codemill(
         "eval",
         "santacoder-fim",
@@ -104,8 +111,9 @@ def test_mbpp_and_santacoder_fim_reference_score_100(tmp_path):
         "--out",
         str(tmp_path / "fim"),
         "--data",
-        str(BENCH / "santacoder-fim" / "santacoder-fim-task.train.parquet"),
+        str(bench_file(SANTACODER_FIM)),
     )
+    assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((tmp_path / "fim" / "results.json").read_text())["summary"]
     assert summary["all"]["exact_match"] == 100.0 and summary["all"]["pass@1"] == 100.0
 
@@ -143,17 +151,12 @@ STRLEN = {  # HumanEval/23 solved by hand in each language, as a model's complet
 
 
 @needs_bwrap
-@pytest.mark.skipif(
-    not (BENCH / "multipl-e").exists(), reason="no ../shared/benchmarks beside this checkout or its origin"
-)
 @pytest.mark.parametrize("language", STRLEN)
 def test_multipl_e_runners_compile_and_judge(language):
     from codemill.eval.models import truncate
     from codemill.eval.suites import SUITES
 
-    tasks = SUITES[f"multipl-e-{language}"].load(
-        data=str(BENCH / "multipl-e" / f"humaneval-{language}.jsonl")
-    )
+    tasks = SUITES[f"multipl-e-{language}"].load()  # the package's copy
     assert len(tasks) == {"cpp": 161, "java": 158, "js": 161}[language]
     task = next(t for t in tasks if t.id == "HumanEval_23_strlen")
     for completion, verdict in (
@@ -281,8 +284,7 @@ def test_compare_puts_runs_side_by_side_in_the_papers_tables(tmp_path):
     runs = []
     for suite, model in itertools.product(("humaneval", "mbpp"), ("reference", "empty")):
         out = tmp_path / f"{suite}-{model}"
-        data = ["--data", str(BENCH / "mbpp" / "mbpp.jsonl")] if suite == "mbpp" else []
-        r = codemill("eval", suite, "--model", model, "--out", str(out), "--limit", "12", *data)
+        r = codemill("eval", suite, "--model", model, "--out", str(out), "--limit", "12")
         assert r.returncode == 0, r.stdout + r.stderr
         assert (out / "by_task_type.png").read_bytes()[:4] == b"\x89PNG"
         runs.append(str(out))

@@ -9,7 +9,6 @@ SantaCoder-FIM scored on the first non-empty generated line.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,27 +16,11 @@ from functools import partial
 from pathlib import Path
 
 from codemill.errors import UserError
-from codemill.eval import scoring
+from codemill.eval import benchdata, scoring
 from codemill.eval.models import Request
 from codemill.eval.sandbox import Limits, python
 from codemill.eval.scoring import first_line
 from codemill.langs import BENCHMARK_NAMES, BY_NAME, lang_name
-
-
-def benchmarks_dir(extra: tuple[Path, ...] = ()) -> Path:
-    """Where the published benchmark data lives (mbpp/, multipl-e/, santacoder-fim/): $CODEMILL_BENCHMARKS,
-    else `shared/benchmarks` beside the working directory (a checkout's sibling, as this project lays it
-    out), else `extra` places."""
-    places = [Path(os.environ["CODEMILL_BENCHMARKS"])] if os.environ.get("CODEMILL_BENCHMARKS") else []
-    places += [Path.cwd().parent / "shared" / "benchmarks", Path.cwd() / "shared" / "benchmarks", *extra]
-    for p in places:
-        if p.is_dir():
-            return p
-    raise UserError(
-        f"no benchmark data in {', '.join(map(str, places))}: set CODEMILL_BENCHMARKS to the directory "
-        "holding mbpp/, multipl-e/ and santacoder-fim/, or pass the file with --data"
-    )
-
 
 DEFAULT_LIMITS = Limits()
 
@@ -100,7 +83,9 @@ def humaneval(**_) -> list[Task]:
 
 
 def _data(path: str | None, default: str) -> Path:
-    p = Path(path) if path else benchmarks_dir() / default
+    """The file given with --data, else the published one (benchdata: $CODEMILL_BENCHMARKS, the copy
+    codemill ships, else the cache or a pinned download)."""
+    p = Path(path) if path else benchdata.locate(default)
     if not p.exists():
         raise UserError(f"{p} does not exist; pass the benchmark file with --data")
     return p
@@ -111,7 +96,7 @@ def mbpp(data: str | None = None, split: str = "all", **_) -> list[Task]:
     if split not in ("all", "test"):
         raise UserError("MBPP split must be 'all' (974 problems, as the paper) or 'test' (500)")
     tasks = []
-    for line in _data(data, "mbpp/mbpp.jsonl").read_text().splitlines():
+    for line in benchdata.read_text(_data(data, "mbpp/mbpp.jsonl")).splitlines():
         p = json.loads(line)
         if split == "test" and not 11 <= p["task_id"] <= 510:
             continue
@@ -166,7 +151,7 @@ def multipl_e(language: str = "cpp", data: str | None = None, **_) -> list[Task]
         raise UserError(f"MultiPL-E language must be one of {', '.join(names.values())}")
     lang = lang_name(language, "multipl-e")
     tasks = []
-    for line in _data(data, f"multipl-e/humaneval-{language}.jsonl").read_text().splitlines():
+    for line in benchdata.read_text(_data(data, f"multipl-e/humaneval-{language}.jsonl")).splitlines():
         p = json.loads(line)
 
         def program(completion: str, p=p) -> tuple[list[str], dict[str, str]]:
