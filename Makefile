@@ -5,6 +5,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# llama.cpp is compiled for this CPU (GGML_NATIVE) but without AMX: its AMX kernels segfault on q8_0 and
+# K-quant matmuls on Sapphire Rapids-class Xeons (ggml-org/llama.cpp#20824; docs/editors.md). GCC's
+# explicit -mno-* flags win over -march=native in any order. --no-cache-dir: pip keys its wheel cache by
+# the source, not CMAKE_ARGS, so a llama.cpp built earlier with AMX would be reused.
+LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 SYSPKGS := git libmagic1 bubblewrap python3 g++ cmake default-jdk-headless nodejs libjavatuples-java
 
 .PHONY: demo test lint sysdeps clean
@@ -14,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,bench]'
+	CC=gcc CXX=g++ CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q --no-cache-dir -e '.[test,bench]'
 	touch $(STAMP)
 
 sysdeps:

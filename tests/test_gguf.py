@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
 import pytest
 import torch
@@ -22,11 +25,31 @@ FILES = [
     *(STDLIB / "encodings" / n for n in ("cp1252.py", "koi8_r.py", "mac_greek.py", "cp037.py")),
     *(INCLUDE / n for n in ("Python.h", "object.h", "unicodeobject.h", "longobject.h", "pyport.h")),
 ]
+CHILD = Path(__file__).with_name("llama_cpp_child.py")
 
 
-def _llama(path: Path, **kw):
-    # f32 KV cache (llama.cpp keeps f16 by default), so an f32 export is compared in f32 throughout
-    return llama_cpp.Llama(model_path=str(path), n_threads=2, verbose=False, type_k=0, type_v=0, **kw)
+def llama_cpp_run(op: str, tmp_path: Path, **kw) -> dict:
+    """Run one llama.cpp operation in a child process: a crash there fails this test with the signal's
+    name, and the rest of the suite runs on."""
+    out = tmp_path / f"llama-{op}.json"
+    request = json.dumps({"op": op, "out": str(out), **kw})
+    r = subprocess.run(
+        [sys.executable, str(CHILD)], input=request, capture_output=True, text=True, timeout=600
+    )
+    if r.returncode < 0:
+        pytest.fail(
+            f"llama.cpp died with {signal.Signals(-r.returncode).name} in {op} {kw.get('gguf', '')}: a llama.cpp "
+            f"built with AMX crashes on q8_0 on Sapphire Rapids-class CPUs (docs/editors.md)\n{r.stderr[-2000:]}"
+        )
+    if r.returncode:
+        pytest.fail(f"llama.cpp's {op} exited {r.returncode}:\n{r.stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
+def test_a_crash_in_llama_cpp_fails_the_test_with_its_signal(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="died with SIGSEGV in die"):
+        llama_cpp_run("die", tmp_path, sig="SIGSEGV")
+    print(llama_cpp_run("system_info", tmp_path)["info"])
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +61,17 @@ def decisive(tmp_path_factory, bpe_dir) -> Path:
 def _tokens_agree(checkpoint: Path, gguf: Path) -> None:
     from codemill.data.tokenizer import load_tokenizer
 
-    tok, llm = load_tokenizer(checkpoint), _llama(gguf, vocab_only=True)
+    tok = load_tokenizer(checkpoint)
     texts = [f.read_text(errors="replace") for f in FILES if f.exists()]
     assert len(texts) >= 20
     # sentinel text stays text in both; a PII placeholder curation wrote is one id in both
     texts.append("s = '<fim_prefix>x<file_sep>' + '<EMAIL>'  # 12345 ünïcödé 世界\r\n\tend\n")
-    ours = tok.encode_batch(texts)
-    for text, ids in zip(texts, ours, strict=True):
-        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    theirs = llama_cpp_run("tokenize", gguf.parent, gguf=str(gguf), texts=texts)["ids"]
+    assert theirs == tok.encode_batch(texts)
+
+
+def _greedy(gguf: Path, prompt: list[int], n: int) -> list[int]:
+    return llama_cpp_run("greedy", gguf.parent, gguf=str(gguf), prompt=prompt, n=n, n_ctx=512)["tokens"]
 
 
 def test_gguf_tokenizes_every_file_as_codemill_does(tiny_checkpoint, tmp_path):
@@ -61,34 +87,19 @@ def test_gguf_logits_and_greedy_fim_match_codemill(decisive, tmp_path):
     ids = engine.tok.encode_batch([text])[0][:256]
     with torch.no_grad():
         ours = engine.model(torch.tensor([ids]))[0].numpy()
-    llm = _llama(tmp_path / "m.gguf", n_ctx=512, logits_all=True)
-    llm.eval(ids)
-    theirs = np.asarray(llm.scores[: len(ids)])
+    gguf = tmp_path / "m.gguf"
+    theirs = np.load(
+        llama_cpp_run("logits", tmp_path, gguf=str(gguf), ids=ids, n_ctx=512, npy=str(tmp_path / "l.npy"))[
+            "npy"
+        ]
+    )
     print(f"max |logit difference| {np.abs(ours - theirs).max():.2e}")
     assert np.abs(ours - theirs).max() < 1e-2
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
     # a FIM prompt laid out with the sentinels llama.cpp knows by id: same 32 greedy tokens
     prompt = encode(get_format("codemill").prompt(text[:600], text[600:1200], path="textwrap.py"), engine.tok)
     want = engine.complete(prompt, max_tokens=32).tokens
-    assert len(want) >= 16 and _greedy(llm, prompt, 32) == want
-
-
-def _vocab(llm):
-    return llama_cpp.llama_model_get_vocab(llm._model.model)
-
-
-def _greedy(llm, prompt: list[int], n: int) -> list[int]:
-    """llama.cpp's greedy tokens (argmax of its logits), stopping at its end-of-generation set."""
-    llm.reset()
-    llm.eval(prompt)
-    out: list[int] = []
-    while len(out) < n:
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if llama_cpp.llama_vocab_is_eog(_vocab(llm), token):
-            break
-        out.append(token)
-        llm.eval([token])
-    return out
+    assert len(want) >= 16 and _greedy(gguf, prompt, 32) == want
 
 
 def test_aixcoder_sentencepiece_checkpoint_runs_the_same_in_llama_cpp(aix_sp, tmp_path):
@@ -102,10 +113,7 @@ def test_aixcoder_sentencepiece_checkpoint_runs_the_same_in_llama_cpp(aix_sp, tm
         get_format("aixcoder").prompt(text[:500], text[500:900], path="shlex.py"), engine.tok, 400
     )
     want = engine.complete(prompt, max_tokens=32).tokens
-    assert (
-        len(want) >= 16
-        and _greedy(_llama(tmp_path / "aix.gguf", n_ctx=512, logits_all=True), prompt, 32) == want
-    )
+    assert len(want) >= 16 and _greedy(tmp_path / "aix.gguf", prompt, 32) == want
 
 
 def test_smaller_dtypes_load_and_q8_0_greedy_is_reported(decisive, tmp_path):
@@ -116,7 +124,7 @@ def test_smaller_dtypes_load_and_q8_0_greedy_is_reported(decisive, tmp_path):
     sizes = {}
     for dtype in ("f16", "bf16", "q8_0"):
         info = export_gguf(decisive, tmp_path / f"{dtype}.gguf", dtype)
-        got = _greedy(_llama(tmp_path / f"{dtype}.gguf", n_ctx=512, logits_all=True), prompt, 32)
+        got = _greedy(tmp_path / f"{dtype}.gguf", prompt, 32)
         same = next(
             (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
         )
