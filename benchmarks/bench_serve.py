@@ -17,6 +17,12 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
 - a typing request's prompt ids built from a whole real file: tokenized whole, and through the
   engine's chunk cache.
 
+`--quick` (benchmarks/gpu_check.sh, on a GPU): codemill alone on `--device`, no transformers or llama.cpp:
+cold, warm and typing latency and decode tokens/s of the served configuration (`--parallel` slots with
+drafts, the device's default dtype), one slot, the other dtype and (`--compile-quick`) the compiled
+step; `--parallel` real positions decoded at once; then the concurrent clients through `codemill serve`
+(`--clients 4,8`). `--json` writes every number.
+
 Then, through `codemill serve` on 127.0.0.1 with `--parallel` slots, in its own process as an editor
 would find it (the clients here would otherwise share the server's interpreter lock), httpx clients:
 - keystroke replay: real files typed character by character (60-180 ms between keys and a 0.4-1.2 s
@@ -28,6 +34,7 @@ would find it (the clients here would otherwise share the server's interpreter l
   latency and the error count.
 
     python benchmarks/bench_serve.py --model runs/demo/train/final [--replay-files 3 --clients 4]
+    python benchmarks/bench_serve.py --model M --quick --device cuda --clients 4,8 --json serve.json
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import subprocess
 import sys
@@ -46,7 +54,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM
 
 from codemill.model import packed
 from codemill.serve.engine import Engine
@@ -63,7 +70,7 @@ def main() -> None:
     )
     ap.add_argument("--chars", type=int, default=80, help="characters typed per file")
     ap.add_argument("--debounce", type=str, default="100,350", help="debounce pauses to replay, ms")
-    ap.add_argument("--clients", type=int, default=4, help="concurrent clients (0: skip)")
+    ap.add_argument("--clients", type=str, default="4", help="concurrent clients, e.g. 4,8 (0: skip)")
     ap.add_argument("--compile-http", action="store_true", help="serve the HTTP parts with the compiled step")
     ap.add_argument("--no-lookup-http", action="store_true", help="serve the HTTP parts without drafts")
     ap.add_argument("--draft-rows-http", type=int, default=None, help="the served engine's --draft-rows")
@@ -75,9 +82,24 @@ def main() -> None:
     ap.add_argument(
         "--batch-positions", type=int, default=40, help="real positions decoded alone and 4 at once (0: skip)"
     )
+    ap.add_argument(
+        "--quick", action="store_true", help="codemill's engines on --device and the clients only"
+    )
+    ap.add_argument("--device", default=None, help="--quick: cuda or cpu (default: cuda when there is one)")
+    ap.add_argument("--compile-quick", action="store_true", help="--quick: the compiled step too")
+    ap.add_argument("--json", type=Path, default=None, help="--quick: write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))
+    clients = [int(x) for x in args.clients.split(",") if int(x) > 0]
+    if args.quick:
+        numbers = quick_table(args, files)
+        if clients:
+            with serving(args.model, args.parallel, False) as url:
+                numbers["clients"] = [asyncio.run(concurrent(url, files, n, args.requests)) for n in clients]
+        if args.json:
+            args.json.write_text(json.dumps(numbers, indent=1) + "\n")
+        return
     if not args.http_only:
         engine_table(args)
         if args.batch_positions:
@@ -97,8 +119,8 @@ def main() -> None:
                 for typists in (int(x) for x in args.typing_clients.split(",")):
                     asyncio.run(replay(url, args.parallel, files, args.replay_files, args.chars, debounce / 1000,
                                        typists))  # fmt: skip
-        if args.clients:
-            asyncio.run(concurrent(url, files, args.clients, args.requests))
+        for n in clients:
+            asyncio.run(concurrent(url, files, n, args.requests))
 
 
 def engine_table(args) -> None:
@@ -106,6 +128,8 @@ def engine_table(args) -> None:
     text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()
     cut = text.index("\n", len(text) // 3) + 1
     prefix, suffix = text[:cut] + "    ", text[cut:]
+    from transformers import AutoModelForCausalLM
+
     engine = Engine(args.model)
     hf = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     ids = engine.prompt(prefix, suffix, path="textwrap.py", max_tokens=args.tokens)
@@ -185,6 +209,93 @@ def engine_table(args) -> None:
         f"model: {args.model} ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}); "
         f"--compile took {compile_s:.1f} s at load"
     )
+
+
+def quick_table(args, files: list[Path]) -> dict:
+    """codemill's engines on `--device` (no transformers, no llama.cpp: a GPU machine has neither to
+    compare on its device): the served configuration, one slot, the other dtype and the compiled step;
+    cold cache, the same request again and typing, whole-request seconds and decode tokens/s; then
+    `--parallel` real positions decoded at once in the served configuration."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text()
+    cut = text.index("\n", len(text) // 3) + 1
+    prefix, suffix = text[:cut] + "    ", text[cut:]
+    p, other = args.parallel, "fp32" if device == "cuda" else "bf16"
+    configs = [(f"{p} slots (served)", {"parallel": p}), ("1 slot", {"parallel": 1}),
+               (f"{p} slots, {other}", {"parallel": p, "dtype": other})]  # fmt: skip
+    if args.compile_quick:
+        configs.append((f"{p} slots, --compile", {"parallel": p, "compile": True}))
+    table = Table(title=f"{args.tokens}-token greedy completion on {device}, medians of {args.repeats}")
+    for col in ("engine", "load s", "cold s", "again s", "typing s", "decode ms/token", "decode tokens/s"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    rows, ids = [], []
+    for label, kw in configs:
+        t0 = time.perf_counter()
+        eng = Engine(args.model, device=device, **kw)
+        load = time.perf_counter() - t0
+        eng.stop_ids = set()  # every request decodes exactly `tokens` tokens
+        ids = eng.prompt(prefix, suffix, path="textwrap.py", max_tokens=args.tokens)
+        eng.complete(ids, max_tokens=args.tokens, stop=())  # warm-up
+        runs: dict[str, list[tuple[float, float]]] = {}  # seconds, decode ms per token
+        for run, cold in (("cold", True), ("again", False)):
+            for _ in range(args.repeats):
+                if cold:
+                    eng.reset()
+                t = time.perf_counter()
+                c = eng.complete(ids, max_tokens=args.tokens, stop=())
+                runs.setdefault(run, []).append((time.perf_counter() - t, c.decode_ms / len(c.tokens)))
+        typed = prefix
+        for ch in "return text"[: args.repeats * 2]:
+            typed += ch
+            prompt = eng.prompt(typed, suffix, path="textwrap.py", max_tokens=args.tokens)
+            t = time.perf_counter()
+            c = eng.complete(prompt, max_tokens=args.tokens, stop=())
+            runs.setdefault("typing", []).append((time.perf_counter() - t, c.decode_ms / len(c.tokens)))
+        med = {
+            k: (statistics.median(s for s, _ in v), statistics.median(d for _, d in v))
+            for k, v in runs.items()
+        }
+        decode = statistics.median(d for v in runs.values() for _, d in v)
+        row = {"engine": label, "device": device, "dtype": "bf16" if eng.cache.k[0].dtype == torch.bfloat16 else "fp32",
+               "load_s": load, **{f"{k}_s": m[0] for k, m in med.items()},
+               **{f"{k}_decode_ms_per_token": m[1] for k, m in med.items()},
+               "decode_ms_per_token": decode, "decode_tokens_per_s": 1000 / decode}  # fmt: skip
+        rows.append(row)
+        table.add_row(label, f"{load:.1f}", f"{row['cold_s']:.3f}", f"{row['again_s']:.3f}", f"{row['typing_s']:.3f}",
+                      f"{decode:.2f}", f"{1000 / decode:,.0f}")  # fmt: skip
+        if label.endswith("(served)"):
+            batch = _at_once(eng, files, p)
+            mcfg, params = eng.model.cfg, sum(t.numel() for t in eng.model.parameters())
+        del eng
+    Console(width=200).print(table)
+    Console(width=200).print(
+        f"{batch['requests']} real positions x 32 tokens, {p} at once on {p} slots: "
+        f"{batch['tokens_per_s']:,.0f} tokens/s, {batch['ms_per_step']:.2f} ms a step"
+    )
+    return {"model": str(args.model), "layers": mcfg.num_layers, "hidden": mcfg.hidden_size,
+            "vocab": mcfg.vocab_size, "parameters": params, "device": device,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "tokens": args.tokens,
+            "prompt_tokens": len(ids), "repeats": args.repeats, "parallel": p, "engines": rows,
+            "at_once": batch}  # fmt: skip
+
+
+def _at_once(eng: Engine, files: list[Path], p: int) -> dict:
+    """`p` real positions at a time, 32 greedy tokens each, decoded together on `p` slots."""
+    positions = _positions(files, 2 * p, seed=3)
+    prompts = [eng.prompt(pre, suf, path=path, max_tokens=32) for path, pre, suf in positions]
+    eng.reset()
+    steps = tokens = 0
+    wall = 0.0
+    for i in range(0, len(prompts), p):
+        sessions = [eng.start(ids, max_tokens=32, stop=()) for ids in prompts[i : i + p]]
+        t0 = time.perf_counter()
+        while live := [s for s in sessions if not s.done]:
+            eng.step(live)
+            steps += 1
+        wall += time.perf_counter() - t0
+        tokens += sum(len(s.out.tokens) for s in sessions)
+    return {"requests": len(prompts), "at_once": p, "tokens": tokens, "steps": steps,
+            "tokens_per_s": tokens / wall, "ms_per_step": 1000 * wall / steps}  # fmt: skip
 
 
 def batch_table(args, files: list[Path]) -> None:
@@ -459,7 +570,7 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
     Console(width=200).print(table)
 
 
-async def concurrent(url: str, files: list[Path], clients: int, requests: int) -> None:
+async def concurrent(url: str, files: list[Path], clients: int, requests: int) -> dict:
     import httpx
 
     latencies, errors = [], 0
@@ -484,6 +595,8 @@ async def concurrent(url: str, files: list[Path], clients: int, requests: int) -
     table.add_row(str(len(latencies)), str(errors), f"{_pct(latencies, 0.5):.3f}", f"{_pct(latencies, 0.9):.3f}",
                   f"{_pct(latencies, 0.95):.3f}", f"{wall:.1f}")  # fmt: skip
     Console(width=200).print(table)
+    return {"clients": clients, "requests": len(latencies), "errors": errors, "p50_s": _pct(latencies, 0.5),
+            "p90_s": _pct(latencies, 0.9), "p95_s": _pct(latencies, 0.95), "wall_s": wall}  # fmt: skip
 
 
 if __name__ == "__main__":
