@@ -398,6 +398,8 @@ def train(args) -> None:
         loop.lr_at, loop.TrainingStream = lr_at, stream
     train_s = time.perf_counter() - start
     records = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    partial |= {"stopped_by": stopped["by"], "train_s": train_s, "data_s": data_s[0], "records": records}
+    args.json.write_text(json.dumps(partial, indent=1) + "\n")  # kept if fim-loss after fails
 
     t = time.perf_counter()
     trained = import_hf(final).to(device)
