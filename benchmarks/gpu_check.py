@@ -13,12 +13,10 @@ cross-file benchmarks fim-loss scores, and the wheels of the Python packages the
 (for its Python 3.12). Everything goes into one folder, `runs/gpu_check` (ignored by git), which the
 device call carries.
 
-`train` is `codemill.train.loop.train` as `codemill train` runs it, with two things around it from
-outside: a deadline (the loop asks `lr_at(step, cfg)` for every step; past the deadline the wrapper
-sets `cfg.max_steps` to the step being taken, so the loop ends there, checkpoints and exports as at
-its normal end), and a clock around the data stream's `__next__` (how much of the wall time went
-to building windows on the CPU). fim-loss (eval/loss.py's `fim_loss`, on the GPU) scores the run's
-initial weights before and the exported model after.
+`train` is `codemill.train.loop.train` as `codemill train` runs it, with `train.max_minutes` as the
+deadline (the step that ends past it is the last, and checkpoints and exports as at max_steps) and each
+record's `data_s` (the wall time spent building windows on the CPU). fim-loss (eval/loss.py's
+`fim_loss`, on the GPU) scores the run's initial weights before and the exported model after.
 """
 
 from __future__ import annotations
@@ -357,7 +355,7 @@ def train(args) -> None:
         "preset": args.preset, "model": yaml.safe_load(args.model) or {}, "max_steps": args.max_steps,
         "warmup_steps": args.warmup, "global_batch": args.global_batch, "micro_batch": args.micro_batch,
         "lr": args.lr, "min_lr": args.lr / 10, "compile": args.compile, "log_every": args.log_every,
-        "ckpt_every": 10**9, "keep_last": 1,
+        "ckpt_every": 10**9, "keep_last": 1, "max_minutes": args.seconds / 60,
     })  # fmt: skip
     tok, fmt = load_tokenizer(data / "tokenizer"), get_format(dcfg.format)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -373,32 +371,16 @@ def train(args) -> None:
     partial = {"preset": args.preset, "parameters": n_params, "fim_loss": {"before": _bpb(before)}}
     args.json.write_text(json.dumps(partial, indent=1) + "\n")  # kept if training fails
 
-    start, data_s, stopped = time.perf_counter(), [0.0], {"by": "max_steps", "at": None}
-    lr_at, stream = loop.lr_at, loop.TrainingStream
-
-    def deadline_lr_at(step: int, cfg) -> float:
-        lr = lr_at(step, cfg)
-        if time.perf_counter() - start >= args.seconds and cfg.max_steps > step + 1:
-            cfg.max_steps = step + 1  # this step is the last: the loop logs, checkpoints and exports
-            stopped.update(by="deadline", at=step + 1)
-        return lr
-
-    class TimedStream(stream):
-        def __next__(self):
-            t = time.perf_counter()
-            try:
-                return super().__next__()
-            finally:
-                data_s[0] += time.perf_counter() - t
-
-    loop.lr_at, loop.TrainingStream = deadline_lr_at, TimedStream
-    try:
-        final = loop.train(data / "corpus", data / "tokenizer", run / "train", dcfg, tcfg, console=None)
-    finally:
-        loop.lr_at, loop.TrainingStream = lr_at, stream
+    start = time.perf_counter()
+    final = loop.train(data / "corpus", data / "tokenizer", run / "train", dcfg, tcfg, console=None)
     train_s = time.perf_counter() - start
     records = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    partial |= {"stopped_by": stopped["by"], "train_s": train_s, "data_s": data_s[0], "records": records}
+    steps = records[-1]["step"] if records else 0
+    stopped_by, data_s = (
+        "deadline" if steps < args.max_steps else "max_steps",
+        sum(r["data_s"] for r in records),
+    )
+    partial |= {"stopped_by": stopped_by, "train_s": train_s, "data_s": data_s, "records": records}
     args.json.write_text(json.dumps(partial, indent=1) + "\n")  # kept if fim-loss after fails
 
     t = time.perf_counter()
@@ -416,13 +398,13 @@ def train(args) -> None:
         "micro_batch": args.micro_batch,
         "compiled": args.compile,
         "deadline_s": args.seconds,
-        "stopped_by": stopped["by"],
+        "stopped_by": stopped_by,
         "steps": records[-1]["step"] if records else 0,
         "planned_steps": args.max_steps,
         "tokens": records[-1]["tokens"] if records else 0,
         "train_s": train_s,  # model build, compilation, steps, final checkpoint and export
-        "data_s": data_s[0],  # building windows on the CPU, inside the training process
-        "data_share": data_s[0] / train_s,
+        "data_s": data_s,  # building windows on the CPU, inside the training process
+        "data_share": data_s / train_s,
         "tokens_per_s": sum(r["tokens_per_s_per_device"] for r in steady) / len(steady) if steady else None,
         "mfu": (sum(r["mfu"] for r in steady) / len(steady))
         if steady and steady[0]["mfu"] is not None

@@ -67,6 +67,16 @@ def test_two_processes_take_the_same_steps_as_one(code_corpus, bpe_dir, tmp_path
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
 
 
+def test_a_wall_clock_budget_ends_every_rank_at_one_step_and_exports(code_corpus, bpe_dir, tmp_path):
+    extra = ["--set", "max_steps=100000", "--set", "max_minutes=0.002", "--set", "data_shards=2"]
+    run(train_cmd(code_corpus, bpe_dir, tmp_path / "two", *extra, torchrun=2))
+    records = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]["step"]
+    assert 1 <= last < 100 and all(r["data_s"] > 0 for r in records)
+    assert (tmp_path / "two" / "final" / "model.safetensors").exists()
+    assert (tmp_path / "two" / "state" / f"step-{last:08d}" / "meta.json").exists()
+
+
 def test_fsdp2_mixed_precision_takes_the_steps_of_one_process_in_bf16(code_corpus, bpe_dir, tmp_path):
     """bf16 parameters and compute, fp32 gradient reduction and master weights under FSDP2 (gloo on
     CPU) against one process under bf16 autocast: the same losses within bf16's precision, falling."""

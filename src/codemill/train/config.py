@@ -19,6 +19,9 @@ class TrainConfig(Settings):
     min_lr: float = 3e-5
     warmup_steps: int = 100
     max_steps: int = 1000
+    # a wall-clock budget (0: none): the first step that ends past it is the last, and logs, checkpoints
+    # and exports as max_steps would (the schedule is still the one of max_steps)
+    max_minutes: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
     grad_clip: float = 1.0

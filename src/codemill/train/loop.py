@@ -144,8 +144,11 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
     peak = peak_flops(d.device, tcfg.peak_flops)
     progress = _progress(console, tcfg.max_steps, step) if d.main and console else None
     t_last, tokens_last = time.perf_counter(), tokens_seen
-    while step < tcfg.max_steps:
+    deadline, data_s, last = t_last + tcfg.max_minutes * 60, 0.0, step >= tcfg.max_steps
+    while not last:
+        t = time.perf_counter()
         batch = [w for s in shards for w in (next(streams[s]) for _ in range(per_shard))]
+        data_s += time.perf_counter() - t
         tokens = torch.from_numpy(np.stack([w["tokens"] for w in batch]).astype(np.int64)).to(d.device)
         codes = torch.from_numpy(np.stack([w["objective"] for w in batch]).astype(np.int64)).to(d.device)
         count = all_reduce((codes[:, 1:] > 0).sum().double(), d).item()
@@ -169,7 +172,8 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
         step += 1
         tokens_seen += tcfg.global_batch * dcfg.seq_len
         interval += all_reduce(sums, d)
-        if step % tcfg.log_every == 0 or step == tcfg.max_steps:
+        last = step >= tcfg.max_steps or _past(deadline, tcfg, d)
+        if step % tcfg.log_every == 0 or last:
             sums, interval = interval, torch.zeros_like(interval)
             now = time.perf_counter()
             rate = (tokens_seen - tokens_last) / (now - t_last) / d.world
@@ -190,13 +194,15 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
                 "tokens_per_s_per_device": rate,
                 "mfu": rate * fpt / peak if peak else None,
                 "padding": 1 - count / (tcfg.global_batch * dcfg.seq_len),
+                "data_s": data_s,  # spent drawing windows since the last record (not overlapped)
             }
+            data_s = 0.0
             metrics.log(record)
             if progress:
                 progress[0].update(progress[1], completed=step, info=_describe(record))
         elif progress:
             progress[0].update(progress[1], completed=step)
-        if step % tcfg.ckpt_every == 0 or step == tcfg.max_steps:
+        if step % tcfg.ckpt_every == 0 or last:
             data = {s: streams[s].state_dict() for s in shards}
             meta = {"tokens": tokens_seen, "interval": interval.tolist()}
             checkpoint.save(state_dir, step, model, optim, data, meta, d, tcfg.keep_last)
@@ -204,6 +210,14 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
         progress[0].stop()
     metrics.close()
     return _export(model, out, tokenizer, dcfg, tcfg, d, n_params)
+
+
+def _past(deadline: float, tcfg: TrainConfig, d: Dist) -> bool:
+    """Whether the wall-clock budget is spent, decided by rank 0 for every rank (clocks differ)."""
+    if not tcfg.max_minutes:
+        return False
+    flag = torch.tensor(float(d.main and time.perf_counter() >= deadline), device=d.device)
+    return all_reduce(flag, d).item() > 0
 
 
 def _describe(r: dict) -> str:
