@@ -72,6 +72,9 @@ def test_run_chains_the_stages_and_skips_what_is_done(sources, tmp_path):
     report = (out / "report.md").read_text()
     assert "Table V. FIM-Eval" in report and "Table II. NL2Code" in report and "codemill serve" in report
     assert "## What training bought" in report and "| untrained initialisation |" in report
+    # the realised objective mix beside the drawn one, and how many repositories the stream reached
+    reached = int(report.split(" repositories over 1 data shard")[0].rsplit(" ", 1)[1])
+    assert "drawn SFIM 70% / FIM 15% / NTP 15%" in report and 1 <= reached <= 10 - len(held)
     assert (out / "train" / "loss.png").exists()
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # everything is up to date

@@ -285,7 +285,6 @@ def _fim_loss(rcfg: RunConfig, final: Path, corpus: Path, bench: Path, out: Path
 def write_report(out: Path, base: Path) -> Path:
     """report.md: corpus, held-out benchmarks, training curve, evaluation in the paper's tables."""
     from codemill.eval.tables import paper_tables
-    from codemill.train.metrics import loss_token_mix, mix_text
 
     lines = [f"# codemill run: {out.name}", ""]
     manifest = base / "corpus" / "manifest.json"
@@ -303,10 +302,14 @@ def write_report(out: Path, base: Path) -> Path:
     if metrics.exists():
         rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
         if rows:
-            last = rows[-1]
-            mix = mix_text(loss_token_mix(rows))
-            lines += ["## Training", "", f"{last['step']} steps, {last['tokens']:,} tokens, final loss {last['loss']:.3f}; "
-                      f"loss tokens by objective: {mix}.", "", "![loss](train/loss.png)", ""]  # fmt: skip
+            lines += [
+                "## Training",
+                "",
+                _training_text(rows, out / "train"),
+                "",
+                "![loss](train/loss.png)",
+                "",
+            ]
     runs = [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*/results.json"))]
     for r in runs:
         if r["suite"] == "fim-loss" and "baselines" in r:
@@ -324,3 +327,25 @@ def write_report(out: Path, base: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _training_text(rows: list[dict], train: Path) -> str:
+    """The run's size, its loss at the end, and the objective mix it realised against the one drawn."""
+    from codemill.train import checkpoint
+    from codemill.train.metrics import loss_token_mix, mix_text
+
+    run = json.loads((train / "run.json").read_text())
+    end = rows[-5:]  # one logged step is one batch of files: a mean says more than the last point
+    loss = sum(r["loss"] for r in end) / len(end)
+    drawn = mix_text(run["data"]["code_objectives"])
+    text = (f"{rows[-1]['step']} steps, {rows[-1]['tokens']:,} tokens; loss {loss:.3f} at the end (mean of steps "
+            f"{end[0]['step']}-{end[-1]['step']}; a step's loss depends on the files its windows hold, so the "
+            f"held-out measures below are what compares runs). Loss tokens by objective: "
+            f"{mix_text(loss_token_mix(rows))}, drawn {drawn}")  # fmt: skip
+    if (last := checkpoint.latest(train / "state")) is not None:
+        states = [json.loads(p.read_text()) for p in last.glob("data-shard-*.json")]
+        reached = sum(st["pos"]["code"] for st in states)
+        text += (f": the objective is drawn once per repository (paper §III-C) and weighted by the tokens a run "
+                 f"takes from it, so a run that reaches few repositories can realise another mix; this one "
+                 f"reached {reached} repositories over {len(states)} data shard(s) in its last epoch")  # fmt: skip
+    return text + "."
