@@ -1,13 +1,15 @@
 """The language table: one row per language, shared by every stage.
 
 Identification is by file name first, then by extension (lowercased), the way GitHub linguist and
-go-enry do it without content heuristics. `kind` separates programming languages ("code") from
+go-enry do it; a `.h` header, which C, C++ and Objective-C share, is then told apart by its content
+with linguist's heuristics (`detect(path, text)`). `kind` separates programming languages ("code") from
 markup, data and prose, which curation counts and drops unless a recipe keeps them.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import PurePosixPath
@@ -153,13 +155,49 @@ _BY_FILENAME: dict[str, Lang] = {f: lang for lang in LANGS for f in lang.filenam
 _BY_EXT: dict[str, Lang] = {e: lang for lang in LANGS for e in lang.extensions}
 
 
-def detect(path: str) -> Lang | None:
-    """Language of a repository path by file name, then extension; None if unknown."""
+# GitHub linguist's rules for `.h` (lib/linguist/heuristics.yml, named patterns `objectivec` and
+# `cpp`), tried in that order; a header neither matches is C. Ruby's `^` is a line start, hence re.M.
+# Departures: `try` must open a block and `constexpr` be a word (linguist's patterns also take a
+# comment line "   try to port your code" in CPython's unicodeobject.h, and `trylock(...)`).
+OBJC_HEADER = re.compile(
+    r"^\s*(?:@(?:interface|class|protocol|property|end|synchronised|selector|implementation)\b"
+    r"|#import\s+.+\.h[\">])",
+    re.M,
+)
+CPP_HEADER = re.compile(
+    r"^\s*#\s*include <(?:cstdint|string|vector|map|list|array|bitset|queue|stack|forward_list"
+    r"|unordered_map|unordered_set|(?:i|o|io)stream)>"
+    r"|^\s*template\s*<"
+    r"|^[ \t]*(?:try\s*\{|constexpr\b)"
+    r"|^[ \t]*catch\s*\("
+    r"|^[ \t]*(?:class|(?:using[ \t]+)?namespace)\s+\w+"
+    r"|^[ \t]*(?:private|public|protected):$"
+    r"|__has_cpp_attribute|__cplusplus >"
+    r"|std::\w+",
+    re.M,
+)
+
+
+def header_lang(text: str) -> str:
+    """The language of a `.h` file's text: "Objective-C", "C++" or "C" (linguist's rules)."""
+    if OBJC_HEADER.search(text):
+        return "Objective-C"
+    return "C++" if CPP_HEADER.search(text) else "C"
+
+
+def detect(path: str, text: str | None = None) -> Lang | None:
+    """Language of a repository path by file name, then extension; None if unknown. Given the
+    file's text, a `.h` header is C, C++ or Objective-C by its content (`header_lang`)."""
     name = PurePosixPath(path).name
     if name in _BY_FILENAME:
         return _BY_FILENAME[name]
     dot = name.rfind(".")
-    return _BY_EXT.get(name[dot:].lower()) if dot > 0 else None
+    if dot <= 0:
+        return None
+    ext = name[dot:].lower()
+    if ext == ".h" and text is not None:
+        return BY_NAME[header_lang(text)]
+    return _BY_EXT.get(ext)
 
 
 @cache
