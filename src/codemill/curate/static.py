@@ -1,9 +1,39 @@
 """Static analysis: real analyzers behind one interface, defects graded like SonarQube's severities.
 
-aiXcoder ran SonarQube (161 bug and 197 vulnerability types). No SonarQube runs in-process, so the
-Python analyzer is ruff (pyflakes, pylint-error, bugbear and bandit rules), run once per batch of
-files. Each rule is mapped to a SonarQube category (bug / vulnerability) and severity; files with a
-defect of a configured severity are dropped. Other languages plug in through `Analyzer`.
+aiXcoder ran SonarQube (161 bug and 197 vulnerability types) "to identify problematic code files".
+No SonarQube runs in-process, so the Python analyzer is ruff (pyflakes, pylint-error, bugbear and
+bandit rules), run once per batch of files. Each rule is mapped to a SonarQube category (bug /
+vulnerability) and severity; files with a defect of a configured severity are dropped. Other
+languages plug in through `Analyzer`.
+
+A rule drops files only where its precision on real code supports it (issue 29). Measured with
+ruff 0.17 over CPython 3.11's standard library (1,790 files) and this environment's site-packages
+(23,070 files); each flagged file judged by hand as a code-data engineer would (a real defect, or
+code that is correct: lazy `__all__`, names made at run time, Python 2 branches, deliberate test
+code, an English "Select" in a docstring, shell=True where a shell is meant):
+
+  rule      files flagged (stdlib + site)   judged        precision
+  F821      46 + 111                        45 sampled    0.04 (2 real: fontTools, networkx)
+  F822      2 + 3                           all 5         0.00 (inspect, plistlib, typing_extensions, loky)
+  F504/F509/F521 (% and .format)   1 + 0 each  all         0.00 (test_unicode, test_format)
+  F507      2 + 1                           all 3         0.33
+  F523      2 + 1                           all 3         0.33
+  F632      2 + 0                           all 2         0.00 (test code)
+  PLE1205   0 + 5                           all 5         0.80
+  PLE2502   0 + 1                           all 1         0.00 (spaCy's naughty-strings test data)
+  S602      10 + 17                         all 27        0.15 (pydoc, os, subprocess, platform, imaplib)
+  S608      5 + 16                          all 21        0.14 (12 are "Select"/"select" in messages)
+  S506      0 + 8                           all 8         0.12 (torchgen's loaders are SafeLoader)
+  S701      0 + 5                           all 5         0.40 (jinja2 rendering code, not HTML)
+
+None reaches 0.95: they are recorded (severity "info", never in `drop_severities` by default) and do
+not drop. The rules that drop are those CPython itself refuses to compile (F701, F702, F704, F706,
+PLE0117, PLE0118, PLE1142: `break`/`continue`/`yield`/`return`/`await` out of place, `nonlocal`
+without a binding, a name used before its `global`): precision 1.0 by construction (the file cannot
+be imported), 0 of the 24,860 files flagged. The rules never flagged there and not compile errors
+(F502-F509, F522-F525, F631, F823, PLE1206, PLE1307, S501) have no precision to show and are
+recorded too. Major and minor rules (bugbear, other bandit rules) are unchanged and do not drop
+unless a recipe adds their severity.
 """
 
 from __future__ import annotations
@@ -19,15 +49,21 @@ from typing import Protocol
 
 from codemill.errors import UserError
 
-# rule code prefix -> (SonarQube category, severity)
+# Rules that drop a file: what CPython refuses to compile (see the module docstring).
+DROPPING = ("F701", "F702", "F704", "F706", "PLE0117", "PLE0118", "PLE1142")
+# The severity of what is recorded but never drops by default (SonarQube's lowest, "info").
+RECORDED = "info"
+
+# rule code -> (SonarQube category, severity)
 RUFF_RULES: dict[str, tuple[str, str]] = {
-    **{c: ("bug", "blocker") for c in ("F821", "F822", "F823", "F701", "F702", "F704", "F706")},
-    **{c: ("bug", "blocker") for c in ("PLE0117", "PLE0118", "PLE1142")},
-    "PLE2502": ("vulnerability", "blocker"),  # bidirectional control characters (Trojan Source)
-    **{f"F50{i}": ("bug", "critical") for i in range(2, 10)},
-    **{f"F52{i}": ("bug", "critical") for i in range(1, 6)},
-    **{c: ("bug", "critical") for c in ("F631", "F632", "PLE1205", "PLE1206", "PLE1307")},
-    **{c: ("vulnerability", "critical") for c in ("S501", "S506", "S602", "S608", "S701")},
+    **{c: ("bug", "blocker") for c in DROPPING},
+    # measured below 0.95 precision, or never flagged on real code: recorded only
+    **{c: ("bug", RECORDED) for c in ("F821", "F822", "F823", "F631", "F632")},
+    **{f"F50{i}": ("bug", RECORDED) for i in range(2, 10)},
+    **{f"F52{i}": ("bug", RECORDED) for i in range(1, 6)},
+    **{c: ("bug", RECORDED) for c in ("PLE1205", "PLE1206", "PLE1307")},
+    "PLE2502": ("vulnerability", RECORDED),  # bidirectional control characters (Trojan Source)
+    **{c: ("vulnerability", RECORDED) for c in ("S501", "S506", "S602", "S608", "S701")},
     **{c: ("bug", "major") for c in ("F601", "F602", "B006", "B015", "B018")},
     **{c: ("vulnerability", "major") for c in ("S102", "S307", "S105", "S106", "S107", "S324")},
     "S605": ("vulnerability", "major"),
@@ -66,13 +102,14 @@ SYNTAX_RULE = "invalid-syntax"
 
 
 class Ruff:
-    """Reports its parser's verdict with the defects (rule SYNTAX_RULE), so the syntax check can use it."""
+    """Reports its parser's verdict with the defects (rule SYNTAX_RULE), so the syntax check can use it;
+    recorded rules come back with severity RECORDED."""
 
     langs = ("Python",)
 
     def __init__(self, severities: tuple[str, ...]):
-        # with nothing to report ruff still parses: F821 is the cheapest rule that keeps it running
-        self.select = sorted(code for code, (_, sev) in RUFF_RULES.items() if sev in severities) or ["F821"]
+        """Runs the rules of `severities` and the recorded ones (ruff parses the file either way)."""
+        self.select = sorted(code for code, (_, sev) in RUFF_RULES.items() if sev in (*severities, RECORDED))
 
     def analyze(self, files: list[tuple[str, str]]) -> list[list[Defect]]:
         out: list[list[Defect]] = [[] for _ in files]
