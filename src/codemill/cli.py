@@ -90,6 +90,30 @@ def corpus_stats(
     print_stats(corpus, examples, console)
 
 
+@corpus_app.command("audit")
+def corpus_audit(
+    corpus: Path = typer.Argument(..., help="A curated corpus directory."),
+    per_reason: int = typer.Option(
+        5, "--per-reason", help="Dropped files shown per reason, redactions per PII tag."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Markdown page (default DIR/audit.md); PNGs go beside it."
+    ),
+    seed: int = typer.Option(0, help="Which files the samples take."),
+) -> None:
+    """Write a page to review before training: dropped files per reason with their excerpts, PII
+    redactions in context, and charts of the counts."""
+    from codemill.curate.audit import audit
+
+    res = audit(corpus, per_reason, out, seed)
+    charts = ", ".join(str(c) for c in res.charts) or "none"
+    console.print(
+        f"audit of {len(res.drops)} drop reasons ({res.sampled_drops} files shown) and "
+        f"{len(res.redactions)} PII tags ({res.sampled_redactions} redactions shown) written to "
+        f"[bold]{res.page}[/bold]; charts: {charts}"
+    )
+
+
 CORPUS = typer.Argument(..., help="A curated corpus directory.")
 TOKENIZER = typer.Option(..., help="tokenizer.json / tokenizer.model or its directory.")
 DATA_RECIPE = typer.Option(None, help="YAML recipe; its `data:` section sets the options.")
