@@ -386,13 +386,18 @@ def replacements(before: str, after: str) -> list[tuple[str | None, str, str]]:
             continue
         pattern = "".join(re.escape(s) + ("(.+?)" if k < len(tags) else "") for k, s in enumerate(lits))
         m = re.fullmatch(pattern, old, re.S)
+        if m is None:  # a redaction that kept the line count moved newlines out of what it replaced
+            loose = ["\\s*".join(re.escape(w) for w in re.split(r"\s+", s)) for s in lits]
+            m = re.fullmatch(
+                "".join(s + ("(.+?)" if k < len(tags) else "") for k, s in enumerate(loose)), old, re.S
+            )
         for k, tag in enumerate(tags):
             if m is None:
                 out.append((None, tag, old[:300]))
                 continue
             start = old.rfind("\n", 0, m.start(k + 1)) + 1
             end = old.find("\n", m.end(k + 1))
-            out.append((m.group(k + 1), tag, old[start : end if end >= 0 else len(old)]))
+            out.append((m.group(k + 1).strip(), tag, old[start : end if end >= 0 else len(old)]))
     return [r for r in out if r[0] is None or TAG.fullmatch(r[0]) is None]
 
 
