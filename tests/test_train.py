@@ -77,6 +77,28 @@ def test_a_wall_clock_budget_ends_every_rank_at_one_step_and_exports(code_corpus
     assert (tmp_path / "two" / "state" / f"step-{last:08d}" / "meta.json").exists()
 
 
+def test_a_run_resumes_only_with_its_settings_unless_asked(code_corpus, bpe_dir, tmp_path):
+    out = tmp_path / "run"
+    run(train_cmd(code_corpus, bpe_dir, out, "--set", "max_steps=2"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    changed = train_cmd(code_corpus, bpe_dir, out, "--set", "max_steps=3", "--set", "lr=3e-3")
+    r = subprocess.run(changed, capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "train.lr 0.0003 -> 0.003" in r.stdout and "--resume-anyway" in r.stdout, (
+        r.stdout
+    )
+    assert [s for s, _ in losses(out)] == [1, 2]  # nothing trained, nothing rewritten
+    run([*changed, "--resume-anyway"])  # asked for: steps 3 under the new lr
+    assert [s for s, _ in losses(out)] == [1, 2, 3] and json.loads((out / "run.json").read_text())["train"][
+        "lr"
+    ] == 3e-3
+    run(
+        train_cmd(code_corpus, bpe_dir, out, "--set", "max_steps=4", "--set", "lr=3e-3")
+    )  # a longer run resumes
+    wider = MODEL.replace("hidden_size: 32", "hidden_size: 48")
+    r = subprocess.run([*changed, "--set", wider, "--resume-anyway"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "model.hidden_size 32 -> 48" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
 def test_fsdp2_mixed_precision_takes_the_steps_of_one_process_in_bf16(code_corpus, bpe_dir, tmp_path):
     """bf16 parameters and compute, fp32 gradient reduction and master weights under FSDP2 (gloo on
     CPU) against one process under bf16 autocast: the same losses within bf16's precision, falling."""

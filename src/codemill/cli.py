@@ -226,6 +226,9 @@ def train(
         "--dry-run",
         help="Build the model on the meta device and print per-module memory; train nothing.",
     ),
+    resume_anyway: bool = typer.Option(
+        False, "--resume-anyway", help="Resume a run in --out although its data or optimiser settings changed."
+    ),
 ) -> None:
     """Train from scratch or continue a checkpoint: `torchrun --nproc-per-node N -m codemill.cli train ...`
     runs the same command on N processes (FSDP2)."""
@@ -244,7 +247,7 @@ def train(
     tokenizer = tokenizer or (Path(tcfg.init_from) if tcfg.init_from else None)
     if tokenizer is None:
         raise UserError("--tokenizer is needed; train one with `codemill tokenizer train`")
-    final = run(corpus, tokenizer, out, dcfg, tcfg, console)
+    final = run(corpus, tokenizer, out, dcfg, tcfg, console, resume_anyway)
     console.print(
         f"model written to [bold]{final}[/bold] (Hugging Face Llama layout); `codemill train plot {out}` draws the loss"
     )

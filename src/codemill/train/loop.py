@@ -9,6 +9,7 @@ trained tokens, and one process and N processes take the same optimizer step (te
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import time
@@ -93,17 +94,49 @@ def train(
     dcfg: DataConfig,
     tcfg: TrainConfig,
     console=None,
+    resume_anyway: bool = False,
 ) -> Path:
-    """Train (or resume the run in `out`); returns the exported final model directory."""
+    """Train (or resume the run in `out`); returns the exported final model directory. A run is
+    resumed only with the settings it was started with (`RESUMABLE` aside), unless `resume_anyway`."""
     out = Path(out)
     d = setup()
     try:
-        return _train(Path(corpus), Path(tokenizer), out, dcfg, tcfg, d, console)
+        return _train(Path(corpus), Path(tokenizer), out, dcfg, tcfg, d, console, resume_anyway)
     finally:
         teardown(d)
 
 
-def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
+# what may change when a run resumes: when it ends, how often it logs and saves, and how it computes
+# (the same math); everything else (data, objectives, optimiser, batch, model, corpus, tokenizer)
+# would continue one run's weights and data position under another's settings
+RESUMABLE = {"train.max_steps", "train.max_minutes", "train.ckpt_every", "train.keep_last", "train.log_every",
+             "train.threads", "train.peak_flops", "train.compile", "train.activation_checkpointing",
+             "train.loss_chunk"}  # fmt: skip
+
+
+def _digest(tokenizer: Path) -> str:
+    """The tokenizer's identity: a hash of its files (a directory's, or the one file)."""
+    files = [tokenizer / n for n in TOKENIZER_FILES] if tokenizer.is_dir() else [tokenizer]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two run.json dicts (keys only one side has: skipped)."""
+    out = []
+    for k in old.keys() & new.keys():
+        key = f"{prefix}{k}"
+        if isinstance(old[k], dict) and isinstance(new[k], dict) and k in ("data", "train", "model"):
+            out += _changed(old[k], new[k], f"{key}.")
+        elif old[k] != new[k] and key not in RESUMABLE:
+            out.append(f"{key} {old[k]!r} -> {new[k]!r}")
+    return out
+
+
+def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: bool = False) -> Path:
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     tok = load_tokenizer(tokenizer)
@@ -126,19 +159,28 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console) -> Path:
     state_dir = out / "state"
     step, tokens_seen = 0, 0
     interval = torch.zeros(len(Objective), 2, dtype=torch.float64, device=d.device)  # sums since the last log
+    config = {"data": dcfg.to_dict(), "train": tcfg.to_dict(), "model": model.cfg.to_dict(),
+              "corpus": str(corpus.resolve()), "tokenizer": _digest(tokenizer)}  # fmt: skip
+    config = json.loads(json.dumps(config))  # tuples as lists, as run.json reads back
     if (last := checkpoint.latest(state_dir)) is not None:
+        changed = (
+            _changed(json.loads((out / "run.json").read_text()), config)
+            if (out / "run.json").exists()
+            else []
+        )
+        if changed and (not resume_anyway or any(c.startswith(("model.", "tokenizer ")) for c in changed)):
+            raise UserError(
+                f"{out} holds a run started with other settings ({'; '.join(changed)}): rerun with its "
+                "settings to resume it, give another --out for a new run, or pass --resume-anyway to "
+                "continue its weights and data position under the new settings (not for model or "
+                "tokenizer changes)"
+            )
         meta, data = checkpoint.load(last, model, optim, shards, d)
         for s, st in data.items():
             streams[s].load_state_dict(st)
         step, tokens_seen = meta["step"], meta["tokens"]
         interval = torch.tensor(meta["interval"], dtype=torch.float64, device=d.device)
     if d.main:
-        config = {
-            "data": dcfg.to_dict(),
-            "train": tcfg.to_dict(),
-            "model": model.cfg.to_dict(),
-            "corpus": str(corpus),
-        }
         (out / "run.json").write_text(json.dumps(config, indent=2) + "\n")
     metrics = Metrics(out, d.main, step)
     peak = peak_flops(d.device, tcfg.peak_flops)
