@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import typer
-import yaml
 from rich.console import Console
 
+from codemill.config import load_recipe, parse_overrides
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
 from codemill.errors import UserError
 
@@ -42,13 +42,12 @@ console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep 
 
 def _config(cls, recipe: Path | None, overrides: list[str]):
     """A recipe section (`cls.section`) with `--set key=value` overrides applied."""
-    d = {}
-    if recipe:
-        d = (yaml.safe_load(recipe.read_text()) or {}).get(cls.section, {}) or {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        d[key] = yaml.safe_load(value)
-    return cls.from_dict(d)
+    return _section(cls, recipe, parse_overrides(overrides))
+
+
+def _section(cls, recipe: Path | None, given: dict):
+    """A recipe section (`cls.section`) with the parsed `--set` values `given` applied."""
+    return cls.from_dict({**(load_recipe(recipe)[cls.section] if recipe else {}), **given})
 
 
 @app.command()
@@ -258,9 +257,10 @@ def _train_configs(recipe: Path | None, overrides: list[str]):
     from codemill.data.config import DataConfig
     from codemill.train.config import TrainConfig
 
-    data_set = [o.removeprefix("data.") for o in overrides if o.startswith("data.")]
-    train_set = [o.removeprefix("train.") for o in overrides if not o.startswith("data.")]
-    return _config(DataConfig, recipe, data_set), _config(TrainConfig, recipe, train_set)
+    given = parse_overrides(overrides)
+    data_set = {k.removeprefix("data."): v for k, v in given.items() if k.startswith("data.")}
+    train_set = {k.removeprefix("train."): v for k, v in given.items() if not k.startswith("data.")}
+    return _section(DataConfig, recipe, data_set), _section(TrainConfig, recipe, train_set)
 
 
 def _meta(dcfg, tcfg):
@@ -334,9 +334,15 @@ def train_plan(
     """Will a step fit in GPU memory, and how long will the token budget take? (nothing is allocated)"""
     from rich.table import Table
 
+    from codemill.train.dist import Dist
+    from codemill.train.loop import _plan
     from codemill.train.plan import plan
 
     dcfg, tcfg = _train_configs(recipe, set_)
+    try:  # the batch `codemill train` accepts on that many GPUs
+        _plan(tcfg, Dist(world=gpus))
+    except UserError as e:
+        raise UserError(f"{e} (world size: --gpus {gpus}); change --gpus, or --set the batch") from None
     model = _meta(dcfg, tcfg)
     budget = tokens or tcfg.max_steps * tcfg.global_batch * dcfg.seq_len
     p = plan(model, seq_len=dcfg.seq_len, micro_batch=tcfg.micro_batch, global_batch=tcfg.global_batch,
@@ -443,6 +449,10 @@ def eval_(
         return
     if model is None or out is None:
         raise UserError("--model and --out are needed")
+    if Path(model).is_dir():  # a checkpoint: whole before anything loads it
+        from codemill.model.hf import check_checkpoint
+
+        check_checkpoint(model)
     if suite == "fim-loss":
         return _fim_loss(model, format, data, out, corpus, files, crossfile, limit)
 
@@ -670,11 +680,15 @@ def serve_(
     ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
+    from codemill.model.hf import check_checkpoint, hf_config
     from codemill.serve.engine import Engine
-    from codemill.serve.http import serve
+    from codemill.serve.http import listen, serve
 
     if not (model / "config.json").exists():
         raise UserError(f"{model} is not a checkpoint directory (no config.json)")
+    check_checkpoint(model)  # config.json and the weights' headers: damage is said here, not as a 503
+    hf_config(model)  # a model codemill runs
+    sock = listen(host, port)
     console.print(
         f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /completion, /v1/models, "
         "/health); "
@@ -682,7 +696,7 @@ def serve_(
     )
     load = functools.partial(Engine, model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup,
                              draft_rows=draft_rows, prefill_chunk=prefill_chunk, cache_ram_mib=cache_ram)  # fmt: skip
-    serve(load, host, port, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
+    serve(load, sock, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 
 @app.command("complete")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codemill.config import Settings
+from codemill.config import Settings, fraction, positive
 from codemill.data.objectives import OBJECTIVES, SfimPolicy
 from codemill.data.ordering import STRATEGIES
 from codemill.errors import UserError
@@ -21,15 +21,15 @@ class DataConfig(Settings):
     ordering: dict[str, float] = field(
         default_factory=lambda: {"content": 0.3, "path": 0.3, "dependency": 0.3, "random": 0.1}
     )
-    max_clusters: int = 20
+    max_clusters: int = positive(20)
     # objectives: paper §III-C. The README says SFIM 70 / NTP 30, issue #17 NTP 40: all settable.
     code_objectives: dict[str, float] = field(default_factory=lambda: {"sfim": 0.7, "fim": 0.15, "ntp": 0.15})
     text_objectives: dict[str, float] = field(default_factory=lambda: {"fim": 0.5, "ntp": 0.5})
     # paper §III-C: "Given a code repository, we choose SFIM with a probability of 70% ...": one draw
     # per repository (`file`, a draw per file, is ours)
     objective_unit: str = "repo"
-    fim_spm_rate: float = 0.5
-    sfim_spm_rate: float = 0.7
+    fim_spm_rate: float = fraction(0.5)
+    sfim_spm_rate: float = fraction(0.7)
     # equations (2) and (3): one layout per document, drawn with the rates above (our reading);
     # `both` trains the same span in both layouts, PSM then SPM (the other reading)
     fim_layouts: str = "drawn"
@@ -42,8 +42,8 @@ class DataConfig(Settings):
     sfim_weights: dict[str, float] = field(
         default_factory=lambda: {"statement": 0.5, "block": 0.3, "expression": 0.2}
     )
-    sfim_start_at_node: float = 0.5
-    sfim_end_at_node: float = 0.5
+    sfim_start_at_node: float = fraction(0.5)
+    sfim_end_at_node: float = fraction(0.5)
     # `function`: the paper's rule starts from a function; `anywhere` (ours) takes any node of the code
     # where no function has one (module-level code, data tables, pieces cut at context level)
     sfim_scope: str = "function"

@@ -15,9 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from codemill.config import Settings
+from codemill.config import Settings, at_least, fraction, load_recipe, positive
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
 from codemill.errors import UserError
 
@@ -27,30 +25,24 @@ class RunConfig(Settings):
     section = "run"
 
     sources: tuple[str, ...] = ("installed",)  # what `codemill curate` takes
-    vocab_size: int = 8192
-    tokenizer_bytes: int = 100_000_000
+    vocab_size: int = positive(8192)
+    tokenizer_bytes: int = positive(100_000_000)
     pretokenizer: str = DEFAULT_PRETOKENIZER  # llama.cpp's name; `codemill` is ours (data/tokenizer.py)
-    holdout: float = 0.1  # share of repositories held out of training for the built benchmarks
-    fim_per_type: int = 10  # FIM-Eval-shaped tasks per language and task type
-    crossfile_per_repo: int = 5
+    holdout: float = fraction(0.1)  # share of repositories held out of training for the built benchmarks
+    fim_per_type: int = positive(10)  # FIM-Eval-shaped tasks per language and task type
+    crossfile_per_repo: int = positive(5)
     # suites to run: humaneval, mbpp, multipl-e-*, santacoder-fim; fim-eval, crosscodeeval[/setting] and
     # fim-loss (bits per byte, beside the untrained model and a unigram) run on the held-out repositories
     suites: tuple[str, ...] = (
         "humaneval", "fim-eval", "crosscodeeval/infile", "crosscodeeval/retrieval", "fim-loss",
     )  # fmt: skip
-    eval_limit: int | None = None  # tasks per generation suite (evenly spaced)
-    loss_limit: int | None = None  # FIM and cross-file tasks fim-loss scores (evenly spaced); None: all
-    loss_files: int = 100  # held-out files fim-loss scores left to right
+    eval_limit: int | None = positive(None)  # tasks per generation suite (evenly spaced)
+    # FIM and cross-file tasks fim-loss scores (evenly spaced); None: all
+    loss_limit: int | None = positive(None)
+    loss_files: int = at_least(0, 100)  # held-out files fim-loss scores left to right
     loss_baselines: bool = True  # fim-loss also scores the untrained initialisation and a unigram model
-    eval_max_tokens: int | None = 128
+    eval_max_tokens: int | None = positive(128)
     unsafe: bool = False  # run generated code without bubblewrap
-
-
-def load_recipe(path: str | Path) -> dict:
-    recipe = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise UserError(f"{path}: a recipe is a mapping of sections (run, curate, data, train)")
-    return recipe
 
 
 def _stamp(*parts) -> str:

@@ -22,7 +22,7 @@ import torch
 from codemill.data.tokenizer import LLAMA_CPP_PRETOKENIZERS, pretokenizer_name
 from codemill.errors import UserError
 from codemill.formats import Format, checkpoint_format
-from codemill.model.hf import from_hf_config, load_state
+from codemill.model.hf import check_checkpoint, hf_config, load_state
 from codemill.model.llama import ModelConfig
 
 DTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -145,7 +145,8 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
     path, out = Path(checkpoint), Path(out)
     if not (path / "config.json").exists():
         raise UserError(f"{path} has no config.json; pass a checkpoint directory (train's final/)")
-    cfg = from_hf_config(json.loads((path / "config.json").read_text()))
+    check_checkpoint(path)  # before anything is written
+    cfg = hf_config(path)
     if cfg.qkv_bias:
         raise UserError("q/k/v bias (Qwen2-style) models are not exported to GGUF by codemill")
     form = checkpoint_format(path, fmt)

@@ -8,6 +8,7 @@ covers aiXcoder-7B's release (one `.bin` plus index) and Llama, Mistral, Qwen2 a
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from codemill.errors import UserError
 from codemill.model.llama import Llama, ModelConfig
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "starcoder2-llama")
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 MAX_SHARD_BYTES = 5 * 1024**3
 
 
@@ -114,33 +116,124 @@ def export_hf(
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+DAMAGED = (
+    "the file is damaged or was cut short (an interrupted copy, download or export?): copy or export it again"
+)
+
+
+def _json(f: Path, what: str):
+    """A checkpoint's JSON file, or a UserError naming it."""
+    try:
+        return json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{f}: {what} is not valid JSON ({e}); {DAMAGED}") from None
+
+
 def _weight_files(path: Path) -> list[Path]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index).exists():
-            names = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
-            return [path / n for n in names]
+            weight_map = _json(path / index, "the index of the weight shards")
+            if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+                raise UserError(f"{path / index} has no `weight_map` of tensor names to files; {DAMAGED}")
+            return [path / n for n in sorted(set(map(str, weight_map["weight_map"].values())))]
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (path / single).exists():
             return [path / single]
     raise UserError(f"{path} has no model.safetensors or pytorch_model.bin (sharded or not)")
 
 
+def _safetensors_problem(f: Path) -> str | None:
+    """What is wrong with a .safetensors file, from its header alone: a header that does not parse, or
+    tensors whose bytes lie past the end of the file."""
+    size = f.stat().st_size
+    with f.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes is too short for a safetensors file"
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, 100_000_000):  # safetensors' own limit: 100 MB
+            return f"it announces a header of {n:,} bytes in a file of {size:,}"
+        try:
+            header = json.loads(fh.read(n))
+            ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            return f"its header is not a safetensors header ({type(e).__name__}: {e})"
+    data = size - 8 - n
+    if max(ends, default=0) > data:
+        return f"its tensors need {max(ends):,} bytes of data, the file holds {data:,}"
+    return None
+
+
+def _bin_problem(f: Path) -> str | None:
+    """A torch .bin (a zip archive) cut short loses its directory, at the end of the file."""
+    import zipfile
+
+    with f.open("rb") as fh:
+        if fh.read(2) != b"PK":
+            return None  # torch's legacy format: torch.load says what is wrong
+    try:
+        with zipfile.ZipFile(f):
+            return None
+    except zipfile.BadZipFile as e:
+        return f"its zip directory is unreadable ({e})"
+
+
+def check_weights(path: str | Path) -> None:
+    """Every weight file of a checkpoint present and whole, from headers only (cheap): a UserError
+    naming the first damaged file, before anything is loaded."""
+    for f in _weight_files(Path(path)):
+        if not f.exists():
+            raise UserError(f"{f} is missing (the index lists it); copy the whole checkpoint directory")
+        problem = _safetensors_problem(f) if f.suffix == ".safetensors" else _bin_problem(f)
+        if problem:
+            raise UserError(f"{f}: {problem}; {DAMAGED}")
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """A checkpoint directory whole, from its headers (cheap): config.json a JSON object and every
+    weight file present and whole. What serve, eval and export check before they load anything (or
+    say they serve): a UserError naming the file and what is wrong with it."""
+    _config_json(Path(path))
+    check_weights(path)
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    check_weights(path)
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(Path(path)):
-        if f.suffix == ".safetensors":
-            state.update(load_file(f))
-        else:
-            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        try:
+            if f.suffix == ".safetensors":
+                state.update(load_file(f))
+            else:
+                state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        except (SafetensorError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+            raise UserError(f"{f} does not load ({type(e).__name__}: {e}); {DAMAGED}") from None
     return state
+
+
+def _config_json(path: Path) -> dict:
+    """config.json as a mapping, with the keys a Llama-family config needs when it is one."""
+    f = path / "config.json"
+    if not f.exists():
+        raise UserError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
+    d = _json(f, "the model's config")
+    if not isinstance(d, dict):
+        raise UserError(f"{f} holds no JSON object of model settings; {DAMAGED}")
+    if d.get("model_type", "llama") in LLAMA_FAMILY and (missing := [k for k in REQUIRED if k not in d]):
+        raise UserError(
+            f"{f} lacks {', '.join(missing)}, which a Llama-family config.json has; restore the file "
+            "the checkpoint came with"
+        )
+    return d
 
 
 def hf_config(path: str | Path, **overrides) -> ModelConfig:
     """The model config of a HF checkpoint directory, with overrides such as dropout."""
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise UserError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
-    cfg = from_hf_config(json.loads((path / "config.json").read_text()))
+    d = _config_json(path)
+    cfg = from_hf_config(d)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

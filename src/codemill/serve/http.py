@@ -9,14 +9,17 @@ keystroke only waits for the last, which finds the older one's slot and cached p
 client's connection is checked whenever its text moves on and every 20 ms, so a disconnect frees its
 slot within a token or so. The server listens while the model loads:
 `/health` and every other route answer 503 until it is ready. Invalid requests get a 4xx with an
-OpenAI error object.
+OpenAI error object; a body over `max_body_bytes` gets a 413 however it is sent (its Content-Length,
+or its bytes counted as they come: `BodyLimit`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import socket
 import sys
 import threading
 import time
@@ -32,6 +35,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from codemill.errors import UserError
 from codemill.serve.batcher import Batcher
 from codemill.serve.engine import Completion, Engine
 from codemill.stops import syntax_stop
@@ -278,8 +282,10 @@ def create_app(
     max_body_bytes: int = 1 << 20,
     max_queue: int = 8,
     access_log: bool = True,
+    on_load_error: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """`engine` or a function that loads one: the server then answers 503 until it returns."""
+    """`engine` or a function that loads one: the server then answers 503 until it returns, and
+    with the reason if it fails (`on_load_error` is told it too)."""
     app = FastAPI(title="codemill serve")
     state = app.state
     state.limits = Limits(api_key, max_tokens, max_body_bytes, max_queue, access_log)
@@ -296,12 +302,15 @@ def create_app(
         def load():
             try:
                 ready(engine())
-            except Exception as e:  # the server stays up and says why on every route
-                state.error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # the server says why on every route
+                state.error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                if on_load_error is not None:
+                    on_load_error(state.error)
 
         threading.Thread(target=load, daemon=True).start()
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)  # inside `guard`: its 413 reaches the route
     app.middleware("http")(guard)
     for path, handler, method in (
         ("/health", health, "GET"),
@@ -313,6 +322,32 @@ def create_app(
     ):
         app.add_api_route(path, handler, methods=[method])
     return app
+
+
+class BodyLimit:
+    """Counts a request body's bytes as they come in and answers 413 (raised from `receive`, so the
+    route's error handler writes it) as soon as they pass `limit`: a chunked body has no
+    Content-Length for `refusal` to check, and the rest of it is never held."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise StarletteHTTPException(
+                    413, f"request body over the limit of {self.limit} bytes; send a shorter one"
+                )
+            return message
+
+        await self.app(scope, counted, send)
 
 
 async def invalid(_req: Request, exc: RequestValidationError):
@@ -630,10 +665,44 @@ async def llama_style(request: Request, body: LlamaBody, job: Job | JSONResponse
     return stream(request, job, piece, lambda r: {**finish(r), "content": ""})  # text went in pieces
 
 
-def serve(engine: Engine | Callable[[], Engine], host: str, port: int, **kw) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for `serve`, or a UserError saying why not (a port in use)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"cannot listen on {host}:{port}: the port is in use (another server?); stop that "
+                "server or choose another --port"
+            ) from None
+        raise UserError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; check --host and --port"
+        ) from None
+    return sock
+
+
+def serve(engine: Engine | Callable[[], Engine], sock: socket.socket, **kw) -> None:
+    """Serve on `sock` (from `listen`) until stopped. A model that fails to load stops the server: a
+    UserError with the reason, rather than a server that answers 503 for ever."""
     import uvicorn
 
-    uvicorn.run(create_app(engine, **kw), host=host, port=port, log_level="warning")
+    server: uvicorn.Server | None = None
+    failed: list[str] = []
+
+    def stop(reason: str) -> None:
+        failed.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, on_load_error=stop, **kw), log_level="warning"))
+    if failed:  # it failed before the server existed
+        server.should_exit = True
+    server.run(sockets=[sock])
+    if failed:
+        raise UserError(f"the model failed to load: {failed[0]}")
 
 
 class Server:

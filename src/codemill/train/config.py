@@ -1,10 +1,11 @@
-"""Training settings (recipe section `train:`): Table I of the paper as defaults where it applies."""
+"""Training settings (recipe section `train:`): Table I of the paper as defaults where it applies;
+`positive` and `at_least` name the bounds `Settings.from_dict` checks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codemill.config import Settings
+from codemill.config import Settings, at_least, positive
 
 
 @dataclass
@@ -15,30 +16,31 @@ class TrainConfig(Settings):
     model: dict = field(default_factory=dict)  # overrides of the preset, e.g. {num_layers: 2}
     init_from: str | None = None  # a Hugging Face checkpoint directory to continue from
     # optimisation (Table I: AdamW 0.9 / 0.98, weight decay 0.01, cosine 1e-5 -> 1e-6, clip 1.0)
-    lr: float = 3e-4  # Table I's 1e-5 is for continued pretraining of a 7B; small models want more
-    min_lr: float = 3e-5
-    warmup_steps: int = 100
-    max_steps: int = 1000
+    lr: float = positive(3e-4)  # Table I's 1e-5 is for continued pretraining of a 7B; small models want more
+    min_lr: float = at_least(0, 3e-5)
+    warmup_steps: int = at_least(0, 100)
+    max_steps: int = positive(1000)
     # a wall-clock budget (0: none): the first step that ends past it is the last, and logs, checkpoints
     # and exports as max_steps would (the schedule is still the one of max_steps)
-    max_minutes: float = 0.0
+    max_minutes: float = at_least(0, 0.0)
     betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    weight_decay: float = at_least(0, 0.01)
+    grad_clip: float = positive(1.0)
     # batch: global_batch sequences per step = micro_batch x accumulation x world
-    global_batch: int = 8
-    micro_batch: int = 4
-    data_shards: int = 0  # streams the global batch is drawn from; 0 = world size. Fix it to make a
-    #                       run's data independent of the world size (resume on another world size)
+    global_batch: int = positive(8)
+    micro_batch: int = positive(4)
+    # streams the global batch is drawn from; 0 = world size. Fix it to make a run's data independent
+    # of the world size (resume on another world size)
+    data_shards: int = at_least(0, 0)
     # numerics and memory
     dtype: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or fp32 / bf16
     compile: bool = False
     activation_checkpointing: bool = False
-    loss_chunk: int = 4096  # tokens per chunk of the output head + cross-entropy
+    loss_chunk: int = positive(4096)  # tokens per chunk of the output head + cross-entropy
     # checkpoints and logs
-    ckpt_every: int = 200
-    keep_last: int = 2
-    log_every: int = 10
-    peak_flops: float = 0.0  # per device; 0 = from the device table (none for CPUs: no MFU)
+    ckpt_every: int = positive(200)
+    keep_last: int = positive(2)
+    log_every: int = positive(10)
+    peak_flops: float = at_least(0, 0.0)  # per device; 0 = from the device table (none for CPUs: no MFU)
     seed: int = 0
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = at_least(0, 0)  # torch CPU threads; 0 = torch's default
