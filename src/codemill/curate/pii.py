@@ -5,15 +5,28 @@ damage half of all files, detect-secrets needs a temporary file per document (0.
 StarPII needs a GPU. Detectors are regexes with code-aware exclusions (private and documentation
 IPs, version strings, example domains, placeholders, organisations in copyright lines), scored on a
 labelled set of real files with planted PII (`benchmarks/bench_pii.py`).
+
+They know the code around them (issue 29): a dotted quad in an OID (`ObjectIdentifier("1.3.101.112")`,
+a file of OIDs) is not an IP; an SSH algorithm or extension name (`sk-ssh-ed25519@openssh.com`), a
+`name@version` spec, a decorator or a matrix product (`L@D@L.conjugate()`) is not an e-mail (an
+e-mail's domain ends in a country code or a common generic TLD); license boilerplate ("COPYRIGHT
+HOLDERS BE LIABLE") and organisations are not names. No replacement spans a line end, and `redact`
+given the file's language reverts, line by line, any replacement after which the file no longer
+parses or has another line count (`Redaction.reverted` counts them).
 """
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import math
 import re
+import warnings
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import accumulate
 
 import ahocorasick
 
@@ -22,8 +35,28 @@ from codemill.formats import PII_TAGS
 TAGS = PII_TAGS
 
 EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"
+    r"(?<![\w.+@-])([A-Za-z0-9][A-Za-z0-9._%+-]*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.([A-Za-z]{2,}))\b(?![(@-])"
 )
+# An e-mail domain ends in a country code (any two letters but code file extensions) or one of these
+# generic TLDs; `D@L.conjugate()`, `x@self.weight`, `user@dom.ain` (CPython's test fixtures) do not.
+_GENERIC = (
+    "com net org edu gov mil int info biz name pro aero coop museum mobi asia tel travel jobs cat app "
+    "dev cloud tech online site xyz email company systems solutions network digital global group "
+    "studio design life live world today space store shop blog news media one top club agency academy "
+    "center consulting engineering software science technology works zone team tools codes computer "
+    "host hosting link page website services support foundation institute university school expert "
+    "lab ninja rocks berlin london paris tokyo nyc amsterdam google microsoft apple amazon"
+)
+GENERIC_TLDS = frozenset(_GENERIC.split())
+NOT_COUNTRY = frozenset({"py", "js", "ts", "rb", "kt", "hh", "mm"})
+# SSH algorithm and extension names are `name@domain` (RFC 4251 section 6), not addresses
+SSH_DOMAINS = frozenset({"openssh.com", "openssh.org", "libssh.org", "ssh.com"})
+SSH_NAME = re.compile(
+    r"(?i)^(?:sk-)?(?:ssh|ecdsa|rsa|dsa|ed25519|ed448|aes\d*|chacha20|hmac|umac|curve\d+|sntrup\d+|mlkem"
+    r"|diffie|kex|zlib|ext-info|webauthn|posix|statvfs|fstatvfs|hardlink|fsync|lsetstat|limits|expand"
+    r"|copy|home|users|keepalive|no-touch|verify|restrict|agent|hostkeys|publickey|server-sig|ping)"
+)
+VERSION_DOMAIN = re.compile(r"^\d+(?:\.\d+)+(?:[.-]|$)")  # lodash@4.17.21, eslint@8.0.0-beta.rc
 EXAMPLE_DOMAIN = re.compile(
     r"(^|\.)(example\.(com|org|net|edu)|[\w-]+\.example|localhost|test|invalid|local|domain\.com"
     r"|utf|iso|euc|ascii|latin)$",  # the last ones: locale names like sd_IN@devanagari.UTF-8
@@ -34,8 +67,13 @@ IPV4 = re.compile(r"[0-9](?<![\w.][0-9])[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9
 IPV6 = re.compile(
     r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}(?::|[0-9a-fA-F]{1,4})(?![\w:])|(?<![\w:])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:){0,5}[0-9a-fA-F]{1,4}(?![\w:])"
 )
-VERSION_CONTEXT = re.compile(r"(version|ver|release|v|==|>=|<=|~=)\s*[\"'=:(]?\s*$", re.I)
+OID_LINE = re.compile(r"ObjectIdentifier|object_identifier|\bOID|OID\b|\boid|\w_oid\b")
+OID_FILE = re.compile(r"ObjectIdentifier|OBJECT IDENTIFIER|\bOID\b|\boids?\b")
+VERSION_CONTEXT = re.compile(
+    r"(version|ver|release|v|==|>=|<=|~=|section|sec\.|§|chapter|clause|step|rfc\s*\d+)\s*[\"'=:(]?\s*$", re.I
+)
 PUBLIC_RESOLVERS = {"8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "208.67.222.222"}
+DOC_IPS = {"123.45.67.89", "12.34.56.78", "98.76.54.32", "11.22.33.44", "123.123.123.123", "111.111.111.111"}
 
 KEY_FORMATS = re.compile(
     r"\b(AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}"
@@ -43,9 +81,12 @@ KEY_FORMATS = re.compile(
     r"|sk-(?:proj-)?[A-Za-z0-9_-]{32,}|glpat-[A-Za-z0-9_-]{20,}|hf_[A-Za-z]{30,}"
     r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
 )
+# the body of a key block: base64 lines (with headers such as Proc-Type, and the quotes, `\n` escapes
+# and concatenation of a key written as a string); `BEGIN ...-----"\n_END = b"-----END` is not one
 PRIVATE_KEY = re.compile(
-    r"(-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----)([\s\S]+?)(-----END (?:[A-Z]+ )*PRIVATE KEY-----)"
+    r"(-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----)([A-Za-z0-9+/=\s\\\"'(),:-]*?)(-----END (?:[A-Z]+ )*PRIVATE KEY-----)"
 )
+BASE64_RUN = re.compile(r"(?<!\\)[A-Za-z0-9+/]{16,}={0,2}")  # not the `n` of a `\n` escape
 SECRET_NAME = (
     r"[\w.-]*(?:secret|token|api_?key|apikey|access_?key|private_?key|auth_?key|signing_?key)[\w.-]*"
 )
@@ -67,13 +108,28 @@ AUTHOR_LINE = re.compile(
 ORG_WORDS = re.compile(
     r"\b(Foundation|Inc|Corporation|Corp|Ltd|Limited|LLC|GmbH|Project|Team|Contributors|Authors"
     r"|Software|University|Institute|Group|Labs?|Company|Developers|Community|Organization"
-    r"|Council|Consortium|Systems|Technologies|Association|Regents|Python|Apache|Google|Microsoft"
-    r"|Facebook|Meta|Amazon|Oracle|Intel|Nvidia|Mozilla|Free|Open|The)\b"
+    r"|Council|Consortium|Systems|Technologies|Technology|Association|Regents|Python|Apache|Google"
+    r"|Microsoft|Facebook|Meta|Amazon|Oracle|Intel|Nvidia|Mozilla|Free|Open|The|AI|Research|Networks?"
+    r"|Intelligence|Government|Studios?|Robotics|Analytics|Computing|Solutions|Holdings|Industries"
+    r"|Industrial|Electronics|Communications|Labs|Laboratory|Laboratories|Sciences?|Academy|Stichting"
+    r"|Centrum|Centre|Center|BV|NV|AG|AB|SA|SE|KG|Oy|ASA|SpA|SPA|Srl|SRL|LLP|PLC)\b"
+)
+# license and copyright boilerplate a name pattern would take: "COPYRIGHT HOLDERS BE LIABLE",
+# "Copyright Holder", "All Rights Reserved"
+BOILERPLATE = re.compile(
+    r"(?i)\b(holders?|owners?|contributors|rights|reserved|notice|licen[cs]e[ds]?|warrant\w*|liable"
+    r"|provided|permission|software|work|works|statement|agreement|licensor|copyright)\b"
+)
+# an organisation's suffix after the name: "Vigil Security, LLC", "NVIDIA CORPORATION & AFFILIATES"
+ORG_SUFFIX = re.compile(
+    r"(?i)[ \t]*,?[ \t]*(?:Inc\b|LLC\b|L\.L\.C\.|Ltd\b|GmbH\b|Corp\b|Co\.|AG\b|AB\b|S\.?A\.?\b"
+    r"|B\.?V\.?\b|PLC\b|Pty\b|& affiliates|and affiliates)"
 )
 PLACEHOLDER = re.compile(
     r"(?i)^(x+|\*+|\.+|changeme|password|passwd|secret|token|user(name)?|admin|root|test\w*|example\w*|"
     r"dummy\w*|fake\w*|your[\w-]*|my[\w-]*|<[^>]*>|\$\{?[\w.]+\}?|\{[\w.]*\}|%[\w()]+|none|null|"
-    r"undefined|placeholder|sample\w*|foo\w*|bar\w*|abc\w*|123\w*)$"
+    r"undefined|placeholder|sample\w*|foo\w*|bar\w*|abc\w*|123\w*|pass|pw|redacted\w*|current|default"
+    r"|anonymous|guest|nobody|some(?:one|body|1)?|unknown|me|self)$"
 )
 
 
@@ -81,6 +137,7 @@ PLACEHOLDER = re.compile(
 class Redaction:
     text: str
     counts: Counter
+    reverted: int = 0  # replacements undone: the file parsed before them and not after (`redact`)
 
 
 def _entropy(s: str) -> float:
@@ -88,16 +145,30 @@ def _entropy(s: str) -> float:
     return -sum(n / len(s) * math.log2(n / len(s)) for n in c.values())
 
 
+KEY_CHARS = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")  # base64, base64url, hex: what keys are written in
+# a CamelCase name of two or more words ("HiggsAudioV2TokenizerModel"), not a random key
+CAMEL_NAME = re.compile(r"(?:[A-Z][a-z]{2,}|[A-Z]{1,3}(?![a-z])|\d{1,2}){2,}")
+
+
 def _gibberish(s: str) -> bool:
-    """A key, not a word or a path: long, mixed letters and digits, high entropy."""
+    """A key, not a word, a path, a version spec or a URN: long, in a key's alphabet, mixed letters
+    and digits, high entropy. A `/` is taken only in a run of 30 or more (an AWS secret key)."""
     return (
         len(s) >= 16
+        and KEY_CHARS.fullmatch(s) is not None
+        and ("/" not in s or (len(s) >= 30 and "//" not in s and not s.startswith("/")))
         and any(ch.isdigit() for ch in s)
         and any(ch.isalpha() for ch in s)
-        and "/" not in s
         and not PLACEHOLDER.match(s)
+        and not (CAMEL_NAME.fullmatch(s) and len(re.findall(r"[A-Z][a-z]{2,}", s)) >= 2)
         and _entropy(s) >= 3.3
     )
+
+
+def _line_of(text: str, m: re.Match) -> str:
+    start = text.rfind("\n", 0, m.start()) + 1
+    end = text.find("\n", m.end())
+    return text[start : len(text) if end < 0 else end]
 
 
 def _public_ip(m: re.Match, line: str) -> bool:
@@ -106,30 +177,109 @@ def _public_ip(m: re.Match, line: str) -> bool:
         ip = ipaddress.ip_address(s)
     except ValueError:
         return False
-    if not ip.is_global or ip.is_multicast or s in PUBLIC_RESOLVERS:
+    if not ip.is_global or ip.is_multicast or s in PUBLIC_RESOLVERS or s in DOC_IPS:
         return False
     if line[m.end() : m.end() + 1] == "/":
         return False  # a network in CIDR notation, not a host
     if ip.version == 6:
         return s.count(":") >= 4
     octets = [int(o) for o in s.split(".")]
-    if octets[0] < 10 and all(o < 100 for o in octets[1:]):
-        return False  # 1.2.3.4, 8.2.4.44: versions and section numbers far more often than hosts
+    if (octets[0] < 10 and all(o < 100 for o in octets[1:])) or all(o < 30 for o in octets):
+        return False  # 1.2.3.4, 8.2.4.44, 17.4.1.7: versions and section numbers, not hosts
+    if octets[0] <= 2 and (OID_LINE.search(_line_of(line, m)) or _oid_file(line)):
+        return False  # an OID (first arc 0, 1 or 2): ObjectIdentifier("1.3.101.112"), a file of OIDs
     return not VERSION_CONTEXT.search(line[max(0, m.start() - 12) : m.start()])
 
 
-def _url_credentials(m: re.Match, tag) -> str:
+@lru_cache(maxsize=2)
+def _oid_file(text: str) -> bool:
+    """Whether a text is about OIDs; asked once per file (IPv4 matches get the whole text)."""
+    return OID_FILE.search(text) is not None
+
+
+# test-fixture domains: a@b.com, foo@bar.com, Mr.A@somewhere.com
+FIXTURE_DOMAIN = re.compile(
+    r"(?:^|\.)(?:[a-z0-9]|foo|bar|baz|qux|spam|eggs|somewhere\w*|nowhere|elsewhere|your\w*|my\w*)\.[a-z]+$"
+)
+MESSAGE_ID = re.compile(r"[0-9a-f.-]{16,}|[\d.]+", re.I)  # <15090.61304.110929.45684@aaa.zzz.org>
+# User:Pass@www.python.org (not "mailto:", "email:" and the like before an address)
+USERINFO = re.compile(
+    r"(?<![\w.+-])(?!(?:mailto|e-?mail|mail|contact|from|to|cc|author|maintainer):)[\w.%+-]+:$", re.I
+)
+
+
+def _email(m: re.Match, line: str) -> bool:
+    """Whether an address-shaped match is an e-mail address."""
+    local, domain, tld = m.group(1), m.group(2).lower(), m.group(3).lower()
+    if EXAMPLE_DOMAIN.search(domain) or FIXTURE_DOMAIN.search(domain) or local == "git":
+        return False
+    if MESSAGE_ID.fullmatch(local):
+        return False
+    if USERINFO.search(line, max(0, m.start() - 64), m.start()):
+        return False  # the password of a URL's user:password@host
+    country = len(tld) == 2 and tld not in NOT_COUNTRY
+    if not country and tld not in GENERIC_TLDS:
+        return False  # D@L.conjugate(), x@self.weight, test@dom.ain
+    if VERSION_DOMAIN.match(domain):
+        return False  # pkg@1.2.3.beta
+    return not (domain in SSH_DOMAINS and SSH_NAME.match(local))
+
+
+def _name(m: re.Match, line: str) -> bool:
+    """Whether a name after "Copyright", "Author" and the like is a person's."""
+    name = m.group(2)
+    if name.isupper() or ORG_WORDS.search(name) or BOILERPLATE.search(name):
+        return False  # COPYRIGHT HOLDERS BE LIABLE, NVIDIA CORPORATION, Mistral AI
+    return not ORG_SUFFIX.match(line, m.end())
+
+
+EXAMPLE_HOST = re.compile(r"[\w.-]*?(?:\bexample\.(?:com|org|net)|\.example)\b", re.I)
+
+
+def _url_credentials(m: re.Match, line: str, tag) -> str:
     pw = m.group(3)
-    if PLACEHOLDER.match(pw) or pw.startswith(("$", "{", "%", "<")):
+    if PLACEHOLDER.match(pw) or pw.startswith(("$", "{", "%", "<")) or EXAMPLE_HOST.match(line, m.end()):
         return m.group(0)
     return f"{m.group(1)}{tag('USERNAME')}:{tag('PASSWORD')}@"
 
 
+_KEY_NAME = re.compile(r"([\w.-]+)[\"']?\s*(?::|=|:=|=>)\s*[\"']$")
+
+
+def _own_name(m: re.Match) -> bool:
+    """Whether the value is its key's own name: `USER_ID: "userID"`, `CHALLENGE_PASSWORD:
+    "challengePassword"` (a table of field names, not a credential)."""
+    key = _KEY_NAME.search(m.group(1))
+    fold = lambda s: s.replace("_", "").replace("-", "").lower()  # noqa: E731
+    return key is not None and fold(key.group(1).rsplit(".", 1)[-1]) == fold(m.group(2))
+
+
 def _value(m: re.Match, tag, name: str, keep) -> str:
-    return m.group(0) if keep(m.group(2)) else m.group(1) + tag(name) + m.group(3)
+    return m.group(0) if keep(m.group(2)) or _own_name(m) else m.group(1) + tag(name) + m.group(3)
 
 
-# (substrings that must occur in a lowercased line, pattern, replacement given the line and tag)
+FIELD_NAME = re.compile(
+    r"(?:[a-z_]+\.)+(?:password|passwd|pass|pwd|user|username|login|name|key|secret)|[a-z_]+(?:\.[a-z_]+){2,}"
+    r"|\w*pass(?:word|wd)\w*",
+    re.I,
+)
+
+
+def _not_password(v: str) -> bool:
+    """A placeholder or a field's name (`"ssl.key.password"`, `DB_USER = "db.user"`), not a value."""
+    return bool(PLACEHOLDER.match(v) or v.startswith("<") or FIELD_NAME.fullmatch(v))
+
+
+def _private_key(m: re.Match, tag) -> str:
+    """The key's base64 replaced by one tag, its lines, quotes and escapes kept (so is the file's
+    syntax and line count); a block without base64 (a marker constant) is left alone."""
+    first = []
+    body = BASE64_RUN.sub(lambda r: "" if first else first.append(1) or tag("KEY"), m.group(2))
+    return m.group(0) if body == m.group(2) else m.group(1) + body + m.group(3)
+
+
+# (substrings that must occur in a lowercased line, pattern, replacement given the match, its line
+# (the whole text for a detector without triggers) and tag)
 _DETECTORS = (
     (
         (
@@ -157,30 +307,24 @@ _DETECTORS = (
         SECRET_ASSIGN,
         lambda m, line, tag: _value(m, tag, "KEY", lambda v: not _gibberish(v)),
     ),
-    (("://",), URL_CREDENTIALS, lambda m, line, tag: _url_credentials(m, tag)),
+    (("://",), URL_CREDENTIALS, lambda m, line, tag: _url_credentials(m, line, tag)),
     (
         ("pass", "pwd"),
         PASSWORD_ASSIGN,
-        lambda m, line, tag: _value(m, tag, "PASSWORD", lambda v: PLACEHOLDER.match(v) or v.startswith("<")),
+        lambda m, line, tag: _value(m, tag, "PASSWORD", _not_password),
     ),
     (
         ("user", "login"),
         USER_ASSIGN,
-        lambda m, line, tag: _value(m, tag, "USERNAME", PLACEHOLDER.match),
+        lambda m, line, tag: _value(m, tag, "USERNAME", _not_password),
     ),
-    (
-        ("@",),
-        EMAIL,
-        lambda m, line, tag: (
-            m.group(0) if EXAMPLE_DOMAIN.search(m.group(1)) or m.group(0).startswith("git@") else tag("EMAIL")
-        ),
-    ),
+    (("@",), EMAIL, lambda m, line, tag: tag("EMAIL") if _email(m, line) else m.group(0)),
     ((), IPV4, lambda m, line, tag: tag("IP_ADDRESS") if _public_ip(m, line) else m.group(0)),
     (("::",), IPV6, lambda m, line, tag: tag("IP_ADDRESS") if _public_ip(m, line) else m.group(0)),
     (
         ("copyright", "(c)", "©", "author", "written by", "maintainer", "created by"),
         AUTHOR_LINE,
-        lambda m, line, tag: m.group(0) if ORG_WORDS.search(m.group(2)) else m.group(1) + tag("NAME"),
+        lambda m, line, tag: m.group(1) + tag("NAME") if _name(m, line) else m.group(0),
     ),
 )
 
@@ -208,23 +352,26 @@ def _line_spans(text: str, lower: str, triggers: tuple[str, ...]) -> list[tuple[
     return sorted(spans)
 
 
-def redact(text: str) -> Redaction:
+def redact(text: str, lang: str | None = None) -> Redaction:
     """Replace PII and secrets by their tags; `counts` says how many of each.
 
     A detector with trigger substrings runs only on the lines that hold one of them (found by one
-    literal search per trigger), which keeps the slower regexes off most of the text."""
+    literal search per trigger), which keeps the slower regexes off most of the text. No replacement
+    changes the line count (else all are undone). Given the file's language (the table's name), a
+    file that parsed before and not after gets back the lines whose replacement broke it
+    (`reverted` counts the replacements undone, `counts` leaves them out): Python by `ast.parse`,
+    languages with a tree-sitter grammar by their count of error nodes."""
     counts: Counter = Counter()
 
     def tag(name: str) -> str:
         counts[name] += 1
         return f"<{name}>"
 
+    original = text
     if "PRIVATE KEY-----" in text:
-        text = PRIVATE_KEY.sub(lambda m: m.group(1) + tag("KEY") + m.group(3), text)
+        text = PRIVATE_KEY.sub(lambda m: _private_key(m, tag), text)
     lower = None
     for triggers, pattern, replace in _DETECTORS:
-        if pattern is None:
-            continue
         if lower is None:
             lower = _lower(text)
         spans = _line_spans(text, lower, triggers) if triggers else [(0, len(text))]
@@ -240,7 +387,165 @@ def redact(text: str) -> Redaction:
         new = "".join(parts)
         if new != text:
             text, lower = new, None
-    return Redaction(text, counts)
+    if not counts:
+        return Redaction(text, counts)
+    return _guard(original, text, counts, lang)
+
+
+_TAG = re.compile(r"<(" + "|".join(TAGS) + r")>")
+
+
+def _guard(original: str, text: str, counts: Counter, lang: str | None) -> Redaction:
+    """The redaction, less the lines after which the file does not parse or has other lines."""
+    if text.count("\n") != original.count("\n"):
+        return Redaction(original, Counter(), sum(counts.values()))
+    parse = _Parse.of(lang, original) if lang else None
+    if parse is None:
+        return Redaction(text, counts)
+    before, after = original.split("\n"), text.split("\n")
+    changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    if _in_literals(lang, original, before, after, changed, parse.comment):
+        return Redaction(text, counts)  # replaced inside strings and comments only: nothing can break
+    if not parse.worse(text):
+        return Redaction(text, counts)
+    culprits = []
+    for i in changed:
+        alone = before.copy()
+        alone[i] = after[i]
+        if parse.worse("\n".join(alone)):
+            culprits.append(i)
+    kept = after.copy()
+    for i in culprits:
+        kept[i] = before[i]
+    if parse.worse("\n".join(kept)):  # replacements that break it only together: undo all
+        culprits, kept = changed, before
+    undone: Counter = Counter()
+    for i in culprits:
+        undone.update(_TAG.findall(after[i]))
+        undone.subtract(_TAG.findall(before[i]))
+    left = Counter({k: n for k, n in (counts - undone).items() if n > 0})
+    return Redaction("\n".join(kept), left, sum(n for n in undone.values() if n > 0))
+
+
+# strings and comments, found lexically (10x faster than a parse): a tag replacing text inside one
+# cannot break the file, since tags hold no quote, bracket or line end
+_PY_LITERALS = re.compile(r"#[^\n]*|(\"\"\"|''')[\s\S]*?(?<!\\)\1|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'")
+_C_LITERALS = re.compile(
+    r"//[^\n]*|/\*[\s\S]*?\*/|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'|`(?:\\.|[^`\\])*`"
+)
+_LITERALS = {
+    "Python": _PY_LITERALS,
+    **dict.fromkeys(("C", "C++", "Java", "JavaScript", "TypeScript", "C#", "Go"), _C_LITERALS),
+}
+
+
+def _changed_stretch(a: str, b: str) -> tuple[int, int]:
+    """[lo, hi) of line `a` that differs from `b` (common prefix and suffix left out)."""
+    n = min(len(a), len(b))
+    p = 0
+    while p < n and a[p] == b[p]:
+        p += 1
+    q = 0
+    while q < n - p and a[-1 - q] == b[-1 - q]:
+        q += 1
+    return p, len(a) - q
+
+
+def _inside_on_line(line: str, lo: int, hi: int, comment: str | None) -> bool:
+    """Whether [lo, hi) lies in a string that opens and closes on this line, or after a comment
+    marker outside one (quotes counted from the line start: wrong only inside a multi-line string,
+    where the stretch is text anyway)."""
+    for quote in "\"'`":
+        before = line.count(quote, 0, lo) - line.count("\\" + quote, 0, lo)
+        if before % 2 and quote in line[hi:]:
+            return True
+    if comment:
+        at = line.find(comment, 0, lo)
+        if at >= 0 and not any((line.count(q, 0, at) - line.count("\\" + q, 0, at)) % 2 for q in "\"'"):
+            return True
+    return False
+
+
+def _in_literals(
+    lang: str, original: str, before: list[str], after: list[str], changed: list[int], comment: str | None
+) -> bool:
+    """Whether every changed stretch of a line lies inside one string or comment of the original:
+    by the line alone when it can tell, else by a lexical scan of the file up to the last change."""
+    stretches = {i: _changed_stretch(before[i], after[i]) for i in changed}
+    unsure = [i for i in changed if not _inside_on_line(before[i], *stretches[i], comment)]
+    if not unsure:
+        return True
+    pattern = _LITERALS.get(lang)
+    if pattern is None:
+        return False
+    line_start = [0, *accumulate(map(len, before))]
+    last = line_start[unsure[-1]] + unsure[-1] + stretches[unsure[-1]][1]
+    spans = []
+    for m in pattern.finditer(original):
+        spans.append(m.span())
+        if m.end() >= last:
+            break
+    starts = [a for a, _ in spans]
+    for i in unsure:
+        lo, hi = (line_start[i] + i + x for x in stretches[i])
+        k = bisect_right(starts, lo) - 1
+        if k < 0 or spans[k][1] < hi:
+            return False
+    return True
+
+
+def _ts_errors(lang: str, text: str) -> int:
+    """ERROR and MISSING nodes in tree-sitter's tree."""
+    from codemill.langs import ts_parser
+
+    parser = ts_parser(lang)
+    tree = parser.parse(text.encode("utf-8"))
+    parser.reset()
+    n, stack = 0, [tree.root_node] if tree.root_node.has_error else []
+    while stack:
+        node = stack.pop()
+        if node.is_error or node.is_missing:
+            n += 1
+            continue
+        stack.extend(c for c in node.children if c.has_error or c.is_missing)
+    return n
+
+
+def _ast_parses(text: str) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escape sequences and the like
+        try:
+            ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return False
+    return True
+
+
+class _Parse:
+    """Whether a redacted text parses worse than the original: tree-sitter's error nodes grew (fast;
+    redaction runs on every kept file) and, for Python, `ast.parse` rejects it too."""
+
+    def __init__(self, lang: str, original: str, comment: str | None):
+        self.lang, self.original, self.comment = lang, original, comment
+        self._errors: int | None = None
+
+    @classmethod
+    def of(cls, lang: str, original: str) -> _Parse | None:
+        from codemill.langs import BY_NAME, ts_language
+
+        if lang not in BY_NAME or ts_language(lang) is None:
+            return None
+        return cls(lang, original, BY_NAME[lang].line_comment)
+
+    def worse(self, text: str) -> bool:
+        errors = _ts_errors(self.lang, text)
+        if errors == 0:
+            return False
+        if self._errors is None:
+            self._errors = _ts_errors(self.lang, self.original)
+        if errors <= self._errors:
+            return False
+        return not (self.lang == "Python" and _ast_parses(text))
 
 
 class SensitiveWords:
