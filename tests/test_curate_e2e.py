@@ -136,3 +136,13 @@ def test_corpus_stats_cli(corpus):
     )
     assert res.returncode == 0, res.stderr
     assert "near_duplicate" in res.stdout and "syntax / syntax_error" in res.stdout
+
+
+def test_repositories_say_why_the_score_cut_took_them_or_not(corpus):
+    out, manifest = corpus
+    repos = pq.read_table(out / "repos.parquet").to_pylist()
+    assert {"score_signals", "score_reason", "code_license"} <= set(repos[0])
+    assert all(r["score_reason"] for r in repos)
+    # directories: test files are counted in the whole tree, so that signal is always known
+    assert all("tests" in r["score_signals"].split(",") for r in repos if r["kind"] == "dir")
+    assert manifest["repositories"]["score_unranked"] == sum(r["score_signals"] == "" for r in repos)

@@ -7,6 +7,11 @@ touches the ledger. Adding a check is one class here and one line in SCAN or REF
 
 Scan checks run where repositories are read; the dedup checks apply the decisions the global dedup
 stages took; refine checks run on what survives. The stage order is these two tuples.
+
+The QUALITY checks (syntax, static analysis) are refine stages, but their verdicts are taken at scan
+(`precheck`): dedup keeps, of each cluster, a copy that will pass them, and refine applies the
+verdicts at their own stage without analysing the file again. Taken in refine instead, a cluster
+whose kept copy then failed lost every copy (36 clusters of `installed`, rich/console.py among them).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codemill.curate import filters
+from codemill.curate import filters, licenses
 from codemill.curate.config import CurateConfig
 from codemill.curate.pii import SensitiveWords, redact
 from codemill.curate.sources import RawFile, read_bytes
@@ -34,11 +39,13 @@ class Doc:
     permissive: bool = False
     raw: RawFile | None = None  # scan: where to read it
     data: bytes = b""  # scan: its bytes once read
+    read_error: str | None = None  # scan: None before the read, "" when it succeeded
     lang: str = ""
     text: str = ""
     sha256: str = ""  # of the bytes as read
     removed: tuple[str, str, str] | None = None  # refine: (stage, reason, detail) from dedup
-    defects: list[Defect] | None = None  # refine: the static analyzer's, found by the syntax check
+    defects: list[Defect] | None = None  # the static analyzer's, found by the syntax check
+    verdicts: dict[str, Drop | None] | None = None  # QUALITY verdicts taken at scan, applied in refine
     benchmark: str | None = None  # refine: the benchmark task the scan found it overlaps
     pii: int = 0
     extra: dict = field(default_factory=dict)  # counters the ledger sums (PII tags)
@@ -62,6 +69,16 @@ class Check:
 
     def check_batch(self, docs: list[Doc]) -> list[Drop | None]:
         return [self.check(d) for d in docs]
+
+    def verdicts(self, docs: list[Doc]) -> list[Drop | None]:
+        """check_batch on the files whose verdict for this stage was not taken ahead (precheck)."""
+        known = [d.verdicts.get(self.stage, _TODO) if d.verdicts else _TODO for d in docs]
+        todo = [d for d, k in zip(docs, known, strict=True) if k is _TODO]
+        fresh = iter(self.check_batch(todo) if todo else ())
+        return [next(fresh) if k is _TODO else k for k in known]
+
+
+_TODO = object()
 
 
 # -- scan -------------------------------------------------------------------------------------
@@ -88,14 +105,39 @@ class Language(Check):
 
 
 class License(Check):
+    """A file that names its own license in its head (an SPDX line or a notice) is judged by it;
+    any other by its repository's license as it reads for code (`licenses.code_license`). The
+    file's bytes are read here once for this and the file rules."""
+
     stage = "license"
 
     def check(self, doc: Doc) -> Drop | None:
+        own = self._own(doc)
+        if own is not None:
+            expression, how = own
+            doc.license = expression
+            if licenses.is_permissive(expression, self.cfg):
+                return None
+            return Drop("not_permissive", f"{expression} (file {how})", excerpt="")
         if doc.permissive:
             return None
         if doc.license:
             return Drop("not_permissive", doc.license, excerpt="")
         return Drop("unknown_license", excerpt="") if self.cfg.drop_unknown_license else None
+
+    def _own(self, doc: Doc) -> tuple[str, str] | None:
+        if doc.size > self.cfg.max_bytes:  # the file rules drop it unread
+            return None
+        data, err = read_once(doc, self.cfg.max_bytes)
+        return None if err else licenses.file_license(data, self.cfg)
+
+
+def read_once(doc: Doc, limit: int) -> tuple[bytes, str | None]:
+    """The file's bytes (at most limit + 1) or why they cannot be read, read on first use."""
+    if doc.read_error is None and not doc.data:
+        data, err = read_bytes(doc.raw, limit)
+        doc.data, doc.read_error = data or b"", err or ""
+    return doc.data, doc.read_error or None
 
 
 class FileRules(Check):
@@ -104,14 +146,15 @@ class FileRules(Check):
     def check(self, doc: Doc) -> Drop | None:
         if doc.size > self.cfg.max_bytes:
             return Drop("too_large", f"{doc.size} bytes", excerpt="")
-        data, err = read_bytes(doc.raw, self.cfg.max_bytes)
+        data, err = read_once(doc, self.cfg.max_bytes)
         if err:
             return Drop(err, excerpt="")
         doc.size = len(data)
-        text, reason = filters.check_file(doc.path, doc.lang, data, self.cfg)
+        text, reason, detail = filters.check_file(doc.path, doc.lang, data, self.cfg)
         if text is None:
-            return Drop(reason, excerpt="" if reason == "binary" else data[:2000].decode("utf-8", "replace"))
-        doc.data, doc.text = data, text
+            excerpt = "" if reason == "binary" else data[:2000].decode("utf-8", "replace")
+            return Drop(reason, detail, excerpt=excerpt)
+        doc.text = text
         return None
 
 
@@ -229,13 +272,44 @@ REFINE: tuple[type[Check], ...] = (
     Decontamination,
 )
 STAGES: tuple[str, ...] = tuple(c.stage for c in SCAN + REFINE)
+QUALITY: tuple[type[Check], ...] = (Syntax, StaticAnalysis)  # taken at scan, before dedup
+
+
+def precheck(docs: list[Doc], checks: list[Check]) -> None:
+    """Take the QUALITY checks' verdicts now and keep them on the files (`Doc.verdicts`), in stage
+    order: a file that fails one is not analysed by the next, as in run_checks."""
+    for d in docs:
+        d.verdicts = {}
+    for c in checks:
+        for d, v in zip(docs, c.check_batch(docs), strict=True):
+            d.verdicts[c.stage] = v
+        docs = [d for d in docs if d.verdicts[c.stage] is None]
+
+
+def quality_failure(doc: Doc) -> tuple[str, str, str] | None:
+    """(stage, reason, detail) of the QUALITY check the file fails, or None when it passes."""
+    for stage, v in (doc.verdicts or {}).items():
+        if v is not None:
+            return stage, v.reason, v.detail
+    return None
+
+
+def verdicts_from(failure: tuple[str, str, str] | None) -> dict[str, Drop | None]:
+    """Doc.verdicts back from quality_failure's value (as the scan table stores it)."""
+    out: dict[str, Drop | None] = {}
+    for c in QUALITY:
+        if failure and failure[0] == c.stage:
+            out[c.stage] = Drop(failure[1], failure[2])
+            break
+        out[c.stage] = None
+    return out
 
 
 def run_checks(docs: list[Doc], checks: list[Check], ledger) -> list[Doc]:
     """The files that pass every check, in order; the ledger gets every stage's counts and drops."""
     for c in checks:
         sizes = [d.size for d in docs]
-        verdicts = c.check_batch(docs)
+        verdicts = c.verdicts(docs)
         kept = []
         for d, size_in, v in zip(docs, sizes, verdicts, strict=True):
             if d.extra:

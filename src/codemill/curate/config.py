@@ -70,6 +70,7 @@ class CurateConfig(Settings):
     pii: bool = True
     # decontamination
     decontam_humaneval: bool = True
+    decontam_shipped: bool = True  # the benchmark data codemill ships: MBPP, MultiPL-E, HumanEval-infilling
     decontam_files: tuple[str, ...] = ()
     decontam_ngram: int = 13
     seed: int = 0

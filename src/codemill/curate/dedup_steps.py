@@ -2,8 +2,10 @@
 with exact dedup and an exact-Jaccard verification stage added.
 
 A file is named by its id, `scan shard << 32 | row`. Scan tasks route one signature row per file
-to an exact-dedup part by its SHA-256 (`dedup/sig/{part}/`), with its rank inputs (repository score,
-stars, repository, path). Then:
+to an exact-dedup part by its SHA-256 (`dedup/sig/{part}/`), with its rank inputs. The rank (best
+first, RANK_ORDER): a copy that passes the quality checks (their verdicts are taken at scan), then
+an upstream copy before a vendored one (`pip/_vendor/rich/console.py` gives way to
+`rich/console.py`), then repository score, stars, repository and path. Then:
 
 exact (one task per part): the repository score cut and exact dedup within the part; survivors'
     band keys go to one file per band, sorted by key (`dedup/bands/{band}/{part}.parquet`).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,9 @@ SIG_SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("score", pa.float64()),
         ("stars", pa.int64()),
+        ("scored", pa.bool_()),  # the repository has a score signal: the score cut may take it
+        ("passes", pa.bool_()),  # the file passes the quality checks (syntax, static analysis)
+        ("vendored", pa.bool_()),  # under a vendoring directory (VENDORED)
         ("repo", pa.string()),
         ("path", pa.string()),
         ("n_shingles", pa.int64()),
@@ -62,6 +68,8 @@ CLUSTER_SCHEMA = pa.schema(
 NODE_SCHEMA = pa.schema(
     [
         ("id", pa.uint64()),
+        ("passes", pa.bool_()),
+        ("vendored", pa.bool_()),
         ("score", pa.float64()),
         ("stars", pa.int64()),
         ("repo", pa.string()),
@@ -71,7 +79,16 @@ NODE_SCHEMA = pa.schema(
 BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("id", pa.uint64())])
 PAIR_SCHEMA = pa.schema([("part", pa.uint32()), ("i", pa.uint64()), ("j", pa.uint64())])
 SIMILAR_SCHEMA = pa.schema([("i", pa.uint64()), ("j", pa.uint64()), ("jaccard", pa.float64())])
-RANK_ORDER = [("score", "descending"), ("stars", "descending"), ("repo", "ascending"), ("path", "ascending")]
+RANK_ORDER = [
+    ("passes", "descending"),
+    ("vendored", "ascending"),
+    ("score", "descending"),
+    ("stars", "descending"),
+    ("repo", "ascending"),
+    ("path", "ascending"),
+]
+# directories that hold a copy of another project's code
+VENDORED = re.compile(r"(^|/)(_?vendor(ed)?|third[_-]?party(_files|_packages)?|3rdparty|externals?)/", re.I)
 ROW_GROUP = 65_536
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -89,9 +106,14 @@ def sha_part(sha256: str, cfg: CurateConfig) -> int:
     return int(sha256[:8], 16) % parts(cfg)
 
 
+def is_vendored(path: str) -> bool:
+    return VENDORED.search(path) is not None
+
+
 def is_cut(score: np.ndarray, repo: pa.Array, cut: dict | None) -> np.ndarray:
-    """Whether the score cut takes each (score, repository): at or below the boundary (score,
-    name), the last repository the cut takes (ScoreCutStep)."""
+    """Whether the score cut takes each (score, repository) of a ranked repository: at or below the
+    boundary (score, name), the last repository the cut takes (ScoreCutStep). Callers leave out
+    the repositories without a score signal."""
     if not cut:
         return np.zeros(len(score), bool)
     le_name = pc.less_equal(repo, cut["repo"]).to_numpy(zero_copy_only=False)
@@ -154,7 +176,8 @@ class ExactStep(_Step):
     def task(self, rank: int) -> None:
         t = read_part(self.dir / "sig" / f"{rank:05d}", SIG_SCHEMA)
         score = t.column("score").to_numpy()
-        cut = is_cut(score, t.column("repo"), json.loads((self.dir / "cut.json").read_text()))
+        boundary = json.loads((self.dir / "cut.json").read_text())
+        cut = t.column("scored").to_numpy(zero_copy_only=False) & is_cut(score, t.column("repo"), boundary)
         gone = [_removed(t.column("id").filter(cut), "repo_score", ["low_repo_score"] * int(cut.sum()),
                          [f"score {s:.3f}" for s in score[cut]])]  # fmt: skip
         t = t.filter(~cut)
@@ -236,7 +259,7 @@ class VerifyStep(_Step):
         files = sorted((self.dir / "pairs").glob("*.parquet"))
         got = read_tables(files, PAIR_SCHEMA, columns=["i", "j"], filters=[("part", "=", rank)])
         pairs = np.unique(np.stack([got.column("i").to_numpy(), got.column("j").to_numpy()], axis=1), axis=0)
-        nodes = _read_rows(self.work, np.unique(pairs), ["repo", "path", "content"])
+        nodes = _read_rows(self.work, np.unique(pairs), ["repo", "path", "content", "quality_stage"])
         sets = minhash.shingle_sets(nodes.column("content").to_pylist(), self.cfg.ngram)
         shingles = dict(zip(nodes.column("id").to_pylist(), sets, strict=True))
         sims = np.array([minhash.jaccard(shingles[i], shingles[j]) for i, j in pairs.tolist()])
@@ -278,6 +301,7 @@ def _with_rank_inputs(work: Path, t: pa.Table) -> pa.Table:
     """Add each file's repository score and stars, from the scan shard that read its repository."""
     shard, _ = split_id(t.column("id").to_numpy())
     score, stars = np.zeros(t.num_rows), np.zeros(t.num_rows, np.int64)
+    paths = t.column("path").to_pylist()
     for s in np.unique(shard):
         repos = pq.read_table(work / "scan" / f"repos-{s:05d}.parquet", columns=["repo", "score", "stars"])
         mine = np.flatnonzero(shard == s)
@@ -287,6 +311,8 @@ def _with_rank_inputs(work: Path, t: pa.Table) -> pa.Table:
     return pa.table(
         {
             "id": t.column("id"),
+            "passes": pc.is_null(t.column("quality_stage")),
+            "vendored": [is_vendored(p) for p in paths],
             "score": score,
             "stars": stars,
             "repo": t.column("repo"),
@@ -344,26 +370,48 @@ class ClusterStep(_Step):
 
 
 class ScoreCutStep(_Step):
-    """The last repository the score cut takes (one task): the lowest-scored fraction of the
-    repositories with kept files, ties broken by name. One (score, name) pair is all the exact
-    stage needs to apply the cut, whatever the number of repositories."""
+    """The last repository the score cut takes (one task). The paper drops the lowest-ranked
+    fraction of the repositories; here it is the lowest fraction of the ranked ones (with kept
+    files and at least one score signal: a repository whose stars, commits and test files are all
+    unknown has no rank, and is never cut), and a tie is never split: the repositories with the
+    boundary score stay together, kept when the cut would end inside them (the cut is for
+    low-quality repositories; the tie-break was by name, arbitrary). One (score, name) pair is all
+    the exact stage needs to apply the cut, whatever the number of repositories; score.json says
+    how it was reached, for repos.parquet's score_reason."""
 
     name = "score"
 
     def task(self, rank: int) -> None:
-        atomic_json(self.dir / "cut.json", score_boundary(self.work, self.cfg))
+        info: dict = {}
+        atomic_json(self.dir / "cut.json", score_boundary(self.work, self.cfg, info))
+        atomic_json(self.dir / "score.json", info)
 
 
-def score_boundary(work: Path, cfg: CurateConfig) -> dict | None:
+def score_boundary(work: Path, cfg: CurateConfig, info: dict | None = None) -> dict | None:
+    """The boundary (score, name): the cut takes the ranked repositories at or below it. `info`
+    gets the counts behind it and the score of a tie kept whole."""
     paths = sorted((work / "scan").glob("repos-*.parquet"))
-    t = pa.concat_tables([pq.read_table(p, columns=["repo", "score", "kept"]) for p in paths])
-    t = t.filter(pc.greater(t.column("kept"), 0))
+    tables = []
+    for p in paths:
+        t = pq.read_table(p)
+        if "score_signals" not in t.column_names:  # written before signals were recorded: all ranked
+            t = t.append_column("score_signals", pa.array(["?"] * t.num_rows, pa.string()))
+        tables.append(t.select(["repo", "score", "kept", "score_signals"]))
+    t = pa.concat_tables(tables)
+    t = t.filter(pc.and_(pc.greater(t.column("kept"), 0), pc.not_equal(t.column("score_signals"), "")))
     n_cut = math.floor(cfg.drop_lowest_fraction * t.num_rows)
-    boundary = None
-    if n_cut:
-        scores = t.column("score").to_numpy()
-        s = np.partition(scores, n_cut - 1)[n_cut - 1]
-        below = int((scores < s).sum())
-        ties = sorted(t.filter(pc.equal(t.column("score"), s)).column("repo").to_pylist())
-        boundary = {"score": float(s), "repo": ties[n_cut - below - 1]}
-    return boundary
+    info = {} if info is None else info
+    info.update(ranked=t.num_rows, fraction=cfg.drop_lowest_fraction, n_cut=n_cut, tie_kept=None, cut=0)
+    if not n_cut:
+        return None
+    scores = t.column("score").to_numpy()
+    s = np.partition(scores, n_cut - 1)[n_cut - 1]
+    if int((scores <= s).sum()) > n_cut:  # the cut ends inside a tie: keep the tie whole
+        info["tie_kept"] = float(s)
+        below = scores[scores < s]
+        if not len(below):
+            return None
+        s = below.max()
+    info["cut"] = int((scores <= s).sum())
+    ties = t.filter(pc.equal(t.column("score"), s)).column("repo").to_pylist()
+    return {"score": float(s), "repo": max(ties)}

@@ -1,9 +1,18 @@
-"""Repository licenses: read from metadata first, else classify license files with ScanCode.
+"""Licenses: a repository's from metadata first, else its license files classified with ScanCode;
+a file's own from its head.
 
 The permissive list is data (`data/licenses.json`): the Blue Oak Council list by tier and The Stack's
 list, each with its source and date. ScanCode is the well-kept classifier; its index loads once per
 process (about 5 s) and only when a repository has no usable metadata, and verdicts are cached by
 the SHA-256 of the license text.
+
+A file decides for itself when its head says so (`file_license`): an `SPDX-License-Identifier:`
+line, else license notices (Apache's "Licensed under the Apache License, Version 2.0", MIT's
+"Permission is hereby granted, free of charge", BSD's "Redistribution and use in source and binary
+forms", the GPL's, ...). Otherwise the repository's expression applies, read for code
+(`code_license`): the data and font licenses of an AND cover the data and fonts a package bundles
+(ScanCode's `Apache-2.0 AND CC-BY-4.0`: its license texts), and a ScanCode reference that is an
+SPDX license plus a note reads as that license (`LicenseRef-scancode-protobuf`: BSD-3-Clause).
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 from license_expression import ExpressionError, LicenseSymbol, get_spdx_licensing
@@ -71,16 +80,34 @@ _NAMES = {
     "boost software license 1.0 (bsl-1.0)": "BSL-1.0",
     "universal permissive license (upl)": "UPL-1.0",
     "the unlicense": "Unlicense",
+    "3-clause bsd license": "BSD-3-Clause",  # protobuf's License field
+    "bsd 3-clause license": "BSD-3-Clause",
+    "bsd 3 clause": "BSD-3-Clause",
+    "modified bsd": "BSD-3-Clause",
+    "2-clause bsd license": "BSD-2-Clause",
+    "bsd 2 clause": "BSD-2-Clause",
+    "apache 2.0 license": "Apache-2.0",
+    "apache license version 2.0": "Apache-2.0",
+    "apache2": "Apache-2.0",
+    "apache2.0": "Apache-2.0",
+    "the mit license": "MIT",
+    "isc": "ISC",
 }
 
 
 @cache
+def _data() -> dict:
+    return json.loads(resources.files("codemill.curate").joinpath("data/licenses.json").read_text())
+
+
+@cache
 def permissive_ids(tiers: tuple[str, ...], stack_list: bool) -> frozenset[str]:
-    data = json.loads(resources.files("codemill.curate").joinpath("data/licenses.json").read_text())
+    data = _data()
     ids = {i for t in tiers for i in data["blueoak"]["tiers"].get(t, [])}
     if stack_list:
         removed = set(data["stack"]["weak_copyleft_removed_in_v1_1"])
         ids |= set(data["stack"]["permissive"]) - removed
+    ids |= set(data["code_reading"]["public_domain"]["ids"])
     return frozenset(i.lower() for i in ids)
 
 
@@ -97,7 +124,8 @@ def normalize(text: str | None) -> str | None:
     text = text.strip()
     if "\n" in text or len(text) > 200:  # a whole license text in the License field
         return classify_text(text)
-    name = _NAMES.get(text.lower().rstrip("."))
+    key = text.lower().rstrip(".")
+    name = _NAMES.get(key) or _NAMES.get(key.removesuffix(" license"))
     if name:
         return name
     try:
@@ -121,7 +149,13 @@ def is_permissive(expression: str | None, cfg: CurateConfig) -> bool:
     """OR: any branch permissive; AND: every part; WITH: the base license decides."""
     if not expression:
         return False
-    allowed = permissive_ids(tuple(cfg.blueoak_tiers), cfg.stack_list)
+    return _permissive(expression, tuple(cfg.blueoak_tiers), cfg.stack_list)
+
+
+@lru_cache(maxsize=4096)
+def _permissive(expression: str, tiers: tuple[str, ...], stack_list: bool) -> bool:
+    """is_permissive, kept per expression: files ask it for a few expressions again and again."""
+    allowed = permissive_ids(tiers, stack_list)
     try:
         expr = _licensing().parse(expression, validate=False)
     except ExpressionError:
@@ -140,6 +174,128 @@ def is_permissive(expression: str | None, cfg: CurateConfig) -> bool:
 
     return ok(expr)
 
+
+# -- reading an expression for code ---------------------------------------------------------
+
+
+def code_license(expression: str | None) -> str | None:
+    """The expression as it applies to code files: content-only licenses (data/licenses.json
+    `code_reading`) left out of an AND where something else remains, and ScanCode references that
+    are an SPDX license plus a note replaced by that license. `MIT AND CC-BY-4.0` -> `MIT`;
+    `CC-BY-4.0` alone stays (nothing says which license the code has)."""
+    if not expression:
+        return expression
+    reading = _data()["code_reading"]
+    content = {i.lower() for i in reading["content_only"]["ids"]}
+    try:
+        expr = _licensing().parse(expression, validate=False)
+    except ExpressionError:
+        return expression
+
+    def key(node) -> str:
+        return getattr(getattr(node, "license_symbol", node), "key", "").lower()
+
+    def read(node, top: bool = False) -> str:
+        name = type(node).__name__
+        if name not in ("AND", "OR"):
+            return code_equivalent(str(node)) or str(node)
+        args = list(node.args)
+        if name == "AND" and any(key(a) not in content for a in args):
+            args = [a for a in args if key(a) not in content]
+        text = f" {name} ".join(read(a) for a in args)
+        return text if top or len(args) == 1 else f"({text})"
+
+    return read(expr, top=True)
+
+
+def code_equivalent(expression: str | None) -> str | None:
+    """A ScanCode reference that is an SPDX license plus a note, as that license (protobuf's)."""
+    table = _data()["code_reading"]["scancode_equivalents"]["map"]
+    return table.get(expression, expression) if expression else expression
+
+
+# -- a file's own license ---------------------------------------------------------------------
+
+HEAD_BYTES = 4096  # where an SPDX line is looked for
+NOTICE_BYTES = 2048  # where a notice is: a header's first sentences
+SPDX_LINE = re.compile(rb"SPDX-License-Identifier:[ \t]*([^\n\r]+)")
+_SPDX_TAIL = re.compile(r"""\s*(\*/|-->|\*\)|"{3}|'{3}|[;,"'])*\s*$""")
+# on the head lowercased, comment characters and line breaks collapsed to single spaces
+_NOTICES: tuple[tuple[re.Pattern, str], ...] = tuple(
+    (re.compile(p), spdx)
+    for p, spdx in (
+        (r"under the apache license,? version 2\.0", "Apache-2.0"),
+        (r"permission is hereby granted, free of charge, to any person obtaining a copy", "MIT"),
+        (r"(licensed|released|distributed) under the (terms of the )?mit licen[cs]e", "MIT"),
+        (r"governed by an mit-style license", "MIT"),
+        (r"redistribution and use in source and binary forms, with or without modification, are permitted", "BSD"),
+        (r"governed by a bsd-style license", "BSD-3-Clause"),
+        (r"permission to use, copy, modify, and(/or)? distribute this software for any purpose with or without fee", "ISC"),
+        (r"subject to the terms of the mozilla public license,? v(ersion)?\.? ?2\.0", "MPL-2.0"),
+        (r"gnu affero general public license", "AGPL"),
+        (r"gnu (lesser|library) general public license", "LGPL"),
+        (r"(terms|under) of the gnu general public license|gnu general public license as published", "GPL"),
+    )
+)  # fmt: skip
+# pieces every notice above holds, short enough that no line break splits them: a head without any
+# is not read further (most files)
+_NOTICE_HINT = (
+    b"icensed",
+    b"ermission is hereby",
+    b"ermission to use",
+    b"edistribution",
+    b"overned by",
+    b"GNU",
+    b"Mozilla",
+)
+_ANY_NOTICE = re.compile("|".join(f"(?:{p.pattern})" for p, _ in _NOTICES))
+_COMMENT = re.compile(r"[#*/;!]+|--|\"\"\"")
+_GNU_VERSION = re.compile(r"version (\d)(\.\d)?( of the license)?(,? or \(at your option\) any later)?")
+
+
+def file_license(data: bytes, cfg: CurateConfig) -> tuple[str, str] | None:
+    """(expression, how it was found: "spdx" or "notice") when the file's head names its own
+    license, else None.
+
+    An SPDX line decides. Else the notices found decide when they agree on being permissive or not:
+    a head with both an MIT and a GPL notice is a dual license or a note about a part, and the
+    repository's license decides then."""
+    head = data[:HEAD_BYTES]
+    m = SPDX_LINE.search(head) if b"SPDX-License-Identifier" in head else None
+    if m:
+        value = _SPDX_TAIL.sub("", m.group(1).decode("utf-8", "replace")).strip()
+        if value:
+            return value, "spdx"
+    head = head[:NOTICE_BYTES]
+    if not any(h in head for h in _NOTICE_HINT):
+        return None
+    text = " ".join(_COMMENT.sub(" ", head.decode("utf-8", "replace")).lower().split())
+    if not _ANY_NOTICE.search(text):
+        return None
+    found = []
+    for pattern, name in _NOTICES:
+        hit = pattern.search(text)
+        if hit:
+            found.append(_notice_id(name, text, hit.end()))
+    found = list(dict.fromkeys(found))
+    if not found or len({_permissive(f, tuple(cfg.blueoak_tiers), cfg.stack_list) for f in found}) > 1:
+        return None
+    return " AND ".join(found), "notice"
+
+
+def _notice_id(name: str, text: str, end: int) -> str:
+    if name == "BSD":
+        return "BSD-3-Clause" if "neither the name" in text else "BSD-2-Clause"
+    if name not in ("GPL", "LGPL", "AGPL"):
+        return name
+    m = _GNU_VERSION.search(text, end, end + 300)
+    if m is None:
+        return {"GPL": "GPL-2.0-or-later", "LGPL": "LGPL-2.1-or-later", "AGPL": "AGPL-3.0-or-later"}[name]
+    version = m.group(1) + (m.group(2) or (".1" if name == "LGPL" and m.group(1) == "2" else ".0"))
+    return f"{name}-{version}-{'or-later' if m.group(4) else 'only'}"
+
+
+# -- license texts ----------------------------------------------------------------------------
 
 _TEXT_CACHE: dict[str, str | None] = {}
 
@@ -163,4 +319,4 @@ def _scancode_classify(text: str) -> str | None:
     if not coverage:
         return None
     best = max(sorted(coverage), key=coverage.get)
-    return build_spdx_license_expression(best)
+    return code_equivalent(build_spdx_license_expression(best))

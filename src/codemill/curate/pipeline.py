@@ -254,11 +254,12 @@ def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, tim
     )
     repo_tables = sorted((work / "refine").glob("repos-*.parquet"))
     n_repos = _concat(repo_tables, out / "repos.parquet")
-    counts = {"not_permissive": 0, "score_cut": 0, "with_kept_files": 0}
+    counts = {"not_permissive": 0, "score_cut": 0, "score_unranked": 0, "with_kept_files": 0}
     for p in repo_tables:
-        t = pq.read_table(p, columns=["permissive", "score_cut", "kept_files"])
+        t = pq.read_table(p, columns=["permissive", "score_cut", "score_signals", "kept_files"])
         counts["not_permissive"] += pc.sum(pc.invert(t.column("permissive"))).as_py() or 0
         counts["score_cut"] += pc.sum(t.column("score_cut")).as_py() or 0
+        counts["score_unranked"] += pc.sum(pc.equal(t.column("score_signals"), "")).as_py() or 0
         counts["with_kept_files"] += pc.sum(pc.greater(t.column("kept_files"), 0)).as_py() or 0
     last = stages[STAGES[-1]]
     manifest = {

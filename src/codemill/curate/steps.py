@@ -1,7 +1,8 @@
 """The stages that read and write files, as datatrove pipeline steps; dedup_steps.py has the rest.
 
-scan (one task per slice of repositories): the scan checks, MinHash signatures, a signature row per
-    file routed to its exact-dedup part, and one row per repository with its score.
+scan (one task per slice of repositories): the scan checks, the quality checks' verdicts (applied
+    in refine; dedup ranks by them), MinHash signatures, a signature row per file routed to its
+    exact-dedup part, and one row per repository with its score and the signals it rests on.
 refine (one task per scan shard): applies the dedup decisions, runs the refine checks and writes the
     corpus shard and its repositories' rows.
 
@@ -24,10 +25,19 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from codemill.curate import licenses, minhash
-from codemill.curate.checks import REFINE, SCAN, Doc, run_checks
+from codemill.curate.checks import (
+    QUALITY,
+    REFINE,
+    SCAN,
+    Doc,
+    precheck,
+    quality_failure,
+    run_checks,
+    verdicts_from,
+)
 from codemill.curate.config import CurateConfig
 from codemill.curate.decontam import Decontaminator
-from codemill.curate.dedup_steps import SIG_SCHEMA, is_cut, sha_part
+from codemill.curate.dedup_steps import SIG_SCHEMA, is_cut, is_vendored, sha_part
 from codemill.curate.io import BATCH, PartitionWriter, Progress, ShardWriter, atomic_parquet
 from codemill.curate.ledger import Ledger
 from codemill.curate.sources import Unit, repositories
@@ -46,11 +56,16 @@ SCAN_SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("license", pa.string()),
         ("benchmark", pa.string()),  # the benchmark task it overlaps, applied by the decontamination stage
+        # the QUALITY check it fails (null: passes), taken at scan, applied in refine
+        ("quality_stage", pa.string()),
+        ("quality_reason", pa.string()),
+        ("quality_detail", pa.string()),
     ]
 )
+SCAN_ONLY = ("benchmark", "quality_stage", "quality_reason", "quality_detail")
 CORPUS_SCHEMA = pa.schema(
     [
-        *(f for f in SCAN_SCHEMA if f.name != "benchmark"),
+        *(f for f in SCAN_SCHEMA if f.name not in SCAN_ONLY),
         ("repo_score", pa.float64()),
         ("pii", pa.int64()),
     ]
@@ -62,6 +77,7 @@ REPO_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("license", pa.string()),
         ("license_source", pa.string()),
+        ("code_license", pa.string()),  # the license as it reads for code (licenses.code_license)
         ("permissive", pa.bool_()),
         ("stars", pa.int64()),
         ("commits", pa.int64()),
@@ -70,8 +86,10 @@ REPO_SCHEMA = pa.schema(
         ("test_files", pa.int64()),
         ("kept", pa.int64()),
         ("score", pa.float64()),
+        ("score_signals", pa.string()),  # the signals the score rests on: stars, commits, tests
     ]
 )
+SIGNALS = ("stars", "commits", "tests")
 
 
 def repo_score(stars: int | None, commits: int | None, test_files: int, cfg: CurateConfig) -> float:
@@ -83,6 +101,19 @@ def repo_score(stars: int | None, commits: int | None, test_files: int, cfg: Cur
     )
 
 
+def score_signals(stars: int | None, commits: int | None, test_files: int, kind: str) -> list[str]:
+    """The signals known for a repository. Stars and commits are known when the source gives them;
+    test files are counted in a whole repository, but an installed distribution or the standard
+    library ships its tests or not at the packager's choice, so there none found is not a zero.
+    A repository with no signal is not ranked: the score cut never takes it (ScoreCutStep)."""
+    known = {
+        "stars": stars is not None,
+        "commits": commits is not None,
+        "tests": test_files > 0 or kind not in ("dist", "stdlib"),
+    }
+    return [s for s in SIGNALS if known[s]]
+
+
 class ScanStep(PipelineStep):
     name = "scan"
     type = "codemill"
@@ -90,32 +121,40 @@ class ScanStep(PipelineStep):
     def __init__(self, units: list[Unit], cfg: CurateConfig, work: str):
         super().__init__()
         self.units, self.cfg, self.work = units, cfg, Path(work)
+        # built once here and sent to the tasks with the step: reading every benchmark takes ~0.5 s
+        self.decont = Decontaminator(
+            cfg.decontam_ngram, cfg.decontam_humaneval, cfg.decontam_files, cfg.decontam_shipped
+        )
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         cfg, out = self.cfg, self.work / "scan"
         out.mkdir(parents=True, exist_ok=True)
         ledger, progress = Ledger(out, rank), Progress(self.work / "progress", "scan", rank)
         checks = [c(cfg) for c in SCAN]
+        quality = [c(cfg) for c in QUALITY]
         perms = minhash.permutations(cfg.num_perm, cfg.seed)
-        self.decont = Decontaminator(cfg.decontam_ngram, cfg.decontam_humaneval, cfg.decontam_files)
         writer = ShardWriter(out / f"files-{rank:05d}.parquet", SCAN_SCHEMA)
         sigs = PartitionWriter(self.work / "dedup" / "sig", f"{rank:05d}", SIG_SCHEMA, cfg.buffer_mb << 20)
         repos = []
         for unit in self.units[rank::world_size]:
             for meta, files in repositories(unit, cfg):
-                permissive = licenses.is_permissive(meta.license, cfg)
+                code_license = licenses.code_license(meta.license)
+                permissive = licenses.is_permissive(code_license, cfg)
                 stats = {"files": 0, "bytes": 0, "test_files": 0, "kept": 0}
                 sig_rows = []
                 files = iter(files)
                 while batch := list(itertools.islice(files, BATCH)):
-                    docs = [Doc(meta.name, f.path, f.size, meta.license, permissive, raw=f) for f in batch]
+                    docs = [Doc(meta.name, f.path, f.size, code_license, permissive, raw=f) for f in batch]
                     stats["files"] += len(docs)
                     stats["bytes"] += sum(f.size for f in batch)
                     stats["test_files"] += sum(bool(TEST_PATH.search(f.path)) for f in batch)
-                    sig_rows += self._write(run_checks(docs, checks, ledger), rank, writer, perms)
+                    kept = run_checks(docs, checks, ledger)
+                    precheck(kept, quality)
+                    sig_rows += self._write(kept, rank, writer, perms)
                 stats["kept"] = len(sig_rows)
                 score = repo_score(meta.stars, meta.commits, stats["test_files"], cfg)
-                self._route(sigs, sig_rows, score, meta.stars or 0)
+                signals = score_signals(meta.stars, meta.commits, stats["test_files"], unit.kind)
+                self._route(sigs, sig_rows, score, meta.stars or 0, bool(signals))
                 repos.append(
                     {
                         "repo": meta.name,
@@ -123,11 +162,13 @@ class ScanStep(PipelineStep):
                         "source": meta.source,
                         "license": meta.license,
                         "license_source": meta.license_source,
+                        "code_license": code_license,
                         "permissive": permissive,
                         "stars": meta.stars,
                         "commits": meta.commits,
                         **stats,
                         "score": score,
+                        "score_signals": ",".join(signals),
                     }
                 )
             progress.advance()
@@ -152,18 +193,25 @@ class ScanStep(PipelineStep):
             for k, d in enumerate(group):
                 sha = hashlib.sha256(d.data).hexdigest()
                 sig = {"id": rank << 32 | writer.n, "sha256": sha, "repo": d.repo, "path": d.path}
+                failure = quality_failure(d)
+                stage, reason, detail = failure or (None, None, None)
                 writer.add(
                     {"repo": d.repo, "path": d.path, "lang": d.lang, "content": d.text, "size": d.size}
                     | {"sha256": sha, "license": d.license, "benchmark": tasks[k]}
+                    | {"quality_stage": stage, "quality_reason": reason, "quality_detail": detail}
                 )
-                rows.append(sig | {"n_shingles": int(sb[k + 1] - sb[k]), "bands": bands[k]})
+                rows.append(
+                    sig
+                    | {"n_shingles": int(sb[k + 1] - sb[k]), "bands": bands[k]}
+                    | {"passes": failure is None, "vendored": is_vendored(d.path)}
+                )
         return rows
 
-    def _route(self, sigs: PartitionWriter, rows: list[dict], score: float, stars: int) -> None:
+    def _route(self, sigs: PartitionWriter, rows: list[dict], score: float, stars: int, scored: bool) -> None:
         by_part: dict[int, list[dict]] = {}
         for r in rows:
             by_part.setdefault(sha_part(r["sha256"], self.cfg), []).append(
-                r | {"score": score, "stars": stars}
+                r | {"score": score, "stars": stars, "scored": scored}
             )
         for part, rs in by_part.items():
             sigs.add(part, pa.Table.from_pylist(rs, schema=SIG_SCHEMA))
@@ -195,6 +243,8 @@ class RefineStep(PipelineStep):
             for r in batch.to_pylist():
                 d = Doc(r["repo"], r["path"], r["size"], r["license"], lang=r["lang"], text=r["content"])
                 d.sha256, d.removed, d.benchmark = r["sha256"], removed.get(row), r["benchmark"]
+                stage = r["quality_stage"]
+                d.verdicts = verdicts_from(stage and (stage, r["quality_reason"], r["quality_detail"]))
                 docs.append(d)
                 row += 1
             for d in run_checks(docs, checks, ledger):
@@ -223,13 +273,48 @@ class RefineStep(PipelineStep):
         return out
 
     def _repos(self, repos: pa.Table, kept: dict[str, int]) -> pa.Table:
-        """This shard's repositories as repos.parquet has them."""
+        """This shard's repositories as repos.parquet has them, with why the score cut took each
+        or not."""
         cut = json.loads((self.work / "dedup" / "cut.json").read_text())
+        info = json.loads((self.work / "dedup" / "score.json").read_text())
         has_files = pc.greater(repos.column("kept"), 0).to_numpy(zero_copy_only=False)
-        taken = has_files & is_cut(repos.column("score").to_numpy(), repos.column("repo"), cut)
+        scored = pc.not_equal(repos.column("score_signals"), "").to_numpy(zero_copy_only=False)
+        taken = has_files & scored & is_cut(repos.column("score").to_numpy(), repos.column("repo"), cut)
         names = repos.column("repo").to_pylist()
+        reasons = [
+            score_reason(score, signals, files, cut_, cut, info)
+            for score, signals, files, cut_ in zip(
+                repos.column("score").to_pylist(),
+                repos.column("score_signals").to_pylist(),
+                has_files.tolist(),
+                taken.tolist(),
+                strict=True,
+            )
+        ]
         return (
             repos.drop_columns(["kept"])
             .append_column("score_cut", pa.array(taken, pa.bool_()))
+            .append_column("score_reason", pa.array(reasons, pa.string()))
             .append_column("kept_files", pa.array([kept.get(n, 0) for n in names], pa.int64()))
         )
+
+
+def score_reason(
+    score: float, signals: str, has_files: bool, taken: bool, cut: dict | None, info: dict
+) -> str:
+    """Why the score cut took a repository or left it (repos.parquet's score_reason)."""
+    missing = [s for s in SIGNALS if s not in signals.split(",")]
+    if not has_files:
+        return "not ranked: no file passed the scan"
+    if not signals:
+        return f"not ranked: no signal ({', '.join(missing)} unknown); the cut never takes it"
+    among = f"the lowest {info['fraction']:.0%} of {info['ranked']} ranked repositories"
+    gaps = f"; {', '.join(missing)} unknown" if missing else ""
+    if taken:
+        return f"cut: score {score:.3f} is in {among} (boundary {cut['score']:.3f}){gaps}"
+    tie = info.get("tie_kept")
+    if tie is not None and score == tie:
+        return f"kept: tied at {score:.3f} where {among} ends; a tie is never split{gaps}"
+    if cut is None and tie is None:
+        return f"kept: {among} is less than one repository{gaps}"
+    return f"kept: score {score:.3f} above {among}{gaps}"
