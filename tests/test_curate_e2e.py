@@ -42,7 +42,7 @@ def test_every_planted_case_is_dropped_for_its_reason(corpus):
         ("alpha", "notes.md"): ("language", "not_code:prose"),
         ("alpha", "contaminated.py"): ("decontamination", "benchmark_overlap"),
         ("alpha", "secret.py"): ("sensitive_words", "sensitive_word"),
-        ("alpha", "bug.py"): ("static_analysis", "bug:F821"),
+        ("alpha", "bug.py"): ("static_analysis", "bug:F701"),
         ("alpha", "fifo.py"): ("read", "not_regular"),
         ("alpha", "loop1.py"): ("read", "symlink_loop"),
         ("alpha", "huge.py"): ("file_rules", "too_large"),

@@ -142,7 +142,7 @@ def test_static_analysis_and_syntax():
     found = Ruff(("blocker", "critical")).analyze(
         [("a.py", stdlib("textwrap.py")), ("b.py", "def f():\n    return nope\n")]
     )
-    assert found[0] == [] and found[1][0].rule == "F821" and found[1][0].severity == "blocker"
+    assert found[0] == [] and found[1][0].rule == "F821" and found[1][0].severity == "info"  # recorded, not dropped
     assert check_syntax("Python", "a.py", stdlib("textwrap.py"), 2.0) is None
     assert check_syntax("Python", "a.py", "def f(:\n", 2.0) == "syntax_error"
     assert check_syntax("Java", "A.java", "class A { void f() { int x = ; } }", 2.0) == "syntax_error"
@@ -161,7 +161,7 @@ def test_syntax_check_parses_python_once_with_ruff_and_asks_tree_sitter_what_ruf
         "star.py": "def f(a):\n    return *a, *[None] * 3\n",  # Python 3.8; tree-sitter-python rejects it
         "py2.py": 'print "hello"\n',  # ruff rejects it, tree-sitter accepts: kept as before
         "broken.py": "def f(:\n    pass\n",
-        "bug.py": "def f():\n    return nope\n",
+        "bug.py": "def f():\n    return nope\n\n\nbreak\n",
         "A.java": "class A { void f() { int x = ; } }",
     }
     assert check_syntax("Python", "star.py", texts["star.py"], 2.0) == "syntax_error"
@@ -174,7 +174,7 @@ def test_syntax_check_parses_python_once_with_ruff_and_asks_tree_sitter_what_ruf
     assert verdicts["broken.py"].reason == "syntax_error"
     # the defects the syntax check found are the static analysis stage's input
     static = dict(zip(texts, StaticAnalysis(cfg).check_batch(docs), strict=True))
-    assert {p for p, v in static.items() if v} == {"bug.py"} and static["bug.py"].reason == "bug:F821"
+    assert {p for p, v in static.items() if v} == {"bug.py"} and static["bug.py"].reason == "bug:F701"
     no_static = CurateConfig(static_analysis=False)
     docs = [Doc("r", p, len(t), lang="Python", text=t) for p, t in texts.items() if p.endswith(".py")]
     assert [v.reason for v in Syntax(no_static).check_batch(docs) if v] == ["syntax_error"]
