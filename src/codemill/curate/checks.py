@@ -155,6 +155,7 @@ class FileRules(Check):
             excerpt = "" if reason == "binary" else data[:2000].decode("utf-8", "replace")
             return Drop(reason, detail, excerpt=excerpt)
         doc.text = text
+        doc.lang = detect(doc.path, text).name  # a `.h` header is C, C++ or Objective-C by its content
         return None
 
 
@@ -203,7 +204,9 @@ class Syntax(Check):
     def check(self, doc: Doc) -> Drop | None:
         if doc.defects is not None and not any(x.rule == SYNTAX_RULE for x in doc.defects):
             return None
-        reason = check_syntax(doc.lang, doc.path, doc.text, self.cfg.parse_timeout_s)
+        reason = check_syntax(
+            doc.lang, doc.path, doc.text, self.cfg.parse_timeout_s, self.cfg.syntax_max_error_share
+        )
         return Drop(reason) if reason else None
 
 
@@ -241,7 +244,9 @@ class Pii(Check):
 
     def check(self, doc: Doc) -> Drop | None:
         if self.cfg.pii:
-            red = redact(doc.text)
+            red = redact(doc.text, doc.lang)
+            if red.reverted:  # replacements that would have broken the file's parse: undone, counted
+                doc.extra["pii:reverted"] = red.reverted
             if red.counts:
                 doc.text = red.text
                 doc.size = len(red.text.encode("utf-8"))

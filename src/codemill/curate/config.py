@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codemill.config import Settings
+from codemill.config import Settings, at_least, fraction, positive
+from codemill.curate.syntax import MAX_ERROR_SHARE
 
 
 @dataclass
 class CurateConfig(Settings):
     section = "curate"
     # execution
-    tasks: int = 4
-    workers: int = 2
+    tasks: int = positive(4)
+    workers: int = positive(2)
     # per-task working sets; task counts follow the input's size so these stay fixed as it grows
     bucket_mb: int = 64  # tables: uncompressed MB per shuffle bucket (a scan task holds one)
     buffer_mb: int = 128  # rows a shuffle or scan task buffers before writing its partitions
-    part_files: int = 1_000_000  # files per dedup part (exact and verify tasks; bucket ranges)
-    dedup_tasks: int = 0  # 0: max(tasks, files in the tables / part_files)
+    part_files: int = positive(1_000_000)  # files per dedup part (exact and verify tasks; bucket ranges)
+    dedup_tasks: int = at_least(0, 0)  # 0: max(tasks, files in the tables / part_files)
     # sources: column names of The Stack-style tables
     columns: dict[str, str] = field(
         default_factory=lambda: {
@@ -38,7 +39,7 @@ class CurateConfig(Settings):
     score_weights: dict[str, float] = field(
         default_factory=lambda: {"stars": 1.0, "commits": 0.5, "tests": 1.0}
     )
-    drop_lowest_fraction: float = 0.10
+    drop_lowest_fraction: float = fraction(0.10)
     # file rules
     max_bytes: int = 1_000_000
     max_lines: int = 10_000
@@ -51,10 +52,13 @@ class CurateConfig(Settings):
     bands: int = 21
     rows: int = 12
     ngram: int = 5
-    threshold: float = 0.85
+    threshold: float = fraction(0.85)
     max_bucket_pairs: int = 64  # a bucket larger than this links members to a few heads only
     # syntax
     parse_timeout_s: float = 2.0
+    # C/C++: the share of a file's bytes under ERROR nodes above which it fails (macros make a few);
+    # None reads "fails to parse" literally, as for the other languages (syntax.py, docs/design.md)
+    syntax_max_error_share: float | None = MAX_ERROR_SHARE
     # static analysis
     static_analysis: bool = True
     drop_severities: tuple[str, ...] = ("blocker", "critical")
