@@ -93,7 +93,9 @@ def repos(tmp_path_factory) -> Path:
     (a / "notes.md").write_text("# Notes\n\nSome prose.\n")
     (a / "contaminated.py").write_text(_humaneval_prompt() + "    return False\n")
     (a / "secret.py").write_text("# CONFIDENTIAL AND PROPRIETARY\nimport os\nx = os.getcwd()\n")
-    (a / "bug.py").write_text("def f():\n    return undefined_name + 1\n\n\nbreak\n")  # F701: does not compile
+    (a / "bug.py").write_text(
+        "def f():\n    return undefined_name + 1\n\n\nbreak\n"
+    )  # F701: does not compile
     os.mkfifo(a / "fifo.py")
     os.symlink("loop2.py", a / "loop1.py")
     os.symlink("loop1.py", a / "loop2.py")

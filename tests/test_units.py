@@ -142,7 +142,9 @@ def test_static_analysis_and_syntax():
     found = Ruff(("blocker", "critical")).analyze(
         [("a.py", stdlib("textwrap.py")), ("b.py", "def f():\n    return nope\n")]
     )
-    assert found[0] == [] and found[1][0].rule == "F821" and found[1][0].severity == "info"  # recorded, not dropped
+    assert (
+        found[0] == [] and found[1][0].rule == "F821" and found[1][0].severity == "info"
+    )  # recorded, not dropped
     assert check_syntax("Python", "a.py", stdlib("textwrap.py"), 2.0) is None
     assert check_syntax("Python", "a.py", "def f(:\n", 2.0) == "syntax_error"
     assert check_syntax("Java", "A.java", "class A { void f() { int x = ; } }", 2.0) == "syntax_error"

@@ -226,7 +226,9 @@ def train(
         help="Build the model on the meta device and print per-module memory; train nothing.",
     ),
     resume_anyway: bool = typer.Option(
-        False, "--resume-anyway", help="Resume a run in --out although its data or optimiser settings changed."
+        False,
+        "--resume-anyway",
+        help="Resume a run in --out although its data or optimiser settings changed.",
     ),
 ) -> None:
     """Train from scratch or continue a checkpoint: `torchrun --nproc-per-node N -m codemill.cli train ...`
