@@ -35,6 +35,7 @@ import numpy as np
 from codemill.curate.minhash import _WORD, batch_ngrams, batch_tokens
 from codemill.errors import UserError
 
+BITMAP_BITS = 24  # 2 MB of bools
 CONTENT_WORDS = 3  # different content words that make an n-gram count without a distinctive token
 # never content: keywords, builtins and standard names of the benchmarks' languages (lowercase,
 # as tokens are compared)
@@ -207,6 +208,10 @@ class Decontaminator:
         hashes, owners = hashes[order], owners[order]
         first = np.r_[True, hashes[1:] != hashes[:-1]] if len(hashes) else np.empty(0, bool)
         self.hashes, self.owners = hashes[first], owners[first]
+        # a bitmap of the hashes' top bits: most of a file's n-grams are ruled out by one lookup
+        # each, and only the few left are searched in the sorted hashes (~1 % at 10^5 hashes)
+        self.bits = np.zeros(1 << BITMAP_BITS, bool)
+        self.bits[self.hashes >> np.uint64(64 - BITMAP_BITS)] = True
 
     def match(self, tokens: np.ndarray, words: np.ndarray, bounds: np.ndarray) -> list[str | None]:
         """Per text, the name of a benchmark task it overlaps, or None, from `minhash.batch_tokens`
@@ -215,10 +220,12 @@ class Decontaminator:
         if not len(self.hashes):
             return out
         grams, gb = batch_ngrams(tokens, bounds, self.n)
-        idx = np.searchsorted(self.hashes, grams)
+        maybe = np.flatnonzero(self.bits[grams >> np.uint64(64 - BITMAP_BITS)])
+        idx = np.searchsorted(self.hashes, grams[maybe])
         idx[idx == len(self.hashes)] = 0
-        hits = np.flatnonzero(self.hashes[idx] == grams)
+        found = self.hashes[idx] == grams[maybe]
+        hits, idx = maybe[found], idx[found]
         texts, first = np.unique(np.searchsorted(gb, hits, "right") - 1, return_index=True)
         for k, i in zip(texts, first, strict=True):
-            out[k] = self.names[self.owners[idx[hits[i]]]]
+            out[k] = self.names[self.owners[idx[i]]]
         return out

@@ -114,6 +114,28 @@ def score_signals(stars: int | None, commits: int | None, test_files: int, kind:
     return [s for s in SIGNALS if known[s]]
 
 
+class _Pending:
+    """Files that passed the scan checks, waiting for their quality verdicts and rows, with the
+    repository each belongs to; repositories in reading order until all their files are written."""
+
+    FILES = 1024  # files, or
+    BYTES = 8 << 20  # bytes, held at most (the scan task's memory: their text and bytes)
+
+    def __init__(self):
+        self.docs: list[Doc] = []
+        self.owners: list[dict] = []
+        self.repos: list[dict] = []
+        self.bytes = 0
+
+    def add(self, repo: dict, docs: list[Doc]) -> None:
+        self.docs += docs
+        self.owners += [repo] * len(docs)
+        self.bytes += sum(d.size for d in docs)
+
+    def full(self) -> bool:
+        return len(self.docs) >= self.FILES or self.bytes >= self.BYTES
+
+
 class ScanStep(PipelineStep):
     name = "scan"
     type = "codemill"
@@ -135,49 +157,67 @@ class ScanStep(PipelineStep):
         perms = minhash.permutations(cfg.num_perm, cfg.seed)
         writer = ShardWriter(out / f"files-{rank:05d}.parquet", SCAN_SCHEMA)
         sigs = PartitionWriter(self.work / "dedup" / "sig", f"{rank:05d}", SIG_SCHEMA, cfg.buffer_mb << 20)
-        repos = []
+        repos: list[dict] = []
+        pending = _Pending()
         for unit in self.units[rank::world_size]:
             for meta, files in repositories(unit, cfg):
                 code_license = licenses.code_license(meta.license)
                 permissive = licenses.is_permissive(code_license, cfg)
                 stats = {"files": 0, "bytes": 0, "test_files": 0, "kept": 0}
-                sig_rows = []
+                repo = {"rows": [], "done": False}
+                pending.repos.append(repo)
                 files = iter(files)
                 while batch := list(itertools.islice(files, BATCH)):
                     docs = [Doc(meta.name, f.path, f.size, code_license, permissive, raw=f) for f in batch]
                     stats["files"] += len(docs)
                     stats["bytes"] += sum(f.size for f in batch)
                     stats["test_files"] += sum(bool(TEST_PATH.search(f.path)) for f in batch)
-                    kept = run_checks(docs, checks, ledger)
-                    precheck(kept, quality)
-                    sig_rows += self._write(kept, rank, writer, perms)
-                stats["kept"] = len(sig_rows)
+                    pending.add(repo, run_checks(docs, checks, ledger))
+                    if pending.full():
+                        self._flush(pending, quality, rank, writer, perms, sigs, repos)
                 score = repo_score(meta.stars, meta.commits, stats["test_files"], cfg)
                 signals = score_signals(meta.stars, meta.commits, stats["test_files"], unit.kind)
-                self._route(sigs, sig_rows, score, meta.stars or 0, bool(signals))
-                repos.append(
-                    {
-                        "repo": meta.name,
-                        "kind": "table" if unit.kind == "bucket" else unit.kind,
-                        "source": meta.source,
-                        "license": meta.license,
-                        "license_source": meta.license_source,
-                        "code_license": code_license,
-                        "permissive": permissive,
-                        "stars": meta.stars,
-                        "commits": meta.commits,
-                        **stats,
-                        "score": score,
-                        "score_signals": ",".join(signals),
-                    }
-                )
+                repo.update(done=True, score=score, stars=meta.stars or 0, scored=bool(signals))
+                repo["record"] = {
+                    "repo": meta.name,
+                    "kind": "table" if unit.kind == "bucket" else unit.kind,
+                    "source": meta.source,
+                    "license": meta.license,
+                    "license_source": meta.license_source,
+                    "code_license": code_license,
+                    "permissive": permissive,
+                    "stars": meta.stars,
+                    "commits": meta.commits,
+                    **stats,
+                    "score": score,
+                    "score_signals": ",".join(signals),
+                }
+                if pending.full():
+                    self._flush(pending, quality, rank, writer, perms, sigs, repos)
             progress.advance()
+        self._flush(pending, quality, rank, writer, perms, sigs, repos)
         writer.close()
         sigs.close()
         atomic_parquet(pa.Table.from_pylist(repos, schema=REPO_SCHEMA), out / f"repos-{rank:05d}.parquet")
         ledger.save()
         progress.flush()
         yield from ()
+
+    def _flush(
+        self, pending: _Pending, quality, rank: int, writer: ShardWriter, perms, sigs, repos: list
+    ) -> None:
+        """The quality verdicts of the pending files, taken together (one analyzer run for many
+        small repositories: ruff costs ~7 ms a start), then their rows; a repository whose files
+        are all written is routed and recorded."""
+        precheck(pending.docs, quality)
+        for repo, row in zip(pending.owners, self._write(pending.docs, rank, writer, perms), strict=True):
+            repo["rows"].append(row)
+        pending.docs, pending.owners, pending.bytes = [], [], 0
+        while pending.repos and pending.repos[0]["done"]:
+            repo = pending.repos.pop(0)
+            repo["record"]["kept"] = len(repo["rows"])
+            self._route(sigs, repo["rows"], repo["score"], repo["stars"], repo["scored"])
+            repos.append(repo["record"])
 
     def _write(self, docs: list[Doc], rank: int, writer: ShardWriter, perms) -> list[dict]:
         """Writes the kept files and returns their signature rows; MinHash and decontamination run on
