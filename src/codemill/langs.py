@@ -157,8 +157,10 @@ _BY_EXT: dict[str, Lang] = {e: lang for lang in LANGS for e in lang.extensions}
 
 # GitHub linguist's rules for `.h` (lib/linguist/heuristics.yml, named patterns `objectivec` and
 # `cpp`), tried in that order; a header neither matches is C. Ruby's `^` is a line start, hence re.M.
-# Departures: `try` must open a block and `constexpr` be a word (linguist's patterns also take a
-# comment line "   try to port your code" in CPython's unicodeobject.h, and `trylock(...)`).
+# Departures: `try` must open a block, `constexpr` be a word, `class X` be followed by a base, body,
+# `;`, `<` or the line end, and `namespace` open a block or alias (linguist's patterns also take
+# comment lines: "   try to port your code" in CPython's unicodeobject.h, "   namespace processing"
+# in expat.h, and `trylock(...)`).
 OBJC_HEADER = re.compile(
     r"^\s*(?:@(?:interface|class|protocol|property|end|synchronised|selector|implementation)\b"
     r"|#import\s+.+\.h[\">])",
@@ -170,7 +172,8 @@ CPP_HEADER = re.compile(
     r"|^\s*template\s*<"
     r"|^[ \t]*(?:try\s*\{|constexpr\b)"
     r"|^[ \t]*catch\s*\("
-    r"|^[ \t]*(?:class|(?:using[ \t]+)?namespace)\s+\w+"
+    r"|^[ \t]*class[ \t]+(?:[A-Z][A-Z0-9_]*[ \t]+)?\w+(?:[ \t]+final)?[ \t]*(?:[:{;<]|$)"
+    r"|^[ \t]*(?:using[ \t]+namespace[ \t]+[\w:]+[ \t]*;|namespace(?:[ \t]+[\w:]+)?[ \t]*[{=]|namespace[ \t]+[\w:]+[ \t]*\n[ \t]*\{)"
     r"|^[ \t]*(?:private|public|protected):$"
     r"|__has_cpp_attribute|__cplusplus >"
     r"|std::\w+",
