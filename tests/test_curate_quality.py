@@ -125,3 +125,37 @@ def test_curate_quality_runs_on_a_subset(tmp_path):
     for c in m["per_reason"].values():
         assert 0 <= c["precision"] <= 1 and c["dropped"] >= c["labelled_drop"]
     assert set(m["pii"]) >= {"replacements_total", "false_rate", "files_parse_broken", "files_lines_changed"}
+
+
+def test_repository_metadata_is_read_and_never_listed_as_a_file(tmp_path):
+    """`.codemill-repo.json` gives the license and stars; it was also read as a corpus file."""
+    from codemill.curate.config import CurateConfig
+    from codemill.curate.sources import Unit, open_unit
+
+    (tmp_path / ".codemill-repo.json").write_text(json.dumps({"license": "MIT", "stars": 3}))
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / ".codemill-repo.json").write_text("{}")  # not the metadata: a file like any
+    meta, files = open_unit(Unit("dir", "r", str(tmp_path)), CurateConfig())
+    assert meta.license == "MIT" and meta.stars == 3
+    assert sorted(f.path for f in files) == ["pkg/.codemill-repo.json", "pkg/mod.py"]
+
+
+def test_spdx_line_in_a_comment_box_parses():
+    """LLVM's headers draw a box: `|* SPDX-License-Identifier: ... *|` (llvm-c/BitReader.h was
+    dropped as not_permissive: the expression read with its `*|` did not parse)."""
+    from codemill.curate import licenses
+    from codemill.curate.config import CurateConfig
+
+    cfg = CurateConfig()
+    head = (
+        b"/*===-- llvm-c/BitReader.h - BitReader Library C Interface ------*- C++ -*-===*\\\n"
+        b"|* Part of the LLVM Project, under the Apache License v2.0 with LLVM          *|\n"
+        b"|* SPDX-License-Identifier: Apache-2.0 WITH LLVM-exception                    *|\n"
+    )
+    own = licenses.file_license(head, cfg)
+    assert own == ("Apache-2.0 WITH LLVM-exception", "spdx") and licenses.is_permissive(own[0], cfg)
+    assert licenses.file_license(b" * SPDX-License-Identifier: BSD-3-Clause  *\n", cfg)[0] == "BSD-3-Clause"
+    assert licenses.file_license(b"/* SPDX-License-Identifier: (GPL-2.0+ OR MIT) */\n", cfg)[0] == (
+        "(GPL-2.0+ OR MIT)"
+    )

@@ -219,7 +219,9 @@ def code_equivalent(expression: str | None) -> str | None:
 HEAD_BYTES = 4096  # where an SPDX line is looked for
 NOTICE_BYTES = 2048  # where a notice is: a header's first sentences
 SPDX_LINE = re.compile(rb"SPDX-License-Identifier:[ \t]*([^\n\r]+)")
-_SPDX_TAIL = re.compile(r"""\s*(\*/|-->|\*\)|"{3}|'{3}|[;,"'])*\s*$""")
+# what may follow the expression on its line: comment ends, quotes and a comment box's right edge
+# (LLVM's `|* SPDX-License-Identifier: Apache-2.0 WITH LLVM-exception   *|`)
+_SPDX_TAIL = re.compile(r"""(\s|\*/|-->|\*\)|"{3}|'{3}|[;,"'*|#/])*$""")
 # on the head lowercased, comment characters and line breaks collapsed to single spaces
 _NOTICES: tuple[tuple[re.Pattern, str], ...] = tuple(
     (re.compile(p), spdx)
