@@ -186,6 +186,8 @@ def _walk(root: Path) -> Iterator[RawFile]:
             yield RawFile(str(d.relative_to(root)), 0, error=f"unreadable_dir:{e.errno}")
             continue
         for e in entries:
+            if d == root and e.name == ".codemill-repo.json":  # metadata (_read_repo_json), not a file
+                continue
             rel = str(Path(e.path).relative_to(root))
             try:
                 if e.is_dir(follow_symlinks=False):
