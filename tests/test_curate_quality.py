@@ -159,3 +159,51 @@ def test_spdx_line_in_a_comment_box_parses():
     assert licenses.file_license(b"/* SPDX-License-Identifier: (GPL-2.0+ OR MIT) */\n", cfg)[0] == (
         "(GPL-2.0+ OR MIT)"
     )
+
+
+def _rule(path: str, lang: str, text: str) -> str:
+    from codemill.curate.config import CurateConfig
+    from codemill.curate.filters import check_file
+
+    return check_file(path, lang, text.encode(), CurateConfig())[1]
+
+
+def test_a_long_line_drops_only_a_file_made_mostly_of_long_lines():
+    """html5lib's _ihatexml.py (two regex literals of character ranges, 30% of its characters) and
+    matplotlib's mpl.js (one pasted polyfill line) are hand-written code; datasketch's
+    hyperloglog_const.py is numeric tables on 1,000+-character lines."""
+    ranges = "".join(f"\\\\u{i:04x}-\\\\u{i + 3:04x}" for i in range(0x0100, 0x0400, 4))  # 1,152 chars
+    module = "import re\n\n" + "".join(
+        f"def name_{i}(value):\n    return value.replace('-', '_').lower()\n\n\n" for i in range(60)
+    )
+    assert _rule("html5lib/_ihatexml.py", "Python", module + f"nonXmlName = re.compile('[{ranges}]')\n") == ""
+    table = "".join(
+        f"rawEstimateData{i} = [{', '.join(str(11 + k * 0.5) for k in range(220))}]\n" for i in range(8)
+    )
+    assert _rule("datasketch/hyperloglog_const.py", "Python", '"""Constants."""\n' + table) == "long_line"
+
+
+def test_minified_means_statements_joined_not_long_declarations():
+    """torch's lazy/core/shape_inference.h: one declaration a line, 128 characters on average."""
+    decl = (
+        "TORCH_API std::vector<torch::lazy::Shape> compute_shape_{}(const at::Tensor & grad_out, "
+        "const at::Tensor & input, const ::std::optional<at::Tensor> & weight, bool train, double eps);\n"
+    )
+    header = "#pragma once\n" + "".join(decl.format(f"op{i}") for i in range(40))
+    assert _rule("torch/csrc/lazy/core/shape_inference.h", "C++", header) == ""
+    bundle = "".join(
+        f"var a{i}=require('x{i}');function f{i}(e){{if(!e)return;e.n{i}=1;return e}}" * 6 + "\n"
+        for i in range(5)
+    )
+    assert _rule("dist/bundle.js", "JavaScript", bundle) == "minified"
+
+
+def test_a_hex_table_in_code_is_not_an_embedded_blob():
+    """fmt's format-inl.h holds Unicode tables of up to 453 bytes as `0xad, ` (2,720 characters); an
+    embedded PNG of 1,200 bytes is data."""
+    row = "      0xad, 0x78, 0x79, 0x8b, 0x8d, 0xa2, 0x30, 0x57, 0x58, 0x8b, 0x8c, 0x90,\n"
+    code = "".join(f"inline int f{i}(int x) {{ return x * {i} + 1; }}\n" for i in range(150))
+    table = "static constexpr unsigned char normal0[] = {\n" + row * 37 + "};\n"  # 444 bytes
+    assert _rule("fmt/format-inl.h", "C++", code + table) == ""
+    png = "static const unsigned char icon_png[] = {\n" + row * 100 + "};\n"
+    assert _rule("icon.c", "C", code + png) == "encoded_data"
