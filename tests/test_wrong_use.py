@@ -41,6 +41,19 @@ def serve(model: Path, port: int, *args) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+def healthy(proc: subprocess.Popen, url: str) -> None:
+    """Wait until the server's /health says it is ready (it loads the model first)."""
+    for _ in range(1200):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    pytest.fail(f"{url} not ready after 120 s")
+
+
 def refused(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -80,14 +93,7 @@ def test_a_chunked_body_over_the_limit_gets_413_before_it_is_read(tiny_checkpoin
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.1)
+        healthy(proc, url)
         small = {"prompt": "def f(x):\n    return ", "max_tokens": 2}
         assert httpx.post(url + "/v1/completions", json=small).status_code == 200
         try:  # peak RSS from now on (Linux >= 4.0); else the peak of samples taken every ms
@@ -269,3 +275,154 @@ def test_train_plan_refuses_the_batch_train_refuses():
     assert code == 2 and "world size 3" in out, out
     code, out = cli("train", "plan", "recipes/demo.yaml", "--gpus", "2")
     assert code == 0 and "GPU-hours" in out, out
+
+
+# --- items 3, 4, 5, 13: curate on small, broken and stale inputs -----------------------------------
+def _stdlib_rows(n: int, repos: int) -> list[dict]:
+    files = sorted((Path(os.__file__).parent / "json").glob("*.py"))[:n]
+    return [
+        {"repo": f"org/r{i % repos}", "path": f.name, "content": f.read_text(), "license": "MIT"}
+        for i, f in enumerate(files)
+    ]
+
+
+def _broken_tables(tmp_path: Path) -> tuple[Path, Path]:
+    """A Parquet file cut short (no footer) and one whose first row group's data is overwritten."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(_stdlib_rows(4, 2))
+    good = tmp_path / "good.parquet"
+    pq.write_table(table, good, row_group_size=2, compression="NONE")
+    data = bytearray(good.read_bytes())
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(data[: len(data) // 2])
+    chunk = pq.ParquetFile(good).metadata.row_group(0).column(2)  # content: a 26 KB chunk
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data[start : start + 64] = b"\xab" * 64
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(bytes(data))
+    return cut, damaged
+
+
+def test_curate_counts_broken_tables_and_takes_small_ones_resumes_nothing_stale(tmp_path):
+    """A 4-repository JSONL table with the default tasks, beside a Parquet file without its footer
+    and one with a damaged row group: the broken ones counted, the rest curated; a rerun says it is
+    complete; an old corpus whose .work was deleted is never mixed into a new one."""
+    table = tmp_path / "small.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in _stdlib_rows(4, 4)))
+    cut, damaged = _broken_tables(tmp_path)
+    out = tmp_path / "corpus"
+    code, text = cli("curate", cut, damaged, table, "--out", out)
+    assert code == 0, text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["read"]["drops"] == {"broken_table:ArrowInvalid": 1, "broken_table:OSError": 1}
+    assert manifest["files"]["out"] >= 4  # the JSONL's files and the damaged table's good row group
+    shards = {p.name: p.read_bytes() for p in out.glob("files-*.parquet")}
+
+    code, text = cli("curate", cut, damaged, table, "--out", out)
+    assert code == 0 and "already complete" in text, text
+    shutil.rmtree(out / ".work")
+    code, text = cli("curate", table, "--out", out)
+    assert code == 2 and "holds a corpus of other sources" in text and "new --out" in text, text
+    assert {p.name: p.read_bytes() for p in out.glob("files-*.parquet")} == shards
+
+
+def test_curate_where_no_file_survives_says_so(tmp_path):
+    src = tmp_path / "src"
+    (src / "prose").mkdir(parents=True)
+    (src / "prose" / "README.md").write_text("Notes only, no code.\n")
+    (src / "broken.tar.gz").write_bytes(b"\x1f\x8b not a gzip stream")
+    code, text = cli("curate", src, "--out", tmp_path / "out")
+    assert code == 2 and "no file survived curation" in text and "broken_archive" in text, text
+    assert f"codemill corpus stats {tmp_path / 'out'}" in text
+
+
+def test_an_interrupted_curate_says_a_rerun_resumes(tmp_path):
+    src = Path(os.__file__).parent / "email"
+    cmd = [sys.executable, "-m", "codemill.cli", "curate", str(src), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "400"}, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not list((tmp_path / "out" / ".work").glob("progress/scan-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, 2)  # Ctrl-C reaches the whole process group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rerun the same command to resume" in out, out
+
+
+# --- item 6: outputs that cannot be written are refused before the work ----------------------------
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_outputs_are_checked_before_the_work(tmp_path, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    bad = blocker / "out" if where == "under-a-file" else Path("/proc/codemill-out")
+    corpus, recipe = tmp_path / "corpus", "recipes/demo.yaml"
+    commands = [
+        ["curate", tmp_path, "--out", bad],
+        ["tokenizer", "train", corpus, "--out", bad],
+        ["data", "stats", corpus, "--tokenizer", corpus, "--json", bad / "stats.json"],
+        ["train", "--corpus", corpus, "--tokenizer", corpus, "--out", bad],
+        ["eval", "humaneval", "--model", "reference", "--out", bad],
+        ["eval", "compare", tmp_path, "--out", bad / "cmp.md"],
+        ["bench", "build", "fim", corpus, "--out", bad],
+        ["bench", "build", "crossfile", corpus, "--out", bad],
+        ["run", recipe, "--out", bad],
+        ["ablate", recipe, "--out", bad],
+        ["export", "gguf", corpus, "--out", bad / "m.gguf"],
+        ["corpus", "audit", corpus, "--out", bad / "audit.md"],
+    ]
+    for args in commands:
+        code, out = cli(*args)
+        assert code == 2 and "cannot write" in out and "choose another place" in out, (args, out)
+    code, out = cli("tokenizer", "train", corpus, "--out", blocker)
+    assert code == 2 and "is a file; give a directory" in out, out
+
+
+# --- item 11: benchmarks built from a corpus too small to hold a repository out --------------------
+def test_bench_build_on_a_corpus_with_nothing_held_out_says_what_to_change(tmp_path, code_corpus):
+    for kind in ("fim", "crossfile"):
+        code, out = cli("bench", "build", kind, code_corpus, "--out", tmp_path / kind, "--holdout", "1e-9")
+        assert code == 2 and "falls in the held-out share" in out and "--holdout" in out, (kind, out)
+
+
+def test_every_held_out_repository_is_listed_whatever_its_languages(tmp_path):
+    from conftest import POLYGLOT, write_corpus
+
+    from codemill.eval.builders import build_crossfile, build_fim
+
+    corpus = write_corpus(
+        tmp_path / "c", {"demo/polyglot": POLYGLOT, "only/go": {"a.go": POLYGLOT["go/geo/geo.go"]}}
+    )
+    for build in (build_fim, build_crossfile):
+        build(corpus, tmp_path / build.__name__, holdout=1.0)
+        listed = (tmp_path / build.__name__ / "heldout_repos.txt").read_text().split()
+        assert listed == ["demo/polyglot", "only/go"], (build.__name__, listed)
+
+
+# --- item 14: the smaller ones ---------------------------------------------------------------------
+def test_smaller_wrong_uses_get_one_line_errors(tmp_path, damaged, code_corpus):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    code, out = cli("eval", "mbpp", "--model", "reference", "--data", bad, "--out", tmp_path / "e")
+    assert code == 2 and f"--data {bad}: not a mbpp benchmark file" in out, out
+    code, out = cli("eval", "compare", tmp_path)
+    assert code == 2 and "has no results.json" in out, out
+    code, out = cli("ablate", "recipes/demo.yaml", "--seeds", "a,b", "--out", tmp_path / "ab")
+    assert code == 2 and "--seeds 'a,b': give whole numbers" in out, out
+    code, out = cli("data", "stats", code_corpus, "--tokenizer", bad)
+    assert code == 2 and f"{bad} is not a tokenizer" in out, out
+    code, out = cli("eval", "nosuch", "--model", tmp_path / "nowhere", "--out", tmp_path / "e")
+    assert code == 2 and "unknown suite 'nosuch'" in out and "fim-loss" in out, out
+    (damaged / "codemill.json").write_text("{broken")
+    code, out = cli("export", "gguf", damaged, "--out", tmp_path / "m.gguf")
+    assert code == 2 and "codemill.json is not a JSON object" in out, out
+
+
+def test_an_unknown_repository_names_some_that_exist():
+    from codemill.data.preview import find_repo
+
+    repos = ["python-stdlib-3.11", "numpy-2.1.0", "rich-14.0.0"]
+    assert find_repo("python-stdlib", repos) == "python-stdlib-3.11"
+    with pytest.raises(UserError, match=r"its 3 repositories: numpy-2\.1\.0, python-stdlib-3\.11, rich"):
+        find_repo("zzzz", repos)

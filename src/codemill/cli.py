@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import typer
@@ -40,6 +41,16 @@ app.add_typer(export_app, name="export")
 console = Console() if sys.stdout.isatty() else Console(width=160)  # logs keep whole rows
 
 
+@app.callback()
+def main(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show the logs of the tools underneath (datatrove) on the console too."
+    ),
+) -> None:
+    if verbose:
+        os.environ["CODEMILL_VERBOSE"] = "1"
+
+
 def _config(cls, recipe: Path | None, overrides: list[str]):
     """A recipe section (`cls.section`) with `--set key=value` overrides applied."""
     return _section(cls, recipe, parse_overrides(overrides))
@@ -64,11 +75,17 @@ def curate(
     """Curate repositories into a corpus (paper §II)."""
     from codemill.curate.config import CurateConfig
     from codemill.curate.pipeline import curate as run
+    from codemill.curate.pipeline import require_files
     from codemill.curate.report import summary
 
     cfg = _config(CurateConfig, recipe, set_)
+    _output(out)
     manifest = run(sources, out, cfg, executor=executor)
     console.print(summary(manifest))
+    require_files(manifest, out)
+    if manifest.get("already_complete"):
+        console.print(f"{out} was already complete for these sources and settings: nothing to do")
+        return
     console.print(
         f"corpus written to [bold]{out}[/bold]; `codemill corpus stats {out}` shows examples of every drop reason"
     )
@@ -104,6 +121,7 @@ def corpus_audit(
     redactions in context, and charts of the counts."""
     from codemill.curate.audit import audit
 
+    _output(out, directory=False)
     res = audit(corpus, per_reason, out, seed)
     charts = ", ".join(str(c) for c in res.charts) or "none"
     console.print(
@@ -135,13 +153,14 @@ def tokenizer_train(
     """Train a byte-level BPE for code on a corpus (a pre-tokenizer llama.cpp implements exactly)."""
     import time
 
-    from codemill.data.tokenizer import chunks, corpus_texts, save_tokenizer, train_bpe
+    from codemill.data.tokenizer import save_tokenizer, train_bpe, training_texts
     from codemill.formats import get_format
 
     fmt = get_format(format)
+    _output(out)
     t0 = time.perf_counter()
-    texts = chunks(corpus_texts(corpus, max_bytes))
-    tok = train_bpe(texts, vocab_size, fmt, show_progress=True, pretokenizer=pretokenizer)
+    texts, n = training_texts(corpus, max_bytes)
+    tok = train_bpe(texts, vocab_size, fmt, show_progress=True, pretokenizer=pretokenizer, length=n)
     save_tokenizer(tok, out, fmt)
     console.print(
         f"tokenizer with {tok.get_vocab_size():,} ids trained in {time.perf_counter() - t0:.1f} s; "
@@ -186,16 +205,17 @@ def data_stats(
     """Realized objective mix, PSM/SPM split, SFIM middle lengths, fallbacks, tokens per file."""
     import json
 
-    from rich.progress import Progress
-
     from codemill.data.stats import StreamStats
+    from codemill.progress import Bar
 
+    _output(json_out, directory=False)
     stats = StreamStats()
     stream = _stream(corpus, tokenizer, recipe, set_, stats, epochs=None if windows else 1)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("windows", total=windows or None)
+    repos = len(stream.sources["code"]) - len(stream.excluded)  # one pass visits each once
+    with Bar(console) as bar:
+        task = bar.add_task("windows" if windows else "repositories", total=windows or repos)
         for _ in stream:
-            bar.update(task, advance=1, description=f"windows ({stats.repos} repositories)")
+            bar.update(task, completed=stats.windows if windows else stats.repos)
             if stats.windows == windows:
                 break
     cfg = stream.cfg
@@ -248,6 +268,7 @@ def train(
     tokenizer = tokenizer or (Path(tcfg.init_from) if tcfg.init_from else None)
     if tokenizer is None:
         raise UserError("--tokenizer is needed; train one with `codemill tokenizer train`")
+    _output(out)
     final = run(corpus, tokenizer, out, dcfg, tcfg, console, resume_anyway)
     console.print(
         f"model written to [bold]{final}[/bold] (Hugging Face Llama layout); `codemill train plot {out}` draws the loss"
@@ -444,13 +465,19 @@ def eval_(
     from codemill.eval.suites import SUITES
 
     if suite == "compare":
+        _output(out, directory=False)
         table = compare(runs or [], out.with_suffix(".png") if out else None)
         console.print(table)
         if out:
             out.write_text(table)
         return
+    if suite not in SUITES and suite != "fim-loss":
+        raise UserError(
+            f"unknown suite {suite!r}; choose one of {', '.join([*SUITES, 'fim-loss', 'compare'])}"
+        )
     if model is None or out is None:
         raise UserError("--model and --out are needed")
+    _output(out)
     if Path(model).is_dir():  # a checkpoint: whole before anything loads it
         from codemill.model.hf import check_checkpoint
 
@@ -531,6 +558,7 @@ def bench_build_fim(
 
     from codemill.eval.builders import build_fim
 
+    _output(out)
     got = build_fim(corpus, out, holdout=holdout, per_type=per_type, seed=seed)
     table = Table(title=f"FIM tasks from {got['repos']} held-out repositories")
     table.add_column("language / task type")
@@ -556,6 +584,7 @@ def bench_build_crossfile(
     """A CrossCodeEval-shaped benchmark (in-file, BM25 retrieval, oracle) from held-out repositories."""
     from codemill.eval.builders import build_crossfile
 
+    _output(out)
     got = build_crossfile(corpus, out, holdout=holdout, per_repo=per_repo, seed=seed)
     console.print(
         f"{sum(got['tasks'].values())} tasks {got['tasks']} from {got['repos']} held-out repositories in [bold]{out}[/bold]"
@@ -576,7 +605,10 @@ def run_(
 
     from codemill.flow.run import run
 
-    seconds = run(recipe, out or Path("runs") / recipe.stem, console)
+    out = out or Path("runs") / recipe.stem
+    load_recipe(recipe)  # a bad recipe is named before any output is made
+    _output(out)
+    seconds = run(recipe, out, console)
     table = Table(title="codemill run: stages")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
@@ -607,7 +639,11 @@ def ablate_(
     """NTP vs NTP+FIM vs the paper's mix, and Algorithm 1 vs random order, at equal token budgets."""
     from codemill.flow.ablate import ablate
 
-    seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    try:
+        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
+    _output(out)
     path = ablate(
         recipe, out, console, variants.split(",") if variants else None, seed_list, shared, generation_seeds
     )
@@ -624,6 +660,7 @@ def export_gguf_cmd(
     """One GGUF file that llama.cpp, llama-server and Ollama load, tokenizing as codemill does."""
     from codemill.model.gguf import export_gguf
 
+    _output(out, directory=False)
     info = export_gguf(checkpoint, out, dtype, format)
     console.print(
         f"wrote [bold]{info['path']}[/bold] ({info['bytes'] / 1e6:.1f} MB, {dtype}, tokenizer pre-type "
@@ -730,6 +767,29 @@ def complete_(
     sys.stdout.write(engine.complete(ids, max_tokens=max_tokens).text + "\n")
 
 
+def _output(path: Path | None, directory: bool = True) -> None:
+    """Fail before the work, not after it, on an output that cannot be written (a file where a
+    folder is needed, a folder where a file is, a read-only place or /proc)."""
+    if path is None:
+        return
+    if directory and path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; give a directory for this output (a new path is fine)")
+    if not directory and path.is_dir():
+        raise UserError(f"{path} is a directory; give a file name for this output")
+    folder = path if directory else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"cannot write {path}: {folder} takes no new files ({e.strerror}); choose another place"
+        ) from None
+
+
+RESUMABLE = {"curate", "train", "run", "ablate"}
+
+
 def _reporting(command):
     """A UserError becomes its message and exit code 2; any other exception keeps its traceback."""
 
@@ -740,6 +800,10 @@ def _reporting(command):
         except UserError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
+        except KeyboardInterrupt:
+            again = "; rerun the same command to resume: finished work is kept"
+            console.print(f"interrupted{again if command.__name__.rstrip('_') in RESUMABLE else ''}")
+            raise typer.Exit(130) from None
 
     return run
 

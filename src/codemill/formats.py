@@ -268,19 +268,32 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def codemill_info(path: str | Path) -> dict:
+    """A checkpoint's `codemill.json` (what codemill trained it with), {} when it has none."""
+    info = Path(path) / "codemill.json"
+    if not info.exists():
+        return {}
+    try:
+        d = json.loads(info.read_text())
+    except (ValueError, OSError) as e:
+        d = e
+    if not isinstance(d, dict):
+        raise UserError(
+            f"{info} is not a JSON object ({d}); restore it from the run's final/, or delete it and "
+            "pass --format"
+        )
+    return d
+
+
 def checkpoint_format(path: str | Path, name: str | None = None) -> Format:
     """`name`, else the format a checkpoint was trained with (its `codemill.json`), else codemill's."""
-    info = Path(path) / "codemill.json"
-    return get_format(
-        name or (json.loads(info.read_text()).get("format") if info.exists() else None) or "codemill"
-    )
+    return get_format(name or codemill_info(path).get("format") or "codemill")
 
 
 def trained_context(path: str | Path, positions: int) -> int:
     """The window a codemill checkpoint was trained on (its `codemill.json`), at most the model's
     `positions`. Positions past it were never trained, so evaluation keeps prompts inside it."""
-    info = Path(path) / "codemill.json"
-    seq_len = (json.loads(info.read_text()).get("data") or {}).get("seq_len") if info.exists() else None
+    seq_len = (codemill_info(path).get("data") or {}).get("seq_len")
     return min(positions, seq_len or positions)
 
 

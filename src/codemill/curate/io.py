@@ -24,6 +24,7 @@ def parquet_options(schema: pa.Schema) -> dict:
 
 
 def atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=dict))
     os.replace(tmp, path)

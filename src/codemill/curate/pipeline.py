@@ -12,9 +12,11 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -84,10 +86,12 @@ def curate(
 ) -> dict:
     out = Path(out)
     work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
     units = [u for s in sources for u in expand(s, cfg)]
     if not units:
         raise UserError(f"no repositories found in {sources}")
+    if done := _finished(out, sources, cfg, units):
+        return done
+    work.mkdir(parents=True, exist_ok=True)
     _check_resume(work, sources, cfg, units)
     _clear_partial(out, work)
     stages, units = _stages(units, cfg, work, out)
@@ -104,6 +108,19 @@ def curate(
     return _finalize(out, work, sources, cfg, units, n_tasks, executor, timings, time.time() - t0)
 
 
+def require_files(manifest: dict, out: Path) -> None:
+    """A corpus with no file is an error the user must see, not an empty input for the next stage."""
+    if manifest["files"]["out"]:
+        return
+    drops = Counter()
+    for s in manifest["stages"].values():
+        drops.update(s["drops"])
+    top = ", ".join(f"{k} {v:,}" for k, v in drops.most_common(3)) or "no file was found"
+    raise UserError(
+        f"no file survived curation ({top}); `codemill corpus stats {out}` shows what was dropped and why"
+    )
+
+
 def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tuple[list, list[Unit]]:
     """(name, step, tasks, progress total) in order, and the units the scan reads."""
     w = str(work)
@@ -111,8 +128,13 @@ def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tupl
     tables = [u for u in units if u.kind == "table"]
     units = [u for u in units if u.kind != "table"]
     table_rows = 0
-    if tables:
-        found = [pieces(u.locator, cfg) for u in tables]
+    found = []
+    for u in tables:
+        try:
+            found.append(pieces(u.locator, cfg))
+        except (pa.ArrowException, OSError) as e:  # counted and skipped, like a broken archive
+            units.append(Unit("broken", u.name, u.locator, (f"broken_table:{type(e).__name__}",)))
+    if found:
         all_pieces = [p for ps, _, _ in found for p in ps]
         buckets = n_buckets(sum(n for _, n, _ in found), cfg)
         table_rows = sum(rows for *_, rows in found)
@@ -137,6 +159,30 @@ def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tupl
     return stages, units
 
 
+def _finished(out: Path, sources: list[str], cfg: CurateConfig, units: list[Unit]) -> dict | None:
+    """The manifest of a finished run of these sources, settings and repositories (marked
+    `already_complete`); a corpus of another run, or one whose work directory is gone, is refused:
+    its shards would mix into the new corpus."""
+    path, key = out / "manifest.json", out / ".work" / "run.json"
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        same = manifest.get("sources") == sources and manifest.get("config") == json.loads(
+            json.dumps(cfg.to_dict())
+        )
+        if same and key.exists():
+            same = json.loads(key.read_text()).get("repositories") == [u.name for u in units]
+        if same:
+            return manifest | {"already_complete": True}
+    if key.exists():
+        return None  # an interrupted run, or another one: _check_resume decides
+    if path.exists() or any(out.glob("files-*.parquet")):
+        raise UserError(
+            f"{out} holds a corpus of other sources or settings (or one whose .work was deleted); "
+            "its shards would mix into this one: use a new --out or delete it"
+        )
+    return None
+
+
 def _check_resume(work: Path, sources: list[str], cfg: CurateConfig, units) -> None:
     """A resumed run must see the same repositories and settings, or its shards would not match."""
     key = {"sources": sources, "config": cfg.to_dict(), "repositories": [u.name for u in units]}
@@ -156,7 +202,8 @@ def _clear_partial(out: Path, work: Path) -> None:
 
 
 def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> None:
-    """Run an executor while a bar sums the tasks' progress files; datatrove's log goes to a file."""
+    """Run an executor while a bar sums the tasks' progress files; datatrove's log goes to a file
+    (`codemill -v` leaves it on the console)."""
     log = work / "logs" / f"{name}.stderr"
     log.parent.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
@@ -178,7 +225,7 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
         thread = threading.Thread(target=poll, daemon=True)
         thread.start()
         try:
-            with _stderr_to(log):
+            with contextlib.nullcontext() if os.environ.get("CODEMILL_VERBOSE") else _stderr_to(log):
                 ex.run()
         except Exception as e:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
@@ -244,6 +291,11 @@ def _concat(paths: list[Path], dest: Path) -> int:
 def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, timings, seconds) -> dict:
     ledgers = sorted((work / "scan").glob("ledger-*.json")) + sorted((work / "refine").glob("ledger-*.json"))
     stages, extra = merge(ledgers)
+    for p in sorted((work / "shuffle").glob("broken-*.json")):  # table pieces that could not be read
+        for b in json.loads(p.read_text()):
+            reason = "broken_table:" + b["error"].split(":", 1)[0]
+            stages["read"]["files_in"] += 1
+            stages["read"]["drops"][reason] = stages["read"]["drops"].get(reason, 0) + 1
     _concat(
         sorted((work / "scan").glob("drops-*.parquet")) + sorted((work / "refine").glob("drops-*.parquet")),
         out / "drops.parquet",

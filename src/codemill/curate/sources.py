@@ -143,8 +143,14 @@ def open_unit(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile
         "archive": _open_archive,
         "dist": _open_dist,
         "stdlib": _open_stdlib,
+        "broken": _open_broken,
     }[unit.kind]
     return opener(unit, cfg)
+
+
+def _open_broken(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawFile]]:
+    """A source found unreadable before the scan (a table whose footer is gone): one counted drop."""
+    return RepoMeta(unit.name, unit.locator), iter([RawFile(".", 0, error=unit.extra[0])])
 
 
 def repositories(unit: Unit, cfg: CurateConfig) -> Iterator[tuple[RepoMeta, Iterator[RawFile]]]:

@@ -26,7 +26,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from codemill.curate import licenses
 from codemill.curate.config import CurateConfig
-from codemill.curate.io import PartitionWriter, Progress, read_part
+from codemill.curate.io import PartitionWriter, Progress, atomic_json, read_part
 from codemill.curate.sources import RawFile, RepoMeta
 from codemill.errors import UserError
 
@@ -94,17 +94,23 @@ class ShuffleStep(PipelineStep):
             self.work / "shuffle", f"{rank:05d}", SHUFFLE_SCHEMA, self.cfg.buffer_mb << 20
         )
         progress = Progress(self.work / "progress", "shuffle", rank)
+        broken = []
         for index in range(rank, len(self.pieces), world_size):
-            for batch in _read_piece(self.pieces[index], index, self.cfg):
-                bucket = bucket_of(batch.column("repo"), self.buckets)
-                order = np.argsort(bucket, kind="stable")
-                sorted_batch, counts = batch.take(order), np.bincount(bucket, minlength=self.buckets)
-                start = 0
-                for b in np.flatnonzero(counts):
-                    writer.add(int(b), sorted_batch.slice(start, int(counts[b])))
-                    start += int(counts[b])
+            piece = self.pieces[index]
+            try:
+                for batch in _read_piece(piece, index, self.cfg):
+                    bucket = bucket_of(batch.column("repo"), self.buckets)
+                    order = np.argsort(bucket, kind="stable")
+                    sorted_batch, counts = batch.take(order), np.bincount(bucket, minlength=self.buckets)
+                    start = 0
+                    for b in np.flatnonzero(counts):
+                        writer.add(int(b), sorted_batch.slice(start, int(counts[b])))
+                        start += int(counts[b])
+            except (pa.ArrowException, OSError) as e:  # a damaged row group: counted, the rest read
+                broken.append({"path": piece.path, "piece": piece.start, "error": f"{type(e).__name__}: {e}"})
             progress.advance()
         writer.close()
+        atomic_json(self.work / "shuffle" / f"broken-{rank:05d}.json", broken)
         progress.flush()
         yield from ()
 
@@ -227,7 +233,9 @@ def bucket_repositories(directory: Path) -> Iterator[tuple[RepoMeta, list[RawFil
     t = read_part(directory, SHUFFLE_SCHEMA)
     t = t.sort_by([("repo", "ascending"), ("piece", "ascending"), ("row", "ascending")])
     names = t.column("repo").to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(names) else []
+    if not len(names):  # a bucket no repository hashed to (a small table, many tasks)
+        return
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
     ends = [*list(starts[1:]), len(names)]
     for s, e in zip(starts, ends, strict=True):
         part = t.slice(int(s), int(e - s))

@@ -59,7 +59,8 @@ def find_repo(name: str, repos: list[str]) -> str:
     if len(unversioned) == 1:
         return unversioned[0]
     close = unversioned or difflib.get_close_matches(name, repos, n=5, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `codemill corpus stats` lists them"
+    some = ", ".join(sorted(repos)[:6]) + (", ..." if len(repos) > 6 else "")
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; its {len(repos)} repositories: {some}"
     raise UserError(f"no repository {name!r} in the corpus{hint}")
 
 

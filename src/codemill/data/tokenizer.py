@@ -212,7 +212,13 @@ def load_tokenizer(path: str | Path) -> HFTokenizer | SPTokenizer:
     p = Path(path)
     for candidate in (p, p / "tokenizer.json", p / "tokenizer.model"):
         if candidate.is_file():
-            return SPTokenizer(candidate) if candidate.suffix == ".model" else HFTokenizer.load(candidate)
+            try:
+                return SPTokenizer(candidate) if candidate.suffix == ".model" else HFTokenizer.load(candidate)
+            except Exception as e:  # tokenizers and sentencepiece raise bare Exception / RuntimeError
+                raise UserError(
+                    f"{candidate} is not a tokenizer ({str(e).splitlines()[0][:200]}); give a tokenizer.json, "
+                    "a tokenizer.model or a directory holding one (`codemill tokenizer train` writes one)"
+                ) from None
     raise UserError(f"no tokenizer.json or tokenizer.model at {p}; train one with `codemill tokenizer train`")
 
 
@@ -222,8 +228,10 @@ def train_bpe(
     fmt: Format,
     show_progress: bool = True,
     pretokenizer: str = DEFAULT_PRETOKENIZER,
+    length: int | None = None,
 ) -> Tokenizer:
-    """A byte-level BPE with `vocab_size` ids in all: the format's specials first, PII tokens last."""
+    """A byte-level BPE with `vocab_size` ids in all: the format's specials first, PII tokens last.
+    `length`: about how many texts come, for the progress bar's total."""
     specials = list(fmt.specials)
     pii = list(PII_TOKENS) if fmt.pii else []
     if vocab_size < 256 + len(specials) + len(pii):
@@ -237,7 +245,7 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator(texts, trainer, length=length)
     tok.add_tokens([AddedToken(t, special=False, normalized=False, single_word=False) for t in pii])
     return tok
 
@@ -272,6 +280,26 @@ def chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
             t = t[cut:]
         if t:
             yield t
+
+
+def training_texts(corpus: str | Path, max_bytes: int, size: int = 1 << 16) -> tuple[Iterator[str], int]:
+    """The tokenizer's inputs (`chunks` of `corpus_texts`) and about how many there are, from the
+    shards' row-group metadata (nothing read), so the trainer's bar has a total."""
+    import pyarrow.parquet as pq
+
+    texts = chunks(corpus_texts(corpus, max_bytes), size)  # checks the corpus first
+    n, seen = 0.0, 0
+    for f in sorted(Path(corpus).glob("files-*.parquet")):
+        meta = pq.ParquetFile(f).metadata
+        col = meta.schema.to_arrow_schema().get_field_index("content")
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            nbytes = rg.column(col).total_uncompressed_size
+            share = min(1.0, (max_bytes - seen) / max(nbytes, 1))
+            n, seen = n + share * (rg.num_rows + nbytes / size), seen + nbytes
+            if seen >= max_bytes:
+                return texts, round(n)
+    return texts, round(n)
 
 
 def corpus_texts(corpus: str | Path, max_bytes: int) -> Iterator[str]:

@@ -1,8 +1,8 @@
 """Benchmarks of FIM-Eval's shape built from held-out repositories of a curated corpus.
 
-Repositories are held out by a keyed hash of their name (`heldout_repos.txt` is written beside the
-benchmark; `data.exclude_repos` keeps them out of training), so a model is evaluated on code it never
-saw. Spans come from tree-sitter, one task per type per file at most, in FIM-Eval's 13 types.
+Repositories are held out by a keyed hash of their name (`heldout_repos.txt`, written beside the
+benchmark, lists every held-out repository whatever its languages; `data.exclude_repos` keeps them
+out of training), so a model is evaluated on code it never saw. Spans come from tree-sitter, one task per type per file at most, in FIM-Eval's 13 types.
 """
 
 from __future__ import annotations
@@ -108,6 +108,16 @@ def spans(lang: str, src: bytes, tree) -> dict[str, list[tuple[int, int]]]:
     return found
 
 
+def _require_held_out(held: set[str], seen: set[str], langs, corpus, holdout: float) -> None:
+    """An empty benchmark would evaluate nothing and hold nothing out of training: an error."""
+    if not held:
+        raise UserError(
+            f"none of the {len(seen)} repositories of {corpus} with {', '.join(sorted(langs))} files falls "
+            f"in the held-out share ({holdout:g}); raise it (--holdout, or run.holdout in a recipe) or "
+            "curate more repositories"
+        )
+
+
 def build_fim(
     corpus: str | Path, out: str | Path, *, holdout: float = 0.1, per_type: int = 100, seed: int = 0
 ) -> dict:
@@ -120,12 +130,19 @@ def build_fim(
     rows: dict[str, list[dict]] = {k: [] for k in LANGS.values()}
     counts: Counter[tuple[str, str]] = Counter()
     repos: set[str] = set()
+    seen: set[str] = set()
+    every: set[str] = set()  # held out in any language: none of them may reach training
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(
             columns=["repo", "path", "lang", "content"], batch_size=512
         ):
             for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                if lang not in LANGS or not held_out(repo, holdout, seed):
+                held = held_out(repo, holdout, seed)
+                if held:
+                    every.add(repo)
+                if lang in LANGS:
+                    seen.add(repo)
+                if lang not in LANGS or not held:
                     continue
                 repos.add(repo)
                 src = text.encode()
@@ -145,10 +162,11 @@ def build_fim(
                         "path": path,
                     })  # fmt: skip
                     counts[(lang, kind)] += 1
+    _require_held_out(repos, seen, LANGS, corpus, holdout)
     for key, items in rows.items():
         if items:
             (out / f"{key}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(repos)))
+    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(every)))
     return {"repos": len(repos), "tasks": {f"{lang}/{kind}": n for (lang, kind), n in sorted(counts.items())}}
 
 
@@ -198,13 +216,22 @@ def build_crossfile(
     if not files:
         raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
     by_repo: dict[str, list[tuple[str, str, str]]] = {}
+    seen: set[str] = set()
+    every: set[str] = set()
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(
             columns=["repo", "path", "lang", "content"], batch_size=512
         ):
             for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                if lang in CROSSFILE_LANGS and held_out(repo, holdout, seed):
-                    by_repo.setdefault(repo, []).append((path, lang, text))
+                held = held_out(repo, holdout, seed)
+                if held:
+                    every.add(repo)
+                if lang in CROSSFILE_LANGS:
+                    seen.add(repo)
+                    if held:
+                        by_repo.setdefault(repo, []).append((path, lang, text))
+    _require_held_out(set(by_repo), seen, CROSSFILE_LANGS, corpus, holdout)
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, list[dict]]] = {
         k: {s: [] for s in ("infile", "retrieval", "oracle")} for k in CROSSFILE_LANGS.values()
     }
@@ -256,5 +283,5 @@ def build_crossfile(
         for setting, items in settings.items():
             (out / key / names[setting]).write_text("".join(json.dumps(r) + "\n" for r in items))
         counts[key] = len(settings["infile"])
-    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(by_repo)))
+    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(every)))
     return {"repos": len(by_repo), "tasks": counts}

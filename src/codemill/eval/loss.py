@@ -126,7 +126,7 @@ def fim_loss(
 ) -> dict:  # fmt: skip
     """Score a FIM-Eval-shaped benchmark, held-out `files` and the target lines of a CrossCodeEval-shaped
     benchmark (`crossfile`, in-file and with retrieved context); write results.json and report.md."""
-    from rich.progress import Progress
+    from codemill.progress import Bar
 
     device = next(model.parameters()).device
     model.eval()
@@ -153,7 +153,7 @@ def fim_loss(
     for row, pair in zip(xrows, lines, strict=True):
         for setting, t in zip(("infile", "retrieval"), pair, strict=True):
             add(row, f"{setting}_", line_ids(tok, fmt, t, context))
-    with Progress(console=console, transient=True) as bar:
+    with Bar(console) as bar:
         job = bar.add_task(f"fim-loss: {name}", total=len(seqs))
         scores = score(model, seqs, device, advance=lambda n: bar.advance(job, n))
     for (row, key), (nats, n) in zip(where, scores, strict=True):

@@ -9,7 +9,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rich.progress import Progress
+import pyarrow as pa
 
 from codemill.errors import UserError
 from codemill.eval import sandbox
@@ -17,6 +17,7 @@ from codemill.eval.metrics import pass_at_k
 from codemill.eval.models import Model
 from codemill.eval.suites import SUITES, subset
 from codemill.eval.tables import paper_tables
+from codemill.progress import Bar
 from codemill.stops import syntax_stop
 
 
@@ -43,14 +44,22 @@ def evaluate(
             "bubblewrap is not installed: install it (`make` does) or pass --unsafe to run generated code with limits only"
         )
     spec = SUITES[suite]
-    tasks = subset(spec.load(**options), limit)
+    try:
+        tasks = subset(spec.load(**options), limit)
+    except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:  # JSON, Parquet, fields
+        if isinstance(e, UserError) or not options.get("data"):
+            raise
+        raise UserError(
+            f"--data {options['data']}: not a {suite} benchmark file ({type(e).__name__}: {e}); "
+            "give the file the suite's --help names, or leave --data out to use the shipped one"
+        ) from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if samples > 1 and temperature <= 0:
         raise UserError("several samples per task need --temperature above 0")
     jobs = [(t, k) for t in tasks for k in range(samples)]
     completions: list[str] = []
-    with Progress(console=console, transient=True) as bar:
+    with Bar(console) as bar:
         gen = bar.add_task(f"{suite}: generating with {model.name}", total=len(jobs))
         for i in range(0, len(jobs), batch):
             chunk = jobs[i : i + batch]
@@ -151,6 +160,11 @@ def compare(runs: list[Path], chart_path: Path | None = None, chart_metric: str 
     """Markdown: the paper's tables for every suite present, then per suite one column per run and
     one row per (language or task type, metric). With `chart_path`, Figure 4: a FIM-Eval metric per
     task type, a bar per run."""
+    for r in runs:
+        if not (Path(r) / "results.json").is_file():
+            raise UserError(
+                f"{r} has no results.json; give directories `codemill eval SUITE --out DIR` wrote"
+            )
     loaded = [json.loads((Path(r) / "results.json").read_text()) for r in runs]
     if not loaded:
         raise UserError("name at least one eval output directory")

@@ -195,24 +195,21 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
 
 
 def _curate(rcfg: RunConfig, ccfg, corpus: Path, console) -> None:
-    from codemill.curate.pipeline import curate
+    from codemill.curate.pipeline import curate, require_files
     from codemill.curate.report import summary
 
-    console.print(summary(curate(list(rcfg.sources), corpus, ccfg)))
+    manifest = curate(list(rcfg.sources), corpus, ccfg)
+    console.print(summary(manifest))
+    require_files(manifest, corpus)
 
 
 def _tokenizer(rcfg: RunConfig, recipe: dict, corpus: Path, out: Path) -> None:
-    from codemill.data.tokenizer import chunks, corpus_texts, save_tokenizer, train_bpe
+    from codemill.data.tokenizer import save_tokenizer, train_bpe, training_texts
     from codemill.formats import get_format
 
     fmt = get_format((recipe.get("data") or {}).get("format", "codemill"))
-    tok = train_bpe(
-        chunks(corpus_texts(corpus, rcfg.tokenizer_bytes)),
-        rcfg.vocab_size,
-        fmt,
-        show_progress=True,
-        pretokenizer=rcfg.pretokenizer,
-    )
+    texts, n = training_texts(corpus, rcfg.tokenizer_bytes)
+    tok = train_bpe(texts, rcfg.vocab_size, fmt, show_progress=True, pretokenizer=rcfg.pretokenizer, length=n)
     save_tokenizer(tok, out, fmt)
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codemill.errors import UserError
+from codemill.formats import codemill_info
 from codemill.model.llama import Llama, ModelConfig
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "starcoder2-llama")
@@ -194,6 +195,7 @@ def check_checkpoint(path: str | Path) -> None:
     weight file present and whole. What serve, eval and export check before they load anything (or
     say they serve): a UserError naming the file and what is wrong with it."""
     _config_json(Path(path))
+    codemill_info(path)
     check_weights(path)
 
 

@@ -426,7 +426,9 @@ async def metrics(request: Request):
     if (prompts := request.app.state.engine.prompts) is not None:  # serve/prompt_cache.py
         lines += [
             f"codemill_prompt_cache_prompts {len(prompts.kept)}",
+            f"codemill_prompt_cache_max_prompts {prompts.max_prompts}",
             f"codemill_prompt_cache_bytes {prompts.nbytes}",
+            f"codemill_prompt_cache_limit_bytes {prompts.limit}",  # --cache-ram: where the growth stops
         ]
     return PlainTextResponse("\n".join(lines) + "\n")
 
