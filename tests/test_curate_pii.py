@@ -174,3 +174,72 @@ def test_a_replacement_that_breaks_the_parse_is_reverted_and_counted():
     # a redaction that merges lines is undone whatever the language
     merged = pii._guard("a = 1\nb = 2\n", "a = <KEY> = 2\n", Counter({"KEY": 1}), None)
     assert merged.text == "a = 1\nb = 2\n" and merged.reverted == 1
+
+
+def test_addresses_in_tests_and_in_files_about_addresses_are_fixtures():
+    """The labelled set's false IPs: CPython's test_ipaddress.py (62), asyncio's tests (one address
+    used five times), an IPv6 library's JSDoc, Pygments' `Guile 3.0.5.130-5a1e7`."""
+    tests = real(STDLIB / "test/test_ipaddress.py")
+    assert "IP_ADDRESS" not in redact(tests, "Python").counts
+    asyncio_test = real(STDLIB / "test/test_asyncio/test_base_events.py")  # ('107.6.106.82', 80) x5
+    assert "IP_ADDRESS" not in redact(asyncio_test, "Python").counts
+    jsdoc = (
+        "/**\n * var address = new Address6('2001:4860:4001:803::1011');\n"
+        " * address.to4().correctForm(); // '24.37.191.17'\n"
+        " * Address6.fromAddress4Nat64('192.0.2.33').correctForm(); // '64:ff9b::c000:221'\n"
+        " * `::ffff:169.254.169.254`, `64:ff9b::7f00:1`, etc. would all read as\n */\n"
+    )
+    assert redact(jsdoc, "JavaScript").text == jsdoc
+    for line in (
+        "# using Guile 3.0.5.130-5a1e7.\n",
+        "# but reject IPv6 address (ex: 'fe80::5054:ff:fe9' or '123:2:3:4:5:6:7:8').\n",
+    ):
+        assert redact(line, "Python").text == line
+    # a host's address in code is still one (the labelled set's planted PROD_HOST)
+    host = 'PROD_HOST = "52.14.201.77"  # billing API, eu-west\n'
+    assert redact(host, "Python").counts == {"IP_ADDRESS": 1}
+
+
+def test_role_and_list_mailboxes_and_url_users_are_not_personal():
+    for line in (
+        "# AB (info@pythonware.com).\n",  # re/__init__.py
+        "# Contact: email-sig@python.org\n",  # email/__init__.py
+        "To: python-list@python.org\n",  # test_generators.py
+        "sendmail-bugs@sendmail.org.\n",  # smtplib.py
+        '>>> tolist=["one@one.org","two@two.org","three@three.org","four@four.org"]\n',  # smtplib doctest
+        "    object_uri: Azure URI (azure://container@account.blob.core.windows.net/path or\n",
+        'assert url.username == "jo@email.com"\n',  # httpx
+    ):
+        assert redact(line).text == line, line
+    # a person's address stays personal data, on their own domain too
+    for person in ("# Author: Jason R. Coombs <jaraco@jaraco.com>\n", "kontakt@maxbachmann.de\n"):
+        assert redact(person).counts["EMAIL"] == 1
+
+
+def test_credentials_in_docs_tests_and_placeholders_are_examples():
+    urllib_doc = (
+        'def f():\n    """Example:\n\n    >>> auth.add_password(realm="PDQ Application",\n'
+        "    ...                   uri='https://mahler:8092/site-updates.py',\n"
+        "    ...                   user='klem',\n"
+        '    ...                   passwd=\'geheim$parole\')\n    """\n'
+    )
+    assert redact(urllib_doc, "Python").text == urllib_doc
+    fsspec = "    - 'github://org:repo@/precip/catalog.yml', where the org and repo are\n"
+    assert redact(fsspec, "Python").text == fsspec
+    otel = '    `userName = "jdoe"`, the attribute `db.query.parameter.userName` SHOULD be set to `"jdoe"`.\n'
+    assert redact(f'"""\n{otel}"""\n', "Python").counts == Counter()
+    urllib2_test = 'import unittest\n\n\ndef test_basic_auth():\n    user, password = "wile", "coyote"\n'
+    assert redact(urllib2_test, "Python").counts == Counter()
+    # with digits, a credential in a test or a comment is taken for a real one pasted there
+    assert redact(urllib2_test.replace("wile", "w1le7Qx"), "Python").counts == {"PASSWORD": 1}
+    for value in (
+        'password = ":****"\n',  # pip's mask
+        'url = httpx.URL("HTTPS://jo%40email.com:a%20secret@müller.de:1234/pa%20th")\n',
+        "mhu = MultiHostUrl('https://foo.com:123,foo:bar@bar.com/path')\n",
+    ):
+        assert redact(value, "Python").counts == Counter(), value
+    # credentials in code still go (the labelled set's planted DATABASE_URL and db_password)
+    code = 'DATABASE_URL = "postgresql://svc_qhwzkra:Xk29fLq8Zr3Wp1@db.internal.acme-corp.io:5432/billing"\n'
+    assert redact(code, "Python").counts == {"USERNAME": 1, "PASSWORD": 1}
+    c = 'static const char *db_password = "Xk29fLq8Zr3Wp1";\n'
+    assert redact(c, "C").counts == {"PASSWORD": 1}
