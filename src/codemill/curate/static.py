@@ -34,6 +34,16 @@ be imported), 0 of the 24,860 files flagged. The rules never flagged there and n
 (F502-F509, F522-F525, F631, F823, PLE1206, PLE1307, S501) have no precision to show and are
 recorded too. Major and minor rules (bugbear, other bandit rules) are unchanged and do not drop
 unless a recipe adds their severity.
+
+On the labelled set (benchmarks/curate_labels: 347 Python files, 8 real bugs labelled drop), each
+rule's flagged files, real bugs among them: F821 39, 3 (0.08); F822 18, 1 (0.06); F507, F523,
+PLE1205, S701 1, 1 each (too few to outweigh the 0.33, 0.33, 0.80, 0.40 above); S602 8, 0; S608 5,
+0; S506 2, 0; B006 16, 0; B018 15, 0; S102 13, 0; S105 12, 0; S307 10, 0. With context conditions
+(names other than Python 2's, IPython's and gettext's builtins and dunders; not in a test module;
+no `globals()`, `exec`, module `__getattr__`, star import or `setattr(sys.modules` in the file)
+F821 flags 13 files, 3 real (0.23: bs4, llama_cpp, networkx, prometheus_client, spacy_legacy,
+wasabi, opcode, re, ssl, xmlrpc stay) and F822 5, 1 (0.20: submodules named in a package's
+`__all__`, which torch's real F822 also looks like): far below 0.95, so the 8 real bugs pass.
 """
 
 from __future__ import annotations
