@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import Counter
@@ -26,8 +27,9 @@ from codemill.data.ordering import (
 from codemill.data.repo import CodeCorpus, SourceFile
 from codemill.data.stats import StreamStats
 from codemill.data.stream import TrainingStream, keyed_rng
-from codemill.data.tokenizer import load_tokenizer
+from codemill.data.tokenizer import HFTokenizer, load_tokenizer
 from codemill.errors import UserError
+from codemill.formats import get_format
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +373,101 @@ def test_runs_that_differ_only_in_file_order_draw_the_same_objective_per_reposit
             {d.drawn for make in s.plan("code", u, 0) for d in make() if d.drawn} for u in s.units("code", 0)
         ]
     assert drawn["algorithm1"] == drawn["random"] and any(len(x) == 1 for x in drawn["random"])
+
+
+# --- issue 31: the stream audited -------------------------------------------------------------------
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+def test_sfim_treats_crlf_files_as_their_lf_twins():
+    """The same real files with CRLF endings: the same candidate nodes per function, the same
+    fallbacks, and the same spans with every LF byte offset shifted by the `\\r`s before it; no
+    middle ends between `\\r` and `\\n`."""
+    import tree_sitter
+
+    from codemill.data.objectives import _function_query, _inner_nodes
+
+    policy = DataConfig().sfim
+    assert isinstance(sfim_span(SourceFile("a.py", "Python", "def f(x):\r\n    return x + 1\r\n"),
+                                random.Random(0), policy), Span)  # fmt: skip
+    counts = {"lf": Counter(), "crlf": Counter()}
+    for name in ("textwrap.py", "shlex.py", "json/decoder.py", "csv.py", "bisect.py"):
+        lf = stdlib(name).replace("\r\n", "\n")
+        for kind, text in (("lf", lf), ("crlf", _crlf(lf))):
+            f = SourceFile(name, "Python", text)
+            tree = f.tree()
+            for fn in tree_sitter.QueryCursor(_function_query("Python")).captures(tree.root_node)["f"]:
+                counts[kind]["nodes"] += len(_inner_nodes(fn, f.src, 0, len(f.src)))
+                counts[kind]["functions without a node"] += not _inner_nodes(fn, f.src, 0, len(f.src))
+            for seed in range(40):
+                s = make_sample(f, "sfim", random.Random(seed), fim_spm=0.5, sfim_spm=0.5, policy=policy)
+                counts[kind][f"fallback {s.fallback}"] += 1
+                if kind == "crlf" and s.objective == "sfim":
+                    assert not s.middle.endswith("\r") and s.prefix + s.middle + s.suffix == text
+                    counts[kind]["middle lines"] += s.middle.count("\r\n")
+                elif s.objective == "sfim":
+                    counts[kind]["middle lines"] += s.middle.count("\n")
+    assert counts["lf"] == counts["crlf"] and counts["lf"]["nodes"] > 500, counts
+
+
+def test_code_text_never_forges_a_sentinel_in_any_format_or_tokenizer_kind(tmp_path, code_corpus):
+    """Every format, through a byte-level BPE trained for it and a SentencePiece model carrying its
+    sentinels as user-defined pieces (as aiXcoder's does) or as ordinary ones (as CodeLlama's do):
+    text that mimics each sentinel, bare, after a space and after a literal `▁`, stays text and
+    reads back exactly."""
+    import sentencepiece as spm
+
+    from codemill.data.tokenizer import SPTokenizer, corpus_texts, train_bpe
+    from codemill.formats import FORMATS
+
+    texts = [t for t in corpus_texts(code_corpus, 200_000)]
+    lines = [line for t in texts for line in t.splitlines() if line.strip()]
+    for fmt in FORMATS.values():
+        sentinels = [s for s in fmt.specials if s not in ("<s>", "</s>")]
+        tokenizers = [HFTokenizer(train_bpe(texts, 600, fmt, show_progress=False))]
+        for kind in ("user_defined_symbols", "control_symbols"):
+            prefix = tmp_path / f"{fmt.name}-{kind}"
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(lines), model_prefix=str(prefix), vocab_size=400 + len(sentinels),
+                model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+                remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, minloglevel=2,
+                **{kind: sentinels},
+            )  # fmt: skip
+            tokenizers.append(SPTokenizer(f"{prefix}.model"))
+        for tok in tokenizers:
+            ids = {tok.token_id(s) for s in sentinels}
+            for s in sentinels:
+                core = s.removeprefix("▁")
+                for mimic in (core, " " + core, "▁" + core, f"x = '{core}{core}'\n", f"# {s} and ▁▁ {s}\n"):
+                    [got] = tok.encode_batch([mimic])
+                    assert not ids & set(got), (fmt.name, type(tok).__name__, mimic)
+                    assert tok.decode(got) == mimic, (fmt.name, type(tok).__name__, mimic)
+
+
+def test_a_long_fim_document_spills_whole_characters(tmp_path, tok):
+    from conftest import write_corpus
+
+    text = 'x = "東京"\n' * 100 + "def f():\n    return 1\n"
+    files = {f"m{i}.py": text.replace("x", f"v{i}") for i in range(40)}
+    corpus = write_corpus(tmp_path / "c", {"org/cjk": files})
+    cfg = DataConfig(seq_len=160, fim_level="document", code_objectives={"fim": 1.0}, shuffle_repos=False)
+    stats = StreamStats()
+    specials = {tok.token_id(t) for t in get_format("codemill").specials}
+    runs = 0
+    for w in TrainingStream(corpus, tok, cfg, stats=stats, epochs=1):
+        tokens = w["tokens"].tolist()
+        cuts = [i for i, t in enumerate(tokens) if t in specials]
+        for a, b in itertools.pairwise(cuts):  # text runs bounded by specials on both sides
+            if b > a + 1:
+                assert "\ufffd" not in tok.decode(tokens[a + 1 : b]), tok.decode(tokens[a + 1 : b])
+                runs += 1
+    assert stats.summary()["events"]["fim_context_spilled"] >= 5 and runs > 20
+
+
+def test_lines_are_cut_at_line_feeds_only():
+    from codemill.data.repo import lines_of
+
+    text = 'a = "x\u2028y"\nb = "\x0c"\rc\r\nd'
+    assert lines_of(text) == ['a = "x\u2028y"\n', 'b = "\x0c"\rc\r\n', "d"]
+    assert "".join(lines_of(text)) == text and lines_of("") == []

@@ -225,6 +225,14 @@ def data_stats(
     )
     for table in stats.tables():
         console.print(table)
+    if cfg.objective_unit == "repo" and stats.repos:
+        p = cfg.code_objectives.get("sfim", 0.0)
+        sd = (p * (1 - p) / stats.repos) ** 0.5
+        console.print(
+            f"{stats.windows:,} windows reached {stats.repos:,} repositories: the objective is drawn once per "
+            f"repository, so the SFIM-drawn share of repositories varies by about ±{sd:.0%} (one sd) from "
+            f"the {p:.0%} drawn at this count, and the share of tokens more, as repositories differ in size"
+        )
     if json_out:
         json_out.write_text(json.dumps(stats.summary(), indent=2) + "\n")
 
@@ -747,20 +755,22 @@ def complete_(
 ) -> None:
     """Print the completion a model gives at a position in a file (the text before the cursor is the
     prefix, the text after it the suffix)."""
+    from codemill.data.repo import lines_of
     from codemill.serve.engine import Engine
 
     path, _, rest = position.rpartition(":")
     path, _, line = path.rpartition(":")
     try:
         line_no, col = int(line), int(rest)
-        text = Path(path).read_text()
+        with open(path, newline="") as f:  # the file as it is: CRLF stays CRLF
+            text = f.read()
     except (ValueError, OSError) as e:
         raise UserError(f"{position!r}: give FILE:LINE:COL with an existing file ({e})") from e
-    lines = text.splitlines(keepends=True)
+    lines = lines_of(text)
     if not 1 <= line_no <= len(lines) + 1 or col < 1:
         raise UserError(f"line {line_no}, column {col} is outside {path} ({len(lines)} lines)")
     offset = sum(len(x) for x in lines[: line_no - 1]) + min(
-        col - 1, len(lines[line_no - 1].rstrip("\n")) if line_no <= len(lines) else 0
+        col - 1, len(lines[line_no - 1].rstrip("\r\n")) if line_no <= len(lines) else 0
     )
     engine = Engine(model, format)
     ids = engine.prompt(text[:offset], text[offset:], path=Path(path).name, max_tokens=max_tokens)

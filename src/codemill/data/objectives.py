@@ -5,13 +5,16 @@ SFIM follows the paper: pick a function, parse it, pick a non-root non-leaf node
 take a span inside the node whose start is random and whose end is a line end.
 
 Read literally the rule picks mostly tiny expression nodes, so node choice is a policy:
-- "literal": uniform over the function's non-root non-leaf nodes that contain a line end;
-- "weighted" (default): the same nodes weighted by kind, statements and blocks above expressions,
+- "literal" (default, the paper's rule): uniform over the function's non-root non-leaf nodes that
+  contain a line end;
+- "weighted" (ours, a named option): the same nodes weighted by kind, statements and blocks above expressions,
   with probability `start_at_node` the span starts where the node starts, as in the paper's
   Figure 3 (`if i % 5 == 0:` is an SPM middle that opens an if-statement), and with probability
   `end_at_node` it ends at the node's last line end, so a quarter of middles are whole nodes
   (the README's "pick a complete node").
-The middle never includes the line end; the suffix starts with it.
+The middle never includes the line end; the suffix starts with it. A line ends where its
+terminator starts: at the `\n`, or at the `\r` of a CRLF pair, so a CRLF file has the same candidate
+nodes and spans as its LF twin and a middle never ends between `\r` and `\n`.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Objective(IntEnum):
 
 
 OBJECTIVES = tuple(o.label for o in Objective if o)  # the objectives a recipe draws: ntp, fim, sfim
-_NEWLINE = re.compile(b"\n")
+_NEWLINE = re.compile(b"\r?\n")  # a match starts where its line ends
 _BLOCKS = {
     "block",
     "suite",
@@ -122,6 +125,11 @@ def _function_query(lang: str) -> tree_sitter.Query | None:
     return _functions[lang]
 
 
+def _newlines(src: bytes, start: int, end: int) -> list[int]:
+    """Where the lines that end in [start, end] end: a terminator (LF or CRLF) starting there."""
+    return [m.start() for m in _NEWLINE.finditer(src, start, end + 2)]
+
+
 def _line_ends(newlines: list[int], size: int, start: int, end: int) -> list[int]:
     """Byte offsets p in (start, end] where a line ends: a newline, or the end of the file."""
     ends = newlines[bisect.bisect_right(newlines, start) : bisect.bisect_right(newlines, end)]
@@ -141,7 +149,7 @@ class Span:
 
 def _inner_nodes(top: tree_sitter.Node, src: bytes, lo: int, hi: int) -> list[tree_sitter.Node]:
     """Non-leaf nodes under `top` (not itself), inside [lo, hi), that hold a line end."""
-    newlines = [m.start() for m in _NEWLINE.finditer(src, top.start_byte, top.end_byte + 1)]
+    newlines = _newlines(src, top.start_byte, top.end_byte)
     overlaps = lambda n: n.child_count and n.start_byte < hi and n.end_byte > lo  # noqa: E731
     nodes, stack = [], [c for c in top.children if overlaps(c)]
     while stack:
@@ -181,7 +189,7 @@ def sfim_span(
     if not nodes:
         return reason
     node = policy.choose(nodes, rng)
-    newlines = [m.start() for m in _NEWLINE.finditer(src, node.start_byte, node.end_byte + 1)]
+    newlines = _newlines(src, node.start_byte, node.end_byte)
     ends = _line_ends(newlines, len(src), node.start_byte, node.end_byte)
     weighted = policy.policy == "weighted"
     end = ends[-1] if weighted and rng.random() < policy.end_at_node else rng.choice(ends)

@@ -7,6 +7,7 @@ on its own: that is what lets the stream shard, skip and resume without reading 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +16,14 @@ import pyarrow.parquet as pq
 
 from codemill.errors import UserError
 from codemill.langs import ts_parser
+
+_LINE = re.compile(r"[^\n]*\n|[^\n]+")
+
+
+def lines_of(text: str) -> list[str]:
+    """A text's lines, cut at `\n` only, each with its `\n`: `str.splitlines` also cuts at `\r`,
+    `\x0c` and `\u2028`, which code holds inside strings and comments."""
+    return _LINE.findall(text)
 
 
 @dataclass

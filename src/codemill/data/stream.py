@@ -30,7 +30,7 @@ import xxhash
 from codemill.data.config import DataConfig
 from codemill.data.objectives import Objective, Sample, fim_split, make_sample
 from codemill.data.ordering import draw, order_files
-from codemill.data.repo import CodeCorpus, SourceFile, TextCorpus
+from codemill.data.repo import CodeCorpus, SourceFile, TextCorpus, lines_of
 from codemill.data.stats import StreamStats
 from codemill.errors import UserError
 from codemill.formats import Format, Part, Pieces, fit, get_format
@@ -235,13 +235,42 @@ class TrainingStream:
             self._count("middle_longer_than_window")
             ntp = Sample("ntp", s.prefix + s.middle + s.suffix, fallback="middle_longer_than_window")
             return self.encode([self._doc(d.path, ntp, d.strategy)])[0]
-        kept, head, tail = fit(pieces, self.window_len)
+        kept, head, tail = self._whole_chars(*fit(pieces, self.window_len))
         self._set_ids(d, kept)
         start = d.ids[: d.opening].tolist()
         end = [self.ids[self.fmt.eos]] if self.fmt.eos_per_file else []
         self._count("fim_context_spilled")
         spill = lambda ids: Doc(np.asarray(ids, dtype=np.int32), "ntp", True, d.path, strategy=d.strategy)  # noqa: E731
         return ([spill(start + head)] if head else []) + [d] + ([spill(start + tail + end)] if tail else [])
+
+    def _whole_chars(
+        self, kept: Pieces, head: list[int], tail: list[int]
+    ) -> tuple[Pieces, list[int], list[int]]:
+        """`fit` cuts at tokens, and byte-level BPE can split a character between two: the spilled
+        head must not end in half a character nor the kept prefix start with the rest (they become
+        two documents), and the same for the suffix and its tail. The kept side gives up the token or
+        three that hold the split character (a UTF-8 character has at most 4 bytes)."""
+        out = []
+        for ids, role in kept:
+            if role == "prefix" and head:
+                whole = head + ids
+                cut = self._char_cut(whole, len(head), +1)
+                head, ids = whole[:cut], whole[cut:]
+            elif role == "suffix" and tail:
+                whole = ids + tail
+                cut = self._char_cut(whole, len(ids), -1)
+                ids, tail = whole[:cut], whole[cut:]
+            out.append((ids, role))
+        return out, head, tail
+
+    def _char_cut(self, ids, cut: int, step: int) -> int:
+        """`cut` moved by `step` until ids[cut:] starts on a whole character (at most 3 tokens: a
+        UTF-8 character has at most 4 bytes)."""
+        for _ in range(3):
+            if not 0 < cut < len(ids) or not self.tok.decode(list(ids[cut : cut + 4])).startswith("\ufffd"):
+                break
+            cut += step
+        return cut
 
     # --- context-level objectives ---------------------------------------------------------------
     def _rest(self, d: Doc, char: int, ntp: bool) -> Doc:
@@ -262,7 +291,7 @@ class TrainingStream:
     def _line_tokens(self, f: SourceFile) -> tuple[np.ndarray, np.ndarray]:
         """Where each line of `f` ends and the tokens up to it (lines tokenized alone), once per file."""
         if self._lines[0] is not f:
-            lines = f.text.splitlines(keepends=True)
+            lines = lines_of(f.text)
             ends = np.cumsum([len(line) for line in lines])
             self._lines = (f, ends, np.cumsum([len(ids) for ids in self.tok.encode_batch(lines)]))
         return self._lines[1], self._lines[2]
@@ -431,6 +460,7 @@ class TrainingStream:
                 # a quarter of its prefix (at least 64 tokens); padding fills the rest
                 keep = min(doc.prefix_len, max(64, doc.prefix_len // 4))
                 n = max(0, min(room - doc.opening, doc.prefix_len - cur["offset"] - keep))
+                n = self._char_cut(doc.ids[doc.prefix_at + cur["offset"] :], n, -1)
                 take = doc.head(cur["offset"], n) if n else doc.ids[:0]
                 cur["offset"] += n
                 code, pad = Objective.NTP, room - len(take)

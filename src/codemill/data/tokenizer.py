@@ -29,6 +29,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from codemill.errors import UserError
 from codemill.formats import PII_TOKENS, Format
 
+META = "▁"  # SentencePiece's space
+SENTINEL_SHAPE = re.compile(r"▁?<[^<>\s]+>$")  # an ordinary piece shaped like a sentinel
 CODEMILL_SPLIT = (
     r"\p{N}"  # one digit
     r"|[^\S\r\n]*(?:\r?\n)+[^\S\r\n]*"  # line ends with the indentation that follows them
@@ -176,15 +178,38 @@ class ChunkCache:
 
 
 class SPTokenizer:
-    """A SentencePiece `tokenizer.model`, encoding each segment without a dummy prefix."""
+    """A SentencePiece `tokenizer.model`, encoding each segment without a dummy prefix.
+
+    SentencePiece matches its user-defined pieces (aiXcoder's `▁<AIX-SPAN-MIDDLE>`) anywhere in the
+    text it encodes, its merges can reach a sentinel kept as an ordinary piece (CodeLlama's
+    `▁<PRE>`), and it turns a literal `▁` into a space on the way back. So a text holding any of
+    these is cut before it is encoded: a sentinel's text in two parts encoded apart (it stays text, as
+    `encode_special_tokens` keeps it in the BPE), a literal `▁` as its UTF-8 byte pieces (a model
+    without byte fallback has none: there it reads back as a space, as SentencePiece does). PII
+    placeholders stay whole: curation writes them to be one id."""
 
     GUARD = "☺"
 
     def __init__(self, path: str | Path):
         import sentencepiece
+        from sentencepiece import sentencepiece_model_pb2
 
         self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         self._guard = self.sp.encode(self.GUARD)
+        model = sentencepiece_model_pb2.ModelProto()
+        model.ParseFromString(self.sp.serialized_model_proto())
+        kinds = sentencepiece_model_pb2.ModelProto.SentencePiece
+        sentinels = {
+            p.piece
+            for p in model.pieces
+            if p.type == kinds.USER_DEFINED or (p.type == kinds.NORMAL and SENTINEL_SHAPE.match(p.piece))
+        }
+        cores = sorted({p.lstrip(META) or p for p in sentinels - set(PII_TOKENS)}, key=len, reverse=True)
+        # where text is cut: inside every sentinel's text (after its first character), and around ▁
+        self._cuts = re.compile("|".join([f"(?<={re.escape(c[0])})(?={re.escape(c[1:])})" for c in cores
+                                          if len(c) > 1] + [META]))  # fmt: skip
+        meta = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in META.encode()]
+        self._meta = meta if model.trainer_spec.byte_fallback else None
 
     @property
     def vocab_size(self) -> int:
@@ -197,10 +222,27 @@ class SPTokenizer:
         return i
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        out = []
+        return [
+            self._encode(t) if self._cuts.search(t) else ids
+            for t, ids in zip(texts, self._plain(texts), strict=True)
+        ]
+
+    def _plain(self, texts: list[str]) -> list[list[int]]:
         g = len(self._guard)
-        for ids in self.sp.encode([self.GUARD + t for t in texts]):
-            out.append(ids[g:] if ids[:g] == self._guard else ids)
+        return [
+            ids[g:] if ids[:g] == self._guard else ids
+            for ids in self.sp.encode([self.GUARD + t for t in texts])
+        ]
+
+    def _encode(self, text: str) -> list[int]:
+        """A text holding a sentinel's text or a literal ▁, in parts that hold neither."""
+        out: list[int] = []
+        pieces = [p for p in re.split(f"({META})", text) if p]
+        for piece in pieces:
+            if piece == META and self._meta is not None:
+                out += self._meta
+            else:
+                out += [i for ids in self._plain(self._cuts.split(piece)) for i in ids]
         return out
 
     def decode(self, ids: list[int]) -> str:
