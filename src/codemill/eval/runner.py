@@ -15,7 +15,7 @@ from codemill.errors import UserError
 from codemill.eval import sandbox
 from codemill.eval.metrics import pass_at_k
 from codemill.eval.models import Model
-from codemill.eval.suites import SUITES, subset
+from codemill.eval.suites import END, SUITES, subset
 from codemill.eval.tables import paper_tables
 from codemill.progress import Bar
 from codemill.stops import syntax_stop
@@ -90,7 +90,7 @@ def evaluate(
             sample.update(spec.score(task, completion))
             if task.program is not None:
                 argv, files = task.program(completion)
-                o = sandbox.run(argv, files, task.limits, unsafe=unsafe)
+                o = sandbox.run(argv, files, task.limits, unsafe=unsafe, expect=END)
                 sample.update(
                     verdict=o.status, stdout=o.stdout[-2000:], stderr=o.stderr[-2000:], seconds=o.seconds
                 )

@@ -107,8 +107,11 @@ def run(
     unsafe: bool = False,
     env: dict[str, str] | None = None,
     ok_status: str = "passed",
+    expect: str | None = None,
 ) -> Outcome:
-    """Write `files` into a fresh directory and run `cmd` there; exit 0 is `ok_status`."""
+    """Write `files` into a fresh directory and run `cmd` there; exit 0 is `ok_status`. With `expect`,
+    only if stdout's last line is that text (a line the program prints once its tests have run: a
+    program that exits before them, with status 0, fails); the line is left out of `stdout`."""
     sandboxed = available()
     if not sandboxed and not unsafe:
         raise SandboxUnavailable(
@@ -120,13 +123,15 @@ def run(
         with _lock:
             slot = _free.pop(0)  # least recently used: a killed sample's uid gets time to empty
         try:
-            return _run(cmd, files, limits, sandboxed, root, slot, env or {}, ok_status)
+            return _run(cmd, files, limits, sandboxed, root, slot, env or {}, ok_status, expect)
         finally:
             with _lock:
                 _free.append(slot)
 
 
-def _run(cmd, files, limits: Limits, sandboxed: bool, root: bool, slot: int, env, ok_status) -> Outcome:
+def _run(
+    cmd, files, limits: Limits, sandboxed: bool, root: bool, slot: int, env, ok_status, expect
+) -> Outcome:
     uid = BASE_UID + slot
     with tempfile.TemporaryDirectory(prefix="codemill-sbx-") as tmp:
         work, logs = Path(tmp, "work"), Path(tmp, "logs")
@@ -178,9 +183,22 @@ def _run(cmd, files, limits: Limits, sandboxed: bool, root: bool, slot: int, env
         seconds = time.perf_counter() - t0
         read = lambda p: p.read_bytes()[: limits.output_bytes].decode("utf-8", "replace")  # noqa: E731
         stdout, stderr = read(out_path), read(err_path)
+        ended = expect is None or _last_line(out_path) == expect
+        if expect is not None:
+            stdout = stdout.replace("\n" + expect + "\n", "")
     # bwrap reports a signalled child as 128 + signal; SIGXCPU is the CPU limit, SIGKILL its hard edge
     cpu_out = code in (-signal.SIGXCPU, 128 + signal.SIGXCPU) or (
         code in (-signal.SIGKILL, 128 + signal.SIGKILL) and seconds >= limits.cpu_s
     )
-    status = "timeout" if timed_out or cpu_out else ok_status if code == 0 else "failed"
+    status = "timeout" if timed_out or cpu_out else ok_status if code == 0 and ended else "failed"
+    if code == 0 and not ended and not timed_out:
+        stderr += "\n[codemill] the program exited before its tests ran to the end"
     return Outcome(status, code, stdout, stderr, seconds)
+
+
+def _last_line(path: Path) -> str:
+    """The last line of a file however long the file (stdout is kept only up to `output_bytes`)."""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        lines = f.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)
+    return lines[-1]

@@ -9,6 +9,7 @@ SantaCoder-FIM scored on the first non-empty generated line.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,15 +49,37 @@ RUNNERS: dict[str, tuple[str, Callable[[], list[str]]]] = {
             "sh",
             "-c",
             f"javac -J-Xmx256m -encoding UTF8 -cp {JAVATUPLES} -d . Problem.java"
-            f" && java -Xmx256m -ea -cp .:{JAVATUPLES} Problem",
+            f" && java -Xmx256m -ea -cp .:{JAVATUPLES} CodemillMain",
         ],
     ),
 }
 
 
+# printed once a program's tests have run: a program that exits early (sys.exit, os._exit, exit(),
+# process.exit, System.exit) with status 0 does not print it and fails; a completion cannot know it
+END = f"codemill-tests-ran-{secrets.token_hex(8)}"
+
+
 def _runs(language: str, code: str) -> tuple[list[str], dict[str, str]]:
     name, argv = RUNNERS[language]
-    return argv(), {name: code}
+    return argv(), {name: _ended(language, code)}
+
+
+def _ended(language: str, code: str) -> str:
+    """The program with END printed on a line of its own after its last test: at the end of the file
+    for Python and JavaScript; for C++ and Java from a `main` that runs the tests' own first."""
+    if language == "Python":
+        return f"{code}\nprint({chr(10) + END!r}, flush=True)\n"
+    if language == "JavaScript":
+        return f"{code}\nconsole.log({chr(10) + END!r});\n"
+    if language == "C++":
+        head, found, tail = code.rpartition("int main(")
+        code = head + "void codemill_tests(" + tail if found else code  # MultiPL-E's mains return nothing
+        return f'{code}\n#include <cstdio>\nint main() {{\n    codemill_tests();\n    std::printf("\\n%s\\n", "{END}");\n}}\n'
+    if language == "Java":
+        return (f"{code}\nclass CodemillMain {{\n    public static void main(String[] args) {{\n"
+                f'        Problem.main(args);\n        System.out.println("\\n{END}");\n    }}\n}}\n')  # fmt: skip
+    raise UserError(f"no runner for {language}")
 
 
 # stop strings of the code; the format's stop tokens (formats.py) end a completion by id, whatever the model
