@@ -4,7 +4,10 @@ Written here because the `codebleu` package pins tree-sitter < 0.23 and codemill
 The four terms and their quirks follow the reference (CodeXGLUE `calc_code_bleu.py`, as packaged by
 k4black/codebleu 0.7.0) so that scores are equal on the pairs in tests/data/codebleu_reference.jsonl:
 
-- n-gram match: corpus BLEU-4 over whitespace tokens, brevity penalty, 0.1 added to zero counts;
+- n-gram match: corpus BLEU-4 over the tokens, brevity penalty, 0.1 added to zero counts. The
+  reference splits on whitespace by default; aiXcoder's FIM-Eval (`run_evaluate.py` @bd3771e) passes
+  its copy of sacrebleu's 13a tokenizer (`tokens_13a`) for this term and the next, so `ValueError:`
+  is two tokens and an identical prediction of four tokens or more scores 1;
 - weighted n-gram match: the same with *recall* against the reference and keywords weighing 1,
   other unigrams 0.2; its brevity penalty takes every reference to be 2 tokens long (the reference
   measures the [tokens, weights] pair), so it only applies to predictions of 1 or 2 tokens;
@@ -23,11 +26,13 @@ every seed-stable pair.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
 import tokenize
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from codemill.errors import UserError
@@ -74,21 +79,20 @@ def code_bleu(
     language: str,
     weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25),
     dataflow: str = "codebleu",
+    tokenizer: Callable[[str], list[str]] = str.split,
 ) -> dict[str, float]:
-    """Corpus CodeBLEU in [0, 1] with its four terms; one pair gives FIM-Eval's per-sample score."""
+    """Corpus CodeBLEU in [0, 1] with its four terms; one pair gives a per-sample score. `tokenizer`
+    splits code for the n-gram terms: `str.split` as CodeXGLUE and the codebleu package,
+    `tokens_13a` as aiXcoder's FIM-Eval."""
     key = lang_key(language)
     refs = [r.strip() for r in references]
     hyps = [p.strip() for p in predictions]
-    ref_tokens, hyp_tokens = [r.split() for r in refs], [h.split() for h in hyps]
-    ngram = _bleu(ref_tokens, hyp_tokens, weighted=None)
-    weighted = _bleu(ref_tokens, hyp_tokens, weighted=KEYWORDS[key])
     refs_clean = [_strip_comments(r, key) for r in refs]
     hyps_clean = [_strip_comments(h, key) for h in hyps]
     syntax = _syntax_match(refs_clean, hyps_clean, key)
     flow = _dataflow_match(refs_clean, hyps_clean, key)
     terms = {
-        "ngram_match": ngram,
-        "weighted_ngram_match": weighted,
+        **ngram_terms(refs, hyps, key, tokenizer),
         "syntax_match": syntax,
         "dataflow_match": flow,
     }
@@ -110,6 +114,32 @@ def combine(terms: dict[str, float], weights=(0.25, 0.25, 0.25, 0.25), dataflow:
 
 
 # ---- n-gram terms -------------------------------------------------------------------------------
+
+
+def tokens_13a(code: str) -> list[str]:
+    """sacrebleu's 13a tokens (mteval-v13a: punctuation split off, `-\\n` joined), as aiXcoder's copy
+    of the tokenizer returns them."""
+    return _tokenizer_13a()(code).split()
+
+
+@functools.cache
+def _tokenizer_13a():
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    return Tokenizer13a()
+
+
+def ngram_terms(
+    references: list[str], predictions: list[str], key: str, tokenizer: Callable[[str], list[str]] = str.split
+) -> dict[str, float]:
+    """The two n-gram terms of CodeBLEU over `tokenizer`'s tokens of the stripped code (`key`: the
+    reference's language key, for its keywords)."""
+    ref_tokens = [tokenizer(r.strip()) for r in references]
+    hyp_tokens = [tokenizer(p.strip()) for p in predictions]
+    return {
+        "ngram_match": _bleu(ref_tokens, hyp_tokens, weighted=None),
+        "weighted_ngram_match": _bleu(ref_tokens, hyp_tokens, weighted=KEYWORDS[key]),
+    }
 
 
 def _ngrams(tokens: list[str], n: int) -> Counter:

@@ -51,59 +51,78 @@ def bleu4(prediction: str, reference: str) -> float:
 
 
 def edit_similarity(prediction: str, reference: str) -> float:
-    """0-100: rapidfuzz's `fuzz.ratio` (normalized Indel distance) of the stripped strings, as a float;
-    CrossCodeEval's scripts round fuzzywuzzy's ratio to an integer per sample."""
+    """FIM-Eval's extra column (0-100): rapidfuzz's `fuzz.ratio` (normalized Indel distance) of the
+    stripped strings, unrounded; CrossCodeEval's is `cceval_edit_similarity`."""
     from rapidfuzz import fuzz
 
     return float(fuzz.ratio(prediction.strip(), reference.strip()))
 
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-KEYWORDS = {
-    "Python": set(keyword.kwlist) | {"self", "True", "False", "None"},
-    "Java": {
-        "abstract", "assert", "boolean", "break", "byte", "case", "catch", "char", "class", "const", "continue",
-        "default", "do", "double", "else", "enum", "extends", "final", "finally", "float", "for", "goto", "if",
-        "implements", "import", "instanceof", "int", "interface", "long", "native", "new", "package", "private",
-        "protected", "public", "return", "short", "static", "strictfp", "super", "switch", "synchronized", "this",
-        "throw", "throws", "transient", "try", "void", "volatile", "while", "true", "false", "null", "var",
-    },
-    "TypeScript": {
-        "break", "case", "catch", "class", "const", "continue", "debugger", "default", "delete", "do", "else",
-        "enum", "export", "extends", "false", "finally", "for", "function", "if", "import", "in", "instanceof",
-        "new", "null", "return", "super", "switch", "this", "throw", "true", "try", "typeof", "var", "void",
-        "while", "with", "let", "static", "yield", "await", "async", "of", "as", "interface", "type", "any",
-        "number", "string", "boolean", "undefined", "implements", "private", "protected", "public", "readonly",
-    },
-    "C#": {
-        "abstract", "as", "base", "bool", "break", "byte", "case", "catch", "char", "checked", "class", "const",
-        "continue", "decimal", "default", "delegate", "do", "double", "else", "enum", "event", "explicit",
-        "extern", "false", "finally", "fixed", "float", "for", "foreach", "goto", "if", "implicit", "in", "int",
-        "interface", "internal", "is", "lock", "long", "namespace", "new", "null", "object", "operator", "out",
-        "override", "params", "private", "protected", "public", "readonly", "ref", "return", "sbyte", "sealed",
-        "short", "sizeof", "static", "string", "struct", "switch", "this", "throw", "true", "try", "typeof",
-        "uint", "ulong", "unchecked", "unsafe", "ushort", "using", "var", "virtual", "void", "volatile", "while",
-    },
+# ---- CrossCodeEval as cceval scores it ---------------------------------------------------------
+# Rules from amazon-science/cceval @25f9cab, scripts/eval_metric.py and scripts/eval_utils.py (Apache
+# License 2.0), written here; the keyword lists are its scripts/keywords/*.txt (from Microsoft's
+# dpu-utils, MIT License) and, for Python, `keyword.kwlist` without True and False.
+
+_CCEVAL_KEYWORDS = {
+    "Python": " ".join(k for k in keyword.kwlist if k not in ("True", "False")),
+    "Java": """abstract assert boolean break byte case catch char class continue default do double
+        else enum extends final finally float for if implements import instanceof int interface long native
+        new package private protected public return short static strictfp super switch synchronized this
+        throw throws transient try void volatile while var const goto""",
+    # cceval's typescript.txt is its javascript.txt: `number`, `string`, `any`, `await`, `true` count as names
+    "TypeScript": """break case catch class const continue debugger default delete do else export
+        extends finally for function if import in instanceof new return super switch this throw try typeof
+        var void while with yield enum implements interface let package private protected public
+        static""",
+    "C#": """abstract as base bool break byte case catch char checked class const continue decimal
+        default delegate do double else enum event explicit extern finally fixed float for foreach goto if
+        implicit in int interface internal is lock long namespace new null object operator out override
+        params private protected public readonly ref return sbyte sealed short sizeof stackalloc static
+        string struct switch this throw try typeof uint ulong unchecked unsafe ushort using virtual void
+        volatile while""",
 }  # fmt: skip
+CCEVAL_KEYWORDS = {k: frozenset(v.split()) for k, v in _CCEVAL_KEYWORDS.items()}
+_CCEVAL_STRING = re.compile(r'"([^"\\]*(\\.[^"\\]*)*)"' + r"|'([^'\\]*(\\.[^'\\]*)*)'")
+_WORD = re.compile(r"\w+")
+_NAME_START = re.compile(r"[_a-zA-Z]")
 
 
-def identifiers(code: str, language: str) -> list[str]:
-    return [t for t in _IDENT.findall(code) if t not in KEYWORDS.get(language, set())]
+def cceval_strip_comments(code: str) -> str:
+    """cceval's comment removal, the same in every language: `#` to the line end, then `//` to the
+    line end (so `"#fff"` in Java and `a // b` in Python lose their tails too)."""
+    return re.sub(r"//.*", "", re.sub(r"#.*", "", code))
 
 
-def line_match(prediction: str, reference: str) -> bool:
-    """CrossCodeEval's exact match: equal lists of non-empty stripped lines."""
-    lines = lambda s: [x.strip() for x in s.splitlines() if x.strip()]  # noqa: E731
-    return lines(prediction) == lines(reference)
+def cceval_lines(code: str) -> list[str]:
+    r"""What cceval's exact match compares: the stripped non-empty lines, split at `\n` only."""
+    return [line.strip() for line in code.split("\n") if line.strip()]
+
+
+def cceval_identifiers(code: str, language: str) -> list[str]:
+    r"""cceval's identifiers, in order: string literals removed, then the `\w+` tokens that start
+    with a letter or `_` and are not in its keyword list (`0x1fc7` yields none)."""
+    words = _WORD.findall(_CCEVAL_STRING.sub("", code))
+    return [w for w in words if _NAME_START.match(w) and w not in CCEVAL_KEYWORDS[language]]
 
 
 def identifier_scores(prediction: str, reference: str, language: str) -> tuple[bool, float]:
-    """(identifier exact match, identifier F1 over sets), CrossCodeEval's definitions."""
-    p, r = identifiers(prediction, language), identifiers(reference, language)
-    if not p and not r:
-        return True, 1.0
-    common = len(set(p) & set(r))
-    if common == 0:
-        return p == r, 0.0
-    precision, recall = common / len(set(p)), common / len(set(r))
-    return p == r, 2 * precision * recall / (precision + recall)
+    """(identifier exact match, identifier F1) as cceval: equal identifier lists; F1 over the two
+    sets, 0 when neither has an identifier."""
+    p, r = cceval_identifiers(prediction, language), cceval_identifiers(reference, language)
+    tp = len(set(p) & set(r))
+    wrong = len(set(p) ^ set(r))  # false positives plus false negatives
+    return p == r, 2 * tp / (2 * tp + wrong) if tp or wrong else 0.0
+
+
+def cceval_edit_similarity(prediction: str, reference: str) -> int:
+    """cceval's per-sample edit similarity: fuzzywuzzy's `fuzz.ratio` of the stripped strings with
+    python-Levenshtein installed (100 when equal, 0 when one is empty, else the normalized Indel
+    similarity times 100, rounded half to even); rapidfuzz computes the same similarity."""
+    from rapidfuzz.distance import Indel
+
+    p, r = prediction.strip(), reference.strip()
+    if p == r:
+        return 100
+    if not p or not r:
+        return 0
+    return round(100 * Indel.normalized_similarity(p, r))
