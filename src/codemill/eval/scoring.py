@@ -72,6 +72,11 @@ def first_line_match(task, completion: str) -> dict:
     return {"exact_match": first_line(completion).strip() == task.target.strip()}
 
 
+def setup_code(task, completion: str) -> dict:
+    """MBPP: marks the samples whose program ran the task's `test_setup_code`, which bigcode skips."""
+    return {"test_setup_code": True} if task.request.meta.get("test_setup_code") else {}
+
+
 def statement(prompt: str, completion: str, language: str) -> str:
     """cceval's `postprocess_code_lines`. Python: the shortest prefix of the completion that is
     followed by a line end and after which prompt + prefix parses without an ERROR node (tree-sitter;

@@ -2,8 +2,8 @@
 
 Prompts, stop strings and program assembly follow bigcode-evaluation-harness (notes/eval.md), with
 the choices it leaves open stated here: HumanEval unstripped; MBPP with `test_setup_code` run after
-the solution and before the tests, on all 974 problems (the paper) or the 500 of the test split;
-SantaCoder-FIM scored on the first non-empty generated line.
+the solution and before the tests (bigcode ignores it), on all 974 problems (the paper) or the 500 of
+the test split. Text scores are eval/scoring.py's, each as its benchmark's reference computes it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def _ended(language: str, code: str) -> str:
 
 # stop strings of the code; the format's stop tokens (formats.py) end a completion by id, whatever the model
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
-MBPP_STOPS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
+MBPP_STOPS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```")
+SANTACODER_STOPS = ("<|endoftext|>", "<|filename|>")  # bigcode's SantaCoderFIM stop words
 
 
 def humaneval(**_) -> list[Task]:
@@ -115,7 +116,9 @@ def _data(path: str | None, default: str) -> Path:
 
 
 def mbpp(data: str | None = None, split: str = "all", **_) -> list[Task]:
-    """All 974 problems (the paper) or the 500 of the test split (task ids 11-510, bigcode)."""
+    """All 974 problems (the paper) or the 500 of the test split (task ids 11-510, bigcode). Tasks
+    with `test_setup_code` (367 and 927, which need it to pass) run it, and their samples say so
+    (`test_setup_code`), so the report can give bigcode's count, which does not run it, beside."""
     if split not in ("all", "test"):
         raise UserError("MBPP split must be 'all' (974 problems, as the paper) or 'test' (500)")
     tasks = []
@@ -129,17 +132,17 @@ def mbpp(data: str | None = None, split: str = "all", **_) -> list[Task]:
         def program(completion: str, prompt=prompt, tests=tests) -> tuple[list[str], dict[str, str]]:
             return _runs("Python", prompt + completion + "\n" + tests + "\n")
 
-        ref = p["code"].replace("\r\n", "\n")
-        tasks.append(
-            Task(f"MBPP/{p['task_id']}", "Python", Request(prompt, stop=MBPP_STOPS, reference=ref), program)
-        )
+        req = Request(prompt, stop=MBPP_STOPS, reference=p["code"].replace("\r\n", "\n"))
+        req.meta = {"test_setup_code": True} if p["test_setup_code"].strip() else {}
+        tasks.append(Task(f"MBPP/{p['task_id']}", "Python", req, program))
     return tasks
 
 
 def santacoder_fim(data: str | None = None, **_) -> list[Task]:
-    """Single-line infilling in Python, JavaScript and Java: exact match of the first non-empty line
-    (bigcode), plus the task's tests run on the filled program where a runtime is installed (Python
-    always, node if present)."""
+    """Single-line infilling in Python, JavaScript and Java, the completion cut at bigcode's stop
+    words: exact match of the whole completion (bigcode; the `santacoder-fim-first-line` suite scores
+    its first non-empty line, as Qwen), plus the task's tests run on the filled program (its first
+    line) where a runtime is installed (Python always, node if present)."""
     import pyarrow.parquet as pq
 
     rows = pq.read_table(_data(data, "santacoder-fim/santacoder-fim-task.train.parquet")).to_pylist()
@@ -153,7 +156,8 @@ def santacoder_fim(data: str | None = None, **_) -> list[Task]:
             def program(completion: str, r=r, lang=lang) -> tuple[list[str], dict[str, str]]:
                 return _runs(lang, f"{r['prompt']}\n{first_line(completion)}\n{r['suffix']}\n{r['tests']}\n")
 
-        req = Request(r["prompt"], r["suffix"], stop=(), max_tokens=64, reference=r["canonical_solution"])
+        req = Request(r["prompt"], r["suffix"], stop=SANTACODER_STOPS, max_tokens=64,
+                      reference=r["canonical_solution"])  # fmt: skip
         req.path = "solution" + BY_NAME[lang].extensions[0]
         tasks.append(
             Task(f"SantaCoder-FIM/{r['language']}/{i}", lang, req, program, target=r["canonical_solution"])
@@ -270,8 +274,9 @@ SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
         Suite("humaneval", humaneval),
-        Suite("mbpp", mbpp, options=("data", "split")),
-        Suite("santacoder-fim", santacoder_fim, scoring.first_line_match, ("data",)),
+        Suite("mbpp", mbpp, scoring.setup_code, options=("data", "split")),
+        Suite("santacoder-fim", santacoder_fim, scoring.whole_match, ("data",)),
+        Suite("santacoder-fim-first-line", santacoder_fim, scoring.first_line_match, ("data",)),
         Suite("fim-eval", fim_eval, scoring.text_scores, ("data",), built="fim"),
         Suite(
             "crosscodeeval", crosscodeeval, scoring.statement_scores, ("data", "setting"), built="crossfile"
