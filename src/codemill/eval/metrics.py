@@ -39,14 +39,14 @@ def _bleu(order: int):
 def bleu4(prediction: str, reference: str) -> float:
     """aiXcoder FIM-Eval's per-sample BLEU-4 (0-100): 13a tokens, no smoothing, brevity penalty, the
     maximum order lowered to the reference's length when it has fewer than 4 tokens, 100 on an exact
-    match and 0 when either side is empty. Computed by sacrebleu."""
+    match (two empty ones included) and 0 when one side is empty. Computed by sacrebleu."""
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
     p, r = prediction.strip(), reference.strip()
+    if p == r:  # first, as aiXcoder: two empty middles match
+        return 100.0
     if not p or not r:
         return 0.0
-    if p == r:
-        return 100.0
     return _bleu(min(4, len(Tokenizer13a()(r).split()))).sentence_score(p, [r]).score
 
 
