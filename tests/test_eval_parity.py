@@ -117,3 +117,15 @@ def test_codebleu_of_an_identical_prediction_is_100_with_13a_tokens():
 def test_13a_tokens_are_aixcoders():
     assert tokens_13a("x.append(a[i]-1)") == ["x", ".", "append", "(", "a", "[", "i", "]", "-1", ")"]
     assert tokens_13a("a, 3.14 &amp; b-\nc") == ["a", ",", "3.14", "&", "bc"]
+
+
+def test_reports_name_the_rule_behind_each_number():
+    from codemill.eval.tables import paper_tables
+
+    def run(suite: str, em: float) -> dict:
+        return {"suite": suite, "model": "m", "settings": {}, "summary": {"Python": {"exact_match": em}}}
+
+    text = paper_tables([run("santacoder-fim", 40.0), run("santacoder-fim-first-line", 50.0)])
+    assert "the whole completion cut at the stop words (bigcode)" in text and "(Qwen)" in text
+    assert "| m | 40.0 | - | - | - |" in text and "| m (first line) | 50.0 | - | - | - |" in text
+    assert "as cceval's eval_metric.py" in paper_tables([run("crosscodeeval", 1.0)])
