@@ -441,7 +441,7 @@ def eval_(
     data: str = typer.Option(None, help="The benchmark file (MBPP jsonl, SantaCoder-FIM parquet)."),
     split: str = typer.Option("all", help="MBPP: all (974, the paper) or test (500, bigcode)."),
     setting: str = typer.Option("retrieval", help="CrossCodeEval: infile, retrieval (BM25 rg1) or oracle."),
-    limit: int = typer.Option(None, help="Only the first N tasks."),
+    limit: int = typer.Option(None, help="N tasks evenly spaced through the suite, not the first N."),
     samples: int = typer.Option(
         1, help="Samples per task (pass@k for every k up to it); needs --temperature."
     ),
