@@ -113,8 +113,11 @@ def test_codemill_golden_layouts(bpe_dir):
     assert spm[-1] == sid("<|endoftext|>") and spm[0] == sid("<file_sep>")
     n_head = len(tok.encode_batch(["geo/area.py\n"])[0]) + 1
     assert spm[n_head : n_head + 2] == [sid("<fim_prefix>"), sid("<fim_suffix>")]
-    # the inference prompt is the training document cut where the middle starts
-    prompt = encode_parts(tok, fmt.prompt(PREFIX, SUFFIX, path="geo/area.py", spm=True))
+    # the inference prompt is the training document cut where the middle starts, after the repository
+    # line llama-server's /infill opens with (the placeholder when the request names no repository)
+    head, files, current = fmt.prompt_groups(PREFIX, SUFFIX, path="geo/area.py", spm=True)
+    assert tok.decode(encode_parts(tok, head)) == "<repo_name>myproject\n" and files == []
+    prompt = encode_parts(tok, current)
     assert spm[: len(prompt)] == prompt and spm[len(prompt) :] == tok.encode_batch([MIDDLE])[0] + [
         sid("<|endoftext|>")
     ]

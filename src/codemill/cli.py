@@ -670,9 +670,12 @@ def export_gguf_cmd(
 
     _output(out, directory=False)
     info = export_gguf(checkpoint, out, dtype, format)
+    n = info["context"]
     console.print(
         f"wrote [bold]{info['path']}[/bold] ({info['bytes'] / 1e6:.1f} MB, {dtype}, tokenizer pre-type "
-        f"{info['tokenizer']}, format {info['format']}); run it with `llama-server -m {out}`"
+        f"{info['tokenizer']}, format {info['format']}, trained window {n}); run it with "
+        f"`llama-server -m {out} -c {n} -b {n // 2} -n 64` so /infill keeps the editor's context "
+        "(docs/editors.md), without --spm-infill"
     )
 
 

@@ -77,6 +77,21 @@ class Format:
             parts.append(Part("meta", c))
         return parts
 
+    @property
+    def repo_level(self) -> bool:
+        """Qwen2.5-Coder's repository-level layout, which llama-server's /infill builds: files of the
+        repository as `<file_sep>path\\n` + code, one after another with no end token between them,
+        the file completed last."""
+        return bool(self.repo_name and self.file_sep)
+
+    def context_file(self, path: str | None, code: str) -> list[Part]:
+        """Another file of the repository, before the one completed: in a repository-level format it
+        runs into the next file (training lays out `data.repo_context` files so), otherwise it is a
+        whole NTP document."""
+        if self.repo_level:
+            return [*self.file_start(path or CHUNK_PATH), *self.file_header(path), Part("body", code)]
+        return self.document(path=path, prefix=code)
+
     def file_header(self, path: str | None) -> list[Part]:
         return [Part("header", h)] if self.header and path and (h := aix_header(path)) else []
 
@@ -113,7 +128,7 @@ class Format:
             parts.append(Part("special", self.eos))
         return [p for p in parts if p.role == "special" or p.text]
 
-    def prompt(
+    def prompt_groups(
         self,
         prefix: str,
         suffix: str | None = None,
@@ -122,14 +137,49 @@ class Format:
         spm: bool | None = None,
         repo: str | None = None,
         context: list[tuple[str, str]] = (),
-    ) -> list[Part]:
-        """An inference prompt: cross-file `context` files as (path, code), then the file to complete."""
-        parts = self.repo_start(repo) if repo else []
-        for ctx_path, code in context:
-            parts += self.document(path=ctx_path, prefix=code)
+        typed: str = "",
+    ) -> tuple[list[Part], list[list[Part]], list[Part]]:
+        """An inference prompt in three parts: its opening, the cross-file `context` files (path,
+        code), oldest first, and the file to complete. A FIM prompt of a repository-level format is
+        llama-server's /infill layout (tools/server/server-common.cpp, `format_prompt_infill`): the
+        repository line, the context files, the current file's separator line, then the sentinels;
+        where the request names no repository or path, llama-server's placeholders stand in. `typed`
+        (llama-server's `prompt`: the text typed on the current line) follows the prefix as a
+        segment of its own, tokenized apart as llama-server does."""
+        if self.repo_level and suffix is not None:
+            repo, path = repo or REPO_PLACEHOLDER, path or PATH_PLACEHOLDER
+        head = self.repo_start(repo) if repo else []
+        files = [self.context_file(p, code) for p, code in context]
         spm = self.spm if spm is None else spm
-        return parts + self.document(path=path, prefix=prefix, suffix=suffix, spm=spm, end=False)
+        current = self.document(path=path, prefix=prefix, suffix=suffix, spm=spm, end=False)
+        if typed:
+            current.insert(_after_prefix(current, self.prefix, spm or suffix is None), Part("prefix", typed))
+        return head, files, current
 
+    def prompt(self, prefix: str, suffix: str | None = None, **request) -> list[Part]:
+        """`prompt_groups` joined: the training document cut where the middle starts, after the
+        repository's other files."""
+        head, files, current = self.prompt_groups(prefix, suffix, **request)
+        return [*head, *(p for f in files for p in f), *current]
+
+
+def _after_prefix(parts: list[Part], sentinel: str, at_end: bool) -> int:
+    """Where the prefix ends: after its text, or (empty) at the end of an SPM or NTP prompt, else
+    after the PSM prefix sentinel and any header."""
+    roles = [p.role for p in parts]
+    if "prefix" in roles:
+        return len(roles) - roles[::-1].index("prefix")
+    if at_end:
+        return len(parts)
+    at = parts.index(Part("special", sentinel)) + 1
+    while at < len(parts) and parts[at].role == "header":
+        at += 1
+    return at
+
+
+# llama-server's names where an /infill request gives none (format_prompt_infill): the repository,
+# the current file, a context chunk
+REPO_PLACEHOLDER, PATH_PLACEHOLDER, CHUNK_PATH = "myproject", "filename", "tmp"
 
 Pieces = list[tuple[list[int], str]]  # token ids per part, with the part's role
 
@@ -190,6 +240,38 @@ def encode_fit(
 def encode(parts: list[Part], tok, budget: int | None = None, align: int = PROMPT_ALIGN) -> list[int]:
     """Token ids of a prompt, cut with `fit` when longer than `budget`."""
     return encode_fit(parts, tok, budget, align)[0]
+
+
+def encode_prompt(
+    fmt: Format, tok, budget: int | None, prefix: str, suffix: str | None = None, *, align: int = PROMPT_ALIGN,
+    **request,
+) -> tuple[list[int], bool]:  # fmt: skip
+    """Prompt ids within `budget`, and whether anything was left out: the file to complete first
+    (cut by `fit` if it alone is too long), then the context files that fit in what is left, each
+    whole, the newest (last) first; older ones are dropped, never cut to an empty file."""
+    head, files, current = fmt.prompt_groups(prefix, suffix, **request)
+    groups = [head, *files, current]
+    got = pieces([p for g in groups for p in g], tok)
+    split, at = [], 0
+    for g in groups:
+        split.append(got[at : at + len(g)])
+        at += len(g)
+    ids = lambda ps: [i for p, _ in ps for i in p]  # noqa: E731
+    head_ids, file_ids, cur = ids(split[0]), [ids(f) for f in split[1:-1]], split[-1]
+    if budget is None:
+        return head_ids + [i for f in file_ids for i in f] + ids(cur), False
+    room = budget - len(head_ids)
+    cut = sum(len(p) for p, _ in cur) > room
+    cur_ids = ids(fit(cur, room, align)[0] if cut else cur)
+    room -= len(cur_ids)
+    kept: list[list[int]] = []
+    for f in reversed(file_ids):
+        if len(f) > room:
+            cut = True
+            break
+        kept.insert(0, f)
+        room -= len(f)
+    return head_ids + [i for f in kept for i in f] + cur_ids, cut
 
 
 def comment(path: str, text: str) -> str | None:

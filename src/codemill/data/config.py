@@ -49,6 +49,11 @@ class DataConfig(Settings):
     sfim_scope: str = "function"
     sfim_fallback: str = "fim"  # objective for files SFIM cannot apply to (no grammar, no function)
     repo_metadata: bool = True  # the repository name opens its stream (formats with a repo token)
+    # ours: the share of files in a FIM- or SFIM-drawn repository laid out as context for the file
+    # after them (`<file_sep>path\n` + code, no end token: Qwen2.5-Coder's repository-level layout,
+    # which llama-server's /infill and codemill serve build from an editor's request), trained as NTP;
+    # 0: every file of such a repository is a FIM document (the paper's draw, literally)
+    repo_context: float = fraction(0.0)
     # repositories kept out of training (a file of names, one per line: `codemill bench build` writes one)
     exclude_repos: str | None = None
     # repositories (and text chunks) in a new random order each epoch, so a short run samples the

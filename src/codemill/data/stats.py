@@ -45,6 +45,8 @@ class StreamStats:
         self.doc_tokens.append(len(d.ids))
         if s.fallback:
             self.fallbacks[s.fallback] += 1
+        if d.context:
+            self.events["repo_context_file"] += 1
         if s.suffix is not None:
             self.layouts[(s.objective, "SPM" if s.spm else "PSM")] += 1
         if s.objective == "sfim":

@@ -60,6 +60,7 @@ class Doc:
     file: SourceFile | None = None
     key: tuple = ()
     drawn: str = ""
+    context: bool = False  # a file laid out as repository context for the next (`repo_context`)
 
     def without_head(self, n: int) -> np.ndarray:
         """The document with the first n tokens of its prefix moved out (spilled as NTP before it)."""
@@ -173,8 +174,16 @@ class TrainingStream:
         key = (self.cfg.seed, *key, f.path)
         rng = keyed_rng(*key)
         drawn = objective or draw(self.cfg.code_objectives, rng)
-        sample = self._sample(f, drawn, rng)
         origin = {"file": f, "key": key, "drawn": drawn}
+        context = drawn != "ntp" and self.fmt.repo_level and self.cfg.repo_context > 0
+        if context and keyed_rng(*key, "context").random() < self.cfg.repo_context:
+            parts = self.fmt.context_file(f.path, f.text)  # for the next file, as an editor's snippets are
+            return [
+                Doc(
+                    EMPTY, "ntp", True, f.path, Sample("ntp", f.text), strategy, parts, **origin, context=True
+                )
+            ]
+        sample = self._sample(f, drawn, rng)
         if self.cfg.fim_layouts == "both" and sample.suffix is not None:
             return [self._doc(f.path, replace(sample, spm=spm), strategy, **origin) for spm in (False, True)]
         return [self._doc(f.path, sample, strategy, **origin)]

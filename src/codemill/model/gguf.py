@@ -21,7 +21,7 @@ import torch
 
 from codemill.data.tokenizer import LLAMA_CPP_PRETOKENIZERS, pretokenizer_name
 from codemill.errors import UserError
-from codemill.formats import Format, checkpoint_format
+from codemill.formats import Format, checkpoint_format, trained_context
 from codemill.model.hf import check_checkpoint, hf_config, load_state
 from codemill.model.llama import ModelConfig
 
@@ -155,7 +155,9 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
     w.add_name(path.resolve().name)
     w.add_string("codemill.format", form.name)
     hparams = {  # llama.<key>: what llama.cpp's Llama graph reads
-        "context_length": cfg.max_seq_len, "embedding_length": cfg.hidden_size, "block_count": cfg.num_layers,
+        # the trained window: llama-server's -c 0 takes it, and positions past it were never trained
+        "context_length": (context := trained_context(path, cfg.max_seq_len)), "embedding_length": cfg.hidden_size,
+        "block_count": cfg.num_layers,
         "feed_forward_length": cfg.intermediate_size, "head_count": cfg.num_heads,
         "head_count_kv": cfg.num_kv_heads, "key_length": cfg.head_dim, "value_length": cfg.head_dim,
         "rope_dimension_count": cfg.head_dim, "rope_freq_base": cfg.rope_theta,
@@ -196,4 +198,5 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
     w.write_tensors_to_file(progress=False)
     w.close()
     tmp.replace(out)
-    return {"path": str(out), "bytes": out.stat().st_size, "tokenizer": pre, "format": form.name, **specials}
+    return {"path": str(out), "bytes": out.stat().st_size, "tokenizer": pre, "format": form.name,
+            "context": context, **specials}  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from codemill.errors import UserError
-from codemill.formats import checkpoint_format, encode_fit
+from codemill.formats import checkpoint_format, encode_prompt, trained_context
 from codemill.model import packed
 from codemill.model.hf import import_hf
 from codemill.model.llama import KVCache, rope_tables
@@ -139,7 +139,10 @@ class Engine:
         dtype = torch.bfloat16 if bf16 else torch.float32
         self.model = import_hf(path, dtype=dtype).to(self.device).eval().fuse()
         self.name = path.name
-        self.max_len = min(max_len or self.model.cfg.max_seq_len, self.model.cfg.max_seq_len)
+        # the window the checkpoint was trained on: positions past it were never trained
+        self.max_len = min(
+            max_len or trained_context(path, self.model.cfg.max_seq_len), self.model.cfg.max_seq_len
+        )
         self.parallel, self.lookup = parallel, lookup
         if prefill_chunk < 1:
             raise UserError(f"prefill_chunk must be at least 1, not {prefill_chunk}")
@@ -174,16 +177,16 @@ class Engine:
         """The token ids slot 0 holds (one slot: the engine's cache)."""
         return self.slots[0]
 
-    def prompt(self, prefix: str, suffix: str | None = None, *, path: str | None = None, max_tokens: int = 64,
-               context: list[tuple[str, str]] = ()) -> list[int]:  # fmt: skip
+    def prompt(self, prefix: str, suffix: str | None = None, *, max_tokens: int = 64, **request) -> list[int]:
         """Prompt ids from formats.py, truncated inside its segments to leave room for the answer."""
-        return self.prompt_fit(prefix, suffix, path=path, max_tokens=max_tokens, context=context)[0]
+        return self.prompt_fit(prefix, suffix, max_tokens=max_tokens, **request)[0]
 
-    def prompt_fit(self, prefix: str, suffix: str | None = None, *, path: str | None = None, max_tokens: int = 64,
-                   context: list[tuple[str, str]] = ()) -> tuple[list[int], bool]:  # fmt: skip
-        """`prompt` and whether it had to be cut."""
-        parts = self.fmt.prompt(prefix, suffix, path=path, context=list(context))
-        return encode_fit(parts, self.chunks, self.max_len - max_tokens)
+    def prompt_fit(
+        self, prefix: str, suffix: str | None = None, *, max_tokens: int = 64, **request
+    ) -> tuple[list[int], bool]:
+        """`prompt` and whether it had to be cut (`request`: path, context, typed, spm, repo as
+        `Format.prompt_groups` takes them); context files are dropped whole, oldest first."""
+        return encode_prompt(self.fmt, self.chunks, self.max_len - max_tokens, prefix, suffix, **request)
 
     def raw_ids(self, prompt: str | list[int | str]) -> list[int]:
         """llama-server's /completion prompt: text whose special-token strings become their ids (and

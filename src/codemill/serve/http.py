@@ -36,13 +36,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codemill.errors import UserError
+from codemill.formats import CHUNK_PATH
 from codemill.serve.batcher import Batcher
 from codemill.serve.engine import Completion, Engine
 from codemill.stops import syntax_stop
 
 
 class InfillExtra(BaseModel):
-    filename: str = ""
+    filename: str = CHUNK_PATH  # llama-server's name for a chunk that gives none
     text: str
 
 
@@ -449,15 +450,20 @@ def parse_openai(body: CompletionBody, engine: Engine, cap: int) -> Job:
 
 
 def parse_infill(body: InfillBody, engine: Engine, cap: int) -> Job:
-    prefix = body.input_prefix + body.prompt
+    """llama-server's /infill as llama-server lays it out (PSM, its placeholders for the repository
+    and a file without a name, the typed `prompt` after the prefix): the same ids, so a model trained
+    with `data.repo_context` meets the layout it was trained on here and under llama-server."""
     context = [(e.filename, e.text) for e in body.input_extra]
     ids, truncated = engine.prompt_fit(
-        prefix,
+        body.input_prefix,
         body.input_suffix,
         path=body.path,
         max_tokens=min(max(body.n_predict, 1), cap),
         context=context,
+        typed=body.prompt,
+        spm=False,
     )
+    prefix = body.input_prefix + body.prompt
     return Job(ids, llama_options(body, until_for(body, prefix, body.input_suffix)), truncated)
 
 
