@@ -379,6 +379,28 @@ def trained_context(path: str | Path, positions: int) -> int:
     return min(positions, seq_len or positions)
 
 
+def detect_format(tok) -> Format:
+    """The format whose FIM sentinels a tokenizer carries (a base model brought to `codemill adapt`):
+    codemill's own when it also has the PII placeholders, else the first family that matches."""
+
+    def has(token: str | None) -> bool:
+        try:
+            return token is None or tok.token_id(token) is not None
+        except UserError:
+            return False
+
+    found = [f for f in FORMATS.values() if all(has(t) for t in (f.prefix, f.suffix, f.middle, f.eos))]
+    if found and found[0].pii and not all(has(t) for t in PII_TOKENS):
+        found = found[1:]
+    if not found:
+        raise UserError(
+            "the base model's tokenizer has the FIM tokens of none of "
+            f"{', '.join(FORMATS)}; pass --format for one of them, or train it NTP-only with "
+            "--set data.code_objectives={ntp: 1.0} and a format whose tokens it has"
+        )
+    return found[0]
+
+
 def get_format(name: str) -> Format:
     if name not in FORMATS:
         raise UserError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")

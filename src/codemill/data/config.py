@@ -56,6 +56,8 @@ class DataConfig(Settings):
     repo_context: float = fraction(0.0)
     # repositories kept out of training (a file of names, one per line: `codemill bench build` writes one)
     exclude_repos: str | None = None
+    # files kept out of training (repository, a tab, path per line: `bench build --unit file` writes one)
+    exclude_files: str | None = None
     # repositories (and text chunks) in a new random order each epoch, so a short run samples the
     # whole corpus; false: corpus order (the paper does not say)
     shuffle_repos: bool = True

@@ -109,6 +109,10 @@ class TrainingStream:
         if cfg.exclude_repos:  # held-out repositories never enter the stream
             names = set(Path(cfg.exclude_repos).read_text().split())
             self.excluded = {u for u, r in enumerate(self.sources["code"].repos) if r in names}
+        self.excluded_files: set[tuple[str, str]] = set()
+        if cfg.exclude_files:  # held-out files of repositories that are otherwise trained on
+            lines = Path(cfg.exclude_files).read_text().splitlines()
+            self.excluded_files = {tuple(line.split("\t", 1)) for line in lines if "\t" in line}
         self._units: dict[str, tuple[int, list[int]]] = {}  # per source: its current epoch's units
         for name, src in self.sources.items():
             if len(src) < shards:
@@ -157,6 +161,8 @@ class TrainingStream:
             return [partial(self._text_doc, t, (epoch, "text", unit, row)) for row, t in enumerate(texts)]
         cfg = self.cfg
         repo, files = self.sources["code"].read(unit)
+        if self.excluded_files:
+            files = [f for f in files if (repo, f.path) not in self.excluded_files]
         strategy, order = order_files(files, keyed_rng(cfg.seed, epoch, repo), cfg.ordering, cfg.max_clusters)
         # its own draw: runs that differ only in file order train each repository on the same objective
         objective_rng = keyed_rng(cfg.seed, epoch, repo, "objective")

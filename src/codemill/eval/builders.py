@@ -42,8 +42,22 @@ TYPES = (
 _queries: dict[str, tree_sitter.Query] = {}
 
 
-def held_out(repo: str, fraction: float, seed: int) -> bool:
-    return xxhash.xxh64_intdigest(f"{seed}\x00{repo}") % 1_000_000 < fraction * 1_000_000
+def held_out(repo: str, fraction: float, seed: int, path: str | None = None) -> bool:
+    """Whether a repository (or, with `path`, one file of it) is held out: a keyed hash, so the same
+    ones whatever else the corpus holds."""
+    key = f"{seed}\x00{repo}" if path is None else f"{seed}\x00{repo}\x00{path}"
+    return xxhash.xxh64_intdigest(key) % 1_000_000 < fraction * 1_000_000
+
+
+UNITS = ("repo", "file")  # what is held out: whole repositories, or a keyed share of each one's files
+
+
+def _write_held(out: Path, repos: set[str], files: set[tuple[str, str]]) -> None:
+    """heldout_repos.txt (`data.exclude_repos`) and, holding out files, heldout_files.txt
+    (`data.exclude_files`: repository and path, a tab between)."""
+    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(repos)))
+    if files:
+        (out / "heldout_files.txt").write_text("".join(f"{r}\t{p}\n" for r, p in sorted(files)))
 
 
 def _functions(lang: str, tree) -> list[tree_sitter.Node]:
@@ -119,9 +133,12 @@ def _require_held_out(held: set[str], seen: set[str], langs, corpus, holdout: fl
 
 
 def build_fim(
-    corpus: str | Path, out: str | Path, *, holdout: float = 0.1, per_type: int = 100, seed: int = 0
-) -> dict:
-    """Write `{python,java,javascript,cplus,typescript}_test.jsonl` and `heldout_repos.txt`; return counts."""
+    corpus: str | Path, out: str | Path, *, holdout: float = 0.1, per_type: int = 100, seed: int = 0,
+    unit: str = "repo",
+) -> dict:  # fmt: skip
+    """Write `{python,java,javascript,cplus,typescript}_test.jsonl` and the held-out list (`_write_held`);
+    return counts. `unit` "file": a keyed share of every repository's files is held out instead of
+    whole repositories (a team with one repository still gets a benchmark)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(Path(corpus).glob("files-*.parquet"))
@@ -132,13 +149,16 @@ def build_fim(
     repos: set[str] = set()
     seen: set[str] = set()
     every: set[str] = set()  # held out in any language: none of them may reach training
+    every_file: set[tuple[str, str]] = set()
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(
             columns=["repo", "path", "lang", "content"], batch_size=512
         ):
             for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                held = held_out(repo, holdout, seed)
-                if held:
+                held = held_out(repo, holdout, seed, path if unit == "file" else None)
+                if held and unit == "file":
+                    every_file.add((repo, path))
+                elif held:
                     every.add(repo)
                 if lang in LANGS:
                     seen.add(repo)
@@ -166,8 +186,9 @@ def build_fim(
     for key, items in rows.items():
         if items:
             (out / f"{key}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(every)))
-    return {"repos": len(repos), "tasks": {f"{lang}/{kind}": n for (lang, kind), n in sorted(counts.items())}}
+    _write_held(out, every, every_file)
+    return {"repos": len(repos), "files": len(every_file),
+            "tasks": {f"{lang}/{kind}": n for (lang, kind), n in sorted(counts.items())}}  # fmt: skip
 
 
 CROSSFILE_LANGS = BENCHMARK_NAMES["crosscodeeval"]
@@ -205,12 +226,14 @@ def _retrieve(chunks: list[tuple[str, str]], query: str, top: int = 5) -> list[d
 
 
 def build_crossfile(
-    corpus: str | Path, out: str | Path, *, holdout: float = 0.1, seed: int = 0, per_repo: int = 20
-) -> dict:
+    corpus: str | Path, out: str | Path, *, holdout: float = 0.1, seed: int = 0, per_repo: int = 20,
+    unit: str = "repo",
+) -> dict:  # fmt: skip
     """CrossCodeEval-shaped tasks from held-out repositories: the target line uses a name defined in
     another file of the repository and not in its own; the three files of the published layout
     (in-file, BM25 over 10-line chunks of the other files queried by the last 10 prompt lines, and
-    the same queried with the reference line: the oracle)."""
+    the same queried with the reference line: the oracle). With `unit` "file" the targets are the
+    held-out files and the other files of their repository (trained on) are what retrieval reads."""
     out = Path(out)
     files = sorted(Path(corpus).glob("files-*.parquet"))
     if not files:
@@ -218,19 +241,23 @@ def build_crossfile(
     by_repo: dict[str, list[tuple[str, str, str]]] = {}
     seen: set[str] = set()
     every: set[str] = set()
+    every_file: set[tuple[str, str]] = set()
     for f in files:
         for batch in pq.ParquetFile(f).iter_batches(
             columns=["repo", "path", "lang", "content"], batch_size=512
         ):
             for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                held = held_out(repo, holdout, seed)
-                if held:
+                held = held_out(repo, holdout, seed, path if unit == "file" else None)
+                if held and unit == "file":
+                    every_file.add((repo, path))
+                elif held:
                     every.add(repo)
                 if lang in CROSSFILE_LANGS:
                     seen.add(repo)
-                    if held:
+                    if held or unit == "file":
                         by_repo.setdefault(repo, []).append((path, lang, text))
-    _require_held_out(set(by_repo), seen, CROSSFILE_LANGS, corpus, holdout)
+    targets = {r for r, _ in every_file} if unit == "file" else set(by_repo)
+    _require_held_out(targets & set(by_repo), seen, CROSSFILE_LANGS, corpus, holdout)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, list[dict]]] = {
         k: {s: [] for s in ("infile", "retrieval", "oracle")} for k in CROSSFILE_LANGS.values()
@@ -242,6 +269,8 @@ def build_crossfile(
         for path, lang, text in rng.sample(items, len(items)):
             if made >= per_repo:
                 break
+            if unit == "file" and (repo, path) not in every_file:
+                continue  # trained on: context for the held-out files only
             foreign = {d for p, ds in defs.items() if p != path for d in ds} - defs[path]
             lines = text.splitlines(keepends=True)
             candidates = [
@@ -283,5 +312,5 @@ def build_crossfile(
         for setting, items in settings.items():
             (out / key / names[setting]).write_text("".join(json.dumps(r) + "\n" for r in items))
         counts[key] = len(settings["infile"])
-    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(every)))
-    return {"repos": len(by_repo), "tasks": counts}
+    _write_held(out, every, every_file)
+    return {"repos": len(targets & set(by_repo)), "files": len(every_file), "tasks": counts}

@@ -229,26 +229,37 @@ def _rows(corpus: str | Path):
     import pyarrow.parquet as pq
 
     for f in sorted(Path(corpus).glob("files-*.parquet")):
-        for batch in pq.ParquetFile(f).iter_batches(columns=["repo", "content"], batch_size=1024):
+        for batch in pq.ParquetFile(f).iter_batches(columns=["repo", "path", "content"], batch_size=1024):
             yield from zip(*(c.to_pylist() for c in batch.columns), strict=True)
 
 
+def _held(repos_file: str | Path):
+    """Whether (repo, path) is held out: its repository is in `heldout_repos.txt`, or the file is in
+    the `heldout_files.txt` beside it (benchmarks built holding out files)."""
+    repos_file = Path(repos_file)
+    names = set(repos_file.read_text().split())
+    files_file = repos_file.with_name("heldout_files.txt")
+    lines = files_file.read_text().splitlines() if files_file.exists() else []
+    files = {tuple(line.split("\t", 1)) for line in lines if "\t" in line}
+    return lambda repo, path: repo in names or (repo, path) in files
+
+
 def heldout_texts(corpus: str | Path, repos_file: str | Path, n: int, seed: int = 0) -> list[str]:
-    """Up to n random files of the held-out repositories (`heldout_repos.txt` of a built benchmark)."""
+    """Up to n random held-out files (`heldout_repos.txt` of a built benchmark, and its files list)."""
     import random
 
-    names = set(Path(repos_file).read_text().split())
-    texts = [text for repo, text in _rows(corpus) if repo in names]
+    held = _held(repos_file)
+    texts = [text for repo, path, text in _rows(corpus) if held(repo, path)]
     return random.Random(seed).sample(texts, min(n, len(texts)))
 
 
-def _corpus_texts(corpus: str | Path, held: set[str], nbytes: int) -> list[str]:
-    """The corpus's first `nbytes` of files outside the held-out repositories: the training side."""
+def _corpus_texts(corpus: str | Path, held, nbytes: int) -> list[str]:
+    """The corpus's first `nbytes` of files that are not held out: the training side."""
     out, seen = [], 0
-    for repo, text in _rows(corpus):
+    for repo, path, text in _rows(corpus):
         if seen >= nbytes:
             break
-        if repo not in held:
+        if not held(repo, path):
             out.append(text)
             seen += len(text.encode())
     return out
@@ -307,10 +318,12 @@ def unigram_summary(logp: np.ndarray, tok, fmt: Format, tasks, texts: list[str])
 
 def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str | Path, out: str | Path, *,
                          files: int = 100, limit: int | None = None, train_texts: int = 10_000_000,
-                         baselines: bool = True, console=None) -> dict:  # fmt: skip
+                         baselines: bool = True, base: str | Path | None = None, console=None) -> dict:  # fmt: skip
     """fim-loss of a trained checkpoint beside (`baselines`) its untrained initialisation and a unigram
     model of the training corpus, on the same held-out middles, files and cross-file lines: learning
-    shows here while exact match is 0."""
+    shows here while exact match is 0. `base`: the checkpoint it was adapted from, scored the same
+    way (with the same tokenizer and format) in place of the untrained initialisation: what
+    adaptation bought."""
     from codemill.data.tokenizer import load_tokenizer
     from codemill.formats import checkpoint_format, trained_context
     from codemill.model.hf import import_hf
@@ -328,13 +341,17 @@ def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str 
     results = fim_loss(trained, tok, fmt, bench / "fim", out, name=checkpoint.name, **kw)
     if not baselines:
         return results
+    if base is not None:
+        before = fim_loss(import_hf(base), tok, fmt, bench / "fim", out / "base", name=Path(base).name, **kw)
+        results["baselines"] = {"base": before["summary"]}
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "report.md").write_text(report(results) + "\n\n" + bought_table(results) + "\n")
+        return results
     torch.manual_seed(0)
     init = Llama(trained.cfg)
     init.init_weights()
     untrained = fim_loss(init, tok, fmt, bench / "fim", out / "untrained", name="untrained", **kw)
-    logp = unigram(
-        tok, _corpus_texts(corpus, set(held.read_text().split()), train_texts), trained.cfg.vocab_size
-    )
+    logp = unigram(tok, _corpus_texts(corpus, _held(held), train_texts), trained.cfg.vocab_size)
     results["baselines"] = {
         "untrained": untrained["summary"],
         "unigram": unigram_summary(logp, tok, fmt, subset(fim_eval(str(bench / "fim")), limit), texts),
@@ -347,11 +364,14 @@ def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str 
 def bought_table(results: dict) -> str:
     """Markdown: bits per byte of the trained model, its untrained initialisation and the unigram model."""
     s, base = results["summary"], results.get("baselines", {})
-    rows = [
-        ("trained", s),
-        ("untrained initialisation", base.get("untrained", {})),
-        ("unigram of the corpus", base.get("unigram", {})),
-    ]
+    rows = [("trained", s)] + (
+        [("base, before adaptation", base["base"])]
+        if "base" in base
+        else [
+            ("untrained initialisation", base.get("untrained", {})),
+            ("unigram of the corpus", base.get("unigram", {})),
+        ]
+    )
     lines = [
         "| model | FIM middles, PSM | FIM middles, SPM | held-out files, left to right |",
         "|---|---|---|---|",

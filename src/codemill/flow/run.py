@@ -25,6 +25,13 @@ class RunConfig(Settings):
     section = "run"
 
     sources: tuple[str, ...] = ("installed",)  # what `codemill curate` takes
+    # a checkpoint to adapt (`codemill adapt`): its tokenizer and FIM format are used, never retrained,
+    # training starts from its weights, and fim-loss scores it beside the adapted model
+    base: str | None = None
+    # what is held out for the built benchmarks: whole repositories, a keyed share of every
+    # repository's files, or (auto) repositories when at least `min_heldout_repos` would be
+    holdout_unit: str = "auto"
+    min_heldout_repos: int = positive(5)
     vocab_size: int = positive(8192)
     tokenizer_bytes: int = positive(100_000_000)
     pretokenizer: str = DEFAULT_PRETOKENIZER  # llama.cpp's name; `codemill` is ours (data/tokenizer.py)
@@ -121,23 +128,28 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         stages.finish(name, stamp)
 
     corpus, tokenizer, bench = base / "corpus", base / "tokenizer", base / "bench"
+    adapting = _base_settings(rcfg, recipe)  # before any work: a bad base is said first
     s_corpus = _stamp(rcfg.sources, ccfg.to_dict())
     stage("curate", s_corpus, corpus / "manifest.json", lambda: _curate(rcfg, ccfg, corpus, console), base)
-    s_tok = _stamp(
-        s_corpus,
-        rcfg.vocab_size,
-        rcfg.tokenizer_bytes,
-        rcfg.pretokenizer,
-        (recipe.get("data") or {}).get("format"),
-    )
-    stage(
-        "tokenizer",
-        s_tok,
-        tokenizer / "tokenizer.json",
-        lambda: _tokenizer(rcfg, recipe, corpus, tokenizer),
-        base,
-    )
-    s_bench = _stamp(s_corpus, rcfg.holdout, rcfg.fim_per_type, rcfg.crossfile_per_repo)
+    if adapting:
+        tokenizer = Path(rcfg.base)  # the base's own, never retrained
+        s_tok = _stamp(s_corpus, str(tokenizer.resolve()), adapting)
+    else:
+        s_tok = _stamp(
+            s_corpus,
+            rcfg.vocab_size,
+            rcfg.tokenizer_bytes,
+            rcfg.pretokenizer,
+            (recipe.get("data") or {}).get("format"),
+        )
+        stage(
+            "tokenizer",
+            s_tok,
+            tokenizer / "tokenizer.json",
+            lambda: _tokenizer(rcfg, recipe, corpus, tokenizer),
+            base,
+        )
+    s_bench = _stamp(s_corpus, rcfg.holdout, rcfg.fim_per_type, rcfg.crossfile_per_repo, rcfg.holdout_unit)
     stage(
         "bench",
         s_bench,
@@ -149,8 +161,14 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
 
     data = {**(recipe.get("data") or {}), **(data_overrides or {})}
     data["exclude_repos"] = str(bench / "fim" / "heldout_repos.txt")
+    if (bench / "fim" / "heldout_files.txt").exists():
+        data["exclude_files"] = str(bench / "fim" / "heldout_files.txt")
+    train = {**(recipe.get("train") or {}), **(train_overrides or {})}
+    if adapting:
+        data.setdefault("format", adapting)
+        train.setdefault("init_from", rcfg.base)
     dcfg = DataConfig.from_dict(data)
-    tcfg = TrainConfig.from_dict({**(recipe.get("train") or {}), **(train_overrides or {})})
+    tcfg = TrainConfig.from_dict(train)
     train_dir = out / "train"
     s_train = _stamp(s_tok, s_bench, dcfg.to_dict(), tcfg.to_dict())
     stage(
@@ -188,10 +206,51 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
             if suite == "fim-loss"
             else (lambda s=suite, t=target: _eval(rcfg, s, model(), bench, t, console)),
         )
+    if adapting:
+        gguf = out / "adapted.gguf"
+        stage("export", s_train, gguf, lambda: _export(final, gguf, console))
+        _adapt_json(out, rcfg, adapting, bench)
     report = write_report(out, base)
     console.print(f"report: [bold]{report}[/bold]")
     console.print(f"serve the model: [bold]codemill serve {final} --port 8012[/bold]")
     return seconds
+
+
+def _base_settings(rcfg: RunConfig, recipe: dict) -> str | None:
+    """With `run.base`: the checkpoint whole, and the FIM format it was trained in (the recipe's
+    `data.format`, else its codemill.json's, else the family its tokenizer's special tokens name)."""
+    if rcfg.base is None:
+        return None
+    from codemill.data.tokenizer import load_tokenizer
+    from codemill.formats import codemill_info, detect_format, get_format
+    from codemill.model.hf import check_checkpoint, hf_config
+
+    base = Path(rcfg.base)
+    if not (base / "config.json").exists():
+        raise UserError(f"run.base {base} is not a checkpoint directory (no config.json)")
+    check_checkpoint(base)
+    tok = load_tokenizer(base)
+    if tok.vocab_size > (rows := hf_config(base).vocab_size):
+        raise UserError(
+            f"{base}'s tokenizer has {tok.vocab_size:,} ids but its embeddings {rows:,} rows: the tokenizer "
+            "is not the model's; put the base's own tokenizer files in its folder"
+        )
+    if name := (recipe.get("data") or {}).get("format") or codemill_info(base).get("format"):
+        fmt = get_format(name)
+        if missing := [t for t in fmt.specials if not _has(tok, t)]:
+            raise UserError(
+                f"{base}'s tokenizer lacks {', '.join(missing)} of format {name}; pass another --format"
+            )
+        return name
+    return detect_format(tok).name
+
+
+def _has(tok, token: str) -> bool:
+    try:
+        tok.token_id(token)
+        return True
+    except UserError:
+        return False
 
 
 def _curate(rcfg: RunConfig, ccfg, corpus: Path, console) -> None:
@@ -218,10 +277,15 @@ def _bench(rcfg: RunConfig, corpus: Path, bench: Path, console) -> None:
 
     from codemill.eval.builders import build_crossfile, build_fim
 
-    cross = build_crossfile(
-        corpus, bench / "crossfile", holdout=rcfg.holdout, per_repo=rcfg.crossfile_per_repo
-    )
-    fim = build_fim(corpus, bench / "fim", holdout=rcfg.holdout, per_type=rcfg.fim_per_type)
+    unit = _holdout_unit(rcfg, corpus)
+    try:
+        cross = build_crossfile(
+            corpus, bench / "crossfile", holdout=rcfg.holdout, per_repo=rcfg.crossfile_per_repo, unit=unit
+        )
+    except UserError as e:  # a small corpus may have no cross-file language: FIM tasks still measure
+        console.print(f"[yellow]no cross-file benchmark:[/yellow] {e}")
+        cross = {"repos": 0, "tasks": {}}
+    fim = build_fim(corpus, bench / "fim", holdout=rcfg.holdout, per_type=rcfg.fim_per_type, unit=unit)
     table = Table(
         title=f"held-out benchmarks ({fim['repos']} repositories for FIM, {cross['repos']} cross-file)"
     )
@@ -232,6 +296,22 @@ def _bench(rcfg: RunConfig, corpus: Path, bench: Path, console) -> None:
     for key, n in sorted(cross["tasks"].items()):
         table.add_row(key, "cross-file", str(n))
     console.print(table)
+
+
+def _holdout_unit(rcfg: RunConfig, corpus: Path) -> str:
+    """Whole repositories when enough would be held out, else a keyed share of every repository's
+    files (a team with one repository still gets a benchmark, and trains on the rest)."""
+    if rcfg.holdout_unit not in ("auto", "repo", "file"):
+        raise UserError(f"run.holdout_unit is {rcfg.holdout_unit!r}; use auto, repo or file")
+    if rcfg.holdout_unit != "auto":
+        return rcfg.holdout_unit
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    repos = set()
+    for f in sorted(corpus.glob("files-*.parquet")):
+        repos |= set(pc.unique(pq.read_table(f, columns=["repo"]).column("repo")).to_pylist())
+    return "repo" if len(repos) * rcfg.holdout >= rcfg.min_heldout_repos else "file"
 
 
 def _train(corpus: Path, tokenizer: Path, out: Path, dcfg, tcfg, console) -> None:
@@ -262,13 +342,54 @@ def _fim_loss(rcfg: RunConfig, final: Path, corpus: Path, bench: Path, out: Path
     from codemill.eval.loss import what_training_bought
 
     results = what_training_bought(final, corpus, bench, out, files=rcfg.loss_files, limit=rcfg.loss_limit,
-                                   baselines=rcfg.loss_baselines, console=console)  # fmt: skip
+                                   baselines=rcfg.loss_baselines or rcfg.base is not None, base=rcfg.base,
+                                   console=console)  # fmt: skip
     s = results["summary"]
     line = f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM)"
-    if base := results.get("baselines"):
+    if (base := results.get("baselines")) and "base" in base:
+        line += f", base before adaptation {base['base']['all']['psm_bits_per_byte']:.3f}"
+    elif base:
         line += (f", untrained {base['untrained']['all']['psm_bits_per_byte']:.3f}, unigram "
                  f"{base['unigram']['all']['psm_bits_per_byte']:.3f}")  # fmt: skip
     console.print(line)
+
+
+def _export(final: Path, gguf: Path, console) -> None:
+    """The adapted model for llama.cpp; an architecture the export does not write is said, not fatal
+    (the Hugging Face checkpoint in train/final serves and evaluates all the same)."""
+    from codemill.model.gguf import export_gguf
+
+    try:
+        info = export_gguf(final, gguf)
+    except UserError as e:
+        console.print(f"[yellow]no GGUF export:[/yellow] {e}")
+        return
+    n = info["context"]
+    console.print(f"GGUF: {gguf}; `llama-server -m {gguf} -c {n} -b {n // 2} -n 64` (docs/editors.md)")
+
+
+def _adapt_json(out: Path, rcfg: RunConfig, fmt: str, bench: Path) -> None:
+    """adapt.json: held-out bits per byte of the base and the adapted model, the format, what was held out."""
+    path = out / "eval" / "fim-loss" / "results.json"
+    if not path.exists():
+        return
+    r = json.loads(path.read_text())
+
+    def scores(summary: dict) -> dict:
+        a, ltr = summary.get("all", {}), summary.get("left-to-right", {})
+        return {"fim_bits_per_byte": a.get("psm_bits_per_byte"), "fim_spm_bits_per_byte": a.get("spm_bits_per_byte"),
+                "files_bits_per_byte": ltr.get("bits_per_byte")}  # fmt: skip
+
+    held = bench / "fim" / "heldout_files.txt"
+    heldout = {
+        "unit": "file" if held.exists() else "repo",
+        "repositories": len((bench / "fim" / "heldout_repos.txt").read_text().split()),
+        "files": len(held.read_text().splitlines()) if held.exists() else None,
+    }
+    summary = {"base": {"path": rcfg.base, **scores(r.get("baselines", {}).get("base", {}))},
+               "adapted": {"path": str(out / "train" / "final"), **scores(r["summary"])},
+               "format": fmt, "heldout": heldout}  # fmt: skip
+    (out / "adapt.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def write_report(out: Path, base: Path) -> Path:
@@ -304,9 +425,14 @@ def write_report(out: Path, base: Path) -> Path:
         if r["suite"] == "fim-loss" and "baselines" in r:
             from codemill.eval.loss import bought_table
 
-            lines += ["## What training bought", "", "Bits per byte (lower is better, 95% intervals) on the held-out "
-                      "repositories: FIM middles given prefix and suffix, and their files left to right; the same "
-                      "model before training and a unigram model of the training corpus for scale "
+            title = "What adaptation bought" if "base" in r["baselines"] else "What training bought"
+            beside = (
+                "the base model it was adapted from, on the same tasks"
+                if "base" in r["baselines"]
+                else "the same model before training and a unigram model of the training corpus for scale"
+            )
+            lines += [f"## {title}", "", "Bits per byte (lower is better, 95% intervals) on the held-out "
+                      f"code: FIM middles given prefix and suffix, and the files left to right; {beside} "
                       f"(`{out / 'eval' / 'fim-loss' / 'report.md'}` per language and task type).", "",
                       bought_table(r), ""]  # fmt: skip
     runs = [r for r in runs if r["suite"] != "fim-loss"]
