@@ -609,15 +609,18 @@ def run_(
 ) -> None:
     """The whole flow: curate, tokenizer, held-out benchmarks, train, eval, report. Rerun to resume:
     finished stages with unchanged settings are skipped."""
-    from rich.table import Table
-
     from codemill.flow.run import run
 
     out = out or Path("runs") / recipe.stem
     load_recipe(recipe)  # a bad recipe is named before any output is made
     _output(out)
-    seconds = run(recipe, out, console)
-    table = Table(title="codemill run: stages")
+    _stages_table("codemill run", run(recipe, out, console))
+
+
+def _stages_table(title: str, seconds: dict[str, float]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{title}: stages")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for name, s in seconds.items():
@@ -644,7 +647,6 @@ def adapt_(
     """Adapt a code model to your repositories with the paper's objectives: held-out bits per byte
     before and after, the adapted model in Hugging Face and GGUF form, and a report."""
     import yaml
-    from rich.table import Table
 
     from codemill.flow.run import run
 
@@ -666,13 +668,7 @@ def adapt_(
         given.setdefault(section, {})[name] = value
     _output(out)
     (out / "adapt.yaml").write_text(yaml.safe_dump(given, sort_keys=False))
-    seconds = run(out / "adapt.yaml", out, console)
-    table = Table(title="codemill adapt: stages")
-    table.add_column("stage")
-    table.add_column("seconds", justify="right")
-    for name, sec in seconds.items():
-        table.add_row(name, f"{sec:.0f}" if sec else "up to date")
-    console.print(table)
+    _stages_table("codemill adapt", run(out / "adapt.yaml", out, console))
     console.print(f"before and after: [bold]{out / 'adapt.json'}[/bold], {out / 'report.md'}")
 
 
