@@ -1,14 +1,16 @@
-"""GGUF export: a Llama-layout checkpoint directory as one file that llama.cpp and Ollama run.
+"""GGUF export: a Llama- or Qwen2-layout checkpoint directory as one file that llama.cpp and Ollama run.
 
 Written with `gguf`, llama.cpp's own writer, from the checkpoint's files rather than through
 llama.cpp's convert_hf_to_gguf.py, which rejects tokenizers whose pre-tokenizer it cannot recognise
 by hashing; ours names it (`tokenizer.ggml.pre`), since codemill knows which split it trained with.
-Q and K projections are permuted from the Hugging Face layout (rotate-half RoPE) to GGML's
-interleaved one, as convert_hf_to_gguf.py does. The tokenizer goes in as llama.cpp's "gpt2"
-byte-level BPE or as its "llama" SentencePiece model (aiXcoder-format checkpoints, no dummy prefix:
-codemill encodes every text segment without one), with every special-token id of the format,
-including the FIM sentinels, the repository name and the file separator, which llama.cpp then
-treats as end of generation.
+Llama-layout models are written as llama.cpp's `llama` architecture, with Q and K projections
+permuted from the Hugging Face layout (rotate-half RoPE) to GGML's interleaved one, as
+convert_hf_to_gguf.py does; q/k/v-bias models as its `qwen2` (rotate-half, unpermuted, with the bias
+tensors). RoPE scaling goes in as convert_hf_to_gguf.py writes it: linear as `rope.scaling.*`, llama3
+as the `rope_freqs` tensor. The tokenizer goes in as llama.cpp's "gpt2" byte-level BPE or as its
+"llama" SentencePiece model (aiXcoder-format checkpoints, no dummy prefix: codemill encodes every
+text segment without one), with every special-token id of the format, including the FIM sentinels,
+the repository name and the file separator, which llama.cpp then treats as end of generation.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from codemill.data.tokenizer import LLAMA_CPP_PRETOKENIZERS, pretokenizer_name
 from codemill.errors import UserError
 from codemill.formats import Format, checkpoint_format, trained_context
 from codemill.model.hf import check_checkpoint, hf_config, load_state
-from codemill.model.llama import ModelConfig
+from codemill.model.llama import ModelConfig, rope_inv_freq
 
 DTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -42,7 +44,8 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _tensors(state: dict[str, torch.Tensor], cfg: ModelConfig):
-    """(GGUF name, float32 array) in llama.cpp's names."""
+    """(GGUF name, float32 array) in llama.cpp's names. llama.cpp's qwen2 graph ropes rotate-half
+    (NEOX) as Hugging Face does, so only the llama architecture's Q and K rows are permuted."""
     names = {
         "input_layernorm": "attn_norm",
         "self_attn.q_proj": "attn_q",
@@ -54,16 +57,20 @@ def _tensors(state: dict[str, torch.Tensor], cfg: ModelConfig):
         "mlp.up_proj": "ffn_up",
         "mlp.down_proj": "ffn_down",
     }
+    heads = {} if cfg.qkv_bias else {"attn_q": cfg.num_heads, "attn_k": cfg.num_kv_heads}
     get = lambda k: state[k].float().numpy()  # noqa: E731
     yield "token_embd.weight", get("model.embed_tokens.weight")
+    if (cfg.rope_scaling or {}).get("rope_type") == "llama3":  # llama.cpp divides each frequency by these
+        factors = rope_inv_freq(cfg, scaled=False).double() / rope_inv_freq(cfg).double()
+        yield "rope_freqs.weight", factors.float().numpy()
     for i in range(cfg.num_layers):
         for ours, theirs in names.items():
-            w = get(f"model.layers.{i}.{ours}.weight")
-            if theirs == "attn_q":
-                w = _permute(w, cfg.num_heads)
-            elif theirs == "attn_k":
-                w = _permute(w, cfg.num_kv_heads)
-            yield f"blk.{i}.{theirs}.weight", w
+            biased = cfg.qkv_bias and theirs in ("attn_q", "attn_k", "attn_v")
+            for suffix in ("weight", "bias") if biased else ("weight",):
+                w = get(f"model.layers.{i}.{ours}.{suffix}")
+                if theirs in heads:
+                    w = _permute(w, heads[theirs])
+                yield f"blk.{i}.{theirs}.{suffix}", w
     yield "output_norm.weight", get("model.norm.weight")
     if not cfg.tie_embeddings:  # llama.cpp reuses token_embd when output is absent
         yield "output.weight", get("lm_head.weight")
@@ -147,14 +154,20 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
         raise UserError(f"{path} has no config.json; pass a checkpoint directory (train's final/)")
     check_checkpoint(path)  # before anything is written
     cfg = hf_config(path)
-    if cfg.qkv_bias:
-        raise UserError("q/k/v bias (Qwen2-style) models are not exported to GGUF by codemill")
+    scaling = (cfg.rope_scaling or {}).get("rope_type")
+    if cfg.qkv_bias and scaling == "llama3":
+        raise UserError(
+            "llama.cpp's qwen2 graph has no per-frequency RoPE factors, which llama3 scaling needs"
+        )
+    if cfg.qkv_bias and cfg.num_heads * cfg.head_dim != cfg.hidden_size:
+        raise UserError("llama.cpp's qwen2 graph needs num_heads * head_dim equal to hidden_size")
     form = checkpoint_format(path, fmt)
     tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: no truncated .gguf if killed
-    w = gguf.GGUFWriter(str(tmp), "llama")
+    arch = "qwen2" if cfg.qkv_bias else "llama"  # llama.cpp's names for the two graphs
+    w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(path.resolve().name)
     w.add_string("codemill.format", form.name)
-    hparams = {  # llama.<key>: what llama.cpp's Llama graph reads
+    hparams = {  # <arch>.<key>: what llama.cpp's graph reads
         # the trained window: llama-server's -c 0 takes it, and positions past it were never trained
         "context_length": (context := trained_context(path, cfg.max_seq_len)), "embedding_length": cfg.hidden_size,
         "block_count": cfg.num_layers,
@@ -165,6 +178,9 @@ def export_gguf(checkpoint: str | Path, out: str | Path, dtype: str = "f16", fmt
     }  # fmt: skip
     for key, value in hparams.items():
         getattr(w, f"add_{key}")(value)
+    if scaling == "linear":  # llama3's factors go in as the rope_freqs tensor (_tensors)
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(cfg.rope_scaling["factor"])
     ftype = gguf.LlamaFileType
     w.add_file_type({"f32": ftype.ALL_F32, "f16": ftype.MOSTLY_F16, "bf16": ftype.MOSTLY_BF16,
                      "q8_0": ftype.MOSTLY_Q8_0}[dtype])  # fmt: skip

@@ -1,4 +1,5 @@
-"""Hugging Face interop: export in the `LlamaForCausalLM` layout, import Llama-family checkpoints.
+"""Hugging Face interop: export in the `LlamaForCausalLM` layout (`Qwen2ForCausalLM` with q/k/v
+bias), import Llama-family checkpoints, linear and llama3 RoPE scaling both ways.
 
 Our module names are HF's, so weights move as they are; only `config.json` is translated. Import
 reads `model.safetensors`, `pytorch_model.bin`, or either sharded with its `.index.json`, which
@@ -16,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from codemill.errors import UserError
 from codemill.formats import codemill_info
-from codemill.model.llama import Llama, ModelConfig
+from codemill.model.llama import ROPE_SCALINGS, Llama, ModelConfig
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "starcoder2-llama")
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -24,13 +25,18 @@ MAX_SHARD_BYTES = 5 * 1024**3
 
 
 def to_hf_config(cfg: ModelConfig, **extra) -> dict:
-    if cfg.qkv_bias:
-        raise UserError(
-            "a model with q/k/v bias exports as Qwen2, which codemill does not write; train without it"
-        )
+    """transformers' config.json: `LlamaForCausalLM`, or `Qwen2ForCausalLM` for q/k/v bias (Llama's
+    config has no bias on q/k/v alone), with RoPE scaling as read in."""
+    rope = {**(cfg.rope_scaling or {"rope_type": "default"}), "rope_theta": cfg.rope_theta}
+    arch = (
+        {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "use_sliding_window": False,
+         "sliding_window": None, "max_window_layers": cfg.num_layers}
+        if cfg.qkv_bias
+        else {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False,
+              "mlp_bias": False}
+    )  # fmt: skip
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        **arch,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -42,14 +48,35 @@ def to_hf_config(cfg: ModelConfig, **extra) -> dict:
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.rms_norm_eps,
         "rope_theta": cfg.rope_theta,  # transformers < 5
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # transformers >= 5
-        "attention_bias": False,
+        "rope_scaling": cfg.rope_scaling,  # transformers < 5
+        "rope_parameters": rope,  # transformers >= 5
         "attention_dropout": cfg.attention_dropout,
-        "mlp_bias": False,
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.initializer_range,
         "torch_dtype": "bfloat16",
         **extra,
+    }
+
+
+def _rope_scaling(d: dict) -> dict | None:
+    """The RoPE scaling of a config.json, transformers >= 5's `rope_parameters` or older
+    `rope_scaling` ("type" or "rope_type"), as ModelConfig keeps it; None when unscaled."""
+    p = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    kind = p.get("rope_type", p.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind not in ROPE_SCALINGS:
+        raise UserError(
+            f"RoPE scaling {kind!r} is not supported; codemill imports {', '.join(ROPE_SCALINGS)}"
+        )
+    if kind == "linear":
+        return {"rope_type": kind, "factor": float(p["factor"])}
+    return {  # transformers falls back to max_position_embeddings for the original window, as here
+        "rope_type": kind,
+        **{k: float(p[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")},
+        "original_max_position_embeddings": int(
+            p.get("original_max_position_embeddings") or d.get("max_position_embeddings", 4096)
+        ),
     }
 
 
@@ -59,13 +86,13 @@ def from_hf_config(d: dict) -> ModelConfig:
         raise UserError(
             f"model_type {kind!r} is not a Llama-family decoder; codemill imports {', '.join(LLAMA_FAMILY)}"
         )
-    if d.get("rope_scaling") or (d.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-        raise UserError("RoPE scaling (rope_scaling / rope_parameters.rope_type) is not supported")
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise UserError(
             "Llama attention_bias / mlp_bias checkpoints are not supported (Qwen2-style q/k/v bias is)"
         )
     theta = (d.get("rope_parameters") or {}).get("rope_theta", d.get("rope_theta", 10000.0))
+    positions = d.get("max_position_embeddings", 4096)
+    window = d.get("sliding_window") if d.get("use_sliding_window", True) else None
     return ModelConfig(
         vocab_size=d["vocab_size"],
         hidden_size=d["hidden_size"],
@@ -75,12 +102,14 @@ def from_hf_config(d: dict) -> ModelConfig:
         num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
         head_dim=d.get("head_dim"),
         rope_theta=float(theta),
-        max_seq_len=d.get("max_position_embeddings", 4096),
+        # Mistral v0.1 attends within a sliding window, codemill to every position: equal inside it
+        max_seq_len=min(positions, window or positions),
         rms_norm_eps=d.get("rms_norm_eps", 1e-6),
         attention_dropout=d.get("attention_dropout", 0.0),
         qkv_bias=kind == "qwen2",
         tie_embeddings=d.get("tie_word_embeddings", False),
         initializer_range=d.get("initializer_range", 0.02),
+        rope_scaling=_rope_scaling(d),
     )
 
 

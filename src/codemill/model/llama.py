@@ -9,6 +9,7 @@ logits match.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 from codemill.errors import UserError
 from codemill.model.loss import token_losses
+
+ROPE_SCALINGS = ("linear", "llama3")  # transformers' rope_type names
 
 
 @dataclass
@@ -37,10 +40,20 @@ class ModelConfig:
     qkv_bias: bool = False  # Qwen2-style checkpoints
     tie_embeddings: bool = False
     initializer_range: float = 0.02
+    # transformers' rope_parameters less rope_theta: {"rope_type": "linear", "factor": 4.0}
+    # (DeepSeek-Coder) or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"} (Llama 3.x); None: unscaled
+    rope_scaling: dict | None = None
 
     def __post_init__(self):
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_heads
+        kind = (self.rope_scaling or {}).get("rope_type")
+        if self.rope_scaling is not None and kind not in ROPE_SCALINGS:
+            raise UserError(
+                f"RoPE scaling {kind!r} is not supported; codemill runs {', '.join(ROPE_SCALINGS)} "
+                "(and unscaled RoPE)"
+            )
         if self.num_heads % self.num_kv_heads:
             raise UserError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
@@ -107,12 +120,30 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
+def rope_inv_freq(cfg: ModelConfig, device=None, scaled: bool = True) -> torch.Tensor:
+    """RoPE's inverse frequencies [head_dim / 2] in fp32, computed as transformers'
+    `ROPE_INIT_FUNCTIONS` compute them (default, 'linear', 'llama3'), so the logits match."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+    p = cfg.rope_scaling if scaled else None
+    if p is None:
+        return inv_freq
+    if p["rope_type"] == "linear":
+        return inv_freq / p["factor"]
+    # llama3: long wavelengths divided by the factor, short ones kept, the band between interpolated
+    factor, low, high = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
+    old = p["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled_freq = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled_freq / factor + smooth * scaled_freq
+    medium = ~(wavelen < old / high) * ~(wavelen > old / low)
+    return torch.where(medium, smoothed, scaled_freq)
+
+
 def rope_tables(cfg: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [T, head_dim] in fp32, laid out for rotate-half (HF's convention)."""
-    d = cfg.head_dim
-    inv_freq = 1.0 / (
-        cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=positions.device).float() / d)
-    )
+    inv_freq = rope_inv_freq(cfg, positions.device)
     freqs = positions.float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
