@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import POLYGLOT, STDLIB, write_corpus
+from conftest import MIT, POLYGLOT, STDLIB, write_corpus
 from test_wrong_use import cli
 
 from codemill.data.config import DataConfig
@@ -63,13 +63,14 @@ def test_files_held_out_of_few_repositories_never_reach_training(tmp_path, bpe_d
 def test_adapt_scores_the_base_and_the_adapted_model_on_the_same_held_out_code(tmp_path, tiny_checkpoint):
     src = tmp_path / "src"
     for pkg in ("json", "email/mime", "wsgiref"):
-        shutil.copytree(
+        repo = shutil.copytree(
             STDLIB / pkg, src / pkg.replace("/", "-"), ignore=shutil.ignore_patterns("__pycache__")
         )
+        (repo / "LICENSE").write_text(MIT)
     out = tmp_path / "out"
     args = ["adapt", tiny_checkpoint, src, "--out", out, "--set", "train.max_steps=2", "--set", "train.ckpt_every=1",
             "--set", "data.seq_len=128", "--set", "run.fim_per_type=2", "--set", "run.loss_files=5",
-            "--set", "run.crossfile_per_repo=2", "--set", "run.loss_limit=20", "--set", "train.global_batch=2",
+            "--set", "run.crossfile_per_repo=2", "--set", "run.loss_limit=20", "--set", "run.holdout=0.3", "--set", "train.global_batch=2",
             "--set", "train.micro_batch=1", "--set", "train.data_shards=0"]  # fmt: skip
     code, text = cli(*args)
     assert code == 0, text
