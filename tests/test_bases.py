@@ -5,7 +5,6 @@ llama.cpp after GGUF export."""
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from codemill.data.tokenizer import load_tokenizer
 from codemill.errors import UserError
 from codemill.formats import get_format
 from codemill.model.gguf import export_gguf
@@ -79,22 +79,19 @@ def _random(model: torch.nn.Module) -> torch.nn.Module:
 def test_base_logits_match_transformers_and_llama_cpp(base, tokenizers, tmp_path):
     config_cls, model_cls, extra, fmt, exported_cls = BASES[base]
     tok_dir = tokenizers(fmt)
-    vocab = json.loads((tok_dir / "tokenizer.json").read_text())
-    size = len(vocab["model"]["vocab"]) + sum(
-        t["id"] >= len(vocab["model"]["vocab"]) for t in vocab["added_tokens"]
-    )
-    hf = _random(model_cls(config_cls(vocab_size=size, **TINY, **copy.deepcopy(extra))))  # it adds keys
+    tok = load_tokenizer(tok_dir)
+    config = config_cls(vocab_size=tok.vocab_size, **TINY, **copy.deepcopy(extra))  # it adds keys
+    hf = _random(model_cls(config))
     hf.save_pretrained(tmp_path / "hf")
-    from codemill.data.tokenizer import load_tokenizer
-
     text = (STDLIB / "textwrap.py").read_text()
-    ids = load_tokenizer(tok_dir).encode_batch([text])[0][:160]  # past llama3's 64-token original window
+    ids = tok.encode_batch([text])[0][:160]  # past llama3's 64-token original window
     x = torch.tensor([ids])
     with torch.no_grad():
         want = hf(x).logits
 
     ours = import_hf(tmp_path / "hf").eval()
     assert ours.cfg.qkv_bias == (model_cls is Qwen2ForCausalLM)
+    assert ours.cfg.max_seq_len == extra.get("sliding_window", TINY["max_position_embeddings"])
     with torch.no_grad():
         got = ours(x)
     imported = (got - want).abs().max().item()
@@ -112,23 +109,19 @@ def test_base_logits_match_transformers_and_llama_cpp(base, tokenizers, tmp_path
         (tmp_path / "out" / name).write_bytes((tok_dir / name).read_bytes())
     gguf = tmp_path / "m.gguf"
     info = export_gguf(tmp_path / "out", gguf, "f32", fmt=fmt)
-    assert info["fim_pre"] == vocab_id(vocab, get_format(fmt).prefix)
+    assert info["fim_pre"] == tok.token_id(get_format(fmt).prefix)
     npy = llama_cpp_run("logits", tmp_path, gguf=str(gguf), ids=ids, n_ctx=256, npy=str(tmp_path / "l.npy"))
     theirs = np.load(npy["npy"])
     in_llama_cpp = np.abs(got[0].numpy() - theirs).max()
     print(
         f"{base}: max |logit difference| import {imported:.1e}, HF export {exported:.1e}, llama.cpp {in_llama_cpp:.1e}"
     )
-    assert imported <= 1e-4 and exported <= 1e-4
+    assert imported <= 1e-5 and exported <= 1e-5
     assert in_llama_cpp < 1e-2 and (got[0].numpy().argmax(-1) == theirs.argmax(-1)).all()
 
 
-def vocab_id(vocab: dict, token: str) -> int:
-    return next(t["id"] for t in vocab["added_tokens"] if t["content"] == token)
-
-
 def test_gguf_refuses_llama3_scaling_with_qkv_bias(tokenizers, tmp_path):
-    hf = Qwen2ForCausalLM(Qwen2Config(vocab_size=512, **TINY, rope_scaling=LLAMA3))
+    hf = Qwen2ForCausalLM(Qwen2Config(vocab_size=512, **TINY, rope_scaling=dict(LLAMA3)))
     hf.save_pretrained(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (tmp_path / name).write_bytes((tokenizers("qwen2.5-coder") / name).read_bytes())
@@ -139,7 +132,7 @@ def test_gguf_refuses_llama3_scaling_with_qkv_bias(tokenizers, tmp_path):
 
 def test_import_refuses_rope_scalings_codemill_does_not_compute(tmp_path):
     hf = LlamaForCausalLM(
-        LlamaConfig(vocab_size=512, **{**TINY, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
+        LlamaConfig(vocab_size=512, **TINY, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     )
     hf.save_pretrained(tmp_path)
     with pytest.raises(UserError, match="'dynamic' is not supported"):
