@@ -1,6 +1,7 @@
 """Checkpoints: model and optimizer through torch.distributed.checkpoint (sharded, and resharded on
 load, so a run resumes on another world size), the data position of every stream shard, and each
-rank's RNG. A checkpoint is written under `step-N.tmp` and renamed when complete, so a crash mid-write
+rank's RNG. With frozen parameters (LoRA) only the trained ones are saved: the frozen base is the
+run's `init_from`, read again on resume. A checkpoint is written under `step-N.tmp` and renamed when complete, so a crash mid-write
 never leaves a corrupt latest checkpoint; the last `keep` are kept."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from codemill.errors import UserError
 from codemill.train.dist import Dist, barrier
@@ -27,6 +28,12 @@ def _single_process_quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         yield
+
+
+def _options(model) -> StateDictOptions:
+    """Frozen parameters left out of the state (and so not expected back on load)."""
+    frozen = any(not p.requires_grad for p in model.parameters())
+    return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen)
 
 
 def latest(state_dir: Path) -> Path | None:
@@ -43,7 +50,7 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(d)
-    model_sd, optim_sd = get_state_dict(model, optim)
+    model_sd, optim_sd = get_state_dict(model, optim, options=_options(model))
     with _single_process_quiet():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
     for shard, state in data.items():
@@ -68,11 +75,14 @@ def save(
 
 def load(path: Path, model, optim, shards: list[int], d: Dist) -> tuple[dict, dict[int, dict]]:
     """Restore model, optimizer and this rank's RNG; return the meta and this rank's data states."""
-    model_sd, optim_sd = get_state_dict(model, optim)
+    options = _options(model)
+    model_sd, optim_sd = get_state_dict(model, optim, options=options)
     state = {"model": model_sd, "optim": optim_sd}
     with _single_process_quiet():
         dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options
+    )
     meta = json.loads((path / "meta.json").read_text())
     rng_file = path / f"rng-rank-{d.rank}.pt"
     if meta["world"] == d.world and rng_file.exists():  # another world size: RNG streams start afresh

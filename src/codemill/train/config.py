@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codemill.config import Settings, at_least, positive
+from codemill.config import Settings, at_least, fraction, positive
+from codemill.errors import UserError
+
+# the linear layers of a block (model/llama.py) that adapters may sit beside; the head is applied by the
+# chunked loss through its weight, not called as a module, so an adapter there would never run
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -15,6 +20,12 @@ class TrainConfig(Settings):
     preset: str = "demo"  # model/llama.py PRESETS; ignored with init_from
     model: dict = field(default_factory=dict)  # overrides of the preset, e.g. {num_layers: 2}
     init_from: str | None = None  # a Hugging Face checkpoint directory to continue from
+    # LoRA on init_from (model/lora.py): rank 0 trains every weight; a rank from 1 to the hidden size
+    # trains only adapters of that rank on lora_targets (alpha / rank scales them), the base frozen
+    lora_rank: int = at_least(0, 0)
+    lora_alpha: float = positive(32.0)
+    lora_dropout: float = fraction(0.05)
+    lora_targets: tuple[str, ...] = LORA_TARGETS
     # optimisation (Table I: AdamW 0.9 / 0.98, weight decay 0.01, cosine 1e-5 -> 1e-6, clip 1.0)
     lr: float = positive(3e-4)  # Table I's 1e-5 is for continued pretraining of a 7B; small models want more
     min_lr: float = at_least(0, 3e-5)
@@ -44,3 +55,12 @@ class TrainConfig(Settings):
     peak_flops: float = at_least(0, 0.0)  # per device; 0 = from the device table (none for CPUs: no MFU)
     seed: int = 0
     threads: int = at_least(0, 0)  # torch CPU threads; 0 = torch's default
+
+    def check(self) -> None:
+        super().check()
+        if self.lora_rank and (not self.lora_targets or set(self.lora_targets) - set(LORA_TARGETS)):
+            unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+            raise UserError(
+                f"train.lora_targets {list(self.lora_targets)}: name one or more of {', '.join(LORA_TARGETS)}"
+                + (f" (not {', '.join(unknown)})" if unknown else "")
+            )

@@ -23,6 +23,7 @@ from codemill.data.objectives import Objective
 from codemill.data.stream import TrainingStream
 from codemill.data.tokenizer import load_tokenizer
 from codemill.errors import UserError
+from codemill.model import lora
 from codemill.model.hf import export_hf, import_hf
 from codemill.model.llama import Llama, ModelConfig, preset
 from codemill.train import checkpoint
@@ -46,6 +47,8 @@ def model_config(tcfg: TrainConfig, vocab: int | None, seq_len: int) -> ModelCon
 
 
 def build_model(tcfg: TrainConfig, vocab: int, seq_len: int, device: torch.device) -> Llama:
+    if tcfg.lora_rank and not tcfg.init_from:
+        raise UserError("train.lora_rank adapts a checkpoint: give it one with --init-from (train.init_from)")
     if tcfg.init_from:
         model = import_hf(tcfg.init_from, **tcfg.model)
         if model.cfg.vocab_size < vocab:
@@ -73,6 +76,12 @@ def _autocast(tcfg: TrainConfig, device: torch.device):
     return (
         torch.autocast(device.type, dtype=torch.bfloat16) if _bf16(tcfg, device) else contextlib.nullcontext()
     )
+
+
+def _lora(tcfg: TrainConfig) -> dict:
+    """The adapter settings, as model/lora.py takes them."""
+    return {"rank": tcfg.lora_rank, "alpha": tcfg.lora_alpha, "dropout": tcfg.lora_dropout,
+            "targets": tcfg.lora_targets}  # fmt: skip
 
 
 def _plan(tcfg: TrainConfig, d: Dist) -> tuple[list[int], int, int]:
@@ -145,6 +154,10 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
     model.checkpointing = tcfg.activation_checkpointing
     fpt = flops_per_token(model, dcfg.seq_len)
     n_params = model.num_params()
+    if tcfg.lora_rank:
+        lora.add_adapters(model, **_lora(tcfg), seed=tcfg.seed)
+        if _bf16(tcfg, d.device):
+            lora.freeze_to(model, torch.bfloat16)
     model = shard(model, d, bf16=_bf16(tcfg, d.device))
     if tcfg.compile:
         for block in model.model.layers:
@@ -286,15 +299,13 @@ def _progress(console, total: int, start: int):
 def _export(
     model, out: Path, tokenizer: Path, dcfg: DataConfig, tcfg: TrainConfig, d: Dist, n_params: int
 ) -> Path:
-    """The final model in the HF Llama layout, with its tokenizer and codemill.json."""
+    """The final model in the HF Llama layout (adapters merged), with its tokenizer and codemill.json."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     final = out / "final"
     if d.main:
-        with torch.device("meta"):
-            plain = Llama(model.cfg)
-        plain.load_state_dict(full, assign=True)
+        plain = lora.plain(model.cfg, full, _lora(tcfg) if tcfg.lora_rank else None)
         export_hf(plain, final, dtype=torch.float32 if d.device.type == "cpu" else torch.bfloat16)
         src = tokenizer if tokenizer.is_dir() else tokenizer.parent
         for name in TOKENIZER_FILES:
