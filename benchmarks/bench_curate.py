@@ -1,6 +1,7 @@
 """Curation speed and near-dedup quality, against references measured in the same run.
 
-    python benchmarks/bench_curate.py [--files N] [--e2e] [--scale [--sizes 9500,38000,152000]]
+    python benchmarks/bench_curate.py [--files N] [--e2e]
+        [--scale [--sizes 9500,38000,152000] [--rows definitions|module] [--set KEY=VALUE ...]]
 
 1. MinHash signatures (256 permutations, word 5-grams) on the same standard-library files:
    codemill vs datasketch 2.0 (`update_batch`) vs datatrove's `MinhashDedupSignature` (its default
@@ -11,6 +12,8 @@
 3. --e2e: `codemill curate installed` end to end, MB/s per core overall and per stage.
 4. --scale: unordered Stack-style tables of real code with planted copies at several sizes: wall
    time, MB/s per core, peak memory of the largest process, planted-copy recall (curate_scale.py).
+   --rows module: rows shaped as whole modules (a file's imports and a run of its definitions,
+   4 KB) instead of runs of definitions (2.3 KB); --set: curate settings (tasks=8 is the default).
 """
 
 from __future__ import annotations
@@ -119,11 +122,16 @@ if __name__ == "__main__":
     ap.add_argument("--e2e", action="store_true")
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--sizes", default="9500,38000,152000")
+    ap.add_argument("--rows", choices=("definitions", "module"), default="definitions")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a curate setting")
     args = ap.parse_args()
     if args.scale:
         from curate_scale import bench_scale
 
-        bench_scale([int(n) for n in args.sizes.split(",")])
+        sets = dict(kv.split("=", 1) for kv in args.set)
+        bench_scale(
+            [int(n) for n in args.sizes.split(",")], args.rows, {k: json.loads(v) for k, v in sets.items()}
+        )
         raise SystemExit
     texts = stdlib_files(args.files)
     print("signatures:", json.dumps(bench_signatures(texts)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -259,13 +260,11 @@ class VerifyStep(_Step):
         files = sorted((self.dir / "pairs").glob("*.parquet"))
         got = read_tables(files, PAIR_SCHEMA, columns=["i", "j"], filters=[("part", "=", rank)])
         pairs = np.unique(np.stack([got.column("i").to_numpy(), got.column("j").to_numpy()], axis=1), axis=0)
-        nodes = _read_rows(self.work, np.unique(pairs), ["repo", "path", "content", "quality_stage"])
-        sets = minhash.shingle_sets(nodes.column("content").to_pylist(), self.cfg.ngram)
-        shingles = dict(zip(nodes.column("id").to_pylist(), sets, strict=True))
+        nodes, shingles = _shingled(self.work, np.unique(pairs), self.cfg.ngram)
         sims = np.array([minhash.jaccard(shingles[i], shingles[j]) for i, j in pairs.tolist()])
         similar = sims >= self.cfg.threshold
         keep = np.isin(nodes.column("id").to_numpy(), pairs[similar])
-        t = nodes.drop_columns(["content"]).filter(pa.array(keep))
+        t = nodes.filter(pa.array(keep))
         atomic_parquet(_with_rank_inputs(self.work, t), self.dir / "nodes" / f"{rank:05d}.parquet")
         atomic_parquet(
             pa.table({"i": pairs[similar, 0], "j": pairs[similar, 1], "jaccard": sims[similar]}),
@@ -277,11 +276,31 @@ class VerifyStep(_Step):
         )
 
 
-def _read_rows(work: Path, ids: np.ndarray, columns: list[str]) -> pa.Table:
-    """Columns of the scan-shard rows named by ids (sorted), reading only the row groups that
-    hold them."""
+def _shingled(work: Path, ids: np.ndarray, n: int) -> tuple[pa.Table, dict[int, np.ndarray]]:
+    """The files named by ids (sorted) without their text, and their shingle sets by id. Texts are
+    hashed as they are read, a group of about `minhash.KEPT_POWERS` characters at a time, and let
+    go: held whole, the texts, their Python strings and the sets were ~3x the sets alone (a verify
+    part's candidates grow with its duplicates: 620 files at 24k module rows, 4,900 at 96k)."""
+    columns = ["repo", "path", "quality_stage"]
+    tables, shingles, texts, names, held = [], {}, [], [], 0
+    for t in _row_groups(work, ids, [*columns, "content"]):
+        texts += t.column("content").to_pylist()
+        names += t.column("id").to_pylist()
+        held += sum(map(len, texts[-t.num_rows :]))
+        tables.append(t.drop_columns(["content"]))
+        if held >= minhash.KEPT_POWERS:
+            shingles.update(zip(names, minhash.shingle_sets(texts, n), strict=True))
+            texts, names, held = [], [], 0
+    shingles.update(zip(names, minhash.shingle_sets(texts, n), strict=True))
+    if tables:
+        return pa.concat_tables(tables), shingles
+    return pa.table({"id": pa.array([], pa.uint64()), **{c: [] for c in columns}}), shingles
+
+
+def _row_groups(work: Path, ids: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
+    """Columns of the scan-shard rows named by ids (sorted), with their id, one table per row
+    group that holds any, in id order."""
     shard, row = split_id(ids)
-    got = []
     for s in np.unique(shard):
         pf = pq.ParquetFile(work / "scan" / f"files-{s:05d}.parquet")
         starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
@@ -289,12 +308,7 @@ def _read_rows(work: Path, ids: np.ndarray, columns: list[str]) -> pa.Table:
         group = np.searchsorted(starts, mine, side="right") - 1
         for g in np.unique(group):
             t = pf.read_row_group(int(g), columns=columns).take(pa.array(mine[group == g] - starts[g]))
-            got.append(t.add_column(0, "id", pa.array(ids[shard == s][group == g], pa.uint64())))
-    return (
-        pa.concat_tables(got)
-        if got
-        else pa.table({"id": pa.array([], pa.uint64()), **{c: [] for c in columns}})
-    )
+            yield t.add_column(0, "id", pa.array(ids[shard == s][group == g], pa.uint64()))
 
 
 def _with_rank_inputs(work: Path, t: pa.Table) -> pa.Table:
