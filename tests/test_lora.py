@@ -111,3 +111,33 @@ def test_lora_under_fsdp2_takes_the_steps_of_one_process(code_corpus, bpe_dir, b
     run(train_cmd(code_corpus, bpe_dir, tmp_path / "bf16", *extra, "--set", "dtype=bf16", torchrun=2))
     c = losses(tmp_path / "bf16")
     assert all(abs(x - y) < 0.02 * x for (_, x), (_, y) in zip(a, c, strict=True))
+
+
+def test_plan_counts_lora_memory_by_hand():
+    """A tiny config counted by hand: adapters r x (in + out) per target, their fp32 weights,
+    gradients and two moments (16 bytes each); the frozen base once in bf16; nothing gathered on one
+    GPU; sharded over several. The checkpointed activations are still a block's bf16 input."""
+    from codemill.model.llama import ModelConfig
+    from codemill.train.plan import meta_model, plan
+
+    cfg = ModelConfig(
+        vocab_size=256, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2
+    )
+    lora = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ("q_proj", "v_proj", "down_proj")}
+    # per layer: q 4 x (32 + 32), v 4 x (32 + 16), down 4 x (64 + 32)
+    adapters = 2 * (4 * 64 + 4 * 48 + 4 * 96)
+    # embeddings and head 256 x 32 each, final norm 32; per layer two norms, q and o 32 x 32, k and v
+    # 16 x 32, gate, up and down 64 x 32
+    base = 2 * 256 * 32 + 32 + 2 * (2 * 32 + 2 * 1024 + 2 * 512 + 3 * 2048)
+    model = meta_model(cfg, lora=lora)
+    kw = dict(seq_len=64, micro_batch=2, global_batch=4, tokens=1e6, gpu_memory_gb=80, peak_tflops=1, mfu=0.5)
+    one = plan(model, gpus=1, **kw)
+    assert (one["trained"], one["parameters"]) == (adapters, base + adapters)
+    assert one["states"] == 16 * adapters and one["frozen"] == 2 * base and one["gathered"] == 0
+    ckpt = one["memory"]["checkpointing"]
+    assert ckpt["per_module"]["layers.1"] == 2 * 64 * 32 * 2
+    four = plan(model, gpus=4, **kw)
+    assert four["states"] == 16 * adapters / 4 and four["frozen"] == 2 * base / 4
+    full = plan(meta_model(cfg), gpus=1, **kw)
+    assert full["trained"] == full["parameters"] == base and full["frozen"] == 0
+    assert full["states"] == 16 * base

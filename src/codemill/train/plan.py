@@ -5,7 +5,10 @@ The model is built on the meta device (no memory is allocated) and one micro-bat
 are walked there in bf16; the tensors autograd keeps for backward are counted per module, with and
 without activation checkpointing. That is measured, not a formula, so it follows the model code.
 Model states follow FSDP2 with mixed precision (fp32 sharded parameters, gradients and AdamW moments;
-bf16 parameters gathered one block at a time). Time follows model FLOPs per token (6N plus attention,
+bf16 parameters gathered one block at a time). With LoRA (`meta_model(..., lora=...)`) only the
+adapters have fp32 parameters, gradients and moments; the frozen base is held once in bf16 (sharded
+over GPUs, gathered a block at a time as above when there are several), and the activations are those
+autograd keeps when the base needs no gradients, measured the same way. Time follows model FLOPs per token (6N plus attention,
 `train/metrics.py`) at an assumed MFU, the convention of PaLM, Megatron-LM and torchtitan reports.
 """
 
@@ -30,9 +33,16 @@ class Activations:
     recompute: int  # with checkpointing: one block's activations, rebuilt during its backward
 
 
-def meta_model(cfg, dtype: torch.dtype = torch.bfloat16) -> Llama:
+def meta_model(cfg, dtype: torch.dtype = torch.bfloat16, lora: dict | None = None) -> Llama:
+    """The model on meta; with `lora` (model/lora.py's rank, alpha, dropout, targets) with adapters
+    and its base frozen, as training builds it."""
     with torch.device("meta"):
-        return Llama(cfg).to(dtype)
+        model = Llama(cfg).to(dtype)
+    if lora:
+        from codemill.model.lora import add_adapters
+
+        add_adapters(model, **lora, seed=0)
+    return model
 
 
 def saved_activations(model: Llama, micro_batch: int, seq_len: int, checkpointing: bool,
@@ -87,20 +97,25 @@ def saved_activations(model: Llama, micro_batch: int, seq_len: int, checkpointin
 
 def plan(model: Llama, *, seq_len: int, micro_batch: int, global_batch: int, tokens: float, gpus: int,
          gpu_memory_gb: float, peak_tflops: float, mfu: float, loss_chunk: int = 4096) -> dict:  # fmt: skip
-    """Memory per GPU with and without activation checkpointing, and time for `tokens`."""
+    """Memory per GPU with and without activation checkpointing, and time for `tokens`. A model
+    with frozen parameters (LoRA) trains only the others."""
     n = model.num_params()
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     blocks = [sum(p.numel() for p in b.parameters()) for b in model.model.layers]
     root = n - sum(blocks)  # embeddings, final norm and head: FSDP2's root unit
-    states = 16 * n / gpus  # fp32 parameters, gradients, AdamW's two moments; all sharded
+    states = 16 * trained / gpus  # fp32 parameters, gradients, AdamW's two moments; all sharded
+    frozen = 2 * (n - trained) / gpus  # bf16 (LoRA's base)
     # gathered bf16 parameters of the unit in compute and the one prefetched, and a unit's unsharded
-    # gradients (bf16, then fp32 for the reduce-scatter)
+    # gradients (bf16, then fp32 for the reduce-scatter); LoRA: one GPU holds its base whole, and a
+    # block's adapter gradients are negligible
     unit = max(max(blocks), root)
-    gathered = 2 * 2 * unit + (2 + 4) * unit
+    full = trained == n
+    gathered = (2 * 2 * unit if full or gpus > 1 else 0) + ((2 + 4) * unit if full else 0)
     memory = {}
     for ckpt in (False, True):
         act = saved_activations(model, micro_batch, seq_len, ckpt, loss_chunk)
         logits = 3 * 4 * min(loss_chunk, micro_batch * seq_len) * model.cfg.vocab_size  # a loss chunk
-        total = states + gathered + act.total + act.recompute + logits + CONTEXT_BYTES
+        total = states + frozen + gathered + act.total + act.recompute + logits + CONTEXT_BYTES
         memory["checkpointing" if ckpt else "no checkpointing"] = {
             "activations": act.total + act.recompute,
             "total": total,
@@ -113,7 +128,9 @@ def plan(model: Llama, *, seq_len: int, micro_batch: int, global_batch: int, tok
     return {
         "parameters": n,
         "non_embedding": model.num_params(embeddings=False),
+        "trained": trained,
         "states": states,
+        "frozen": frozen,
         "gathered": gathered,
         "memory": memory,
         "flops_per_token": fpt,
