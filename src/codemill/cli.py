@@ -296,12 +296,13 @@ def _train_configs(recipe: Path | None, overrides: list[str]):
 
 def _meta(dcfg, tcfg):
     from codemill.model.hf import hf_config
-    from codemill.train.loop import model_config
+    from codemill.train.loop import _lora, model_config
     from codemill.train.plan import meta_model
 
-    return meta_model(
+    cfg = (
         hf_config(tcfg.init_from, **tcfg.model) if tcfg.init_from else model_config(tcfg, None, dcfg.seq_len)
     )
+    return meta_model(cfg, lora=_lora(tcfg) if tcfg.lora_rank else None)
 
 
 def _dry_run(dcfg, tcfg) -> None:
@@ -389,6 +390,8 @@ def train_plan(
     gib = lambda n: f"{n / 1024**3:,.1f}"  # noqa: E731
     both = lambda v: [gib(v)] * len(modes)  # noqa: E731
     table.add_row("fp32 parameters, gradients, AdamW moments (sharded)", *both(p["states"]))
+    if p["frozen"]:
+        table.add_row("frozen base, bf16 (LoRA)", *both(p["frozen"]))
     table.add_row("gathered bf16 block and its gradients", *both(p["gathered"]))
     table.add_row(
         f"activations, micro-batch {tcfg.micro_batch} x {dcfg.seq_len}",
