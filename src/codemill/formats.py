@@ -395,8 +395,8 @@ def detect_format(tok) -> Format:
     if not found:
         raise UserError(
             "the base model's tokenizer has the FIM tokens of none of "
-            f"{', '.join(FORMATS)}; pass --format for one of them, or train it NTP-only with "
-            "--set data.code_objectives={ntp: 1.0} and a format whose tokens it has"
+            f"{', '.join(FORMATS)}; pass --format if it is one of them under another name (a base "
+            "without FIM tokens cannot be adapted here: NTP-only adaptation is not built)"
         )
     return found[0]
 
