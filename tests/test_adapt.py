@@ -31,7 +31,9 @@ def test_a_tokenizer_without_fim_tokens_names_the_families(code_corpus):
     from tokenizers import Tokenizer, models
 
     bare = HFTokenizer(Tokenizer(models.BPE()))
-    with pytest.raises(UserError, match=r"none of codemill, aixcoder.*--format.*NTP-only adaptation is not built"):
+    with pytest.raises(
+        UserError, match=r"none of codemill, aixcoder.*--format.*NTP-only adaptation is not built"
+    ):
         detect_format(bare)
 
 
