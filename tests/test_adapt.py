@@ -81,6 +81,10 @@ def test_adapt_scores_the_base_and_the_adapted_model_on_the_same_held_out_code(t
     for side in ("base", "adapted"):
         assert summary[side]["fim_bits_per_byte"] > 0 and summary[side]["files_bits_per_byte"] > 0
     assert summary["base"]["fim_bits_per_byte"] != summary["adapted"]["fim_bits_per_byte"]
+    change = summary["change"]["psm"]  # paired over the same held-out middles
+    assert change["items"] > 0 and change["ci95"][0] <= change["bits_per_byte"] <= change["ci95"][1]
+    diff = summary["adapted"]["fim_bits_per_byte"] - summary["base"]["fim_bits_per_byte"]
+    assert abs(change["bits_per_byte"] - diff) < 1e-6
     assert "What adaptation bought" in (out / "report.md").read_text()
     assert (out / "adapted.gguf").stat().st_size > 0
     final = out / "train" / "final"

@@ -380,6 +380,8 @@ def _adapt_json(out: Path, rcfg: RunConfig, fmt: str, bench: Path) -> None:
         return {"fim_bits_per_byte": a.get("psm_bits_per_byte"), "fim_spm_bits_per_byte": a.get("spm_bits_per_byte"),
                 "files_bits_per_byte": ltr.get("bits_per_byte")}  # fmt: skip
 
+    base_results = out / "eval" / "fim-loss" / "base" / "results.json"
+    change = _paired(r, json.loads(base_results.read_text())) if base_results.exists() else {}
     held = bench / "fim" / "heldout_files.txt"
     heldout = {
         "unit": "file" if held.exists() else "repo",
@@ -388,8 +390,37 @@ def _adapt_json(out: Path, rcfg: RunConfig, fmt: str, bench: Path) -> None:
     }
     summary = {"base": {"path": rcfg.base, **scores(r.get("baselines", {}).get("base", {}))},
                "adapted": {"path": str(out / "train" / "final"), **scores(r["summary"])},
-               "format": fmt, "heldout": heldout}  # fmt: skip
+               "change": change, "format": fmt, "heldout": heldout}  # fmt: skip
     (out / "adapt.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _paired(adapted: dict, base: dict, reps: int = 10_000) -> dict:
+    """Adapted minus base bits per byte on the same held-out items (FIM middles PSM and SPM, files),
+    pooled as the suite pools them, with a 95% bootstrap interval over the items."""
+    import math
+
+    import numpy as np
+
+    def items(r: dict, measure: str) -> dict:
+        if measure == "files":
+            return {str(i): (f["nats"], f["bytes"]) for i, f in enumerate(r.get("files") or [])}
+        return {
+            t["task_id"]: (t[f"{measure}_nats"], t["bytes"]) for t in r["tasks"] if f"{measure}_nats" in t
+        }
+
+    rng, out = np.random.default_rng(0), {}
+    for measure in ("psm", "spm", "files"):
+        a, b = items(adapted, measure), items(base, measure)
+        keys = sorted(set(a) & set(b))
+        if not keys:
+            continue
+        diff = np.asarray([a[k][0] - b[k][0] for k in keys]) / math.log(2)
+        nbytes = np.asarray([a[k][1] for k in keys], dtype=np.float64)
+        rows = rng.integers(0, len(keys), size=(reps, len(keys)))
+        lo, hi = np.percentile(diff[rows].sum(axis=1) / nbytes[rows].sum(axis=1), [2.5, 97.5])
+        out[measure] = {"bits_per_byte": float(diff.sum() / nbytes.sum()), "ci95": [float(lo), float(hi)],
+                        "items": len(keys)}  # fmt: skip
+    return out
 
 
 def write_report(out: Path, base: Path) -> Path:
