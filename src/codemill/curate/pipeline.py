@@ -20,7 +20,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from codemill.curate.checks import STAGES
 from codemill.curate.config import CurateConfig
@@ -237,6 +244,8 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
         MofNCompleteColumn(),
         TextColumn(unit),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         disable=quiet,
     ) as bar:
         task = bar.add_task(name, total=total)
