@@ -421,7 +421,8 @@ def train_plot(run: Path = typer.Argument(..., help="A `codemill train` run dire
 def eval_(
     suite: str = typer.Argument(
         ...,
-        help="humaneval, mbpp, santacoder-fim, fim-eval, crosscodeeval, multipl-e-cpp|java|js, fim-loss "
+        help="humaneval, mbpp, santacoder-fim, fim-eval, crosscodeeval, multipl-e-cpp|java|js, "
+        "humaneval-infilling/single-line|multi-line|random-span, fim-loss "
         "(bits per byte of FIM middles and held-out files); or compare.",
     ),
     runs: list[Path] = typer.Argument(
@@ -444,6 +445,14 @@ def eval_(
     data: str = typer.Option(None, help="The benchmark file (MBPP jsonl, SantaCoder-FIM parquet)."),
     split: str = typer.Option("all", help="MBPP: all (974, the paper) or test (500, bigcode)."),
     setting: str = typer.Option("retrieval", help="CrossCodeEval: infile, retrieval (BM25 rg1) or oracle."),
+    fim_mode: str = typer.Option(
+        "psm", help="HumanEval-infilling: the FIM layout, psm or spm (where the format has it)."
+    ),
+    generations: Path = typer.Option(
+        None,
+        help="Judge these completions instead of a model's: JSON Lines of {task_id, completion}, "
+        "several lines per task for pass@k; tasks not in the file are not judged.",
+    ),
     limit: int = typer.Option(None, help="N tasks evenly spaced through the suite, not the first N."),
     samples: int = typer.Option(
         1, help="Samples per task (pass@k for every k up to it); needs --temperature."
@@ -471,7 +480,7 @@ def eval_(
     `codemill eval compare RUN...` puts runs side by side in the paper's tables."""
     from rich.table import Table
 
-    from codemill.eval.models import load_model
+    from codemill.eval.models import Generations, load_model
     from codemill.eval.runner import compare, evaluate
     from codemill.eval.suites import SUITES
 
@@ -486,22 +495,27 @@ def eval_(
         raise UserError(
             f"unknown suite {suite!r}; choose one of {', '.join([*SUITES, 'fim-loss', 'compare'])}"
         )
-    if model is None or out is None:
-        raise UserError("--model and --out are needed")
+    if (model is None and generations is None) or out is None:
+        raise UserError("--model (or --generations) and --out are needed")
     _output(out)
-    if Path(model).is_dir():  # a checkpoint: whole before anything loads it
+    if generations is None and Path(model).is_dir():  # a checkpoint: whole before anything loads it
         from codemill.model.hf import check_checkpoint
 
         check_checkpoint(model)
     if suite == "fim-loss":
+        if model is None:
+            raise UserError("fim-loss scores a checkpoint: --generations does not apply")
         return _fim_loss(model, format, data, out, corpus, files, crossfile, limit)
 
-    given = {"data": data, "split": split, "setting": setting}  # each suite takes the ones it names
+    # each suite takes the ones it names
+    given = {"data": data, "split": split, "setting": setting, "fim_mode": fim_mode}
     spec = SUITES.get(suite)
     options = {k: v for k, v in given.items() if v is not None and spec and k in spec.options}
     results = evaluate(
         suite,
-        load_model(model, format, api_key=os.environ.get("CODEMILL_API_KEY")),
+        Generations(generations)
+        if generations is not None
+        else load_model(model, format, api_key=os.environ.get("CODEMILL_API_KEY")),
         out,
         limit=limit,
         workers=workers,

@@ -8,6 +8,7 @@ used, from the format named in the checkpoint's `codemill.json` (or given on the
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class Request:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 0.95
     seed: int = 0  # sampling is reproducible per request
+    spm: bool | None = None  # FIM layout: SPM, PSM, or None for the format's own
     meta: dict = field(default_factory=dict)
 
     def snippets(self, tok) -> list[tuple[str, str]]:
@@ -75,6 +77,44 @@ class Empty:
         return ["" for _ in requests]
 
 
+class Generations:
+    """Completions made elsewhere (vLLM, llama.cpp, an API, another harness), read from a JSON Lines
+    file of `{"task_id", "completion"}`, several lines per task for pass@k, so that they are judged by
+    the same post-processing and execution as codemill's own. Request `seed` k is the task's k-th line."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"--generations {path}: no such file")
+        self.name = path.stem
+        self.path = path
+        self.by_task: dict[str, list[str]] = {}
+        self.first_line: dict[str, int] = {}  # task id: the line that first names it, for errors
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                tid, completion = row["task_id"], row["completion"]
+            except (ValueError, TypeError, KeyError) as e:
+                raise UserError(
+                    f"{path} line {n}: not a JSON object with task_id and completion ({type(e).__name__}: {e})"
+                ) from None
+            if not isinstance(completion, str):
+                raise UserError(f"{path} line {n}: completion is not a string")
+            self.by_task.setdefault(str(tid), []).append(completion)
+            self.first_line.setdefault(str(tid), n)
+
+    def check(self, task_ids: set[str], suite: str) -> None:
+        """Every task the file names is one of the suite's (all of them, whatever --limit keeps)."""
+        for tid, n in sorted(self.first_line.items(), key=lambda x: x[1]):
+            if tid not in task_ids:
+                raise UserError(f"{self.path} line {n}: task {tid!r} is not one of {suite}'s")
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        return [truncate(self.by_task[r.meta["task_id"]][r.seed], r.stop) for r in requests]
+
+
 class Checkpoint:
     """A codemill or Hugging Face checkpoint directory, decoded with transformers: greedy requests of a
     batch together (left-padded), sampled ones one by one with their own seeds."""
@@ -98,7 +138,7 @@ class Checkpoint:
 
     def prompt_ids(self, r: Request) -> list[int]:
         # the format puts cross-file snippets where training put other files of the repository
-        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path, context=r.snippets(self.tok))
+        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path, spm=r.spm, context=r.snippets(self.tok))
         return encode(parts, self.tok, self.context - r.max_tokens)
 
     def complete(self, requests: list[Request]) -> list[str]:
@@ -212,6 +252,8 @@ class Endpoint:
     def complete(self, requests: list[Request]) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
 
+        if any(r.spm for r in requests):
+            raise UserError("a server lays out FIM prompts itself: --fim-mode spm needs a checkpoint")
         with ThreadPoolExecutor(self.workers) as pool:
             return list(pool.map(self._one, requests))
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 from codemill.errors import UserError
 from codemill.eval import sandbox
 from codemill.eval.metrics import pass_at_k
-from codemill.eval.models import Model
+from codemill.eval.models import Generations, Model
 from codemill.eval.suites import END, SUITES, subset
 from codemill.eval.tables import paper_tables
 from codemill.progress import Bar
@@ -45,7 +45,7 @@ def evaluate(
         )
     spec = SUITES[suite]
     try:
-        tasks = subset(spec.load(**options), limit)
+        loaded = spec.load(**options)
     except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:  # JSON, Parquet, fields
         if isinstance(e, UserError) or not options.get("data"):
             raise
@@ -53,11 +53,19 @@ def evaluate(
             f"--data {options['data']}: not a {suite} benchmark file ({type(e).__name__}: {e}); "
             "give the file the suite's --help names, or leave --data out to use the shipped one"
         ) from None
+    tasks = subset(loaded, limit)
+    not_judged = 0
+    if isinstance(model, Generations):  # each task the file has, as many samples as it has lines
+        model.check({t.id for t in loaded}, suite)
+        given = [t for t in tasks if t.id in model.by_task]
+        not_judged, tasks = len(tasks) - len(given), given
+        jobs = [(t, k) for t in tasks for k in range(len(model.by_task[t.id]))]
+    elif samples > 1 and temperature <= 0:
+        raise UserError("several samples per task need --temperature above 0")
+    else:
+        jobs = [(t, k) for t in tasks for k in range(samples)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if samples > 1 and temperature <= 0:
-        raise UserError("several samples per task need --temperature above 0")
-    jobs = [(t, k) for t in tasks for k in range(samples)]
     completions: list[str] = []
     with Bar(console) as bar:
         gen = bar.add_task(f"{suite}: generating with {model.name}", total=len(jobs))
@@ -65,7 +73,14 @@ def evaluate(
             chunk = jobs[i : i + batch]
             cap = {"max_tokens": max_tokens} if max_tokens else {}
             requests = [
-                dataclasses.replace(t.request, temperature=temperature, seed=k, **cap) for t, k in chunk
+                dataclasses.replace(
+                    t.request,
+                    temperature=temperature,
+                    seed=k,
+                    meta={**t.request.meta, "task_id": t.id},
+                    **cap,
+                )
+                for t, k in chunk
             ]
             answers = model.complete(requests)
             if syntax_stop:  # what serve's syntax-aware stop would have returned (same greedy tokens)
@@ -109,16 +124,30 @@ def evaluate(
             "temperature": temperature,
             "max_tokens": max_tokens,
             "syntax_stop": syntax_stop,
+            **({"generations": str(model.path)} if isinstance(model, Generations) else {}),
             "sandbox": "bubblewrap" if sandbox.available() else "unsafe",
             **options,
         },
         "summary": summary,
+        "not_judged": not_judged,
         "samples": judged,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_samples(judged, out / "samples.jsonl")
     (out / "report.md").write_text(report(results))
     chart(results, out / "by_task_type.png")
     return results
+
+
+def write_samples(judged: list[dict], path: Path) -> None:
+    """One line per sample, the shape other harnesses' per-sample files have: `passed` is the
+    execution verdict where the suite runs programs, else its exact match; `result` the verdict."""
+    with path.open("w") as f:
+        for s in judged:
+            passed = s["verdict"] == "passed" if "verdict" in s else s.get("exact_match")
+            row = {"task_id": s["task_id"], "sample": s["sample"], "completion": s["completion"],
+                   "passed": passed, "result": s.get("verdict")}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
 
 
 def _syntax_cut(r, completion: str) -> str:
@@ -274,10 +303,13 @@ def summarize(samples: list[dict]) -> dict:
 def report(results: dict) -> str:
     rows = results["summary"]
     cols = sorted({k for r in rows.values() for k in r} - {"tasks"})
+    n = results.get("not_judged")
+    unjudged = [f"{n} of the suite's tasks (within --limit) are not in --generations' file: not judged.", ""]
     lines = [
         f"# {results['suite']}: {results['model']}",
         "",
         paper_tables([results]),
+        *(unjudged if n else []),
         f"Settings: {json.dumps(results['settings'])}. pass@k is the unbiased estimator over each task's "
         "samples (greedy, one sample: the fraction of tasks whose program exits 0 in the sandbox).",
         "",

@@ -165,6 +165,39 @@ def santacoder_fim(data: str | None = None, **_) -> list[Task]:
     return tasks
 
 
+INFILLING = {
+    "single-line": "SingleLine",
+    "multi-line": "MultiLine",
+    "random-span": "RandomSpan",
+}
+
+
+def humaneval_infilling(kind: str, data: str | None = None, fim_mode: str = "psm", **_) -> list[Task]:
+    """HumanEval-infilling (Bavarian et al. 2022): the middle of a HumanEval solution asked for in the
+    model's FIM format (`fim_mode` psm or spm), the program `prompt + completion + suffix + test +
+    check(entry_point)` as openai/human-eval-infilling's execution.py builds it. The completion ends at
+    the format's end token; single-line keeps its first line and that line's end (the data's middles
+    end with one), as the reference harnesses cut at the first newline."""
+    if fim_mode not in ("psm", "spm"):
+        raise UserError("--fim-mode must be psm or spm")
+    name = f"human-eval-infilling/HumanEval-{INFILLING[kind]}Infilling.jsonl.gz"
+    single = kind == "single-line"
+    tasks = []
+    for line in benchdata.read_text(_data(data, name)).splitlines():
+        p = json.loads(line)
+
+        def program(completion: str, p=p) -> tuple[list[str], dict[str, str]]:
+            middle = completion.split("\n", 1)[0] + "\n" if single else completion
+            test = f"{p['suffix']}\n{p['test']}\ncheck({p['entry_point']})\n"
+            return _runs("Python", p["prompt"] + middle + test)
+
+        req = Request(p["prompt"], p["suffix"], stop=("\n",) if single else (),
+                      max_tokens=128 if single else 512, reference=p["canonical_solution"],
+                      path="solution.py", spm=fim_mode == "spm")  # fmt: skip
+        tasks.append(Task(p["task_id"], "Python", req, program))
+    return tasks
+
+
 # compilers and the JVM need more address space and threads than a Python sample
 MULTIPLE_LIMITS = Limits(cpu_s=30, wall_s=60, memory_mb=8192, processes=256)
 
@@ -266,7 +299,7 @@ class Suite:
     name: str
     load: Callable[..., list[Task]]
     score: Callable[[Task, str], dict] = lambda task, completion: {}
-    options: tuple[str, ...] = ()  # of data, split, setting
+    options: tuple[str, ...] = ()  # of data, split, setting, fim_mode
     built: str | None = None  # the held-out benchmark `codemill run` builds for it (bench/<built>)
 
 
@@ -277,6 +310,14 @@ SUITES: dict[str, Suite] = {
         Suite("mbpp", mbpp, scoring.setup_code, options=("data", "split")),
         Suite("santacoder-fim", santacoder_fim, scoring.whole_match, ("data",)),
         Suite("santacoder-fim-first-line", santacoder_fim, scoring.first_line_match, ("data",)),
+        *(
+            Suite(
+                f"humaneval-infilling/{kind}",
+                partial(humaneval_infilling, kind),
+                options=("data", "fim_mode"),
+            )
+            for kind in INFILLING
+        ),
         Suite("fim-eval", fim_eval, scoring.text_scores, ("data",), built="fim"),
         Suite(
             "crosscodeeval", crosscodeeval, scoring.statement_scores, ("data", "setting"), built="crossfile"
