@@ -326,7 +326,7 @@ def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -
     from codemill.eval.runner import evaluate
     from codemill.eval.suites import SUITES
 
-    name, _, setting = suite.partition("/")
+    name, _, setting = (suite, "", "") if suite in SUITES else suite.partition("/")  # humaneval-infilling/...
     if (spec := SUITES.get(name)) is None:
         raise UserError(f"run.suites: unknown suite {suite!r}; choose from fim-loss, {', '.join(SUITES)}")
     options = {"data": str(bench / spec.built)} if spec.built else {}
