@@ -28,6 +28,9 @@ VARIANTS: dict[str, dict] = {
     "paper-random-order": {"ordering": {"random": 1.0}},
     "paper-fim": {"code_objectives": {"fim": 0.85, "ntp": 0.15}},  # the paper's mix with FIM for SFIM
     "paper-sfim-anywhere": {"sfim_scope": "anywhere"},  # ours: SFIM also where no function has a node
+    # ours: half the files of FIM/SFIM repositories laid out as context (<file_sep>path + code, no end
+    # token) for the next, the layout editors' servers (llama-server /infill, codemill serve) build
+    "paper-repo-context": {"repo_context": 0.5},
 }
 
 
@@ -97,6 +100,7 @@ PAIRS = (
     ("paper", "paper-random-order"),
     ("paper", "paper-fim"),
     ("paper-weighted-sfim", "paper"),
+    ("paper-repo-context", "paper"),
 )
 
 
