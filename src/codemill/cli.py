@@ -705,7 +705,7 @@ def ablate_(
     variants: str = typer.Option(
         None,
         help="Comma-separated variants (default: all): ntp, ntp-fim, paper, paper-random-order, paper-fim "
-        "(SFIM replaced by FIM), paper-weighted-sfim, paper-sfim-anywhere (our options).",
+        "(SFIM replaced by FIM), paper-weighted-sfim, paper-sfim-anywhere, paper-repo-context (our options).",
     ),
     seeds: str = typer.Option(
         None,
