@@ -16,6 +16,7 @@ from codemill.eval.sandbox import available
 RECIPE = {
     "run": {
         "holdout": 0.4,
+        "holdout_unit": "repo",  # whole repositories (auto would hold out files of so few)
         "vocab_size": 600,
         "fim_per_type": 3,
         "crossfile_per_repo": 3,
