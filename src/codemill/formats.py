@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -379,16 +380,18 @@ def trained_context(path: str | Path, positions: int) -> int:
     return min(positions, seq_len or positions)
 
 
+def has_token(tok, token: str | None) -> bool:
+    """Whether a tokenizer has `token` as one id (None: nothing to have)."""
+    try:
+        return token is None or tok.token_id(token) is not None
+    except UserError:
+        return False
+
+
 def detect_format(tok) -> Format:
     """The format whose FIM sentinels a tokenizer carries (a base model brought to `codemill adapt`):
     codemill's own when it also has the PII placeholders, else the first family that matches."""
-
-    def has(token: str | None) -> bool:
-        try:
-            return token is None or tok.token_id(token) is not None
-        except UserError:
-            return False
-
+    has = partial(has_token, tok)
     found = [f for f in FORMATS.values() if all(has(t) for t in (f.prefix, f.suffix, f.middle, f.eos))]
     if found and found[0].pii and not all(has(t) for t in PII_TOKENS):
         found = found[1:]

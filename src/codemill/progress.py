@@ -16,7 +16,7 @@ from rich.progress import (
 
 
 class Bar(Progress):
-    def __init__(self, console: Console | None = None, transient: bool = True):
+    def __init__(self, console: Console | None = None, transient: bool = True, disable: bool = False):
         console = console or Console()
         super().__init__(
             TextColumn("{task.description}"),
@@ -27,10 +27,11 @@ class Bar(Progress):
             TimeRemainingColumn(),
             console=console,
             transient=transient and console.is_terminal,
+            disable=disable,
         )
 
     def add_task(self, description: str, *args, **kwargs):
-        if not self.console.is_terminal:
+        if not self.console.is_terminal and not self.disable:
             total = kwargs.get("total")
             self.console.print(f"{description}: started" + (f" ({total:,})" if total else ""))
         return super().add_task(description, *args, **kwargs)

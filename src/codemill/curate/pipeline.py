@@ -20,14 +20,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from codemill.curate.checks import STAGES
 from codemill.curate.config import CurateConfig
@@ -46,6 +38,7 @@ from codemill.curate.sources import Unit, expand
 from codemill.curate.steps import RefineStep, ScanStep
 from codemill.curate.tables import ShuffleStep, n_buckets, pieces
 from codemill.errors import UserError
+from codemill.progress import Bar
 
 TOOLS = (
     "codemill",
@@ -238,17 +231,8 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
     log.parent.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
     unit = {"shuffle": "pieces", "scan": "units", "refine": "files"}.get(name, "tasks")
-    with Progress(
-        TextColumn(f"[bold]{name:<7}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=quiet,
-    ) as bar:
-        task = bar.add_task(name, total=total)
+    with Bar(transient=False, disable=quiet) as bar:
+        task = bar.add_task(f"[bold]{name:<7}[/bold] {unit}", total=total)
 
         def poll():
             while not done.wait(0.3):

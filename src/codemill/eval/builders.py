@@ -49,15 +49,41 @@ def held_out(repo: str, fraction: float, seed: int, path: str | None = None) -> 
     return xxhash.xxh64_intdigest(key) % 1_000_000 < fraction * 1_000_000
 
 
-UNITS = ("repo", "file")  # what is held out: whole repositories, or a keyed share of each one's files
+class _Holdout:
+    """What one builder holds out, as it meets the corpus's files: whole repositories (`unit`
+    "repo"), or a keyed share of every repository's files ("file"); both builders hold out the same."""
+
+    def __init__(self, fraction: float, seed: int, unit: str):
+        self.fraction, self.seed, self.unit = fraction, seed, unit
+        self.repos: set[str] = set()  # held out in any language: none of them may reach training
+        self.files: set[tuple[str, str]] = set()
+
+    def __call__(self, repo: str, path: str) -> bool:
+        held = held_out(repo, self.fraction, self.seed, path if self.unit == "file" else None)
+        if held and self.unit == "file":
+            self.files.add((repo, path))
+        elif held:
+            self.repos.add(repo)
+        return held
+
+    def write(self, out: Path) -> None:
+        """heldout_repos.txt (`data.exclude_repos`) and, holding out files, heldout_files.txt
+        (`data.exclude_files`: repository and path, a tab between)."""
+        (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(self.repos)))
+        if self.files:
+            (out / "heldout_files.txt").write_text("".join(f"{r}\t{p}\n" for r, p in sorted(self.files)))
 
 
-def _write_held(out: Path, repos: set[str], files: set[tuple[str, str]]) -> None:
-    """heldout_repos.txt (`data.exclude_repos`) and, holding out files, heldout_files.txt
-    (`data.exclude_files`: repository and path, a tab between)."""
-    (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(repos)))
-    if files:
-        (out / "heldout_files.txt").write_text("".join(f"{r}\t{p}\n" for r, p in sorted(files)))
+def _corpus_rows(corpus: str | Path):
+    """(repo, path, lang, content) of every corpus file, in corpus order."""
+    files = sorted(Path(corpus).glob("files-*.parquet"))
+    if not files:
+        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(
+            columns=["repo", "path", "lang", "content"], batch_size=512
+        ):
+            yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
 
 
 def _functions(lang: str, tree) -> list[tree_sitter.Node]:
@@ -136,58 +162,46 @@ def build_fim(
     corpus: str | Path, out: str | Path, *, holdout: float = 0.1, per_type: int = 100, seed: int = 0,
     unit: str = "repo",
 ) -> dict:  # fmt: skip
-    """Write `{python,java,javascript,cplus,typescript}_test.jsonl` and the held-out list (`_write_held`);
+    """Write `{python,java,javascript,cplus,typescript}_test.jsonl` and the held-out lists (`_Holdout.write`);
     return counts. `unit` "file": a keyed share of every repository's files is held out instead of
     whole repositories (a team with one repository still gets a benchmark)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = sorted(Path(corpus).glob("files-*.parquet"))
-    if not files:
-        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
     rows: dict[str, list[dict]] = {k: [] for k in LANGS.values()}
     counts: Counter[tuple[str, str]] = Counter()
     repos: set[str] = set()
     seen: set[str] = set()
-    every: set[str] = set()  # held out in any language: none of them may reach training
-    every_file: set[tuple[str, str]] = set()
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(
-            columns=["repo", "path", "lang", "content"], batch_size=512
-        ):
-            for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                held = held_out(repo, holdout, seed, path if unit == "file" else None)
-                if held and unit == "file":
-                    every_file.add((repo, path))
-                elif held:
-                    every.add(repo)
-                if lang in LANGS:
-                    seen.add(repo)
-                if lang not in LANGS or not held:
-                    continue
-                repos.add(repo)
-                src = text.encode()
-                rng = random.Random(xxhash.xxh64_intdigest(f"{seed}\x00{repo}\x00{path}"))
-                for kind, cands in spans(lang, src, ts_parser(lang).parse(src)).items():
-                    if not cands or counts[(lang, kind)] >= per_type:
-                        continue
-                    a, b = rng.choice(cands)
-                    key = LANGS[lang]
-                    rows[key].append({
-                        "task_id": f"{repo}/{path}#{kind}",
-                        "pre_mask_code": src[:a].decode(),
-                        "post_mask_code": src[b:].decode(),
-                        "canonical_solution": src[a:b].decode(),
-                        "task_type": kind,
-                        "repo": repo,
-                        "path": path,
-                    })  # fmt: skip
-                    counts[(lang, kind)] += 1
+    hold = _Holdout(holdout, seed, unit)
+    for repo, path, lang, text in _corpus_rows(corpus):
+        held = hold(repo, path)
+        if lang in LANGS:
+            seen.add(repo)
+        if lang not in LANGS or not held:
+            continue
+        repos.add(repo)
+        src = text.encode()
+        rng = random.Random(xxhash.xxh64_intdigest(f"{seed}\x00{repo}\x00{path}"))
+        for kind, cands in spans(lang, src, ts_parser(lang).parse(src)).items():
+            if not cands or counts[(lang, kind)] >= per_type:
+                continue
+            a, b = rng.choice(cands)
+            key = LANGS[lang]
+            rows[key].append({
+                "task_id": f"{repo}/{path}#{kind}",
+                "pre_mask_code": src[:a].decode(),
+                "post_mask_code": src[b:].decode(),
+                "canonical_solution": src[a:b].decode(),
+                "task_type": kind,
+                "repo": repo,
+                "path": path,
+            })  # fmt: skip
+            counts[(lang, kind)] += 1
     _require_held_out(repos, seen, LANGS, corpus, holdout)
+    out.mkdir(parents=True, exist_ok=True)
     for key, items in rows.items():
         if items:
             (out / f"{key}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
-    _write_held(out, every, every_file)
-    return {"repos": len(repos), "files": len(every_file),
+    hold.write(out)
+    return {"repos": len(repos), "files": len(hold.files),
             "tasks": {f"{lang}/{kind}": n for (lang, kind), n in sorted(counts.items())}}  # fmt: skip
 
 
@@ -235,28 +249,16 @@ def build_crossfile(
     the same queried with the reference line: the oracle). With `unit` "file" the targets are the
     held-out files and the other files of their repository (trained on) are what retrieval reads."""
     out = Path(out)
-    files = sorted(Path(corpus).glob("files-*.parquet"))
-    if not files:
-        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
     by_repo: dict[str, list[tuple[str, str, str]]] = {}
     seen: set[str] = set()
-    every: set[str] = set()
-    every_file: set[tuple[str, str]] = set()
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(
-            columns=["repo", "path", "lang", "content"], batch_size=512
-        ):
-            for repo, path, lang, text in zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True):
-                held = held_out(repo, holdout, seed, path if unit == "file" else None)
-                if held and unit == "file":
-                    every_file.add((repo, path))
-                elif held:
-                    every.add(repo)
-                if lang in CROSSFILE_LANGS:
-                    seen.add(repo)
-                    if held or unit == "file":
-                        by_repo.setdefault(repo, []).append((path, lang, text))
-    targets = {r for r, _ in every_file} if unit == "file" else set(by_repo)
+    hold = _Holdout(holdout, seed, unit)
+    for repo, path, lang, text in _corpus_rows(corpus):
+        held = hold(repo, path)
+        if lang in CROSSFILE_LANGS:
+            seen.add(repo)
+            if held or unit == "file":
+                by_repo.setdefault(repo, []).append((path, lang, text))
+    targets = {r for r, _ in hold.files} if unit == "file" else set(by_repo)
     _require_held_out(targets & set(by_repo), seen, CROSSFILE_LANGS, corpus, holdout)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, list[dict]]] = {
@@ -269,7 +271,7 @@ def build_crossfile(
         for path, lang, text in rng.sample(items, len(items)):
             if made >= per_repo:
                 break
-            if unit == "file" and (repo, path) not in every_file:
+            if unit == "file" and (repo, path) not in hold.files:
                 continue  # trained on: context for the held-out files only
             foreign = {d for p, ds in defs.items() if p != path for d in ds} - defs[path]
             lines = text.splitlines(keepends=True)
@@ -312,5 +314,5 @@ def build_crossfile(
         for setting, items in settings.items():
             (out / key / names[setting]).write_text("".join(json.dumps(r) + "\n" for r in items))
         counts[key] = len(settings["infile"])
-    _write_held(out, every, every_file)
-    return {"repos": len(targets & set(by_repo)), "files": len(every_file), "tasks": counts}
+    hold.write(out)
+    return {"repos": len(targets & set(by_repo)), "files": len(hold.files), "tasks": counts}

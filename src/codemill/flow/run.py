@@ -222,7 +222,7 @@ def _base_settings(rcfg: RunConfig, recipe: dict) -> str | None:
     if rcfg.base is None:
         return None
     from codemill.data.tokenizer import load_tokenizer
-    from codemill.formats import codemill_info, detect_format, get_format
+    from codemill.formats import codemill_info, detect_format, get_format, has_token
     from codemill.model.hf import check_checkpoint, hf_config
 
     base = Path(rcfg.base)
@@ -237,20 +237,12 @@ def _base_settings(rcfg: RunConfig, recipe: dict) -> str | None:
         )
     if name := (recipe.get("data") or {}).get("format") or codemill_info(base).get("format"):
         fmt = get_format(name)
-        if missing := [t for t in fmt.specials if not _has(tok, t)]:
+        if missing := [t for t in fmt.specials if not has_token(tok, t)]:
             raise UserError(
                 f"{base}'s tokenizer lacks {', '.join(missing)} of format {name}; pass another --format"
             )
         return name
     return detect_format(tok).name
-
-
-def _has(tok, token: str) -> bool:
-    try:
-        tok.token_id(token)
-        return True
-    except UserError:
-        return False
 
 
 def _curate(rcfg: RunConfig, ccfg, corpus: Path, console) -> None:
