@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import json
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -110,9 +112,46 @@ def train(
     out = Path(out)
     d = setup()
     try:
-        return _train(Path(corpus), Path(tokenizer), out, dcfg, tcfg, d, console, resume_anyway)
+        with _stop_signals():
+            return _train(Path(corpus), Path(tokenizer), out, dcfg, tcfg, d, console, resume_anyway)
     finally:
         teardown(d)
+
+
+# SIGUSR1: Slurm's warning before a time limit or a preemption (`sbatch --signal`); SIGTERM: scancel,
+# a preempting scheduler, `kill`. Either ends the run at the next step with a checkpoint.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_received: list[int] = []
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Record STOP_SIGNALS while training (only the main thread may set handlers); restore after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    old = {s: signal.signal(s, lambda n, _: _received.append(n)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _signalled(d: Dist) -> bool:
+    """Whether any rank received a stop signal: every rank stops after the same step."""
+    return all_reduce(torch.tensor(float(bool(_received)), device=d.device), d).item() > 0
+
+
+def _stopped(out: Path, step: int, d: Dist) -> None:
+    """After the checkpoint of a signalled step: stopped.json tells a batch script to requeue."""
+    name = signal.Signals(_received[0]).name if _received else "a signal on another rank"
+    if d.main:
+        (out / "stopped.json").write_text(json.dumps({"step": step, "signal": name}) + "\n")
+    raise UserError(
+        f"stopped by {name} after step {step}, saved in {out / 'state'}; rerun the same command to resume"
+    )
 
 
 # what may change when a run resumes: when it ends, how often it logs and saves, and how it computes
@@ -199,7 +238,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
     peak = peak_flops(d.device, tcfg.peak_flops)
     progress = _progress(console, tcfg.max_steps, step) if d.main and console else None
     t_last, tokens_last = time.perf_counter(), tokens_seen
-    deadline, data_s, last = t_last + tcfg.max_minutes * 60, 0.0, step >= tcfg.max_steps
+    deadline, data_s, last, stop = t_last + tcfg.max_minutes * 60, 0.0, step >= tcfg.max_steps, False
     while not last:
         t = time.perf_counter()
         batch = [w for s in shards for w in (next(streams[s]) for _ in range(per_shard))]
@@ -227,6 +266,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
         step += 1
         tokens_seen += tcfg.global_batch * dcfg.seq_len
         interval += all_reduce(sums, d)
+        stop = _signalled(d)
         last = step >= tcfg.max_steps or _past(deadline, tcfg, d)
         if step % tcfg.log_every == 0 or last:
             sums, interval = interval, torch.zeros_like(interval)
@@ -257,13 +297,17 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
                 progress[0].update(progress[1], completed=step, info=_describe(record))
         elif progress:
             progress[0].update(progress[1], completed=step)
-        if step % tcfg.ckpt_every == 0 or last:
+        if step % tcfg.ckpt_every == 0 or last or stop:
             data = {s: streams[s].state_dict() for s in shards}
             meta = {"tokens": tokens_seen, "interval": interval.tolist()}
             checkpoint.save(state_dir, step, model, optim, data, meta, d, tcfg.keep_last)
+        if stop and not last:
+            break
     if progress:
         progress[0].stop()
     metrics.close()
+    if stop and not last:
+        _stopped(out, step, d)
     return _export(model, out, tokenizer, dcfg, tcfg, d, n_params)
 
 
