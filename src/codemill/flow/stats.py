@@ -73,29 +73,10 @@ def paired_interval(diff: np.ndarray, nbytes: np.ndarray, groups: np.ndarray, re
         df = np.where(seed_var >= item_var, k - 1, df)
     se = np.sqrt(var)
     half = stats.t.ppf(0.5 + level / 2, df) * se
+    flat = [np.ravel(x) for x in (mean, half, df, se, np.sqrt(seed_var * k), np.sqrt(item_var))]
     out = [
-        Paired(
-            float(m),
-            float(m - h),
-            float(m + h),
-            float(d),
-            float(s),
-            float(sd),
-            float(i),
-            diff.shape[-2],
-            g,
-            [float(x) for x in e],
-        )  # fmt: skip
-        for m, h, d, s, sd, i, e in zip(
-            np.atleast_1d(mean).ravel(),
-            np.atleast_1d(half).ravel(),
-            np.atleast_1d(df).ravel(),
-            np.atleast_1d(se).ravel(),
-            np.sqrt(np.atleast_1d(seed_var * k)).ravel(),
-            np.sqrt(np.atleast_1d(item_var)).ravel(),
-            each.reshape(-1, k),
-            strict=True,
-        )  # fmt: skip
+        Paired(m, m - h, m + h, d, s, sd, i, diff.shape[-2], g, e.tolist())
+        for m, h, d, s, sd, i, e in zip(*(x.tolist() for x in flat), each.reshape(-1, k), strict=True)
     ]
     return out[0] if diff.ndim == 2 else out
 
