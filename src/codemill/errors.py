@@ -1,7 +1,81 @@
 """The one error type for what a user can fix: a wrong option or setting, a missing or malformed
-input, a missing tool. `codemill` prints its message and exits with code 2; any other exception is a
-bug and keeps its traceback."""
+input, a missing tool, a full disk. `codemill` prints its message and exits with code 2; any other
+exception is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class UserError(ValueError):
     """Raised with a message that says what to do next."""
+
+
+def size_text(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def disk_full_cause(e: BaseException) -> OSError | None:
+    """The ENOSPC / EDQUOT OSError behind `e`, if any: raised directly, chained, or collected by
+    torch.distributed.checkpoint (which wraps each rank's failure in a CheckpointException)."""
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in FULL:
+            return x
+        todo += [x.__cause__, x.__context__]
+        todo += [getattr(f, "exc", f) for f in getattr(x, "failures", {}).values()]
+    return None
+
+
+def disk_full(what: str, where: str | Path, need: int | None = None) -> UserError:
+    """The one message for a full disk: what was being written, where, how much it needed and how
+    much is free there, and that a rerun resumes."""
+    where = Path(where)
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    needed = f"about {size_text(need)} needed, " if need else ""
+    return UserError(
+        f"no space left on the disk while writing {what} to {where} ({needed}{size_text(free)} free there): "
+        "free some space and rerun the same command; what was finished before is kept"
+    )
+
+
+@contextlib.contextmanager
+def writing(what: str, where: str | Path, need: int | None = None) -> Iterator[None]:
+    """Turn a full disk met inside the block into `disk_full`'s one line; other errors pass."""
+    try:
+        yield
+    except Exception as e:
+        if disk_full_cause(e) is None:
+            raise
+        raise disk_full(what, where, need) from None
+
+
+def atomic_write(path: Path, data: bytes | str, what: str) -> None:
+    """Write a whole file under a temporary name and rename it into place, so a reader never sees
+    half of it; on a full disk the temporary file is removed and `disk_full` raised."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        with writing(what, path, len(raw)):
+            tmp.write_bytes(raw)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ from codemill.errors import UserError
 # the linear layers of a block (model/llama.py) that adapters may sit beside; the head is applied by the
 # chunked loss through its weight, not called as a module, so an adapter there would never run
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SPIKE = {"window": 64, "factor": 3.0, "action": "warn"}
+SPIKE_ACTIONS = ("warn", "skip", "rollback")
 
 
 @dataclass
@@ -48,6 +50,14 @@ class TrainConfig(Settings):
     compile: bool = False
     activation_checkpointing: bool = False
     loss_chunk: int = positive(4096)  # tokens per chunk of the output head + cross-entropy
+    # faults (docs/reliability.md): a step whose loss or gradient norm is not finite is skipped (no
+    # optimizer update; the step, its data and its learning-rate slot still count); max_bad_steps
+    # skipped in a row stop the run. `spike`: a step whose loss is over `factor` x the median of the
+    # last `window` applied steps is a spike; `action` warn applies it and says so, skip skips it as
+    # a non-finite step is, rollback restores the last checkpoint and goes on from the data after the
+    # spike (the windows in between are skipped and recorded in events.jsonl); window 0: no watch
+    max_bad_steps: int = positive(10)
+    spike: dict = field(default_factory=lambda: dict(SPIKE))
     # checkpoints and logs
     ckpt_every: int = positive(200)
     keep_last: int = positive(2)
@@ -58,6 +68,16 @@ class TrainConfig(Settings):
 
     def check(self) -> None:
         super().check()
+        if not isinstance(self.spike, dict) or set(self.spike) - set(SPIKE):
+            raise UserError(f"train.spike takes window, factor and action, e.g. {SPIKE}; not {self.spike!r}")
+        self.spike = {**SPIKE, **self.spike}
+        w, f, a = (self.spike[k] for k in ("window", "factor", "action"))
+        if type(w) is not int or w < 0 or isinstance(f, bool) or not isinstance(f, int | float) or f <= 1:
+            raise UserError(
+                f"train.spike: window is a whole number >= 0 and factor a number > 1, not {w!r}, {f!r}"
+            )
+        if a not in SPIKE_ACTIONS:
+            raise UserError(f"train.spike.action is one of {', '.join(SPIKE_ACTIONS)}, not {a!r}")
         if self.lora_rank and (not self.lora_targets or set(self.lora_targets) - set(LORA_TARGETS)):
             unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
             raise UserError(

@@ -11,10 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import signal
+import statistics
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,7 @@ from codemill.data.config import DataConfig
 from codemill.data.objectives import Objective
 from codemill.data.stream import TrainingStream
 from codemill.data.tokenizer import load_tokenizer
-from codemill.errors import UserError
+from codemill.errors import UserError, atomic_write, writing
 from codemill.model import lora
 from codemill.model.hf import export_hf, import_hf
 from codemill.model.llama import Llama, ModelConfig, preset
@@ -159,7 +163,7 @@ def _stopped(out: Path, step: int, d: Dist) -> None:
 # would continue one run's weights and data position under another's settings
 RESUMABLE = {"train.max_steps", "train.max_minutes", "train.ckpt_every", "train.keep_last", "train.log_every",
              "train.threads", "train.peak_flops", "train.compile", "train.activation_checkpointing",
-             "train.loss_chunk"}  # fmt: skip
+             "train.loss_chunk", "train.max_bad_steps", "train.spike"}  # fmt: skip
 
 
 def _digest(tokenizer: Path) -> str:
@@ -214,7 +218,9 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
     config = {"data": dcfg.to_dict(), "train": tcfg.to_dict(), "model": model.cfg.to_dict(),
               "corpus": str(corpus.resolve()), "tokenizer": _digest(tokenizer)}  # fmt: skip
     config = json.loads(json.dumps(config))  # tuples as lists, as run.json reads back
-    if (last := checkpoint.latest(state_dir)) is not None:
+    say = _say(console, d)
+    watch = Watch(tcfg)
+    if checkpoint.complete(state_dir):
         changed = (
             _changed(json.loads((out / "run.json").read_text()), config)
             if (out / "run.json").exists()
@@ -227,14 +233,21 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
                 "continue its weights and data position under the new settings (not for model or "
                 "tokenizer changes)"
             )
+        last = checkpoint.newest_whole(state_dir, d, say)
+        if last is None:
+            raise UserError(
+                f"no checkpoint in {state_dir} verifies (each is kept as step-N.bad, with what is wrong "
+                "said above): restore one from a copy, or rerun to start the run afresh"
+            )
         meta, data = checkpoint.load(last, model, optim, shards, d)
         for s, st in data.items():
             streams[s].load_state_dict(st)
         step, tokens_seen = meta["step"], meta["tokens"]
         interval = torch.tensor(meta["interval"], dtype=torch.float64, device=d.device)
+        watch.load(meta)
     if d.main:
-        (out / "run.json").write_text(json.dumps(config, indent=2) + "\n")
-    metrics = Metrics(out, d.main, step)
+        atomic_write(out / "run.json", json.dumps(config, indent=2) + "\n", "the run settings")
+    metrics = Metrics(out, d.main, step, watch.events)
     peak = peak_flops(d.device, tcfg.peak_flops)
     progress = _progress(console, tcfg.max_steps, step) if d.main and console else None
     t_last, tokens_last = time.perf_counter(), tokens_seen
@@ -258,33 +271,59 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
             ((losses * mask).sum() * (d.world / max(count, 1.0))).backward()
             sums += objective_sums(losses.detach().double(), c)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        # the step's loss sums and each rank's verdict on its gradient shard, in the one all-reduce
+        # the step makes anyway: every rank then takes the same decision
+        local = grad_norm.to_local() if hasattr(grad_norm, "to_local") else grad_norm
+        reduced = all_reduce(torch.cat([sums.flatten(), (~torch.isfinite(local)).double().reshape(1)]), d)
+        sums = reduced[:-1].view_as(sums)
+        loss = (sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)).item()
+        verdict = watch.judge(loss, reduced[-1].item() > 0)
         lr = lr_at(step, tcfg)
-        for group in optim.param_groups:
-            group["lr"] = lr
-        optim.step()
+        if verdict.apply:
+            for group in optim.param_groups:
+                group["lr"] = lr
+            optim.step()
+            interval += sums
         optim.zero_grad(set_to_none=True)
+        if verdict.event:
+            metrics.event({**verdict.event, "step": step + 1})
+            say(f"step {step + 1}: {verdict.text}")
+        rollback = verdict.action == "rollback" and watch.bad_in_row < tcfg.max_bad_steps
+        if rollback and (back := checkpoint.newest_whole(state_dir, d, say)) is not None:
+            meta, data = checkpoint.load(back, model, optim, shards, d)  # the streams stay where they are
+            event = watch.rolled_back(meta, step + 1, per_shard * len(shards) * d.world)
+            metrics.event(event)
+            say(f"rolled back to {back.name}; the data of steps {event['skipped_steps']} is skipped")
+            step, tokens_seen = meta["step"], meta["tokens"]
+            interval = torch.tensor(meta["interval"], dtype=torch.float64, device=d.device)
+            metrics.rewind(step)
+            if progress:
+                progress[0].update(progress[1], completed=step)
+            continue
         step += 1
         tokens_seen += tcfg.global_batch * dcfg.seq_len
-        interval += all_reduce(sums, d)
+        diverged = watch.bad_in_row >= tcfg.max_bad_steps
         stop = _signalled(d)
-        last = step >= tcfg.max_steps or _past(deadline, tcfg, d)
+        last = diverged or step >= tcfg.max_steps or _past(deadline, tcfg, d)
         if step % tcfg.log_every == 0 or last:
             sums, interval = interval, torch.zeros_like(interval)
             now = time.perf_counter()
             rate = (tokens_seen - tokens_last) / (now - t_last) / d.world
             t_last, tokens_last = now, tokens_seen
+            norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            trained = sums[1:, 1].sum() > 0  # none when every step since the last record was skipped
             record = {
                 "step": step,
-                "loss": (sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)).item(),
+                "loss": (sums[1:, 0].sum() / sums[1:, 1].sum()).item() if trained else None,
                 **{
                     f"loss_{name}": (sums[c, 0] / sums[c, 1]).item() if sums[c, 1] > 0 else None
                     for c, name in ((o, o.label) for o in Objective if o)
                 },
                 **{f"tokens_{o.label}": int(sums[o, 1].item()) for o in Objective if o},  # loss tokens
                 "lr": lr,
-                "grad_norm": float(
-                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                ),
+                "grad_norm": norm if math.isfinite(norm) else None,
+                "skipped_steps": watch.skipped,  # the run's so far: updates not applied (non-finite, spikes)
+                "spikes": watch.spikes,
                 "tokens": tokens_seen,
                 "tokens_per_s_per_device": rate,
                 "mfu": rate * fpt / peak if peak else None,
@@ -297,9 +336,16 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
                 progress[0].update(progress[1], completed=step, info=_describe(record))
         elif progress:
             progress[0].update(progress[1], completed=step)
+        if diverged:
+            break
         if step % tcfg.ckpt_every == 0 or last or stop:
+            if not checkpoint.finite(model, d):
+                raise UserError(
+                    f"the weights are not finite after step {step}, whose loss and gradient norm were: the "
+                    f"update overflowed them (lower train.lr); no checkpoint was written; {_last_good(state_dir)}"
+                )
             data = {s: streams[s].state_dict() for s in shards}
-            meta = {"tokens": tokens_seen, "interval": interval.tolist()}
+            meta = {"tokens": tokens_seen, "interval": interval.tolist(), **watch.state()}
             checkpoint.save(state_dir, step, model, optim, data, meta, d, tcfg.keep_last)
         if stop and not last:
             break
@@ -308,7 +354,105 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
     metrics.close()
     if stop and not last:
         _stopped(out, step, d)
-    return _export(model, out, tokenizer, dcfg, tcfg, d, n_params)
+    if diverged:
+        raise UserError(
+            f"training stopped at step {step}: {watch.bad_in_row} steps in a row were skipped "
+            f"({watch.why()}; train.max_bad_steps {tcfg.max_bad_steps}), their updates not applied; "
+            f"{_last_good(state_dir)}: lower train.lr, or restart from an earlier checkpoint, and rerun"
+        )
+    with writing("the final model", out / "final"):
+        return _export(model, out, tokenizer, dcfg, tcfg, d, n_params)
+
+
+def _last_good(state_dir: Path) -> str:
+    last = checkpoint.latest(state_dir)
+    return (
+        f"the last checkpoint is {last}, whose weights are finite"
+        if last
+        else "no checkpoint was written yet"
+    )
+
+
+def _say(console, d: Dist):
+    """A line for the user, from rank 0 only."""
+
+    def say(text: str) -> None:
+        if d.main:
+            (console.print if console else print)(text)
+
+    return say
+
+
+@dataclass
+class Verdict:
+    apply: bool  # the optimizer steps
+    action: str | None = None  # None, "skip" (non-finite), or the spike action
+    event: dict | None = None
+    text: str = ""
+
+
+class Watch:
+    """Judges each step before its update: a non-finite loss or gradient norm skips it; a loss over
+    `spike.factor` x the median of the last `spike.window` applied steps is a spike and gets
+    `spike.action`. Its state goes into every checkpoint, so a resumed run judges as the first did."""
+
+    def __init__(self, tcfg: TrainConfig):
+        self.window, self.factor, self.action = (tcfg.spike[k] for k in ("window", "factor", "action"))
+        self.losses: deque[float] = deque(maxlen=max(self.window, 1))
+        self.skipped = self.spikes = self.bad_in_row = self.events = 0
+        self.reasons: list[str] = []
+
+    def state(self) -> dict:
+        return {"losses": list(self.losses), "skipped": self.skipped, "spikes": self.spikes,
+                "bad_in_row": self.bad_in_row, "events": self.events}  # fmt: skip
+
+    def load(self, meta: dict) -> None:
+        self.losses.extend(meta.get("losses", []))
+        for k in ("skipped", "spikes", "bad_in_row", "events"):
+            setattr(self, k, meta.get(k, 0))
+
+    def judge(self, loss: float, grad_nonfinite: bool) -> Verdict:
+        if grad_nonfinite or not math.isfinite(loss):
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            return self._bad("skip", f"non-finite {what}", {"event": "nonfinite", "loss": _num(loss)})
+        median = statistics.median(self.losses) if self.window and len(self.losses) == self.window else None
+        if median is not None and loss > self.factor * median:
+            self.spikes += 1
+            event = {"event": "spike", "loss": loss, "median": median, "action": self.action}
+            text = f"loss spike {loss:.3f} > {self.factor:g} x median {median:.3f} of the last {self.window} steps"
+            if self.action != "warn":
+                return self._bad(self.action, text, event)
+            self.events += 1
+            self.losses.append(loss)
+            self.bad_in_row = 0
+            return Verdict(True, "warn", event, f"{text}: applied (train.spike.action warn)")
+        self.losses.append(loss)
+        self.bad_in_row = 0
+        return Verdict(True)
+
+    def _bad(self, action: str, text: str, event: dict) -> Verdict:
+        self.skipped += 1
+        self.bad_in_row += 1
+        self.events += 1
+        self.reasons.append(text)
+        return Verdict(False, action, event, f"{text}: {'skipped' if action == 'skip' else action}")
+
+    def rolled_back(self, meta: dict, spike_step: int, windows_per_step: int) -> dict:
+        """Back to a checkpoint's judgement (the counts of what happened since are kept)."""
+        self.losses.clear()
+        self.losses.extend(meta.get("losses", []))
+        self.events += 1
+        return {"event": "rollback", "step": spike_step, "to_step": meta["step"],
+                "skipped_steps": [meta["step"] + 1, spike_step],
+                "skipped_windows": (spike_step - meta["step"]) * windows_per_step}  # fmt: skip
+
+    def why(self) -> str:
+        recent = self.reasons[-self.bad_in_row :] if self.bad_in_row else []
+        return ", ".join(sorted(set(recent))) or "bad steps"
+
+
+def _num(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
 
 
 def _past(deadline: float, tcfg: TrainConfig, d: Dist) -> bool:
@@ -320,9 +464,11 @@ def _past(deadline: float, tcfg: TrainConfig, d: Dist) -> bool:
 
 
 def _describe(r: dict) -> str:
-    parts = [f"loss {r['loss']:.3f}"]
+    parts = [f"loss {r['loss']:.3f}" if r["loss"] is not None else "loss -"]
     parts += [f"{k[5:]} {r[k]:.2f}" for k in ("loss_ntp", "loss_fim", "loss_sfim") if r[k] is not None]
     parts.append(f"{r['tokens_per_s_per_device']:,.0f} tok/s")
+    if r["skipped_steps"] or r["spikes"]:
+        parts.append(f"skipped {r['skipped_steps']} · spikes {r['spikes']}")
     if r["mfu"] is not None:
         parts.append(f"MFU {r['mfu']:.1%}")
     return " · ".join(parts)

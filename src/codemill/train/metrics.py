@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from codemill.errors import UserError
+from codemill.errors import UserError, writing
 from codemill.model.llama import Llama
 
 # bf16 dense peak FLOP/s per device (vendor data sheets); a CPU has no entry: pass peak_flops
@@ -44,35 +44,67 @@ def mix_text(mix: dict[str, float]) -> str:
 
 
 class Metrics:
-    """metrics.jsonl (one record per logged step) and TensorBoard scalars, written by rank 0 only."""
+    """metrics.jsonl (one record per logged step), events.jsonl (one line per skipped step, spike or
+    rollback) and TensorBoard scalars, written by rank 0 only."""
 
-    def __init__(self, run: Path, enabled: bool, resume_step: int):
+    def __init__(self, run: Path, enabled: bool, resume_step: int, events: int = 0):
+        """`events`: how many lines of events.jsonl the checkpoint resumed from had seen."""
         self.enabled = enabled
         self.path = run / "metrics.jsonl"
+        self.events = run / "events.jsonl"
         self.tb = None
-        if not enabled:
+        if enabled and self.events.exists():  # events after the checkpoint are met again
+            lines = self.events.read_text().splitlines()[:events]
+            self.events.write_text("".join(line + "\n" for line in lines))
+        self.rewind(resume_step)
+
+    def rewind(self, step: int) -> None:
+        """Drop what was logged after `step`: a resume or a rollback redoes those steps."""
+        if not self.enabled:
             return
-        if self.path.exists():  # steps logged after the checkpoint we resume from are redone
-            keep = [
-                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step
-            ]
+        if self.path.exists():  # a line cut short by a full disk or a kill is dropped too
+            keep = [line for line in self.path.read_text().splitlines() if _step(line) <= step]
             self.path.write_text("".join(line + "\n" for line in keep))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run / "tensorboard"), purge_step=resume_step + 1)
+        if self.tb is not None:
+            self.tb.close()
+        self.tb = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=step + 1)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append(self.path, json.dumps(record) + "\n", "the training metrics")
         for k, v in record.items():
             if k != "step" and isinstance(v, int | float):
                 self.tb.add_scalar(k, v, record["step"])
 
+    def event(self, record: dict) -> None:
+        if self.enabled:
+            _append(self.events, json.dumps(record) + "\n", "the training events")
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _append(path: Path, line: str, what: str) -> None:
+    """Append one whole line: on a full disk the file is cut back to where it was, so no half line stays."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with writing(what, path, len(line)), path.open("a") as f:
+            f.write(line)
+    except UserError:
+        with path.open("r+") as f:
+            f.truncate(size)
+        raise
 
 
 def plot(run: Path) -> Path:
