@@ -7,6 +7,7 @@ by the runner, apart.
   stripped texts, BLEU-4, CodeBLEU with its n-gram terms over 13a tokens.
 - CrossCodeEval: cceval's `eval_metric.py` (amazon-science/cceval @25f9cab): its post-processing of
   the completion, comments removed from both sides, then EM, ES and identifier EM / F1.
+- SAFIM: gonglinyuan/safim's `evaluate.py` (@9543286), in eval/safim.py (`own_judge`).
 - SantaCoder-FIM: bigcode-evaluation-harness's `santacoder_fim.py` (@8fc5bae6): the whole
   completion, cut at the stop words, stripped, equal to the stripped reference. Qwen's variant (the
   first non-empty line) is the `santacoder-fim-first-line` suite.
@@ -70,6 +71,11 @@ def whole_match(task, completion: str) -> dict:
 def first_line_match(task, completion: str) -> dict:
     """SantaCoder-FIM as Qwen reports it: the first non-empty line against the one-line middle."""
     return {"exact_match": first_line(completion).strip() == task.target.strip()}
+
+
+def own_judge(task, completion: str) -> dict:
+    """A suite that judges itself (SAFIM, eval/safim.py): its post-processing and verdict."""
+    return task.judge(completion)
 
 
 def setup_code(task, completion: str) -> dict:

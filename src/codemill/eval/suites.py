@@ -18,6 +18,7 @@ from pathlib import Path
 
 from codemill.errors import UserError
 from codemill.eval import benchdata, scoring
+from codemill.eval import safim as safim_mod
 from codemill.eval.models import Request
 from codemill.eval.sandbox import Limits, python
 from codemill.eval.scoring import first_line
@@ -35,6 +36,9 @@ class Task:
     program: Callable[[str], tuple[list[str], dict[str, str]]] | None = None
     target: str | None = None  # what the suite's scorer matches the completion against
     limits: Limits = DEFAULT_LIMITS
+    # a suite that judges in its own way (SAFIM: its post-processing, its unit tests, one run per
+    # distinct program): the completion's fields, `verdict` among them, in place of `program`
+    judge: Callable[[str], dict] | None = None
 
 
 JAVATUPLES = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java, installed by make
@@ -198,6 +202,18 @@ def humaneval_infilling(kind: str, data: str | None = None, fim_mode: str = "psm
     return tasks
 
 
+def safim(kind: str, data: str | None = None, fim_mode: str = "psm", **_) -> list[Task]:
+    """SAFIM (Gong et al. 2024), split `kind` (block, control, api), as eval/safim.py sets out: the
+    reference's prompt and post-processing, unit tests executed (block, control) or syntax match (api)."""
+    if fim_mode not in ("psm", "spm"):
+        raise UserError("--fim-mode must be psm or spm")
+    bind = safim_mod.judge_of(kind)
+    return [
+        Task(r["task_id"], safim_mod.LANGS[r["lang"]], safim_mod.request(r, fim_mode), judge=bind(r))
+        for r in safim_mod.rows(kind, data)
+    ]
+
+
 # compilers and the JVM need more address space and threads than a Python sample
 MULTIPLE_LIMITS = Limits(cpu_s=30, wall_s=60, memory_mb=8192, processes=256)
 
@@ -317,6 +333,10 @@ SUITES: dict[str, Suite] = {
                 options=("data", "fim_mode"),
             )
             for kind in INFILLING
+        ),
+        *(
+            Suite(f"safim/{kind}", partial(safim, kind), scoring.own_judge, options=("data", "fim_mode"))
+            for kind in safim_mod.KINDS
         ),
         Suite("fim-eval", fim_eval, scoring.text_scores, ("data",), built="fim"),
         Suite(
