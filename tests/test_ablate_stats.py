@@ -59,9 +59,9 @@ def test_one_seed_is_the_repository_bootstrap():
 
 
 def test_verdict_wording():
-    assert verdict(-0.046, -0.018) == "detected, A better (up to 0.02)"
-    assert verdict(-0.05, -0.021) == "detected, A better (at least 0.02)"
-    assert verdict(0.002, 0.008) == "detected, B better (below 0.02)"
+    assert verdict(-0.046, -0.018) == "detected, A better (size unsettled at 0.02)"
+    assert verdict(-0.05, -0.021) == "detected, A better (by at least 0.02)"
+    assert verdict(0.002, 0.008) == "detected, B better (by less than 0.02)"
     assert verdict(-0.0121, 0.0080) == "not detected; excluded above 0.013"
     assert verdict(-0.040, 0.027) == "not detected; cannot tell at 0.02"
 

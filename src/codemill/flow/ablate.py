@@ -3,8 +3,10 @@
 The runs share one corpus, tokenizer and held-out benchmarks and differ only in the data stream:
 NTP only; NTP + FIM; the paper's NTP + FIM + SFIM mix; that mix with every repository in random file
 order instead of Algorithm 1; that mix with FIM in place of SFIM; and our named options against the
-paper's rules. Same steps, batch and sequence length, so the same number of training tokens. Each is
-evaluated on the recipe's suites; the table puts them side by side.
+paper's rules. Same steps, batch and sequence length, so the same windows; the tokens the loss is
+taken on differ (a FIM/SFIM document that cannot be cut pads, and pads are not trained), so the table
+reports them. Each is evaluated on the recipe's suites; the table puts them side by side, with reference
+rows (untrained, unigram, gzip / xz) and paired intervals, verdicts and power (flow/stats.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ import numpy as np
 from codemill.errors import UserError
 from codemill.eval.runner import compare
 from codemill.flow.run import run
+from codemill.flow.stats import (
+    MARGIN,
+    Paired,
+    compressed_bits_per_byte,
+    paired_interval,
+    power,
+    seeds_for,
+    verdict,
+)
 from codemill.train.metrics import loss_token_mix, mix_text
 
 VARIANTS: dict[str, dict] = {
@@ -64,9 +75,20 @@ def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | N
         if fim:  # Figure 4 across the variants, in CodeBLEU: exact match is near 0 at small scale
             compare(fim, where / "fim_codebleu_by_task_type.png", "codebleu")
     path = out / "ablation.md"
+    first = (out if not seeds else out / f"seed{seeds[0]}") / names[0]
+    files, file_repos, refs = [], None, ""
+    if (first / "eval" / "fim-loss" / "results.json").exists():
+        files, file_repos = heldout_files(Path(shared), len(_fim_loss(first).get("files") or []))
+        refs = "\n" + reference_table(
+            references(Path(shared), first / "train" / "final", out / "references", files)
+        )
     if seeds:
         dirs = [out / f"seed{s}" for s in seeds]
-        path.write_text(seeds_table(dirs, names) + "\n" + paired_table(dirs, names))
+        types = [(a, b) for a, b in (("ntp-fim", "ntp"), ("paper", "paper-fim")) if {a, b} <= set(names)]
+        text = seeds_table(dirs, names) + refs + "\n" + paired_table(dirs, names, file_repos)
+        path.write_text(text + ("\n" + type_table(dirs, types) if types and file_repos is not None else ""))
+    else:
+        (out / "ablation.md").write_text(table(out, names) + refs)
     console.print(f"ablation table: [bold]{path}[/bold]")
     return path
 
@@ -113,59 +135,186 @@ MEASURES = (  # (fim-loss item measure, label): the three claims' held-out bits 
 )
 
 
-def per_item(run: Path, measure: str) -> dict[str, tuple[float, int]]:
-    """(nats, bytes) per FIM task (`psm`, `spm`), held-out file (`files`) or cross-file target line
-    (`infile`, `retrieval`) of a variant's fim-loss."""
+# The claims' pre-specified comparisons (A, B, measure), one each, read against MARGIN; every other
+# row is secondary, and the table says how many intervals it prints.
+PRIMARY = {
+    ("ntp-fim", "ntp", "files"): "FIM for free: a cost left to right would be positive",
+    ("ntp-fim", "ntp", "psm"): "FIM training helps infilling",
+    ("paper", "paper-fim", "psm"): "SFIM improves infilling over FIM in the same mix",
+    ("paper", "paper-random-order", "infile"): "Algorithm 1 helps cross-file completion",
+}
+
+
+def _fim_loss(run: Path) -> dict:
     p = run / "eval" / "fim-loss" / "results.json"
-    if not p.exists():
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def per_item(
+    run: Path, measure: str, file_repos: list[str] | None = None
+) -> dict[str, tuple[float, int, str]]:
+    """(nats, bytes, repository) per FIM task (`psm`, `spm`), held-out file (`files`) or cross-file
+    target line (`infile`, `retrieval`) of a variant's fim-loss. A file's repository comes from
+    `file_repos` (fim-loss records only its bytes); without it each file is its own group."""
+    r = _fim_loss(run)
+    if not r:
         return {}
-    r = json.loads(p.read_text())
     if measure == "files":
-        return {str(i): (f["nats"], f["bytes"]) for i, f in enumerate(r.get("files") or [])}
-    rows = (r.get("crossfile") or []) if measure in ("infile", "retrieval") else r["tasks"]
-    return {t["task_id"]: (t[f"{measure}_nats"], t["bytes"]) for t in rows if f"{measure}_nats" in t}
+        files = r.get("files") or []
+        repos = (
+            file_repos
+            if file_repos and len(file_repos) == len(files)
+            else [str(i) for i in range(len(files))]
+        )
+        return {str(i): (f["nats"], f["bytes"], repos[i]) for i, f in enumerate(files)}
+    rows, part = ((r.get("crossfile") or []), 0) if measure in ("infile", "retrieval") else (r["tasks"], 2)
+    return {  # task ids: FIM-Eval/<language>/<repository>/<path>#<type>; <repository>/<path>:<line>
+        t["task_id"]: (t[f"{measure}_nats"], t["bytes"], _repository(t["task_id"], part))
+        for t in rows
+        if f"{measure}_nats" in t
+    }
 
 
-def paired(dirs: list[Path], a: str, b: str, measure: str, reps: int = 10_000, seed: int = 0):
-    """Difference a − b in bits per byte pooled over items (their nats over their bytes, as the suite
-    reports bits per byte) and seeds; its 95% bootstrap interval, resampling the seeds as whole runs
-    and the items (the same for a and b): a seed's model is shared by all its items, so its effect is
-    one draw, which resampling seeds item by item would average away; the share of replicates at or
-    above 0 (how often a is not better); the number of items; and the difference at each seed."""
-    per_seed = [(per_item(d / a, measure), per_item(d / b, measure)) for d in dirs]
+def _repository(task_id: str, part: int) -> str:
+    """The repository named in a task id, or the id itself (its own group) when it names none."""
+    parts = task_id.split("/")
+    return parts[part] if len(parts) > part + 1 else task_id
+
+
+def paired(dirs: list[Path], a: str, b: str, measure: str, file_repos: list[str] | None = None,
+           tasks: set[str] | None = None) -> Paired | None:  # fmt: skip
+    """Difference a − b in bits per byte on the items both measured at every seed (restricted to
+    `tasks` when given), pooled by bytes as the suite pools them, with flow/stats.py's interval: a t
+    interval over the per-seed differences (a seed's model is one draw shared by all its items) plus
+    the items resampled by held-out repository."""
+    per_seed = [(per_item(d / a, measure, file_repos), per_item(d / b, measure, file_repos)) for d in dirs]
     items = sorted(set.intersection(*(set(x) & set(y) for x, y in per_seed))) if per_seed else []
+    items = [i for i in items if tasks is None or i in tasks]
     if not items:
         return None
     diff = np.asarray([[x[i][0] - y[i][0] for x, y in per_seed] for i in items]) / math.log(
         2
     )  # [items, seeds]
-    nbytes = np.asarray([per_seed[0][0][i][1] for i in items], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    n, k = diff.shape
-    rows = rng.integers(0, n, size=(reps, n))
-    runs = rng.integers(0, k, size=(reps, k))
-    boot = diff[rows[:, :, None], runs[:, None, :]].sum(axis=(1, 2)) / (nbytes[rows].sum(axis=1) * k)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    each = (diff.sum(axis=0) / nbytes.sum()).tolist()
-    return float(diff.sum() / (nbytes.sum() * k)), float(lo), float(hi), float((boot >= 0).mean()), n, each
+    first = per_seed[0][0]
+    return paired_interval(diff, [first[i][1] for i in items], [first[i][2] for i in items])
 
 
-def paired_table(dirs: list[Path], names: list[str]) -> str:
-    lines = ["Paired differences in bits per byte (negative: the first variant predicts the held-out code better), "
-             f"pooled over the items and {len(dirs)} seeds; 95% bootstrap intervals over seeds (as whole runs) and items.", "",
-             "| comparison | measure | items | mean difference | 95% interval | P(difference ≥ 0) | per seed |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+def paired_table(dirs: list[Path], names: list[str], file_repos: list[str] | None = None) -> str:
+    """Every pair and measure: the interval, its verdict (flow/stats.py `verdict`, the rule written in
+    docs/results.md), the power against MARGIN at these seeds and the seeds that reach 80%."""
+    rows = []
     for a, b in PAIRS:
         if a not in names or b not in names:
             continue
         for measure, label in MEASURES:
-            got = paired(dirs, a, b, measure)
-            if got is not None:
-                mean, lo, hi, p, n, each = got
-                seeds = ", ".join(f"{x:+.3f}" for x in each)
-                lines.append(
-                    f"| {a} − {b} | {label} | {n} | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {p:.3f} | {seeds} |"
-                )
+            if (got := paired(dirs, a, b, measure, file_repos)) is None:
+                continue
+            primary = " (primary)" if (a, b, measure) in PRIMARY else ""
+            k = len(got.each)
+            pw = f"{power(got.seed_sd, k, got.item_se):.2f}" if k > 1 else "-"
+            need = (seeds_for(got.seed_sd, got.item_se) or ">200") if k > 1 else "-"
+            rows.append(
+                f"| {a} − {b}{primary} | {label} | {got.items} ({got.groups}) | {got.mean:+.4f} | "
+                f"[{got.low:+.4f}, {got.high:+.4f}] | {verdict(got.low, got.high)} | {pw} | {need} | "
+                + ", ".join(f"{x:+.3f}" for x in got.each)
+                + " |"
+            )
+    head = [
+        f"Paired differences A − B in bits per byte (negative: A predicts the held-out code better), pooled "
+        f"over the items and {len(dirs)} seed{'s' if len(dirs) > 1 else ''}; 95% intervals: t over the per-seed differences plus the "
+        f"items resampled by held-out repository (flow/stats.py). Verdicts against a margin of {MARGIN} bits "
+        f"per byte (docs/results.md, Method); power: of detecting a difference of {MARGIN} at these seeds. "
+        f"{len(rows)} intervals: at 95% each, about {len(rows) / 20:.1f} would exclude 0 by chance were no "
+        f"variant different; the primary rows are the claims' pre-specified comparisons.",
+        "",
+        "| comparison | measure | items (repositories) | mean difference | 95% interval | verdict | power at "
+        f"{MARGIN} | seeds for 80% | per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
+def type_table(dirs: list[Path], pairs: list[tuple[str, str]]) -> str:
+    """FIM middles (PSM) per task type for each pair, each a secondary comparison with its verdict; the
+    count of intervals says how many chance detections to expect."""
+    r = _fim_loss(dirs[0] / pairs[0][0])
+    types: dict[str, set[str]] = {}
+    for t in r.get("tasks", []):
+        types.setdefault(t["task_type"], set()).add(t["task_id"])
+    lines = [f"FIM middles (PSM) per task type, A − B bits per byte over {len(dirs)} seeds; "
+             f"{len(types) * len(pairs)} intervals, about {len(types) * len(pairs) / 20:.1f} detections by chance:", "",
+             "| task type | tasks | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |", "|---" * (len(pairs) + 2) + "|"]  # fmt: skip
+    for name, ids in sorted(types.items()):
+        cells = []
+        for a, b in pairs:
+            got = paired(dirs, a, b, "psm", tasks=ids)
+            cells.append(
+                "-"
+                if got is None
+                else f"{got.mean:+.3f} [{got.low:+.3f}, {got.high:+.3f}] {verdict(got.low, got.high)}"
+            )
+        lines.append(f"| {name} | {len(ids)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def heldout_files(shared: Path, n: int) -> tuple[list[str], list[str]]:
+    """The held-out files fim-loss scored (eval/loss.py `heldout_texts`, the same sample) and their
+    repositories, which fim-loss does not record: the interval resamples files by repository."""
+    import pyarrow.parquet as pq
+
+    from codemill.eval.loss import heldout_texts
+
+    corpus, held = shared / "corpus", shared / "bench" / "fim" / "heldout_repos.txt"
+    if not n or not held.exists():
+        return [], None
+    texts = heldout_texts(corpus, held, n)
+    wanted, repo_of = set(texts), {}
+    for f in sorted(corpus.glob("files-*.parquet")):
+        for batch in pq.ParquetFile(f).iter_batches(columns=["repo", "content"], batch_size=1024):
+            repo_of.update(
+                (c, r) for r, c in zip(*(x.to_pylist() for x in batch.columns), strict=True) if c in wanted
+            )
+    return texts, [repo_of[t] for t in texts]
+
+
+def references(shared: Path, checkpoint: Path, out: Path, files: list[str]) -> dict:
+    """Bits per byte of what needs no training, on the same held-out items: the untrained
+    initialisation and a unigram model of the training corpus (eval/loss.py, scored once, kept in
+    `out`), and gzip / xz on the held-out files: how far the variants are from a compressor."""
+    from codemill.eval.loss import what_training_bought
+
+    path = out / "references.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    r = what_training_bought(checkpoint, shared / "corpus", shared / "bench", out / "fim-loss", files=len(files),
+                             limit=len(_fim_loss(checkpoint.parents[1])["tasks"]), baselines=True)  # fmt: skip
+    refs = {"untrained": r["baselines"]["untrained"], "unigram": r["baselines"]["unigram"],
+            "compressors": compressed_bits_per_byte(files)}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(refs, indent=1) + "\n")
+    return refs
+
+
+def reference_table(refs: dict) -> str:
+    """Reference rows beside the variants' table: what the held-out bits per byte mean at this scale."""
+
+    def cell(summary: dict, *keys: str) -> str:
+        for k in keys[:-1]:
+            summary = summary.get(k, {})
+        v = summary.get(keys[-1])
+        return f"{v:.3f}" if isinstance(v, float | int) else "-"
+
+    lines = ["Reference rows, bits per byte on the same held-out items (no training):", "",
+             "| reference | FIM bits/byte PSM | files bits/byte | x-file bits/byte in-file |", "|---|---|---|---|"]  # fmt: skip
+    for name, key in (
+        ("untrained initialisation", "untrained"),
+        ("unigram of the training corpus", "unigram"),
+    ):
+        s = refs.get(key, {})
+        lines.append(f"| {name} | {cell(s, 'all', 'psm_bits_per_byte')} | {cell(s, 'left-to-right', 'bits_per_byte')} "
+                     f"| {cell(s, 'cross-file', 'infile_bits_per_byte')} |")  # fmt: skip
+    for name, v in refs.get("compressors", {}).items():
+        lines.append(f"| {name}, each file alone | - | {v:.3f} | - |")
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +326,7 @@ def _summary(run_dir: Path, suite_dir: str) -> dict:
 COLUMNS = [  # (header, suite directory or None for the training log, metric)
     ("train loss", None, "loss"),
     ("loss tokens", None, "mix"),
+    ("loss tokens (M)", None, "count"),  # trained tokens: FIM pads (objective 0) are not in the loss
     ("FIM EM", "fim-eval", "exact_match"),
     ("FIM BLEU-4", "fim-eval", "bleu4"),
     ("FIM CodeBLEU", "fim-eval", "codebleu"),
@@ -206,6 +356,8 @@ def values(run: Path) -> dict[str, float | str | None]:
             out[header] = (
                 mix_text(loss_token_mix(rows))
                 if metric == "mix"
+                else sum((r.get(f"tokens_{o}") or 0) for r in rows for o in ("sfim", "fim", "ntp")) / 1e6
+                if metric == "count"
                 else sum(r["loss"] for r in tail) / len(tail)
             )
         elif metric == "left-to-right":
@@ -223,7 +375,7 @@ def _cell(header: str, v) -> str:
         return v or "-"
     return (
         f"{v:.3f}"
-        if "bits" in header or header == "train loss"
+        if "bits" in header or header in ("train loss", "loss tokens (M)")
         else f"{v:.2f}"
         if "ratio" in header
         else f"{v:.1f}"

@@ -83,13 +83,19 @@ def paired_interval(diff: np.ndarray, nbytes: np.ndarray, groups: np.ndarray, re
 
 def verdict(low: float, high: float, margin: float = MARGIN) -> str:
     """The page's wording rule (docs/results.md, Method), for A − B where negative favours A:
-    detected when the interval excludes 0 (a two-sided test at 5%), said against the margin;
+    detected when the interval excludes 0 (a two-sided test at 5%), its size said against the margin;
     otherwise excluded above X when the interval lies inside ±margin (X: its larger bound, an
     equivalence test at 2.5% a side), else cannot tell at the margin."""
     bound = max(abs(low), abs(high))
     if low > 0 or high < 0:
         who = "B" if low > 0 else "A"
-        size = "at least" if min(abs(low), abs(high)) >= margin else "below" if bound < margin else "up to"
+        size = (
+            "by at least"
+            if min(abs(low), abs(high)) >= margin
+            else "by less than"
+            if bound < margin
+            else "size unsettled at"
+        )
         return f"detected, {who} better ({size} {margin:g})"
     if bound < margin:
         return f"not detected; excluded above {np.ceil(bound * 1000) / 1000:.3f}"
