@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from test_train import losses, run, train_cmd
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -75,3 +74,51 @@ def test_a_diverging_run_skips_non_finite_steps_then_stops_naming_the_last_good_
         assert torch.equal(first[k], last[k]), k
         assert torch.isfinite(first[k]).all(), k
     assert not (out / "final").exists()
+
+
+def verify(out) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "codemill.cli", "train", "verify", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+
+
+def test_a_damaged_checkpoint_is_found_and_resume_takes_the_newest_that_verifies(
+    code_corpus, bpe_dir, tmp_path
+):
+    """A byte flipped in the latest checkpoint, the one before it cut short: `train verify` names both
+    and exits 1; the resume says which it skipped and why, goes on from the one left whole, and takes
+    the same steps again."""
+    out = tmp_path / "run"
+    extra = ["--set", "ckpt_every=1", "--set", "keep_last=3"]
+    run(train_cmd(code_corpus, bpe_dir, out, "--set", "max_steps=3", *extra))
+    first = losses(out)
+    r = verify(out)
+    assert r.returncode == 0 and r.stdout.count(" ok ") == 3, r.stdout
+    state = out / "state"
+    meta = json.loads((state / "step-00000003" / "meta.json").read_text())
+    assert {"size", "xxh3_128"} <= meta["files"]["__0_0.distcp"].keys() and ".metadata" in meta["files"]
+    flipped = state / "step-00000003" / "__0_0.distcp"
+    raw = bytearray(flipped.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    flipped.write_bytes(bytes(raw))
+    cut = state / "step-00000002" / "__0_0.distcp"
+    os.truncate(cut, cut.stat().st_size - 100)
+    r = verify(out)
+    said = " ".join(r.stdout.split())
+    assert (
+        r.returncode == 1 and "does not match its checksum" in said and "2 of 3 checkpoints fail" in said
+    ), said
+    r = run(train_cmd(code_corpus, bpe_dir, out, "--set", "max_steps=4", *extra))
+    said = " ".join(r.stdout.split())
+    assert "step-00000003 fails verification (__0_0.distcp does not match its checksum)" in said, said
+    assert (
+        "step-00000002 fails verification (__0_0.distcp has" in said and "kept as step-00000002.bad" in said
+    )
+    again = losses(out)
+    assert again[:3] == first and len(again) == 4  # steps 2 and 3 retaken from step 1, bitwise
+    assert verify(out).returncode == 1  # the damaged ones are kept aside, and still reported
+    names = ["step-00000002", "step-00000002.bad", "step-00000003", "step-00000003.bad", "step-00000004"]
+    assert sorted(p.name for p in state.iterdir()) == names

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from codemill.config import load_recipe, parse_overrides
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
-from codemill.errors import UserError
+from codemill.errors import FULL, UserError, disk_full
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Build code-completion models the aiXcoder way."
@@ -407,6 +407,38 @@ def train_plan(
     console.print(f"{p['flops_per_token'] / 1e9:.1f} GFLOP per token; at {mfu:.0%} MFU of {peak_tflops:g} TFLOPS: "
                   f"{p['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU; {budget:.3g} tokens = {p['steps']:,.0f} steps of "
                   f"{tcfg.global_batch} x {dcfg.seq_len}, {p['gpu_hours']:,.0f} GPU-hours, {p['days']:.1f} days on {gpus} GPUs")  # fmt: skip
+
+
+@train_app.command("verify")
+def train_verify(
+    run: Path = typer.Argument(..., help="A `codemill train` run directory (or its state/)."),
+) -> None:
+    """Check every checkpoint of a run against the sizes and checksums its meta.json records; exit 1
+    when one fails (a resume would skip it and take the newest that verifies)."""
+    from rich.table import Table
+
+    from codemill.train import checkpoint
+
+    state = run / "state" if (run / "state").is_dir() else run
+    found = sorted(p for p in state.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    if not found:
+        raise UserError(
+            f"{state} holds no checkpoints (step-N directories); is {run} a `codemill train` run?"
+        )
+    table = Table("checkpoint", "files", "size", "verdict")
+    failed = 0
+    for path in found:
+        files = [f for f in path.iterdir() if f.is_file()]
+        problems = checkpoint.verify(path)
+        if path.name.endswith(".bad"):
+            problems = problems or ["set aside by a resume"]
+        failed += bool(problems)
+        size = sum(f.stat().st_size for f in files)
+        table.add_row(path.name, str(len(files)), f"{size / 1e6:,.1f} MB", "; ".join(problems) or "ok")
+    console.print(table)
+    if failed:
+        console.print(f"{failed} of {len(found)} checkpoints fail; a resume takes the newest that verifies")
+        raise typer.Exit(1)
 
 
 @train_app.command("plot")
@@ -886,6 +918,12 @@ def _reporting(command):
         except UserError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
+        except OSError as e:  # a full disk met outside the writers that name what they write
+            if e.errno not in FULL:
+                raise
+            where = Path(e.filename) if e.filename else Path.cwd()
+            console.print(f"[red]error:[/red] {disk_full(where.name if e.filename else 'a file', where)}")
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             again = "; rerun the same command to resume: finished work is kept"
             console.print(f"interrupted{again if command.__name__.rstrip('_') in RESUMABLE else ''}")
