@@ -57,6 +57,7 @@ from rich.table import Table
 
 from codemill.model import packed
 from codemill.serve.engine import Engine
+from codemill.serve.request import Params
 
 
 def main() -> None:
@@ -288,7 +289,7 @@ def _at_once(eng: Engine, files: list[Path], p: int) -> dict:
     steps = tokens = 0
     wall = 0.0
     for i in range(0, len(prompts), p):
-        sessions = [eng.start(ids, max_tokens=32, stop=()) for ids in prompts[i : i + p]]
+        sessions = [eng.start(ids, Params(max_tokens=32)) for ids in prompts[i : i + p]]
         t0 = time.perf_counter()
         while live := [s for s in sessions if not s.done]:
             eng.step(live)
@@ -320,7 +321,7 @@ def batch_table(args, files: list[Path]) -> None:
             steps = rows = tokens = drafted = taken = 0  # rows: a live request's place in a step
             wall, latency = 0.0, []
             for i in range(0, len(prompts), at_once):
-                sessions = [eng.start(ids, max_tokens=32, stop=()) for ids in prompts[i : i + at_once]]
+                sessions = [eng.start(ids, Params(max_tokens=32)) for ids in prompts[i : i + at_once]]
                 t0 = time.perf_counter()
                 while live := [s for s in sessions if not s.done]:
                     eng.step(live)
@@ -354,12 +355,12 @@ def prefill_table(args, files: list[Path]) -> None:
         for i in range(0, len(positions), 2):
             (pa, pre_a, _), (pb, pre_b, suf_b) = positions[i], positions[i + 1]
             eng.reset()
-            other = eng.start(eng.prompt(pre_a[-400:], None, path=pa, max_tokens=64), max_tokens=64)
+            other = eng.start(eng.prompt(pre_a[-400:], None, path=pa, max_tokens=64), Params(max_tokens=64))
             eng.step([other])
             long_ids = eng.prompt(pre_b, suf_b, path=pb, max_tokens=16)
             n = max(n, len(long_ids))
             t0 = time.perf_counter()
-            new = eng.start(long_ids, max_tokens=16, stop=())
+            new = eng.start(long_ids, Params(max_tokens=16))
             gaps = [time.perf_counter() - t0]  # the other waits for the first chunk too
             while new.pending:
                 t = time.perf_counter()
@@ -393,7 +394,7 @@ def prompt_table(args, files: list[Path]) -> None:
             t0 = time.perf_counter()
             a = encode_fit(parts, eng.tok, eng.max_len - 64)
             t1 = time.perf_counter()
-            b = encode_fit(parts, eng.chunks, eng.max_len - 64)
+            b = encode_fit(parts, eng.prompter.chunks, eng.max_len - 64)
             cached.append(time.perf_counter() - t1)
             whole.append(t1 - t0)
             assert a == b, "the chunk cache changed a prompt's ids"

@@ -130,35 +130,6 @@ def test_activation_checkpointing_keeps_dropout_gradients_exact():
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
-def test_decode_step_decodes_each_row_at_its_own_position():
-    """Rows of one batched cache (serving slots) with prompts of different lengths: one batched step
-    gives each row the logits that row's sequence gets alone, step after step."""
-    from codemill.model.llama import KVCache, rope_tables
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=2, max_seq_len=64)  # fmt: skip
-    model = Llama(cfg).eval()
-    model.init_weights()
-    prompts = [torch.randint(0, 300, (1, n)) for n in (5, 11, 2)]
-    cache = KVCache.empty(cfg, 64, "cpu", torch.float32, batch=3)
-    cache.rope = rope_tables(cfg, torch.arange(64))
-    rows = [cache.row(i) for i in range(3)]
-    with torch.no_grad():
-        for p, row in zip(prompts, rows, strict=True):
-            model.next_logits(p, row)  # prefill each slot on its own row
-        seqs = [p[0].tolist() for p in prompts]
-        for step in range(3):
-            tokens = torch.tensor([[7 + step], [11 + step], [13 + step]])
-            pos = torch.tensor([row.length for row in rows])
-            got = model.decode_step(tokens, pos, cache, [n + 1 for n in pos.tolist()])
-            for i, row in enumerate(rows):
-                row.length += 1
-                seqs[i].append(int(tokens[i]))
-                alone = model(torch.tensor([seqs[i]]))[0, -1]
-                assert torch.allclose(got[i], alone, atol=1e-4), (step, i)
-
-
 @pytest.mark.skipif(not __import__("codemill.model.packed").model.packed.available(), reason="no oneDNN")
 def test_packed_linears_compute_what_the_model_computes():
     """Fused q/k/v and gate/up products and oneDNN-packed weights (serve's CPU decode): the same logits

@@ -10,6 +10,7 @@ import torch
 
 from codemill.errors import UserError
 from codemill.eval.sandbox import available
+from codemill.serve.request import Params, Request, RequestError
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_drafts_in_idle_slots_give_the_same_answers_in_fewer_steps(checkpoint, c
     first = plain.prompt(PREFIX, SUFFIX, path="io.py", max_tokens=48)
     ids = first + plain.complete(first, max_tokens=24).tokens + first  # what followed, to be looked up
     want = plain.complete(ids, max_tokens=48).tokens
-    s, steps = drafted.start(ids, max_tokens=48), 0
+    s, steps = drafted.start(ids, Params(max_tokens=48)), 0
     while not s.done:
         drafted.step([s])
         steps += 1
@@ -175,7 +176,7 @@ def test_requests_joining_and_leaving_decode_as_they_would_alone(checkpoint, com
     while waiting or live:
         if waiting and len(engine.busy) < engine.parallel and steps % 3 == 0:  # one joins every third step
             k, (ids, n) = waiting.pop(0)
-            live.append((k, engine.start(ids, max_tokens=n, reset=True)))
+            live.append((k, engine.start(ids, Params(max_tokens=n, reset=True))))
         fed, tokens = sum(s.out.draft_n for _, s in live), sum(len(s.out.tokens) for _, s in live)
         prefilling = any(s.pending for _, s in live)
         engine.step([s for _, s in live])
@@ -201,8 +202,8 @@ def test_a_long_prompt_goes_in_a_chunk_a_step(checkpoint):
 
     engine = Engine(checkpoint, parallel=2, prefill_chunk=24)
     long_ids = engine.prompt(PREFIX * 3, SUFFIX * 3, path="io.py", max_tokens=8)
-    short = engine.start(engine.prompt(PREFIX, None, path="io.py", max_tokens=8), max_tokens=8, stop=())
-    warm = engine.start(long_ids, max_tokens=0)
+    short = engine.start(engine.prompt(PREFIX, None, path="io.py", max_tokens=8), Params(max_tokens=8))
+    warm = engine.start(long_ids, Params(max_tokens=0))
     steps = 0
     while not warm.done:
         assert warm.pending and engine.step([s for s in (short, warm) if not s.done])[1] == ""
@@ -232,8 +233,8 @@ def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):
         for s in (1, 1, 2)
     ]
     assert sampled[0] == sampled[1]
-    with pytest.raises(ValueError, match="no room"):
-        engine.complete(list(range(1, 600)), max_tokens=10)
+    with pytest.raises(RequestError, match="exceeds the context"):
+        engine.complete(list(range(1, engine.max_len)), max_tokens=10)
 
 
 @pytest.fixture(scope="module")
@@ -441,66 +442,76 @@ def test_eval_through_the_server_equals_eval_of_the_checkpoint(checkpoint, tmp_p
         Endpoint(s.url)  # the server is gone
 
 
-def test_a_newer_request_from_the_same_client_replaces_its_queued_older_one():
-    import asyncio
+def test_the_queue_replaces_a_clients_older_request_refuses_when_full_and_takes_back_the_gone(checkpoint):
+    """The batcher's queue with one slot held: a newer request from the same client replaces its
+    waiting one (at once, taking no new place), a full queue refuses newcomers but not a replacement,
+    a cancelled request gives its slot or place back, and the rest run in the order they came."""
+    import threading
 
-    from codemill.serve.http import Busy, EngineSlot, Gone, Replaced
+    from codemill.serve.batcher import Batcher, QueueFull, Replaced, Task
+    from codemill.serve.engine import Completion, Engine
 
-    async def scenario():
-        slot, log = EngineSlot(max_queue=3), []
+    engine = Engine(checkpoint, parallel=1, lookup=False)
+    engine.stop_ids = set()  # the request holding the slot decodes until it is cancelled
+    ids = engine.prompt(PREFIX, SUFFIX, path="io.py", max_tokens=8)
+    batcher, ends, decoding = Batcher(engine, max_queue=3), {}, threading.Event()
+    done = threading.Condition()
 
-        async def request(client: str, name: str, hold: asyncio.Event | None = None):
-            try:
-                async with slot.hold(client):
-                    log.append(f"{name} runs")
-                    if hold is not None:
-                        await hold.wait()
-            except Replaced:
-                log.append(f"{name} replaced")
-            except Busy:
-                log.append(f"{name} busy")
+    def task(name: str, client: str, n: int = 8) -> Task:
+        def emit(text: str, end) -> None:
+            decoding.set()
+            if end is not None:
+                with done:
+                    ends[name] = end
+                    done.notify()
 
-        release = asyncio.Event()
-        running = asyncio.create_task(request("editor-b", "b1", release))
-        await asyncio.sleep(0.01)
-        a1 = asyncio.create_task(request("editor-a", "a1"))
-        await asyncio.sleep(0.01)
-        a2 = asyncio.create_task(request("editor-a", "a2"))
-        c1 = asyncio.create_task(request("editor-c", "c1"))
-        await asyncio.sleep(0.01)
-        assert log == ["b1 runs", "a1 replaced"]  # at once, while b1 still holds the engine
-        others = [asyncio.create_task(request(f"x{i}", f"x{i}")) for i in range(2)]
-        await asyncio.sleep(0.01)
-        assert log[-1] == "x1 busy"  # a2, c1, x0 wait: the queue of 3 is full (b1 holds the engine)
-        a3 = asyncio.create_task(request("editor-a", "a3"))  # a full queue still takes a replacement
-        await asyncio.sleep(0.01)
-        release.set()
-        await asyncio.gather(running, a1, a2, a3, c1, *others)
-        assert log == ["b1 runs", "a1 replaced", "x1 busy", "a2 replaced", "c1 runs", "x0 runs", "a3 runs"]
-        assert slot.n == 0 and not slot.waiting and not slot.lock.locked()
-        # a client that hangs up while queued gives its place back at once
-        release, hangup = asyncio.Event(), asyncio.Event()
-        holder = asyncio.create_task(request("editor-h", "h1", release))
-        await asyncio.sleep(0.01)
+        return Task(Request(ids, Params(max_tokens=n)), emit, client)
 
-        async def left():
-            try:
-                async with slot.hold("editor-g", hangup.wait()):
-                    log.append("g1 runs")
-            except Gone:
-                log.append("g1 gone")
+    holder = task("b1", "editor-b", engine.max_len - len(ids) - 1)
+    batcher.submit(holder)
+    assert decoding.wait(30) and batcher.held == 1
+    for name, client in (("a1", "editor-a"), ("a2", "editor-a"), ("c1", "editor-c"), ("x0", "x0")):
+        batcher.submit(task(name, client))
+    assert isinstance(ends.pop("a1"), Replaced) and not ends  # at once, while b1 holds the slot
+    with pytest.raises(QueueFull):
+        batcher.submit(task("x1", "x1"))  # a2, c1, x0 wait: the queue of 3 is full
+    batcher.submit(task("a3", "editor-a"))  # a full queue still takes a replacement
+    assert isinstance(ends.pop("a2"), Replaced) and batcher.held == 4
+    gone = task("g1", "editor-g")
+    batcher.cancel(next(t for t in batcher.waiting if t.client == "x0"))  # x0 hangs up while waiting
+    batcher.submit(gone)  # its place is free
+    batcher.cancel(gone)
+    batcher.cancel(holder)  # b1's client leaves: the slot goes to the next in line
+    with done:
+        assert done.wait_for(lambda: len(ends) == 2, 60)
+    assert list(ends) == ["c1", "a3"] and all(isinstance(e, Completion) for e in ends.values())
+    assert batcher.held == 0 and not batcher.waiting and not engine.busy
 
-        waiter = asyncio.create_task(left())
-        await asyncio.sleep(0.01)
-        assert slot.n == 2
-        hangup.set()
-        await asyncio.sleep(0.01)
-        assert log[-1] == "g1 gone" and slot.n == 1
-        release.set()
-        await asyncio.gather(holder, waiter)
-        assert slot.n == 0 and not slot.lock.locked()
 
-    asyncio.run(scenario())
+def test_a_bug_while_decoding_fails_its_request_with_the_traceback_not_the_server(checkpoint, capfd):
+    """An exception inside a step is a bug: its traceback goes to the log, its request (and those
+    decoding beside it) get the exception, and the next request is served."""
+    import threading
+
+    from codemill.serve.batcher import Batcher, Task
+    from codemill.serve.engine import Completion, Engine
+
+    engine = Engine(checkpoint, parallel=2)
+    ids = engine.prompt(PREFIX, SUFFIX, path="io.py", max_tokens=8)
+    batcher, ends = Batcher(engine), []
+    came = threading.Semaphore(0)
+
+    def emit(text: str, end) -> None:
+        if end is not None:
+            ends.append(end)
+            came.release()
+
+    batcher.submit(Task(Request(ids, Params(max_tokens=8, until=lambda text: 1 // 0)), emit, "a"))
+    assert came.acquire(timeout=30) and isinstance(ends[0], ZeroDivisionError)
+    batcher.submit(Task(Request(ids, Params(max_tokens=8)), emit, "b"))
+    assert came.acquire(timeout=30) and isinstance(ends[1], Completion) and ends[1].tokens
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and "1 // 0" in err
 
 
 def test_health_is_503_while_the_model_loads(checkpoint):
@@ -604,3 +615,33 @@ def test_typing_in_a_long_file_keeps_the_prompt_start_and_the_cache(checkpoint):
         reused, evaluated = reused + r.tokens_cached, evaluated + r.tokens_evaluated
         assert len(engine.cached) <= 512
     assert reused > 10 * evaluated  # a sliding window would re-evaluate the whole prefix every time
+
+
+def test_a_decode_step_decodes_each_row_at_its_own_position():
+    """Rows of one batched cache (serving slots) with prompts of different lengths: one batched step
+    gives each row the logits that row's sequence gets alone, step after step."""
+    from codemill.model.llama import Llama, ModelConfig
+    from codemill.serve.kvcache import KVCache
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2, max_seq_len=64)  # fmt: skip
+    model = Llama(cfg).eval()
+    model.init_weights()
+    prompts = [torch.randint(0, 300, (1, n)) for n in (5, 11, 2)]
+    cache = KVCache.empty(cfg, 64, "cpu", torch.float32, slots=3)
+    lengths = [p.shape[1] for p in prompts]
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            model.next_logits(p, cache.row(i, 0))  # prefill each slot on its own row
+        seqs = [p[0].tolist() for p in prompts]
+        for step in range(3):
+            tokens = torch.tensor([[7 + step], [11 + step], [13 + step]])
+            got = model.next_logits(
+                tokens, cache.step(torch.tensor(lengths), [n + 1 for n in lengths], [0, 1, 2])
+            )
+            for i in range(3):
+                lengths[i] += 1
+                seqs[i].append(int(tokens[i]))
+                alone = model(torch.tensor([seqs[i]]))[0, -1]
+                assert torch.allclose(got[i], alone, atol=1e-4), (step, i)

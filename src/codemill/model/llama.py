@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -157,30 +158,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-@dataclass
-class KVCache:
-    """Keys and values of one sequence for every layer, preallocated; `length` tokens are valid.
-    Rolling back to a shared prefix is setting `length` (serve reuses it across requests)."""
+class Cache(Protocol):
+    """What a forward over cached keys and values needs from the cache it is given: the RoPE tables of
+    the new tokens, their attention (writing their keys and values first), and moving past them. The
+    model keeps no serving state; the serving engine's caches (serve/kvcache.py) say where each row's
+    tokens go and what they attend to."""
 
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-    length: int = 0
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin for every position
+    def rope(self, t: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    @classmethod
-    def empty(cls, cfg: ModelConfig, max_len: int, device, dtype, batch: int = 1) -> KVCache:
-        """`batch` rows (one per serving slot; `row(i)` is slot i's own cache)."""
-        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        new = lambda: [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]  # noqa: E731
-        return cls(new(), new())
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
 
-    @property
-    def capacity(self) -> int:
-        return self.k[0].shape[2]
-
-    def row(self, i: int, length: int = 0) -> KVCache:
-        """Row i as a batch-1 cache sharing this one's memory (a slot's prefill and reuse)."""
-        return KVCache([k[i : i + 1] for k in self.k], [v[i : i + 1] for v in self.v], length, self.rope)
+    def advance(self, t: int) -> None: ...
 
 
 class Attention(nn.Module):
@@ -205,15 +193,10 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         layer: int = 0,
-        pos: torch.Tensor | None = None,
-        lengths: list[int] | None = None,
-        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """With `pos` and `lengths` (serve's decode step): one token per row, row b at position pos[b],
-        attending to its first lengths[b] positions on its own (0: an idle row, left at 0), so its
-        numbers never depend on the other rows."""
+        """Without a cache: causal attention over `x` (training, scoring); with one, the cache's."""
         b, t, _ = x.shape
         c = self.cfg
         h, kv = c.num_heads, c.num_kv_heads
@@ -226,67 +209,21 @@ class Attention(nn.Module):
             k = self.k_proj(x).view(b, t, kv, c.head_dim).transpose(1, 2)
             v = self.v_proj(x).view(b, t, kv, c.head_dim).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if pos is not None:
-            y = _attend_rows(q, k, v, cache, layer, pos, lengths, rows)
-        else:
-            y = self._attend(q, k, v, cache, layer)
+        y = self._attend(q, k, v) if cache is None else cache.attend(layer, q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, h * c.head_dim))
 
-    def _attend(self, q, k, v, cache: KVCache | None, layer: int) -> torch.Tensor:
-        """Causal attention over the new tokens and, with a cache, the prefix it holds (training, a
-        prompt's prefill)."""
-        t, causal, mask = q.shape[2], True, None
-        if cache is not None:  # new tokens attend to the cached prefix and causally among themselves
-            start = cache.length
-            cache.k[layer][:, :, start : start + t] = k
-            cache.v[layer][:, :, start : start + t] = v
-            k, v = cache.k[layer][:, :, : start + t], cache.v[layer][:, :, : start + t]
-            causal = False
-            if t > 1:
-                mask = torch.ones(t, start + t, dtype=torch.bool, device=q.device).tril(diagonal=start)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention over the new tokens."""
         if q.is_meta:  # shapes only (train/plan.py): keep what a fused kernel keeps, not the T x T scores
             return FusedAttentionShapes.apply(q, k, v)
         return F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=mask,
-            is_causal=causal,
+            is_causal=True,
             dropout_p=self.cfg.attention_dropout if self.training else 0.0,
             enable_gqa=q.shape[1] != k.shape[1],
         )
-
-
-@torch.compiler.disable  # traced, each row's length, cache row and layer would each be a guard
-def _attend_rows(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cache: KVCache,
-    layer: int,
-    pos: torch.Tensor,
-    lengths: list[int],
-    rows: list[int],
-) -> torch.Tensor:
-    """One new token per batch row: every key and value goes into cache row rows[b] at pos[b] first,
-    then batch row b attends to the first lengths[b] positions of that cache row."""
-    b, gqa = q.shape[0], q.shape[1] != k.shape[1]
-    ck, cv = cache.k[layer], cache.v[layer]
-    if b == 1:  # the serving engine's own row (never idle)
-        ck.index_copy_(2, pos, k)
-        cv.index_copy_(2, pos, v)
-        n = lengths[0]
-        return F.scaled_dot_product_attention(q, ck[:, :, :n], cv[:, :, :n], enable_gqa=gqa)
-    at = torch.tensor(rows, device=q.device)
-    ck[at, :, pos] = k[:, :, 0]
-    cv[at, :, pos] = v[:, :, 0]
-    y = q.new_zeros(q.shape)
-    for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
-        if n:
-            y[i : i + 1] = F.scaled_dot_product_attention(
-                q[i : i + 1], ck[r : r + 1, :, :n], cv[r : r + 1, :, :n], enable_gqa=gqa
-            )
-    return y
 
 
 class FusedAttentionShapes(torch.autograd.Function):
@@ -351,15 +288,10 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         layer: int = 0,
-        pos: torch.Tensor | None = None,
-        lengths: list[int] | None = None,
-        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        x = x + self.dropout(
-            self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, pos, lengths, rows)
-        )
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, layer))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -400,18 +332,13 @@ class Llama(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
 
-    def hidden(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """Final normed hidden states [B, T, hidden]: the loss applies the head in chunks. With a
-        cache, `ids` continue the cached sequence (batch 1) and their keys and values are added."""
-        start = cache.length if cache is not None else 0
-        if cache is not None and start + ids.shape[1] > cache.capacity:
-            raise UserError(f"{start + ids.shape[1]} tokens do not fit the cache of {cache.capacity}")
+        cache, `ids` continue what it holds, as the cache places them (model.Cache)."""
         if cache is None:
             cos, sin = rope_tables(self.cfg, torch.arange(ids.shape[1], device=ids.device))
-        else:  # decoding: slice tables built once per cache instead of rebuilding them every token
-            if cache.rope is None:
-                cache.rope = rope_tables(self.cfg, torch.arange(cache.capacity, device=ids.device))
-            cos, sin = (t[start : start + ids.shape[1]] for t in cache.rope)
+        else:
+            cos, sin = cache.rope(ids.shape[1])
         x = self.model.embed_tokens(ids)
         for i, block in enumerate(self.model.layers):
             if self.checkpointing and self.training:
@@ -419,37 +346,13 @@ class Llama(nn.Module):
             else:
                 x = block(x, cos, sin, cache, i)
         if cache is not None:
-            cache.length += ids.shape[1]
+            cache.advance(ids.shape[1])
         return self.model.norm(x)
 
     @torch.no_grad()
-    def next_logits(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits [vocab] (fp32) after feeding `ids` [1, T] on top of the cache."""
-        return self.lm_head(self.hidden(ids, cache)[0, -1]).float()
-
-    @torch.no_grad()
-    def decode_step(
-        self,
-        token: torch.Tensor,
-        pos: torch.Tensor,
-        cache: KVCache,
-        lengths: list[int],
-        rows: list[int] | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, vocab] after one token per batch row [B, 1], batch row b at position `pos[b]` of
-        cache row rows[b] (default b), attending to exactly its first lengths[b] positions (its own and
-        the new token's; 0: an idle row). Batch row b equals `next_logits` of its token on its cache
-        row alone, and for a fixed B its numbers are the same whatever the other rows hold (a request
-        decodes alike alone or joined by others). Several batch rows may feed consecutive positions of
-        one cache row (drafts): each sees the others' keys, written first. The caller advances the
-        lengths."""
-        b = token.shape[0]
-        rows = list(range(b)) if rows is None else rows
-        cos, sin = (t.index_select(0, pos).view(b, 1, 1, -1) for t in cache.rope)
-        x = self.model.embed_tokens(token)
-        for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, cache, i, pos, lengths, rows)
-        return self.lm_head(self.model.norm(x)[:, -1]).float()
+    def next_logits(self, ids: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """Logits [B, vocab] (fp32) after the last of `ids` [B, T] in each row, fed on top of the cache."""
+        return self.lm_head(self.hidden(ids, cache)[:, -1]).float()
 
     def forward(
         self, ids: torch.Tensor, targets: torch.Tensor | None = None, loss_chunk: int = 4096

@@ -1,93 +1,163 @@
-"""Continuous batching: one thread owns the engine and decodes every request in flight together.
+"""The server's one queue and the one thread that owns the engine (llama-server's task queue and slots).
 
-A request joins after its prefill and leaves when it stops or its client goes; the others keep
-decoding meanwhile (llama-server's slots). Requests reach the thread through a queue and their text
-comes back through the callback they brought, called from this thread.
+`submit` admits a request or refuses it (`QueueFull`), and a newer request from the same client
+replaces that client's older one: waiting, it leaves the queue at once; decoding, it is stopped when
+the client named itself (`x-client-id`), so an editor that sends a request per keystroke waits only for
+its last, which finds the older one's slot and cached prompt free. `cancel` takes back a request
+whose client left, waiting or decoding. The thread starts waiting requests as slots free up (never
+more than the engine has), decodes every request in a slot together, one step for all (continuous
+batching: a request joins after its prefill and leaves when it stops or its client goes), and hands
+each its text through the callback it brought. Nothing else touches the engine's model or cache.
 """
 
 from __future__ import annotations
 
-import queue
+import sys
 import threading
+import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from codemill.serve.engine import Completion, Engine, Session
+from codemill.serve.request import Request
 
-Emit = Callable[[str, Completion | Exception | None], None]  # (text, the result when done, or the error)
+# (text, then the end: the Completion, `Replaced`, a RequestError or a bug's exception; None before)
+Emit = Callable[[str, Completion | Exception | None], None]
 
 
-@dataclass
-class Job:
-    ids: list[int]
-    options: dict
+class QueueFull(Exception):
+    """`max_queue` requests already wait: the server sheds this one (HTTP 503 with Retry-After)."""
+
+
+class Replaced(Exception):
+    """A newer request from the same client took this one's place (HTTP 409)."""
+
+
+@dataclass(eq=False)  # a task is itself: compared by identity
+class Task:
+    """A request in the queue or in a slot, and where its text goes."""
+
+    request: Request
     emit: Emit
+    client: str = ""  # who sent it: a newer request from the same client replaces it while it waits
+    named: bool = False  # the client named itself (x-client-id): a newer request stops it decoding too
     stream: bool = True  # the client takes text as it comes; otherwise only the end is sent
-    gone: threading.Event = field(default_factory=threading.Event)  # the client left: stop decoding it
+    gone: threading.Event = field(default_factory=threading.Event)  # stop decoding it: nobody listens
 
 
 class Batcher:
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.jobs: queue.Queue[Job] = queue.Queue()
-        threading.Thread(target=self._loop, daemon=True, name="codemill-batcher").start()
+    def __init__(self, engine: Engine, max_queue: int = 8):
+        self.engine, self.max_queue = engine, max_queue
+        self.lock = threading.Condition()
+        self.waiting: deque[Task] = deque()
+        self.running: dict[str, Task] = {}  # named client: its request in a slot
+        self.live: list[tuple[Session, Task]] = []  # the engine thread's own
+        threading.Thread(target=self._loop, daemon=True, name="codemill-engine").start()
 
-    def submit(self, ids: list[int], emit: Emit, stream: bool = True, **options) -> Job:
-        """Queue a request (the caller keeps at most `engine.parallel` in flight). `stream`: text is
-        handed over as it comes, else only with the end (each hand-over wakes the server's event loop,
-        which then competes with this thread for the interpreter lock)."""
-        job = Job(ids, options, emit, stream)
-        self.jobs.put(job)
-        return job
+    def submit(self, task: Task) -> None:
+        """Queue a request, replacing its client's older one; `QueueFull` when `max_queue` others wait
+        (a replacement takes no new place, so an editor holds one place however fast it types). `stream`:
+        text is handed over as it comes, else only with the end (each hand-over wakes the server's
+        event loop, which then competes with the engine thread for the interpreter lock)."""
+        with self.lock:
+            older = next((t for t in self.waiting if t.client == task.client), None)
+            if older is None and len(self.waiting) >= self.max_queue:
+                raise QueueFull
+            if older is not None:
+                self.waiting.remove(older)
+                _send(older, "", Replaced())
+            if task.named and (decoding := self.running.pop(task.client, None)) is not None:
+                decoding.gone.set()  # before the newer one is admitted: its slot is free first
+                _send(decoding, "", Replaced())
+            self.waiting.append(task)
+            self.lock.notify()
+
+    def cancel(self, task: Task) -> None:
+        """The client left (or its answer went): a waiting request gives its place back at once, one in
+        a slot stops within a step. Harmless for a request that ended."""
+        with self.lock:
+            task.gone.set()
+            if task in self.waiting:
+                self.waiting.remove(task)
+
+    @property
+    def held(self) -> int:
+        """Requests waiting or in a slot."""
+        return len(self.waiting) + len(self.live)
 
     def _loop(self) -> None:
-        live: list[tuple[Session, Job]] = []
+        live = self.live
         while True:
-            try:  # wait for work when idle; otherwise take what arrived and decode on
-                while True:
-                    self._admit(self.jobs.get(block=not live), live)
-            except queue.Empty:
-                pass
-            self._drop_gone(live)
+            self._drop_gone()
+            with self.lock:
+                while not self.waiting and not live:
+                    self.lock.wait()
+                starting = []
+                while self.waiting and len(live) + len(starting) < self.engine.parallel:
+                    starting.append(task := self.waiting.popleft())
+                    if task.named:
+                        self.running[task.client] = task
+            for task in starting:
+                self._start(task)
             if not live:
                 continue
             try:
                 pieces = self.engine.step([s for s, _ in live])
             except Exception as e:  # a failed step fails the requests in it, not the server
-                for s, job in live:
+                _log(e)
+                for s, task in live:
                     self.engine.release(s)
-                    _send(job, "", e)
+                    self._end(task, "", e)
                 live.clear()
                 continue
-            for (s, job), piece in zip(live, pieces, strict=True):
-                if s.done or (piece and job.stream):
-                    _send(job, piece, s.out if s.done else None)
-            live[:] = [(s, j) for s, j in live if not s.done]
+            for (s, task), piece in zip(live, pieces, strict=True):
+                if s.done:
+                    self._end(task, piece, s.out)
+                elif piece and task.stream:
+                    _send(task, piece, None)
+            live[:] = [(s, t) for s, t in live if not s.done]
 
-    def _drop_gone(self, live: list[tuple[Session, Job]]) -> None:
-        for s, job in [x for x in live if x[1].gone.is_set()]:
+    def _drop_gone(self) -> None:
+        for s, task in [x for x in self.live if x[1].gone.is_set()]:
             self.engine.release(s)
-            live.remove((s, job))
+            self.live.remove((s, task))
+            self._forget(task)
 
-    def _admit(self, job: Job, live: list[tuple[Session, Job]]) -> None:
-        self._drop_gone(live)  # their slots are free for this one
-        if job.gone.is_set():
+    def _start(self, task: Task) -> None:
+        if task.gone.is_set():  # cancelled as it left the queue: no prefill for nobody
+            self._forget(task)
             return
         try:
-            s = self.engine.start(job.ids, **job.options)
+            s = self.engine.start(task.request.ids, task.request.params)
         except Exception as e:
-            _send(job, "", e)
+            _log(e)
+            self._end(task, "", e)
             return
         if s.done:  # a warm-up: the prompt is in the cache
-            _send(job, "", s.out)
+            self._end(task, "", s.out)
         else:
-            live.append((s, job))
+            self.live.append((s, task))
+
+    def _end(self, task: Task, text: str, end: Completion | Exception) -> None:
+        self._forget(task)
+        _send(task, text, end)
+
+    def _forget(self, task: Task) -> None:
+        with self.lock:
+            if self.running.get(task.client) is task:
+                del self.running[task.client]
 
 
-def _send(job: Job, text: str, end: Completion | Exception | None) -> None:
+def _send(task: Task, text: str, end: Completion | Exception | None) -> None:
     """Hand text to the request's callback; one that fails (its event loop closed) loses its
     request, never the thread that serves the others."""
     try:
-        job.emit(text, end)
+        task.emit(text, end)
     except Exception:
-        job.gone.set()
+        task.gone.set()
+
+
+def _log(e: Exception) -> None:
+    """A bug in the engine: its traceback goes to the server's log (the client gets a 500)."""
+    traceback.print_exception(e, file=sys.stderr)

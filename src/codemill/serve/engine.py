@@ -16,18 +16,20 @@ from __future__ import annotations
 import re
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from codemill.errors import UserError
-from codemill.formats import checkpoint_format, encode_prompt, trained_context
+from codemill.formats import checkpoint_format, trained_context
 from codemill.model import packed
 from codemill.model.hf import import_hf
-from codemill.model.llama import KVCache, rope_tables
+from codemill.serve.kvcache import KVCache
 from codemill.serve.prompt_cache import PromptCache, common_prefix
+from codemill.serve.prompter import Prompter
+from codemill.serve.request import Params, check_fits
 
 
 @dataclass
@@ -52,14 +54,7 @@ class Session:
     it fed are verified."""
 
     slot: int
-    max_tokens: int
-    stop: tuple[str, ...]
-    temperature: float
-    top_p: float
-    top_k: int
-    time_budget_s: float | None
-    n_indent: int
-    until: Callable[[str], int] | None
+    params: Params
     gen: torch.Generator
     out: Completion
     history: array = field(default_factory=lambda: array("i"))  # prompt and answer ids, for lookup
@@ -73,27 +68,27 @@ class Session:
 
     def accept(self, token: int, tok, stop_ids: set[int]) -> str:
         """Take the picked token; return the text it releases (all that is left when it stops)."""
-        out = self.out
+        out, p = self.out, self.params
         if token in stop_ids:
             return self._finish("eos", tok)
         out.tokens.append(token)
         self.history.append(token)
         text = tok.decode(out.tokens)
-        hit, word = min(((i, s) for s in self.stop if s and (i := text.find(s)) != -1), default=(-1, ""))
+        hit, word = min(((i, s) for s in p.stop if s and (i := text.find(s)) != -1), default=(-1, ""))
         # llama.cpp's rule: a new line indented less than n_indent ends the completion
-        if self.n_indent and (d := _dedent_at(text, self.n_indent)) != -1 and (hit == -1 or d < hit):
+        if p.n_indent and (d := _dedent_at(text, p.n_indent)) != -1 and (hit == -1 or d < hit):
             hit, word = d, ""
-        if self.until is not None and (cut := self.until(text)) != -1 and (hit == -1 or cut < hit):
+        if p.until is not None and (cut := p.until(text)) != -1 and (hit == -1 or cut < hit):
             out.text = text[:cut]
             return self._finish("syntax", tok)
         if hit != -1:
             out.text, out.stop_word = text[:hit], word
             return self._finish("word", tok)
-        if len(out.tokens) >= self.max_tokens:
+        if len(out.tokens) >= p.max_tokens:
             return self._finish("limit", tok)
-        if self.time_budget_s is not None and time.perf_counter() - self.started > self.time_budget_s:
+        if p.time_budget_s is not None and time.perf_counter() - self.started > p.time_budget_s:
             return self._finish("time", tok)
-        safe = _releasable(text, self.stop, self.n_indent, self.until is not None)
+        safe = _releasable(text, p.stop, p.n_indent, p.until is not None)
         piece = safe[len(self.emitted) :] if len(safe) > len(self.emitted) else ""
         self.emitted = max(safe, self.emitted, key=len)
         return piece
@@ -126,12 +121,11 @@ class Engine:
         the others, so a long prompt delays them by a chunk at a time (llama-server's ubatch).
         `cache_ram_mib`: prompts a slot gives up are kept in this much host memory and copied back
         for a request that shares more with them (serve/prompt_cache.py; 0: none)."""
-        from codemill.data.tokenizer import ChunkCache, load_tokenizer
+        from codemill.data.tokenizer import load_tokenizer
 
         path = Path(path)
         self.fmt = checkpoint_format(path, fmt)
         self.tok = load_tokenizer(path)
-        self.chunks = ChunkCache(self.tok)  # prompts: an editor's file, again on every keystroke
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype not in (None, "fp32", "bf16"):
             raise UserError(f"dtype must be fp32 or bf16, not {dtype!r}")
@@ -143,6 +137,7 @@ class Engine:
         self.max_len = min(
             max_len or trained_context(path, self.model.cfg.max_seq_len), self.model.cfg.max_seq_len
         )
+        self.prompter = Prompter(self.fmt, self.tok, self.max_len, self.model.cfg.vocab_size)
         self.parallel, self.lookup = parallel, lookup
         if prefill_chunk < 1:
             raise UserError(f"prefill_chunk must be at least 1, not {prefill_chunk}")
@@ -155,8 +150,7 @@ class Engine:
             packed.pack_linears(self.model, self.batch_rows)
         # past max_len, one scratch position per batch row: where an idle row writes its keys
         capacity = self.max_len + self.batch_rows
-        self.cache = KVCache.empty(self.model.cfg, capacity, self.device, dtype, batch=self.parallel)
-        self.cache.rope = rope_tables(self.model.cfg, torch.arange(capacity, device=self.device))
+        self.cache = KVCache.empty(self.model.cfg, capacity, self.device, dtype, slots=self.parallel)
         self.slots: list[list[int]] = [[] for _ in range(self.parallel)]  # token ids each slot's rows hold
         self.used = [0.0] * self.parallel  # when each slot last served, for least-recently-used reuse
         self.busy: set[int] = set()
@@ -164,13 +158,15 @@ class Engine:
             raise UserError(f"cache_ram_mib must be 0 (off) or more, not {cache_ram_mib}")
         self.prompts = PromptCache(cache_ram_mib << 20) if cache_ram_mib else None
         self.stop_ids = {self.tok.token_id(t) for t in self.fmt.stop_tokens}
-        self._step = self.model.decode_step
+        self._step = self.model.next_logits  # a decode step's forward, over a `StepCache`
         if compile:  # compiled now: the server says "loading" meanwhile
-            self._step = torch.compile(self.model.decode_step, dynamic=True)
+            self._step = torch.compile(self.model.next_logits, dynamic=True)
             n = self.batch_rows
             ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
             pos = torch.arange(1, n + 1, device=self.device)
-            self._step(ids, pos, self.cache, [2 + i for i in range(n)], [i % self.parallel for i in range(n)])
+            self._step(
+                ids, self.cache.step(pos, [2 + i for i in range(n)], [i % self.parallel for i in range(n)])
+            )
 
     @property
     def cached(self) -> list[int]:
@@ -178,37 +174,8 @@ class Engine:
         return self.slots[0]
 
     def prompt(self, prefix: str, suffix: str | None = None, *, max_tokens: int = 64, **request) -> list[int]:
-        """Prompt ids from formats.py, truncated inside its segments to leave room for the answer."""
-        return self.prompt_fit(prefix, suffix, max_tokens=max_tokens, **request)[0]
-
-    def prompt_fit(
-        self, prefix: str, suffix: str | None = None, *, max_tokens: int = 64, **request
-    ) -> tuple[list[int], bool]:
-        """`prompt` and whether it had to be cut (`request`: path, context, typed, spm, repo as
-        `Format.prompt_groups` takes them); context files are dropped whole, oldest first."""
-        return encode_prompt(self.fmt, self.chunks, self.max_len - max_tokens, prefix, suffix, **request)
-
-    def raw_ids(self, prompt: str | list[int | str]) -> list[int]:
-        """llama-server's /completion prompt: text whose special-token strings become their ids (and
-        the format's bos first), or a list of token ids and texts."""
-        items = [prompt] if isinstance(prompt, str) else prompt
-        specials = sorted(self.fmt.specials, key=len, reverse=True)
-        split = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
-        first_text = bool(items) and isinstance(items[0], str)  # llama-server adds bos before text only
-        ids = [self.tok.token_id(self.fmt.bos)] if self.fmt.bos and first_text else []
-        for item in items:
-            if isinstance(item, int):
-                if not 0 <= item < self.model.cfg.vocab_size:
-                    raise UserError(
-                        f"token id {item} is outside the vocabulary of {self.model.cfg.vocab_size}"
-                    )
-                ids.append(item)
-                continue
-            pieces = [p for p in split.split(item) if p]
-            texts = iter(self.tok.encode_batch([p for p in pieces if p not in specials]))
-            for p in pieces:
-                ids += [self.tok.token_id(p)] if p in specials else next(texts)
-        return ids
+        """Prompt ids for a completion at a position (serve/prompter.py)."""
+        return self.prompter.prompt(prefix, suffix, max_tokens=max_tokens, **request)
 
     def reset(self) -> None:
         """Forget every cached prompt, the prompt cache's too (a cold measurement)."""
@@ -224,29 +191,21 @@ class Engine:
             raise RuntimeError(f"all {self.parallel} slots are busy")
         return max(free, key=lambda i: (common_prefix(self.slots[i], ids), -self.used[i]))
 
-    def start(self, ids: list[int], *, max_tokens: int = 64, stop: tuple[str, ...] = (), temperature: float = 0.0,
-              top_p: float = 1.0, top_k: int = 0, time_budget_s: float | None = None, seed: int | None = None,
-              n_indent: int = 0, until: Callable[[str], int] | None = None, reset: bool = False,
-              slot: int | None = None) -> Session:  # fmt: skip
+    def start(self, ids: list[int], params: Params) -> Session:
         """Take a slot and evaluate the prompt's first `prefill_chunk` tokens past what the slot's cache
         holds; `step` evaluates the rest a chunk at a time, and the session decodes from the step
         after its last chunk (at once for most prompts: typing reuses the cache). `max_tokens` 0
         only fills the cache (a warm-up): done when the prompt is in. `reset`: the whole prompt is
-        evaluated (llama.cpp's `cache_prompt: false`)."""
-        if not ids:
-            raise UserError("empty prompt")
-        room = self.max_len - len(ids)
-        if room <= 0 or (max_tokens > 0 and min(max_tokens, room) <= 0):
-            raise UserError(f"the prompt ({len(ids)} tokens) leaves no room in the context of {self.max_len}")
-        slot = self.pick_slot(ids) if slot is None else slot
+        evaluated (llama.cpp's `cache_prompt: false`). Its callers check that the request fits the context
+        (`request.check_fits`) and that a slot is free (the batcher admits no more than there are)."""
+        slot = self.pick_slot(ids)
         gen = torch.Generator(device=self.device)
-        if seed is not None:
-            gen.manual_seed(seed)
-        s = Session(slot, min(max_tokens, room), stop, temperature, top_p, top_k, time_budget_s, n_indent, until,
-                    gen, Completion(slot=slot), array("i", ids))  # fmt: skip
+        if params.seed is not None:
+            gen.manual_seed(params.seed)
+        s = Session(slot, params, gen, Completion(slot=slot), array("i", ids))
         self.busy.add(slot)
-        self._swap(slot, [] if reset else ids)
-        if reset:
+        self._swap(slot, [] if params.reset else ids)
+        if params.reset:
             self.slots[slot] = []
         s.arrived = time.perf_counter()
         common = min(common_prefix(self.slots[slot], ids), len(ids) - 1)  # one token at least, for its logits
@@ -287,9 +246,9 @@ class Engine:
         del s.pending[: len(chunk)]
         if s.pending:
             return
-        s.logits, s.started = logits[None], time.perf_counter()
+        s.logits, s.started = logits, time.perf_counter()
         s.out.prompt_ms = 1000 * (s.started - s.arrived)
-        if s.max_tokens == 0:
+        if s.params.max_tokens == 0:
             s.done = True
             self.release(s)
 
@@ -303,14 +262,14 @@ class Engine:
         that stopped gives up its slot."""
         prefilling = [s for s in sessions if s.pending]
         ready = [s for s in sessions if not s.pending]
-        greedy = [s.logits for s in ready if s.temperature <= 0]
+        greedy = [s.logits for s in ready if s.params.temperature <= 0]
         argmax = iter(torch.cat(greedy).argmax(-1).tolist() if greedy else [])  # one sync for all
         pieces: dict[Session, str] = {}
         for s in ready:
-            if s.temperature <= 0:
+            if s.params.temperature <= 0:
                 picks = [next(argmax) for _ in range(len(s.logits))]
             else:
-                picks = [self._pick(s.logits[0], s.temperature, s.top_p, s.top_k, s.gen)]
+                picks = [self._pick(s.logits[0], s.params, s.gen)]
             piece, verified = "", 0
             for token in picks:
                 piece += s.accept(token, self.tok, self.stop_ids)
@@ -344,9 +303,11 @@ class Engine:
         """Prompt lookup drafts for greedy sessions, as many as the rows no session holds allow: an
         even share each, and rows one session's lookup leaves unused go to the sessions after it."""
         spare = self.batch_rows - len(live)
-        greedy = [s for s in live if s.temperature <= 0] if self.lookup else []
+        greedy = [s for s in live if s.params.temperature <= 0] if self.lookup else []
         for i, s in enumerate(greedy):
-            room = min(self.max_len - len(self.slots[s.slot]) - 1, s.max_tokens - len(s.out.tokens) - 1)
+            room = min(
+                self.max_len - len(self.slots[s.slot]) - 1, s.params.max_tokens - len(s.out.tokens) - 1
+            )
             share = -(-spare // (len(greedy) - i))  # what is left, over the sessions left, rounded up
             s.drafts = lookup(s.history, min(share, room)) if room > 0 and share > 0 else []
             s.out.draft_n += len(s.drafts)
@@ -377,14 +338,17 @@ class Engine:
                 rows[i] = (0, 0, self.max_len + i, 0)
         cache_rows, tokens, pos, lengths = (list(c) for c in zip(*rows, strict=True))
         ids = torch.tensor(tokens, device=self.device).view(-1, 1)
-        logits = self._step(ids, torch.tensor(pos, device=self.device), self.cache, lengths, cache_rows)
+        logits = self._step(ids, self.cache.step(torch.tensor(pos, device=self.device), lengths, cache_rows))
         return {s: logits[i] for s, i in at.items()}
 
-    def generate(self, ids: list[int], **kw) -> Iterator[tuple[str, Completion]]:
+    def generate(self, ids: list[int], **params) -> Iterator[tuple[str, Completion]]:
         """Yield (new text, running Completion) as text becomes final; the last yield has the stop type.
-        `until` (codemill/stops.py) cuts the text at a line end it returns: stop type "syntax". The
-        request decodes alone, with the same numbers as when `step` decodes it beside others."""
-        s = self.start(ids, **kw)
+        `params`: `Params`' fields; a prompt that does not fit with them raises RequestError. `until`
+        (codemill/stops.py) cuts the text at a line end it returns: stop type "syntax". The request
+        decodes alone, with the same numbers as when `step` decodes it beside others."""
+        p = Params(**params)
+        check_fits(ids, p.max_tokens, self.max_len)
+        s = self.start(ids, p)
         try:
             while not s.done:
                 piece = self.step([s])[0]
@@ -394,14 +358,13 @@ class Engine:
             if not s.done:  # the caller stopped early (a client that left)
                 self.release(s)
 
-    def complete(self, ids: list[int], **kw) -> Completion:
-        *_, (_, result) = self.generate(ids, **kw)
+    def complete(self, ids: list[int], **params) -> Completion:
+        *_, (_, result) = self.generate(ids, **params)
         return result
 
     @staticmethod
-    def _pick(
-        logits: torch.Tensor, temperature: float, top_p: float, top_k: int, gen: torch.Generator
-    ) -> int:
+    def _pick(logits: torch.Tensor, params: Params, gen: torch.Generator) -> int:
+        temperature, top_p, top_k = params.temperature, params.top_p, params.top_k
         if temperature <= 0:
             return int(logits.argmax())
         logits = logits / temperature

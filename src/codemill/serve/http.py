@@ -1,13 +1,17 @@
 """HTTP API for editors: OpenAI-compatible `/v1/completions` and llama.cpp-style `/infill`.
 
-The engine has `parallel` slots: that many requests decode together in one thread (serve/batcher.py),
-the others wait, up to `max_queue` waiting clients, past which the server answers 429 with
-`x-should-retry: false`. A newer request from the same client (its `x-client-id` header, else its
-address) replaces that client's queued older one, which is answered 409 at once, and with an
-`x-client-id` it also stops that client's request still decoding: an editor that sends a request per
-keystroke only waits for the last, which finds the older one's slot and cached prompt free. The
-client's connection is checked whenever its text moves on and every 20 ms, so a disconnect frees its
-slot within a token or so. The server listens while the model loads:
+This module parses bodies into a `Request` (serve/request.py: prompt ids from serve/prompter.py, typed
+`Params`) and shapes answers; the queue and the engine's thread are serve/batcher.py's. The path of a
+request: parse (a worker thread builds the prompt) → `Batcher.submit` (queued, or refused) → the
+engine thread decodes it beside the others → its text comes back to the handler, which streams or
+answers it. The queue holds `max_queue` waiting requests, past which the server answers 429 with
+`x-should-retry: false`; a newer request from the same client (its `x-client-id` header, else its
+address) replaces that client's queued older one, answered 409 at once, and with an `x-client-id`
+also its request still decoding: an editor that sends a request per keystroke only waits for the
+last. The client's connection is checked whenever its text moves on and every 20 ms, waiting or
+decoding, so a client that leaves gives its place or slot back within a token or so. A request error
+(serve/request.py `RequestError`) is a 4xx; anything else is a bug: 500, its traceback logged. The
+server listens while the model loads:
 `/health` and every other route answer 503 until it is ready. Invalid requests get a 4xx with an
 OpenAI error object; a body over `max_body_bytes` gets a 413 however it is sent (its Content-Length,
 or its bytes counted as they come: `BodyLimit`).
@@ -16,7 +20,6 @@ or its bytes counted as they come: `BodyLimit`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import socket
@@ -29,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -37,8 +41,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from codemill.errors import UserError
 from codemill.formats import CHUNK_PATH
-from codemill.serve.batcher import Batcher
+from codemill.serve.batcher import Batcher, QueueFull, Replaced, Task
 from codemill.serve.engine import Completion, Engine
+from codemill.serve.prompter import Prompter
+from codemill.serve.request import Params, Request, RequestError, check_fits
 from codemill.stops import syntax_stop
 
 
@@ -183,70 +189,7 @@ def error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class Busy(Exception):
-    pass
-
-
-class Replaced(Exception):
-    pass
-
-
-class Gone(Exception):
-    """The client hung up while its request waited: its place in the queue is given back."""
-
-
-class EngineSlot:
-    """The engine's turn-taking: `parallel` holders and FIFO waiters. A newer waiter from the same
-    client replaces the older one (which raises `Replaced`) and takes no new place; other newcomers
-    find `max_queue` waiters at most (holders are not counted), so an editor that sends a request per
-    keystroke holds one place however fast it types."""
-
-    def __init__(self, max_queue: int, parallel: int = 1):
-        self.lock = asyncio.Semaphore(parallel)
-        self.max_queue = max_queue
-        self.n = 0  # requests waiting or holding
-        self.waiting: dict[str, asyncio.Event] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, client: str, gone=None):
-        """`gone`: an awaitable that finishes if the client hangs up while waiting (raises `Gone`)."""
-        older = self.waiting.get(client)
-        if older is None and len(self.waiting) >= self.max_queue:
-            if asyncio.iscoroutine(gone):
-                gone.close()
-            raise Busy
-        self.n += 1
-        mine = asyncio.Event()
-        if older is not None:
-            older.set()
-        self.waiting[client] = mine
-        try:
-            acquire = asyncio.ensure_future(self.lock.acquire())
-            replaced = asyncio.ensure_future(mine.wait())
-            left = asyncio.ensure_future(gone) if gone is not None else asyncio.Future()
-            await asyncio.wait({acquire, replaced, left}, return_when=asyncio.FIRST_COMPLETED)
-            if mine.is_set() or (left.done() and not acquire.done()):
-                if acquire.done() and not acquire.cancelled():
-                    self.lock.release()
-                else:
-                    acquire.cancel()
-                left.cancel()
-                raise Replaced if mine.is_set() else Gone
-            replaced.cancel()
-            left.cancel()
-            if self.waiting.get(client) is mine:
-                del self.waiting[client]  # running now: a newer request queues behind it
-            try:
-                yield
-            finally:
-                self.lock.release()
-        finally:
-            self.n -= 1
-            if self.waiting.get(client) is mine:
-                del self.waiting[client]
-
-
-def _client(request: Request) -> str:
+def _client(request: HTTPRequest) -> str:
     return request.headers.get("x-client-id") or (request.client.host if request.client else "")
 
 
@@ -257,22 +200,6 @@ class Limits:
     max_body_bytes: int
     max_queue: int
     access_log: bool  # one line per request on stderr (client, method, path, status, ms, tokens)
-
-
-@dataclass
-class Job:
-    """A completion request as every endpoint hands it on: the prompt's ids and `Engine.start`'s
-    options (max_tokens among them)."""
-
-    ids: list[int]
-    options: dict
-    truncated: bool = False  # the prompt was cut to fit the context
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
 
 
 def create_app(
@@ -290,11 +217,10 @@ def create_app(
     app = FastAPI(title="codemill serve")
     state = app.state
     state.limits = Limits(api_key, max_tokens, max_body_bytes, max_queue, access_log)
-    state.stats, state.engine, state.error = Counter(), None, None
-    state.running = {}  # x-client-id: its request decoding now and that request's event queue
+    state.stats, state.batcher, state.error = Counter(), None, None
 
-    def ready(e: Engine) -> None:
-        state.batcher, state.slot, state.engine = Batcher(e), EngineSlot(max_queue, e.parallel), e
+    def ready(e: Engine) -> None:  # the engine is the batcher's from here on
+        state.prompter, state.name, state.batcher = e.prompter, e.name, Batcher(e, max_queue)
 
     if isinstance(engine, Engine):
         ready(engine)
@@ -351,20 +277,20 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-async def invalid(_req: Request, exc: RequestValidationError):
+async def invalid(_req: HTTPRequest, exc: RequestValidationError):
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(x) for x in first.get("loc", []) if x != "body" and not isinstance(x, int))
     message = f"invalid request: {where or 'body'}: {first.get('msg', 'malformed body')}"
     return error(400, message, param=where or None)
 
 
-async def http_error(_req: Request, exc: StarletteHTTPException):  # a body that is not UTF-8, a 404...
+async def http_error(_req: HTTPRequest, exc: StarletteHTTPException):  # a body that is not UTF-8, a 404...
     return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-def refusal(request: Request) -> JSONResponse | None:
+def refusal(request: HTTPRequest) -> JSONResponse | None:
     state, limits = request.app.state, request.app.state.limits
-    if state.engine is None:
+    if state.batcher is None:
         message = f"the model failed to load: {state.error}" if state.error else "the model is loading"
         return error(503, message, "unavailable", {"retry-after": "1"})
     authorized = request.headers.get("authorization", "") == f"Bearer {limits.api_key}"
@@ -376,7 +302,7 @@ def refusal(request: Request) -> JSONResponse | None:
     return None
 
 
-def _read_as_json(request: Request) -> None:
+def _read_as_json(request: HTTPRequest) -> None:
     """Every POST body is JSON, whatever its content type says, as llama-server reads it (`curl -d`
     sends a form type, which FastAPI would parse as a form)."""
     if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
@@ -384,7 +310,7 @@ def _read_as_json(request: Request) -> None:
         request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
 
-async def guard(request: Request, call_next):
+async def guard(request: HTTPRequest, call_next):
     t0 = time.perf_counter()
     _read_as_json(request)
     response = refusal(request)
@@ -416,15 +342,16 @@ async def health():
     return {"status": "ok"}
 
 
-async def models(request: Request):
-    name = request.app.state.engine.name
+async def models(request: HTTPRequest):
+    name = request.app.state.name
     return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "codemill"}]}
 
 
-async def metrics(request: Request):
+async def metrics(request: HTTPRequest):
     lines = [f"codemill_{k}_total {v}" for k, v in sorted(request.app.state.stats.items())]
-    lines.append(f"codemill_queue_waiting {request.app.state.slot.n}")
-    if (prompts := request.app.state.engine.prompts) is not None:  # serve/prompt_cache.py
+    batcher = request.app.state.batcher
+    lines.append(f"codemill_queue_waiting {batcher.held}")
+    if (prompts := batcher.engine.prompts) is not None:  # serve/prompt_cache.py: counters, read only
         lines += [
             f"codemill_prompt_cache_prompts {len(prompts.kept)}",
             f"codemill_prompt_cache_max_prompts {prompts.max_prompts}",
@@ -434,27 +361,29 @@ async def metrics(request: Request):
     return PlainTextResponse("\n".join(lines) + "\n")
 
 
-# --- parsing: each endpoint's body into a Job ---------------------------------------------------
-def parse_openai(body: CompletionBody, engine: Engine, cap: int) -> Job:
+# --- parsing: each endpoint's body into a Request -------------------------------------------------
+def parse_openai(body: CompletionBody, prompter: Prompter, cap: int) -> Request:
     if (name := body.unsupported()) is not None:
-        raise ApiError(400, f"`{name}` is not supported by codemill serve; leave it at its default", name)
+        raise RequestError(
+            f"`{name}` is not supported by codemill serve; leave it at its default", param=name
+        )
     context = [(e.filename, e.text) for e in body.input_extra]
-    ids, truncated = engine.prompt_fit(
+    ids, truncated = prompter.prompt_fit(
         body.prompt, body.suffix, path=body.path, max_tokens=min(body.max_tokens, cap), context=context
     )
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     until = until_for(body, body.prompt, body.suffix or "")
-    options = {"max_tokens": body.max_tokens, "stop": stop, "temperature": body.temperature,
-               "top_p": body.top_p, "seed": body.seed, "until": until}  # fmt: skip
-    return Job(ids, options, truncated)
+    params = Params(max_tokens=body.max_tokens, stop=stop, temperature=body.temperature, top_p=body.top_p,
+                    seed=body.seed, until=until)  # fmt: skip
+    return Request(ids, params, truncated)
 
 
-def parse_infill(body: InfillBody, engine: Engine, cap: int) -> Job:
+def parse_infill(body: InfillBody, prompter: Prompter, cap: int) -> Request:
     """llama-server's /infill as llama-server lays it out (PSM, its placeholders for the repository
     and a file without a name, the typed `prompt` after the prefix): the same ids, so a model trained
     with `data.repo_context` meets the layout it was trained on here and under llama-server."""
     context = [(e.filename, e.text) for e in body.input_extra]
-    ids, truncated = engine.prompt_fit(
+    ids, truncated = prompter.prompt_fit(
         body.input_prefix,
         body.input_suffix,
         path=body.path,
@@ -464,143 +393,101 @@ def parse_infill(body: InfillBody, engine: Engine, cap: int) -> Job:
         spm=False,
     )
     prefix = body.input_prefix + body.prompt
-    return Job(ids, llama_options(body, until_for(body, prefix, body.input_suffix)), truncated)
+    return Request(ids, llama_params(body, until_for(body, prefix, body.input_suffix)), truncated)
 
 
-def parse_raw(body: RawBody, engine: Engine, cap: int) -> Job:
+def parse_raw(body: RawBody, prompter: Prompter, cap: int) -> Request:
     """llama-server's raw completion: the prompt as given (special-token strings parsed), no format."""
-    ids = engine.raw_ids(body.prompt)
-    text = body.prompt if isinstance(body.prompt, str) else engine.tok.decode(ids)
-    return Job(ids, llama_options(body, until_for(body, text, "")))
+    ids = prompter.raw_ids(body.prompt)
+    text = body.prompt if isinstance(body.prompt, str) else prompter.tok.decode(ids)
+    return Request(ids, llama_params(body, until_for(body, text, "")))
 
 
-def llama_options(body: LlamaBody, until) -> dict:
-    return {"max_tokens": body.n_predict, "stop": tuple(body.stop), "temperature": body.temperature,
-            "top_k": body.top_k, "top_p": body.top_p, "seed": body.seed, "n_indent": body.n_indent,
-            "time_budget_s": body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None,
-            "until": until, "reset": not body.cache_prompt}  # fmt: skip
+def llama_params(body: LlamaBody, until) -> Params:
+    return Params(max_tokens=body.n_predict, stop=tuple(body.stop), temperature=body.temperature,
+                  top_k=body.top_k, top_p=body.top_p, seed=body.seed, n_indent=body.n_indent,
+                  time_budget_s=body.t_max_predict_ms / 1000 if body.t_max_predict_ms else None,
+                  until=until, reset=not body.cache_prompt)  # fmt: skip
 
 
 def until_for(body: CompletionBody | LlamaBody, prefix: str, suffix: str):
     if not body.syntax_stop:
         return None
     if (until := syntax_stop(prefix, suffix, body.path)) is None:
-        raise ApiError(
-            400, "syntax_stop needs a `path` whose language has a tree-sitter grammar", "syntax_stop"
+        raise RequestError(
+            "syntax_stop needs a `path` whose language has a tree-sitter grammar", param="syntax_stop"
         )
     return until
 
 
-async def prepare(request: Request, parse, body) -> Job | JSONResponse:
-    """The endpoint's Job, validated the same way for every endpoint, or the 4xx answer. The prompt
+async def prepare(request: HTTPRequest, parse, body) -> Request | JSONResponse:
+    """The endpoint's Request, checked the same way for every endpoint, or the 4xx answer. The prompt
     is built in a worker thread: tokenizing a long file takes 5-20 ms, which would hold up the other
-    requests' text and the batcher (the tokenizer lets go of the interpreter lock)."""
-    engine, cap = request.app.state.engine, request.app.state.limits.max_tokens
+    requests' text and the engine's thread (the tokenizer lets go of the interpreter lock)."""
+    prompter, cap = request.app.state.prompter, request.app.state.limits.max_tokens
+
+    def parsed() -> Request:
+        req = parse(body, prompter, cap)
+        if (n := req.params.max_tokens) > cap:
+            raise RequestError(f"{n} new tokens are over the server's limit of {cap}")
+        check_fits(req.ids, n, prompter.max_len)
+        return req
+
     try:
-        job = await asyncio.to_thread(parse, body, engine, cap)
-        n = job.options["max_tokens"]
-        if n > cap:
-            raise ApiError(400, f"{n} new tokens are over the server's limit of {cap}")
-        if not job.ids:
-            raise ApiError(
-                400, f"{n} new tokens leave no room for the prompt in the context of {engine.max_len}"
-            )
-        if len(job.ids) + max(n, 1) > engine.max_len:
-            raise ApiError(
-                400,
-                f"prompt of {len(job.ids)} tokens plus {n} new ones exceeds the context of {engine.max_len}",
-            )
-    except ApiError as e:
+        return await asyncio.to_thread(parsed)
+    except RequestError as e:
         return error(e.status, str(e), param=e.param)
-    except ValueError as e:
-        return error(400, str(e))
-    return job
 
 
 # --- executing: one path for every endpoint --------------------------------------------------------
-@contextlib.asynccontextmanager
-async def turn(request: Request):
-    """None while this request holds a slot, or the error response when it may not have one."""
+WATCH_S = 0.02  # how often a request's connection is looked at when no text came
 
-    async def hangs_up():
-        while not await request.is_disconnected():
-            await asyncio.sleep(0.05)
 
+async def execute(request: HTTPRequest, req: Request, stream_piece=None) -> Any:
+    """Queue the request and follow it, watching the connection as text comes: the Completion, an
+    error response, or None when the client left."""
+    state = request.app.state
+    stats, batcher = state.stats, state.batcher
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
+    named = request.headers.get("x-client-id") is not None
+    task = Task(req, emit, _client(request), named, stream_piece is not None)
     try:
-        async with request.app.state.slot.hold(_client(request), hangs_up()):
-            yield None
-    except Gone:
-        request.app.state.stats["disconnects"] += 1
-        yield GONE
-    except Busy:
-        yield error(429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"})
-    except Replaced:
-        request.app.state.stats["replaced"] += 1
-        yield error(409, "replaced by a newer request from the same client", "request_replaced")
+        batcher.submit(task)
+    except QueueFull:
+        return error(429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"})
+    try:
+        while True:
+            try:  # text may be held back while a stop string could still match: look anyway
+                piece, result = await asyncio.wait_for(events.get(), WATCH_S)
+            except TimeoutError:
+                piece, result = "", None
+            if isinstance(result, Replaced):
+                stats["replaced"] += 1
+                return error(409, "replaced by a newer request from the same client", "request_replaced")
+            if isinstance(result, RequestError):
+                return error(result.status, str(result), param=result.param)
+            if isinstance(result, Exception):  # a bug: the engine thread logged its traceback
+                return error(500, f"{type(result).__name__}: {result}", "server_error")
+            if await request.is_disconnected():
+                stats["disconnects"] += 1
+                return None
+            if piece and stream_piece is not None:
+                await stream_piece(piece)
+            if result is not None:
+                break
+    finally:
+        batcher.cancel(task)  # the client left, or its answer is complete: harmless then
+    stats["tokens_generated"] += len(result.tokens)
+    stats["draft_tokens"] += result.draft_n
+    stats["draft_tokens_accepted"] += result.draft_n_accepted
+    request.state.tokens = len(result.tokens)
+    stats["tokens_cached"] += result.tokens_cached
+    stats["tokens_evaluated"] += result.tokens_evaluated
+    return result
 
 
-GONE = object()  # what `turn` yields for a client that left while queued: nothing to answer
-WATCH_S = 0.02  # how often a decoding request's connection is looked at when no text came
-
-
-async def execute(request: Request, job: Job, stream_piece=None) -> Any:
-    """Decode in a slot beside the other requests, watching the connection as text comes: the
-    Completion, an error response, or None when the client left. A request with an `x-client-id`
-    stops that client's request still decoding (an editor's newest request replaces its last one),
-    as it arrives, so it finds that request's slot and cached prompt free."""
-    stats = request.app.state.stats
-    running, client = request.app.state.running, request.headers.get("x-client-id")
-    if client and (older := running.get(client)) is not None:  # before queueing: its slot is free sooner
-        older_work, older_events = older
-        older_work.gone.set()
-        older_events.put_nowait(("", None))  # its handler answers at once and gives back its place
-    async with turn(request) as refused:
-        if refused is GONE:
-            return None
-        if refused is not None:
-            return refused
-        if await request.is_disconnected():  # gone while queued: no prefill for nobody
-            stats["disconnects"] += 1
-            return None
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        emit = lambda text, end: loop.call_soon_threadsafe(events.put_nowait, (text, end))  # noqa: E731
-        work = request.app.state.batcher.submit(job.ids, emit, stream_piece is not None, **job.options)
-        if client:
-            running[client] = work, events
-        try:
-            while True:
-                try:  # text may be held back while a stop string could still match: look anyway
-                    piece, result = await asyncio.wait_for(events.get(), WATCH_S)
-                except TimeoutError:
-                    piece, result = "", None
-                if isinstance(result, ValueError):
-                    return error(400, str(result))
-                if isinstance(result, Exception):
-                    return error(500, f"{type(result).__name__}: {result}", "server_error")
-                if result is None and work.gone.is_set():  # replaced by its client's newer request
-                    stats["replaced"] += 1
-                    return error(409, "replaced by a newer request from the same client", "request_replaced")
-                if await request.is_disconnected():
-                    work.gone.set()
-                    stats["disconnects"] += 1
-                    return None
-                if piece and stream_piece is not None:
-                    await stream_piece(piece)
-                if result is not None:
-                    break
-        finally:
-            if client and running.get(client, (None,))[0] is work:
-                del running[client]
-        stats["tokens_generated"] += len(result.tokens)
-        stats["draft_tokens"] += result.draft_n
-        stats["draft_tokens_accepted"] += result.draft_n_accepted
-        request.state.tokens = len(result.tokens)
-        stats["tokens_cached"] += result.tokens_cached
-        stats["tokens_evaluated"] += result.tokens_evaluated
-        return result
-
-
-def stream(request: Request, job: Job, piece, last, end: str = "") -> StreamingResponse:
+def stream(request: HTTPRequest, req: Request, piece, last, end: str = "") -> StreamingResponse:
     """Server-sent events: `piece(text)` per released text, `last(result)` at the end (or the error
     object), then `end`."""
     queue: asyncio.Queue = asyncio.Queue()
@@ -609,7 +496,7 @@ def stream(request: Request, job: Job, piece, last, end: str = "") -> StreamingR
         async def put(text: str):
             await queue.put(piece(text))
 
-        result = await execute(request, job, put)
+        result = await execute(request, req, put)
         if isinstance(result, JSONResponse):
             await queue.put(json.loads(result.body))
         elif result is not None:
@@ -628,11 +515,11 @@ def stream(request: Request, job: Job, piece, last, end: str = "") -> StreamingR
 
 
 # --- answering: each endpoint's response shape -----------------------------------------------------
-async def completions(body: CompletionBody, request: Request):
-    job = await prepare(request, parse_openai, body)
-    if isinstance(job, JSONResponse):
-        return job
-    name, cid, created = request.app.state.engine.name, f"cmpl-{uuid.uuid4().hex}", int(time.time())
+async def completions(body: CompletionBody, request: HTTPRequest):
+    req = await prepare(request, parse_openai, body)
+    if isinstance(req, JSONResponse):
+        return req
+    name, cid, created = request.app.state.name, f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(text: str, finish: str | None) -> dict:
         return {"id": cid, "object": "text_completion", "created": created, "model": name,
@@ -641,36 +528,37 @@ async def completions(body: CompletionBody, request: Request):
     reason = lambda r: "length" if r.stop_type in ("limit", "time") else "stop"  # noqa: E731
     if body.stream:
         return stream(
-            request, job, lambda piece: chunk(piece, None), lambda r: chunk("", reason(r)), "data: [DONE]\n\n"
+            request, req, lambda piece: chunk(piece, None), lambda r: chunk("", reason(r)), "data: [DONE]\n\n"
         )
-    result = await execute(request, job)
+    result = await execute(request, req)
     if not isinstance(result, Completion):
         return result
     out = chunk(result.text, reason(result))
-    n, m = len(job.ids), len(result.tokens)
+    n, m = len(req.ids), len(result.tokens)
     out["usage"] = {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
     return out
 
 
-async def infill(body: InfillBody, request: Request):
+async def infill(body: InfillBody, request: HTTPRequest):
     return await llama_style(request, body, await prepare(request, parse_infill, body))
 
 
-async def completion(body: RawBody, request: Request):
+async def completion(body: RawBody, request: HTTPRequest):
     return await llama_style(request, body, await prepare(request, parse_raw, body))
 
 
-async def llama_style(request: Request, body: LlamaBody, job: Job | JSONResponse):
+async def llama_style(request: HTTPRequest, body: LlamaBody, req: Request | JSONResponse):
     """/infill and /completion: llama-server's answer, streamed as its server-sent events or whole."""
-    if isinstance(job, JSONResponse):
-        return job
-    engine = request.app.state.engine
-    finish = lambda r: llama_answer(engine.name, job.ids, r, body, job.truncated, engine.tok.decode(job.ids))  # noqa: E731
+    if isinstance(req, JSONResponse):
+        return req
+    state = request.app.state
+    prompt = state.prompter.tok.decode(req.ids)
+    finish = lambda r: llama_answer(state.name, req.ids, r, body, req.truncated, prompt)  # noqa: E731
     if not body.stream or body.n_predict == 0:  # n_predict 0: a warm-up, the prompt into a slot
-        result = await execute(request, job)
+        result = await execute(request, req)
         return finish(result) if isinstance(result, Completion) else result
     piece = lambda text: {"index": 0, "content": text, "tokens": [], "stop": False}  # noqa: E731
-    return stream(request, job, piece, lambda r: {**finish(r), "content": ""})  # text went in pieces
+    return stream(request, req, piece, lambda r: {**finish(r), "content": ""})  # text went in pieces
 
 
 def listen(host: str, port: int) -> socket.socket:

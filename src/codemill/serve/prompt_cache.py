@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codemill.model.llama import KVCache
+from codemill.serve.kvcache import KVCache
 
 
 @dataclass(eq=False)
