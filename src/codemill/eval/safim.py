@@ -302,16 +302,17 @@ def program(lang: str, code: str, tests: list[dict]) -> tuple[list[str], dict[st
     return [*sandbox.python(), "driver.py"], files
 
 
-def execute(lang: str, code: str, tests: list[dict], unsafe: bool = False) -> dict:
+def execute(lang: str, code: str, tests: list[dict], unsafe: bool = False, isolate: bool = True) -> dict:
     """Judge a filled program on its unit tests in the sandbox: `verdict` (passed, failed, timeout),
-    `safim_result` (ExecEval's outcome name), the failing test and what it printed, seconds."""
+    `safim_result` (ExecEval's outcome name), the failing test and what it printed, seconds.
+    `unsafe` and `isolate` as sandbox.run's."""
     built = program(lang, code, tests)
     if isinstance(built, str):
         return {"verdict": "failed", "safim_result": "COMPILATION_ERROR", "detail": built, "seconds": 0.0}
     argv, files = built
     wall = 60 + 2 * RUNTIMES[lang].factor * len(tests) * 2 + 30  # compile, tests, interpreter starts
     limits = Limits(**{**SANDBOX_LIMITS.__dict__, "wall_s": float(wall)})
-    o = sandbox.run(argv, files, limits, unsafe=unsafe, expect=END)
+    o = sandbox.run(argv, files, limits, unsafe=unsafe, expect=END, isolate=isolate)
     last = next((line for line in reversed(o.stdout.splitlines()) if line.startswith("{")), None)
     said = json.loads(last) if last else {}
     result = said.get("result") or ("TIME_LIMIT_EXCEEDED" if o.status == "timeout" else "RUNTIME_ERROR")
