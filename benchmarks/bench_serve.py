@@ -526,8 +526,8 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
                 except asyncio.CancelledError:
                     cancelled_s.append(time.perf_counter() - t0)
                     raise
-                if r.status_code != 200:  # 409: a newer keystroke replaced it in the queue; 429: queue full
-                    counts[{409: "replaced", 429: "busy"}.get(r.status_code, "errors")] += 1
+                if r.status_code != 200:  # 409: a newer keystroke replaced it in the queue; 503: queue full
+                    counts[{409: "replaced", 503: "busy"}.get(r.status_code, "errors")] += 1
                     return
                 done.append(time.perf_counter() - t0)
                 timings = r.json()["timings"]
@@ -561,7 +561,7 @@ async def replay(url: str, slots: int, files: list[Path], per_client: int, chars
         title=f"keystroke replay: {typists} typist(s) x {per_client} files x {chars} characters, debounce "
         f"{1000 * debounce:.0f} ms, {slots} slots"
     )
-    for col in ("sent", "completed", "replaced (409)", "busy (429)", "errors", "cancelled", "p50 s", "p90 s",
+    for col in ("sent", "completed", "replaced (409)", "busy (503)", "errors", "cancelled", "p50 s", "p90 s",
                 "p95 s", "server p50 s", "tokens reused : evaluated", "drafts accepted", "s on cancelled"):  # fmt: skip
         table.add_column(col, justify="right")
     table.add_row(str(counts["sent"]), str(len(done)), str(counts["replaced"]), str(counts["busy"]),

@@ -32,7 +32,7 @@ def engine(tiny_checkpoint):
 
 
 def served(engine, body: dict) -> list[int]:
-    return parse_infill(InfillBody(**body), engine, 64).ids
+    return parse_infill(InfillBody(**body), engine.prompter, 64).ids
 
 
 @pytest.mark.parametrize("extra", [False, True])

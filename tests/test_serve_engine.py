@@ -240,7 +240,8 @@ def test_stream_pieces_join_into_the_text_and_stops_apply(checkpoint):
 @pytest.fixture(scope="module")
 def server(checkpoint):
     from codemill.serve.engine import Engine
-    from codemill.serve.http import Server, create_app
+    from codemill.serve.http import create_app
+    from codemill.serve.server import Server
 
     app = create_app(Engine(checkpoint, parallel=3), api_key="sekret", max_tokens=64, max_body_bytes=100_000)
     with Server(app) as s:
@@ -429,7 +430,8 @@ def test_eval_through_the_server_equals_eval_of_the_checkpoint(checkpoint, tmp_p
     from codemill.eval.models import Checkpoint, Endpoint
     from codemill.eval.runner import evaluate
     from codemill.serve.engine import Engine
-    from codemill.serve.http import Server, create_app
+    from codemill.serve.http import create_app
+    from codemill.serve.server import Server
 
     with Server(create_app(Engine(checkpoint), max_tokens=512)) as s:
         via_http = evaluate("humaneval", Endpoint(s.url), tmp_path / "http", limit=3, max_tokens=48)
@@ -520,7 +522,8 @@ def test_health_is_503_while_the_model_loads(checkpoint):
     import httpx
 
     from codemill.serve.engine import Engine
-    from codemill.serve.http import Server, create_app
+    from codemill.serve.http import create_app
+    from codemill.serve.server import Server
 
     ready = threading.Event()
 

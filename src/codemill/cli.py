@@ -837,7 +837,7 @@ def serve_(
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
     from codemill.model.hf import check_checkpoint, hf_config
     from codemill.serve.engine import Engine
-    from codemill.serve.http import listen, serve
+    from codemill.serve.server import listen, serve
 
     if not (model / "config.json").exists():
         raise UserError(f"{model} is not a checkpoint directory (no config.json)")

@@ -4,8 +4,8 @@ This module parses bodies into a `Request` (serve/request.py: prompt ids from se
 `Params`) and shapes answers; the queue and the engine's thread are serve/batcher.py's. The path of a
 request: parse (a worker thread builds the prompt) → `Batcher.submit` (queued, or refused) → the
 engine thread decodes it beside the others → its text comes back to the handler, which streams or
-answers it. The queue holds `max_queue` waiting requests, past which the server answers 429 with
-`x-should-retry: false`; a newer request from the same client (its `x-client-id` header, else its
+answers it. The queue holds `max_queue` waiting requests, past which the server sheds load: 503 with
+`Retry-After` and `x-should-retry: false` (openai-python would otherwise resend a stale completion); a newer request from the same client (its `x-client-id` header, else its
 address) replaces that client's queued older one, answered 409 at once, and with an `x-client-id`
 also its request still decoding: an editor that sends a request per keystroke only waits for the
 last. The client's connection is checked whenever its text moves on and every 20 ms, waiting or
@@ -20,9 +20,7 @@ or its bytes counted as they come: `BodyLimit`).
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import socket
 import sys
 import threading
 import time
@@ -441,6 +439,7 @@ async def prepare(request: HTTPRequest, parse, body) -> Request | JSONResponse:
 
 # --- executing: one path for every endpoint --------------------------------------------------------
 WATCH_S = 0.02  # how often a request's connection is looked at when no text came
+RETRY_AFTER_S = 1  # a full queue's answer: an editor's next keystroke comes sooner anyway
 
 
 async def execute(request: HTTPRequest, req: Request, stream_piece=None) -> Any:
@@ -455,7 +454,8 @@ async def execute(request: HTTPRequest, req: Request, stream_piece=None) -> Any:
     try:
         batcher.submit(task)
     except QueueFull:
-        return error(429, "the server is busy; try again later", "server_busy", {"x-should-retry": "false"})
+        headers = {"retry-after": str(RETRY_AFTER_S), "x-should-retry": "false"}  # no stale retries
+        return error(503, "the queue is full; try again later", "server_busy", headers)
     try:
         while True:
             try:  # text may be held back while a stop string could still match: look anyway
@@ -559,70 +559,3 @@ async def llama_style(request: HTTPRequest, body: LlamaBody, req: Request | JSON
         return finish(result) if isinstance(result, Completion) else result
     piece = lambda text: {"index": 0, "content": text, "tokens": [], "stop": False}  # noqa: E731
     return stream(request, req, piece, lambda r: {**finish(r), "content": ""})  # text went in pieces
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port for `serve`, or a UserError saying why not (a port in use)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise UserError(
-                f"cannot listen on {host}:{port}: the port is in use (another server?); stop that "
-                "server or choose another --port"
-            ) from None
-        raise UserError(
-            f"cannot listen on {host}:{port}: {e.strerror or e}; check --host and --port"
-        ) from None
-    return sock
-
-
-def serve(engine: Engine | Callable[[], Engine], sock: socket.socket, **kw) -> None:
-    """Serve on `sock` (from `listen`) until stopped. A model that fails to load stops the server: a
-    UserError with the reason, rather than a server that answers 503 for ever."""
-    import uvicorn
-
-    server: uvicorn.Server | None = None
-    failed: list[str] = []
-
-    def stop(reason: str) -> None:
-        failed.append(reason)
-        if server is not None:
-            server.should_exit = True
-
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, on_load_error=stop, **kw), log_level="warning"))
-    if failed:  # it failed before the server existed
-        server.should_exit = True
-    server.run(sockets=[sock])
-    if failed:
-        raise UserError(f"the model failed to load: {failed[0]}")
-
-
-class Server:
-    """uvicorn in a background thread (tests and benchmarks run a real server on 127.0.0.1)."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
-        import socket
-
-        import uvicorn
-
-        if port == 0:
-            with socket.socket() as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-        self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
