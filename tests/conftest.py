@@ -267,3 +267,18 @@ def aix_sp(tmp_path_factory, code_corpus) -> Path:
         minloglevel=2,
     )
     return out / "tokenizer.model"
+
+
+def corpus_tables(out: Path) -> dict:
+    """A curated corpus's rows, table by table, to compare two runs (executors, resumes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("files-*.parquet"))])
+    return {
+        "files": files.to_pylist(),
+        "shards": sorted(p.name for p in out.glob("files-*.parquet")),
+        "repos": pq.read_table(out / "repos.parquet").to_pylist(),
+        "clusters": pq.read_table(out / "dedup_clusters.parquet").to_pylist(),
+        "drops": sorted(map(str, pq.read_table(out / "drops.parquet").to_pylist())),
+    }

@@ -70,15 +70,29 @@ def curate(
     out: Path = typer.Option(..., "--out", "-o", help="Corpus directory (rerun the same command to resume)."),
     recipe: Path = typer.Option(None, help="YAML recipe; its `curate:` section sets the options."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set tasks=8."),
-    executor: str = typer.Option("local", help="datatrove executor: local or ray."),
+    executor: str = typer.Option("local", help="datatrove executor: local, ray or slurm."),
+    partition: str = typer.Option(None, help="slurm: the partition (curate.slurm_partition)."),
+    time: str = typer.Option(None, help="slurm: the time limit of one task (curate.slurm_time)."),
+    cpus_per_task: int = typer.Option(None, help="slurm: CPUs per task (curate.slurm_cpus_per_task)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="slurm: print the batch scripts; submit nothing."),
 ) -> None:
     """Curate repositories into a corpus (paper §II)."""
     from codemill.curate.config import CurateConfig
     from codemill.curate.pipeline import curate as run
-    from codemill.curate.pipeline import require_files
+    from codemill.curate.pipeline import require_files, slurm_scripts
     from codemill.curate.report import summary
 
-    cfg = _config(CurateConfig, recipe, set_)
+    given = {"slurm_partition": partition, "slurm_time": time, "slurm_cpus_per_task": cpus_per_task}
+    cfg = _section(
+        CurateConfig, recipe, parse_overrides(set_) | {k: v for k, v in given.items() if v is not None}
+    )
+    if dry_run:
+        if executor != "slurm":
+            raise UserError("--dry-run prints the batch scripts of --executor slurm; add it")
+        for name, script in slurm_scripts(sources, out, cfg):
+            console.print(f"# ---- stage {name} ----", markup=False, highlight=False)
+            console.print(script, markup=False, highlight=False, soft_wrap=True)
+        return
     _output(out)
     manifest = run(sources, out, cfg, executor=executor)
     console.print(summary(manifest))
@@ -362,8 +376,33 @@ def train_plan(
         None, help="Training tokens (default: the recipe's steps x batch x sequence)."
     ),
     set_: list[str] = typer.Option([], "--set", help="Override: micro_batch=2 (train) or data.seq_len=4096."),
+    sbatch: Path = typer.Option(
+        None, help="Write a Slurm batch script for this plan here (needs --corpus, --tokenizer, --out)."
+    ),
+    gpus_per_node: int = typer.Option(
+        8, min=1, help="With --sbatch: GPUs per node (--gpus must be a multiple)."
+    ),
+    cpu: bool = typer.Option(
+        False, help="With --sbatch: --gpus CPU processes (gloo) on one node, to try the script."
+    ),
+    corpus: Path = typer.Option(None, help="With --sbatch: the corpus to train on."),
+    tokenizer: Path = typer.Option(None, help="With --sbatch: the tokenizer."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="With --sbatch: the run directory (checkpoints, logs)."
+    ),
+    partition: str = typer.Option(None, help="With --sbatch: the Slurm partition (default: the cluster's)."),
+    time: str = typer.Option(
+        "24:00:00", help="With --sbatch: the time limit of one job; it requeues itself."
+    ),
+    cpus_per_task: int = typer.Option(
+        None, help="With --sbatch: CPUs for each node's torchrun and its processes."
+    ),
+    signal_s: int = typer.Option(
+        120, help="With --sbatch: seconds before the limit SIGUSR1 asks for a checkpoint."
+    ),
 ) -> None:
-    """Will a step fit in GPU memory, and how long will the token budget take? (nothing is allocated)"""
+    """Will a step fit in GPU memory, and how long will the token budget take? (nothing is allocated)
+    With --sbatch, also the batch script that runs it under Slurm."""
     from rich.table import Table
 
     from codemill.train.dist import Dist
@@ -407,6 +446,30 @@ def train_plan(
     console.print(f"{p['flops_per_token'] / 1e9:.1f} GFLOP per token; at {mfu:.0%} MFU of {peak_tflops:g} TFLOPS: "
                   f"{p['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU; {budget:.3g} tokens = {p['steps']:,.0f} steps of "
                   f"{tcfg.global_batch} x {dcfg.seq_len}, {p['gpu_hours']:,.0f} GPU-hours, {p['days']:.1f} days on {gpus} GPUs")  # fmt: skip
+    if sbatch:
+        _write_sbatch(sbatch, recipe, set_, gpus, 0 if cpu else gpus_per_node, corpus, tokenizer, out,
+                      partition=partition, time=time, cpus_per_task=cpus_per_task, signal_s=signal_s,
+                      comment=f"codemill train plan {recipe} --gpus {gpus}: {p['steps']:,.0f} steps, "
+                      f"{p['gpu_hours']:,.0f} GPU-hours at {mfu:.0%} MFU")  # fmt: skip
+
+
+def _write_sbatch(path: Path, recipe: Path, set_: list[str], gpus: int, gpus_per_node: int, corpus: Path | None,
+                  tokenizer: Path | None, out: Path | None, **slurm) -> None:  # fmt: skip
+    """The plan's batch script: `--gpus` processes over nodes of `gpus_per_node` (0: one CPU node)."""
+    from codemill.train.plan import sbatch_script
+
+    if corpus is None or tokenizer is None or out is None:
+        raise UserError("--sbatch writes the command that trains: give --corpus, --tokenizer and --out too")
+    if gpus_per_node and gpus % gpus_per_node:
+        raise UserError(f"--gpus {gpus} is not a multiple of --gpus-per-node {gpus_per_node}")
+    nodes, per_node = (gpus // gpus_per_node, gpus_per_node) if gpus_per_node else (1, gpus)
+    args = ["--corpus", str(corpus.resolve()), "--tokenizer", str(tokenizer.resolve()), "--out",
+            str(out.resolve()), "--recipe", str(recipe.resolve())] + [a for s in set_ for a in ("--set", s)]  # fmt: skip
+    _output(out)
+    _output(path, directory=False)
+    path.write_text(sbatch_script(args, out, nodes=nodes, procs_per_node=per_node, gpus_per_node=gpus_per_node,
+                                  **slurm))  # fmt: skip
+    console.print(f"wrote {path}: {nodes} node(s) x {per_node} processes; `sbatch {path}` submits it")
 
 
 @train_app.command("verify")

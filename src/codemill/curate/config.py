@@ -7,13 +7,29 @@ from dataclasses import dataclass, field
 from codemill.config import Settings, at_least, fraction, positive
 from codemill.curate.syntax import MAX_ERROR_SHARE
 
+# where and how fast a run executes, not what it produces: a run resumes under other values
+EXECUTION = (
+    "workers",
+    "slurm_partition",
+    "slurm_time",
+    "slurm_cpus_per_task",
+    "slurm_mem_per_cpu_gb",
+    "slurm_qos",
+)
+
 
 @dataclass
 class CurateConfig(Settings):
     section = "curate"
     # execution
     tasks: int = positive(4)
-    workers: int = positive(2)
+    workers: int = positive(2)  # processes on this machine (local), tasks at a time (ray, slurm)
+    # Slurm (`--executor slurm`): each stage an array job of its tasks, `workers` of them at a time
+    slurm_partition: str | None = None  # None: the cluster's default partition
+    slurm_time: str = "24:00:00"  # the limit of one task
+    slurm_cpus_per_task: int = positive(1)
+    slurm_mem_per_cpu_gb: int = positive(2)
+    slurm_qos: str | None = None
     # per-task working sets; task counts follow the input's size so these stay fixed as it grows
     bucket_mb: int = 64  # tables: uncompressed MB per shuffle bucket (a scan task holds one)
     buffer_mb: int = 128  # rows a shuffle or scan task buffers before writing its partitions
@@ -78,3 +94,7 @@ class CurateConfig(Settings):
     decontam_files: tuple[str, ...] = ()
     decontam_ngram: int = 13
     seed: int = 0
+
+    def identity(self) -> dict:
+        """The settings that decide the corpus (EXECUTION left out), as a resumed run must match them."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION}

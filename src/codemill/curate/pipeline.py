@@ -10,6 +10,7 @@ import importlib.metadata as md
 import json
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from codemill.curate.checks import STAGES
-from codemill.curate.config import CurateConfig
+from codemill.curate.config import EXECUTION, CurateConfig
 from codemill.curate.dedup_steps import (
     BucketStep,
     ClusterStep,
@@ -79,8 +80,10 @@ def bound_allocators() -> None:
             ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
 
 
-def make_executor(kind: str, pipeline, tasks: int, workers: int, logs: Path):
-    """A datatrove executor: 'local' (processes on this machine) or 'ray' (a running Ray cluster)."""
+def make_executor(kind: str, pipeline, tasks: int, workers: int, logs: Path, cfg: CurateConfig | None = None,
+                  depends=None):  # fmt: skip
+    """A datatrove executor: 'local' (processes on this machine), 'ray' (a running Ray cluster) or
+    'slurm' (an array job per stage, after `depends`'s job succeeded)."""
     bound_allocators()
     if kind == "local":
         import multiprocess
@@ -100,7 +103,18 @@ def make_executor(kind: str, pipeline, tasks: int, workers: int, logs: Path):
         return RayPipelineExecutor(
             pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs), cpus_per_task=1
         )
-    raise UserError(f"unknown executor {kind!r}: use 'local' or 'ray'")
+    if kind == "slurm":
+        from codemill.curate.slurm import Slurm
+
+        cfg = cfg or CurateConfig()
+        return Slurm(
+            pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs), time=cfg.slurm_time,
+            partition=cfg.slurm_partition, cpus_per_task=cfg.slurm_cpus_per_task,
+            mem_per_cpu_gb=cfg.slurm_mem_per_cpu_gb, qos=cfg.slurm_qos, depends=depends,
+            job_name=f"codemill-{logs.name}", venv_path=str(Path(sys.prefix) / "bin" / "activate"),
+            mail_type="NONE", sbatch_args={"signal": "USR1@60"},
+        )  # fmt: skip
+    raise UserError(f"unknown executor {kind!r}: use 'local', 'ray' or 'slurm'")
 
 
 def curate(
@@ -119,16 +133,96 @@ def curate(
     _clear_partial(out, work)
     stages, units = _stages(units, cfg, work, out)
     t0 = time.time()
-    timings = {}
-    for name, step, tasks, total in stages:
-        if total is None:
-            total = sum(pq.ParquetFile(p).metadata.num_rows for p in (work / "scan").glob("files-*.parquet"))
+    timings = _run_on_slurm(stages, cfg, work, quiet) if executor == "slurm" else {}
+    for name, step, tasks, total in [] if executor == "slurm" else stages:
         start = time.time()
         ex = make_executor(executor, [step], tasks, cfg.workers, work / "logs" / name)
-        _run_with_progress(ex, name, total, work, quiet)
+        _run_with_progress(ex, name, _total(total, work), work, quiet)
         timings[name] = round(time.time() - start, 2)
     n_tasks = {name: tasks for name, _, tasks, _ in stages}
     return _finalize(out, work, sources, cfg, units, n_tasks, executor, timings, time.time() - t0)
+
+
+def slurm_scripts(sources: list[str], out: str | Path, cfg: CurateConfig) -> list[tuple[str, str]]:
+    """(stage, batch script) as `--executor slurm` would submit them, each after the one before
+    (`--dependency=afterok`); nothing is submitted (`codemill curate --dry-run`)."""
+    out = Path(out)
+    work = out / ".work"
+    units = [u for s in sources for u in expand(s, cfg)]
+    if not units:
+        raise UserError(f"no repositories found in {sources}")
+    scripts = []
+    for i, (name, step, tasks, _) in enumerate(_stages(units, cfg, work, out)[0]):
+        logs = work / "logs" / name
+        ex = make_executor("slurm", [step], tasks, cfg.workers, logs, cfg)
+        run = f"srun -l -n 1 launch_pickled_pipeline {logs / 'executor.pik'}"
+        after = f" --dependency=afterok:<job of {scripts[-1][0]}>" if i else ""
+        head = f"# sbatch --export=ALL,RUN_OFFSET=0{after}: {tasks} task(s)\n"
+        scripts.append(
+            (name, head + ex.get_launch_file_contents(ex.get_sbatch_args(min(tasks, ex.max_array_size)), run))
+        )
+    return scripts
+
+
+def _run_on_slurm(stages: list, cfg: CurateConfig, work: Path, quiet: bool) -> dict[str, float]:
+    """Submit every stage with unfinished tasks as an array job after the previous stage's job, then
+    wait for each in turn with a bar over its tasks' progress files (the work directory must be on a
+    file system the nodes share). A stage whose tasks did not all finish cancels the later jobs."""
+    log = work / "logs" / "slurm.stderr"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    executors, prev = [], None
+    with contextlib.nullcontext() if os.environ.get("CODEMILL_VERBOSE") else _stderr_to(log):
+        for name, step, tasks, _ in stages:
+            prev = make_executor("slurm", [step], tasks, cfg.workers, work / "logs" / name, cfg, depends=prev)
+            try:
+                prev.run()  # sbatch, or nothing when every task of the stage is complete
+            except (subprocess.CalledProcessError, OSError) as e:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise UserError(f"sbatch refused stage {name}: {e}\n{tail}") from e
+            executors.append(prev)
+    jobs = [str(ex.job_id) for ex in executors if ex.job_id not in (None, -1)]
+    timings = {}
+    for (name, _, _, total), ex in zip(stages, executors, strict=True):
+        start = time.time()
+        unit = {"shuffle": "pieces", "scan": "units", "refine": "files"}.get(name, "tasks")
+        with Bar(transient=False, disable=quiet) as bar:
+            total = _total(total, work)
+            task = bar.add_task(f"[bold]{name:<7}[/bold] {unit} (job {ex.job_id})", total=total)
+            try:
+                while ex.job_id != -1 and _queued(str(ex.job_id)):
+                    bar.update(task, completed=_progress(work, name))
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                raise UserError(
+                    f"stopped waiting; Slurm jobs {', '.join(jobs)} go on: rerun the same command when "
+                    f"`squeue -j {','.join(jobs)}` lists none, to assemble the corpus (finished tasks are skipped)"
+                ) from None
+            if incomplete := ex.get_incomplete_ranks():
+                subprocess.run(["scancel", *jobs], capture_output=True)
+                logs = sorted(Path(ex.slurm_logs_folder).glob("*.out"), key=lambda p: p.stat().st_mtime)
+                tail = logs[-1].read_text(errors="replace")[-3000:] if logs else ""
+                raise UserError(
+                    f"stage {name}: tasks {incomplete} did not finish (later jobs cancelled); Slurm's logs "
+                    f"are in {ex.slurm_logs_folder}\n{tail}\nFix the cause and rerun the same command: finished tasks are kept."
+                )
+            bar.update(task, completed=total)
+        timings[name] = round(time.time() - start, 2)
+    return timings
+
+
+def _queued(job: str) -> bool:
+    """Whether Slurm still lists a job (any task of its array); an unreachable controller counts as yes."""
+    r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True, text=True)
+    if r.returncode:
+        return "Invalid job id" not in r.stderr
+    return bool(r.stdout.strip())
+
+
+def _total(total: int | None, work: Path) -> int:
+    """A stage's progress total; refine's (None) is the files the scan kept, known once it ran."""
+    if total is None:
+        total = sum(pq.ParquetFile(p).metadata.num_rows for p in (work / "scan").glob("files-*.parquet"))
+    return total
 
 
 def require_files(manifest: dict, out: Path) -> None:
@@ -189,9 +283,8 @@ def _finished(out: Path, sources: list[str], cfg: CurateConfig, units: list[Unit
     path, key = out / "manifest.json", out / ".work" / "run.json"
     if path.exists():
         manifest = json.loads(path.read_text())
-        same = manifest.get("sources") == sources and manifest.get("config") == json.loads(
-            json.dumps(cfg.to_dict())
-        )
+        old = {k: v for k, v in manifest.get("config", {}).items() if k not in EXECUTION}
+        same = manifest.get("sources") == sources and old == json.loads(json.dumps(cfg.identity()))
         if same and key.exists():
             same = json.loads(key.read_text()).get("repositories") == [u.name for u in units]
         if same:
@@ -207,8 +300,9 @@ def _finished(out: Path, sources: list[str], cfg: CurateConfig, units: list[Unit
 
 
 def _check_resume(work: Path, sources: list[str], cfg: CurateConfig, units) -> None:
-    """A resumed run must see the same repositories and settings, or its shards would not match."""
-    key = {"sources": sources, "config": cfg.to_dict(), "repositories": [u.name for u in units]}
+    """A resumed run must see the same repositories and settings, or its shards would not match
+    (how it executes aside: workers, Slurm's options)."""
+    key = {"sources": sources, "config": cfg.identity(), "repositories": [u.name for u in units]}
     path = work / "run.json"
     if path.exists():
         if json.loads(path.read_text()) != json.loads(json.dumps(key)):

@@ -4,6 +4,7 @@ each block and then the root (torchtitan's recipe); a single process runs the sa
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass, field
 
 import torch
@@ -24,8 +25,11 @@ class Dist:
 
 
 def setup() -> Dist:
-    """From torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or a single process on the best device."""
+    """From torchrun's RANK / WORLD_SIZE / LOCAL_RANK, from a Slurm step's tasks (`srun` without
+    torchrun), or a single process on the best device."""
     cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        slurm_env()
     if "RANK" not in os.environ:
         return Dist(device=torch.device("cuda" if cuda else "cpu"))
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
@@ -33,6 +37,22 @@ def setup() -> Dist:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo")
     return Dist(rank, world, local, torch.device(f"cuda:{local}" if cuda else "cpu"))
+
+
+def slurm_env(env: dict[str, str] = os.environ) -> None:
+    """torchrun's variables from those `srun` gives each task of a step, when it started more than
+    one: rank and world from the step (the batch script itself has no SLURM_STEP_NUM_TASKS), the
+    rendezvous on the step's first node at a port derived from the job id (unless MASTER_* are set)."""
+    world = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if world < 2 or "SLURM_PROCID" not in env:
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], str(world)
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        nodes = env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True)
+        env["MASTER_ADDR"] = hosts.stdout.split()[0] if hosts.returncode == 0 else nodes
+    env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
 
 
 def shard(model: nn.Module, d: Dist, bf16: bool = False) -> nn.Module:

@@ -14,8 +14,11 @@ autograd keeps when the base needs no gradients, measured the same way. Time fol
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -139,3 +142,48 @@ def plan(model: Llama, *, seq_len: int, micro_batch: int, global_batch: int, tok
         "gpu_hours": gpu_hours,
         "days": gpu_hours / gpus / 24,
     }
+
+
+# torchrun's launcher dies on a signal it does not handle; SIGUSR1 is the one Slurm's --signal sends
+LAUNCHER_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def sbatch_script(train_args: list[str], out: Path, *, nodes: int, procs_per_node: int, gpus_per_node: int,
+                  time: str, partition: str | None = None, cpus_per_task: int | None = None,
+                  signal_s: int = 120, job_name: str = "codemill-train",
+                  comment: str = "") -> str:  # fmt: skip
+    """A batch script that runs `codemill train` (its arguments after `train`) as the plan sized it:
+    one `srun` task per node starts torchrun, whose processes meet at the job's first node (the
+    rendezvous comes from Slurm's node list and job id, so no address or port is written in). SIGUSR1 comes
+    `signal_s` before the time limit or a preemption; the run checkpoints, writes stopped.json and
+    exits; the script then requeues the job, which resumes from that checkpoint with the same id."""
+    out = Path(out).resolve()
+    sb = {"job-name": job_name, "nodes": nodes, "ntasks-per-node": 1, "cpus-per-task": cpus_per_task,
+          "gpus-per-node": gpus_per_node or None, "time": time, "partition": partition, "requeue": "",
+          "signal": f"USR1@{signal_s}", "open-mode": "append", "output": f"{out}/slurm-%j.out"}  # fmt: skip
+    head = [f"#SBATCH --{k}={v}" if v != "" else f"#SBATCH --{k}" for k, v in sb.items() if v is not None]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=$SLURM_JOB_NUM_NODES",
+              f"--nproc-per-node={procs_per_node}", "--rdzv-backend=c10d", "--rdzv-endpoint=$head:$port",
+              "--rdzv-id=$SLURM_JOB_ID", f"--signals-to-handle={LAUNCHER_SIGNALS}",
+              f"--shutdown-timeout={signal_s}", "-m", "codemill.cli", "train", *train_args]  # fmt: skip
+    # the $SLURM_* words stay unquoted-expandable; everything else is quoted for the shell
+    cmd = " ".join(f'"{a}"' if "$" in a else shlex.quote(a) for a in launch)
+    marker = shlex.quote(str(out / "stopped.json"))
+    lines = [
+        "#!/bin/bash",
+        *(f"# {c}" for c in comment.splitlines()),
+        *head,
+        "set -u",
+        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "port=$((20000 + SLURM_JOB_ID % 20000))  # jobs sharing a node meet at different ports",
+        f"rm -f {marker}",
+        'echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"',
+        f"srun --kill-on-bad-exit=1 {cmd}",
+        "rc=$?",
+        f"if [ -e {marker} ]; then",
+        f'  echo "stopped: $(cat {marker}); requeueing job $SLURM_JOB_ID"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+        "exit $rc",
+    ]
+    return "\n".join(lines) + "\n"
