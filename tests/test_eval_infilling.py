@@ -36,6 +36,8 @@ def test_canonical_middles_pass_and_empty_ones_fail(kind, tmp_path):
     suite = f"humaneval-infilling/{kind}"
     ref = evaluate(suite, Reference(), tmp_path / "ref", limit=12, workers=2)
     assert ref["summary"]["all"] == {"tasks": 12, "pass@1": 100.0, "executed": 12}
+    cells = ["100.0" if k == kind else "-" for k in KINDS] + ["-"] * 4  # SAFIM's three and their average
+    assert f"| reference | {' | '.join(cells)} |" in (tmp_path / "ref" / "report.md").read_text()
     evaluate(suite, Empty(), tmp_path / "empty", limit=12, workers=2)
     assert {t for t, ok in passed(tmp_path / "empty").items() if ok} == EMPTY_PASSES.get(kind, set())
 

@@ -111,6 +111,9 @@ def test_suites_score_the_reference_and_the_empty_answer(tmp_path):
     ref = evaluate("safim/api", Reference(), tmp_path / "api", limit=8, workers=2)
     assert [s["task_id"] for s in ref["samples"] if s["verdict"] != "passed"] == ["block_completion_000077"]
     assert ref["summary"]["all"]["pass@1"] == 87.5
+    report = (tmp_path / "api" / "report.md").read_text()  # the FIM tables: per suite, per language
+    assert "| reference | - | - | - | - | - | 87.5 | - |" in report
+    assert "| reference | api | 100.0 | 0.0 | 100.0 | 100.0 | 87.5 | 0 |" in report
     empty = evaluate("safim/api", Empty(), tmp_path / "empty", limit=8, workers=2)
     assert empty["summary"]["all"]["pass@1"] == 0.0
     assert {s["safim_result"] for s in empty["samples"]} == {"EMPTY"}
@@ -170,6 +173,7 @@ def test_a_language_that_cannot_run_here_is_skipped_and_counted(tmp_path, monkey
     assert "verdict" not in cs and "mono" in cs["skipped"]
     assert res["summary"]["C#"] == {"tasks": 1}
     assert res["summary"]["all"] == {"tasks": 2, "pass@1": 0.0, "executed": 1}
+    assert "| g | block | - | - | 0.0 | - | 0.0 | 1 |" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_a_bad_data_line_is_named(tmp_path):

@@ -2,8 +2,10 @@
 or language, so a codemill run can be read beside aiXcoder-7B's published numbers.
 
 Tables: II NL2Code Pass@1; III SantaCoder-FIM exact match; IV CrossCodeEval EM/ES per setting;
-V FIM-Eval EM/BLEU-4/CodeBLEU per language; VI FIM-Eval generated:reference length in characters.
-A table appears when at least one run has its suite; each title names the rule behind its numbers.
+V FIM-Eval EM/BLEU-4/CodeBLEU per language; VI FIM-Eval generated:reference length in characters;
+and, not in the paper, the executed FIM benchmarks the field reports (HumanEval-infilling, SAFIM)
+with SAFIM per language as its paper gives it. A table appears when at least one run has its
+suite; each title names the rule behind its numbers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ NL2CODE = {"humaneval": "HumanEval", "mbpp": "MBPP", "multipl-e-cpp": "C++", "mu
 SANTACODER = ("Python", "JavaScript", "Java")  # the paper's column orders
 CCEVAL = ("Python", "Java", "TypeScript", "C#")
 FIM_EVAL = ("Java", "C++", "JavaScript", "Python")  # the paper's column order
+INFILLING = ("single-line", "multi-line", "random-span")
+SAFIM = ("block", "control", "api")
+SAFIM_LANGS = ("C++", "Java", "Python", "C#")  # the SAFIM paper's column order
 
 
 def _name(run: dict) -> str:
@@ -138,7 +143,47 @@ def fim_eval(runs: list[dict]) -> str | None:
     )
 
 
+def _fim_name(run: dict) -> str:
+    return run["model"] + (" (SPM)" if run["settings"].get("fim_mode") == "spm" else "")
+
+
+def executed_fim(runs: list[dict]) -> str | None:
+    """HumanEval-infilling and SAFIM pass@1 per suite, SAFIM's average of its three splits (its
+    papers' headline), then SAFIM per language with the tasks a missing toolchain left unjudged."""
+    suites = [f"humaneval-infilling/{k}" for k in INFILLING] + [f"safim/{k}" for k in SAFIM]
+    models = _models(runs, set(suites), _fim_name)
+    if not models:
+        return None
+    rows, langs = [], []
+    for model, by_suite in models.items():
+        vals = [by_suite[s]["summary"]["all"].get("pass@1") if s in by_suite else None for s in suites]
+        rows.append([model, *map(_fmt, vals), _mean_row(vals[3:])])
+        for kind in SAFIM:
+            run = by_suite.get(f"safim/{kind}")
+            if run is None:
+                continue
+            cells = [_fmt(run["summary"].get(lang, {}).get("pass@1")) for lang in (*SAFIM_LANGS, "all")]
+            skipped = sum("skipped" in s for s in run.get("samples", []))
+            langs.append([model, kind, *cells, str(skipped)])
+    head = ["Model", *(f"HumanEval-infilling {k}" for k in INFILLING), *(f"SAFIM {k}" for k in SAFIM)]
+    out = _markdown(
+        "FIM, executed (not in the paper), pass@1 (%): HumanEval-infilling as openai/human-eval-infilling "
+        "runs it; SAFIM as gonglinyuan/safim's evaluate.py (block, control: unit tests; api: syntax match)",
+        [*head, "SAFIM average"],
+        rows,
+    )
+    if langs:
+        out += "\n" + _markdown(
+            "SAFIM per language, pass@1 (%) (all: over every judged task; skipped: tasks in a language "
+            "whose toolchain is not installed, left out of the rates)",
+            ["Model", "Split", *SAFIM_LANGS, "All", "Skipped"],
+            langs,
+        )
+    return out
+
+
 def paper_tables(runs: list[dict]) -> str:
-    """Every table some run can fill, in the paper's order."""
-    parts = [t for t in (nl2code(runs), santacoder(runs), cceval(runs), fim_eval(runs)) if t]
+    """Every table some run can fill, in the paper's order, then the executed FIM benchmarks."""
+    tables = (nl2code(runs), santacoder(runs), cceval(runs), fim_eval(runs), executed_fim(runs))
+    parts = [t for t in tables if t]
     return "\n".join(parts)
