@@ -113,8 +113,9 @@ def test_shipped_recipes_are_valid(name):
 
 def test_ablation_over_seeds_pairs_tasks_and_bootstraps(tmp_path):
     """Two seeds of three variants, fim-loss results written as the suite writes them: paper's middles
-    are 0.1 bit per byte better on every task up to small noise (two seeds: a t quantile of 12.7), its files no different; the random-order
-    model is 0.05 better at one seed and 0.05 worse at the other, which no number of tasks can settle."""
+    are 0.1 bit per byte better on every task up to small noise (two seeds: a t quantile of 12.7), its
+    files no different; the random-order model is 0.05 better at one seed and 0.05 worse at the other,
+    which no number of tasks can settle."""
     import math
     import random
 

@@ -386,32 +386,31 @@ def _adapt_json(out: Path, rcfg: RunConfig, fmt: str, bench: Path) -> None:
     (out / "adapt.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
-def _paired(adapted: dict, base: dict, reps: int = 10_000) -> dict:
+def _paired(adapted: dict, base: dict) -> dict:
     """Adapted minus base bits per byte on the same held-out items (FIM middles PSM and SPM, files),
-    pooled as the suite pools them, with a 95% bootstrap interval over the items."""
+    pooled as the suite pools them, with flow/stats.py's interval at one seed: the items resampled by
+    held-out repository (files each alone: fim-loss does not record their repository)."""
     import math
 
     import numpy as np
 
+    from codemill.flow.stats import paired_interval, task_repository
+
     def items(r: dict, measure: str) -> dict:
         if measure == "files":
-            return {str(i): (f["nats"], f["bytes"]) for i, f in enumerate(r.get("files") or [])}
-        return {
-            t["task_id"]: (t[f"{measure}_nats"], t["bytes"]) for t in r["tasks"] if f"{measure}_nats" in t
-        }
+            return {str(i): (f["nats"], f["bytes"], str(i)) for i, f in enumerate(r.get("files") or [])}
+        return {t["task_id"]: (t[f"{measure}_nats"], t["bytes"], task_repository(t["task_id"]))
+                for t in r["tasks"] if f"{measure}_nats" in t}  # fmt: skip
 
-    rng, out = np.random.default_rng(0), {}
+    out = {}
     for measure in ("psm", "spm", "files"):
         a, b = items(adapted, measure), items(base, measure)
         keys = sorted(set(a) & set(b))
         if not keys:
             continue
-        diff = np.asarray([a[k][0] - b[k][0] for k in keys]) / math.log(2)
-        nbytes = np.asarray([a[k][1] for k in keys], dtype=np.float64)
-        rows = rng.integers(0, len(keys), size=(reps, len(keys)))
-        lo, hi = np.percentile(diff[rows].sum(axis=1) / nbytes[rows].sum(axis=1), [2.5, 97.5])
-        out[measure] = {"bits_per_byte": float(diff.sum() / nbytes.sum()), "ci95": [float(lo), float(hi)],
-                        "items": len(keys)}  # fmt: skip
+        diff = np.asarray([[a[k][0] - b[k][0]] for k in keys]) / math.log(2)  # [items, one seed]
+        got = paired_interval(diff, [a[k][1] for k in keys], [a[k][2] for k in keys])
+        out[measure] = {"bits_per_byte": got.mean, "ci95": [got.low, got.high], "items": len(keys)}
     return out
 
 
@@ -457,7 +456,7 @@ def write_report(out: Path, base: Path) -> Path:
             lines += [f"## {title}", "", "Bits per byte (lower is better, 95% intervals) on the held-out "
                       f"code: FIM middles given prefix and suffix, and the files left to right; {beside} "
                       f"(`{out / 'eval' / 'fim-loss' / 'report.md'}` per language and task type).", "",
-                      bought_table(r), ""]  # fmt: skip
+                      bought_table(r) + _compressor_rows(r, base), ""]  # fmt: skip
     runs = [r for r in runs if r["suite"] != "fim-loss"]
     if runs:
         lines += ["## Evaluation", "", paper_tables(runs), ""]
@@ -465,6 +464,19 @@ def write_report(out: Path, base: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _compressor_rows(r: dict, base: Path) -> str:
+    """gzip / xz rows under What training bought, on the same held-out files: the scale a model's
+    bits per byte should be read against (a model above them has learned less than a compressor)."""
+    from codemill.eval.loss import heldout_texts
+    from codemill.flow.stats import compressed_bits_per_byte
+
+    held, n = base / "bench" / "fim" / "heldout_repos.txt", r["summary"].get("left-to-right", {}).get("files")
+    if "base" in r["baselines"] or not n or not held.exists():
+        return ""
+    got = compressed_bits_per_byte(heldout_texts(base / "corpus", held, n))
+    return "".join(f"\n| {name}, each file alone | - | - | {v:.3f} |" for name, v in got.items())
 
 
 def _training_text(rows: list[dict], train: Path) -> str:
