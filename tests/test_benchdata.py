@@ -35,6 +35,7 @@ RECORDS = {  # the counts the benchmarks' papers and data/README.md give
     "human-eval-infilling/HumanEval-SingleLineInfilling.jsonl.gz": 1033,
     "human-eval-infilling/HumanEval-MultiLineInfilling.jsonl.gz": 5815,
     "human-eval-infilling/HumanEval-RandomSpanInfilling.jsonl.gz": 1640,
+    "human-eval-infilling/HumanEval-RandomSpanInfillingLight.jsonl.gz": 164,
     "safim/api_completion.jsonl.gz": 310,
     "safim/block_completion.jsonl.gz": 8781,
     "safim/control_completion.jsonl.gz": 8629,

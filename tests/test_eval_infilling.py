@@ -17,7 +17,7 @@ from codemill.eval.suites import SUITES
 from codemill.formats import get_format
 
 pytestmark = pytest.mark.skipif(not available(), reason="bubblewrap is not installed (make installs it)")
-KINDS = ("single-line", "multi-line", "random-span")
+KINDS = ("single-line", "multi-line", "random-span", "random-span-light")
 # a middle the tests do not notice, which an empty completion passes (the full runs find 27 of 1,033
 # single-line and 30 of 1,640 random-span tasks so; the subsets below meet this one)
 EMPTY_PASSES = {"random-span": {"RandomSpanInfilling/HumanEval/41/1"}}

@@ -517,7 +517,8 @@ def eval_(
     suite: str = typer.Argument(
         ...,
         help="humaneval, mbpp, santacoder-fim, fim-eval, crosscodeeval, multipl-e-cpp|java|js, "
-        "humaneval-infilling/single-line|multi-line|random-span, fim-loss "
+        "humaneval-infilling/single-line|multi-line|random-span|random-span-light, "
+        "safim/block|control|api, fim-loss "
         "(bits per byte of FIM middles and held-out files); or compare.",
     ),
     runs: list[Path] = typer.Argument(
@@ -537,11 +538,13 @@ def eval_(
     format: str = typer.Option(
         None, help="Prompt format of the checkpoint (default: its codemill.json, else codemill)."
     ),
-    data: str = typer.Option(None, help="The benchmark file (MBPP jsonl, SantaCoder-FIM parquet)."),
+    data: str = typer.Option(
+        None, help="The benchmark file (MBPP jsonl, SantaCoder-FIM parquet, SAFIM jsonl)."
+    ),
     split: str = typer.Option("all", help="MBPP: all (974, the paper) or test (500, bigcode)."),
     setting: str = typer.Option("retrieval", help="CrossCodeEval: infile, retrieval (BM25 rg1) or oracle."),
     fim_mode: str = typer.Option(
-        "psm", help="HumanEval-infilling: the FIM layout, psm or spm (where the format has it)."
+        "psm", help="HumanEval-infilling, SAFIM: the FIM layout, psm or spm (where the format has it)."
     ),
     generations: Path = typer.Option(
         None,

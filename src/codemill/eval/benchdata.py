@@ -60,8 +60,7 @@ def _raw(source: str, path: str) -> str:
     return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 
 
-def _infilling(kind: str, sha256: str, size: int) -> BenchFile:
-    name = f"HumanEval-{kind}Infilling.jsonl.gz"
+def _infilling(name: str, sha256: str, size: int) -> BenchFile:
     return BenchFile(f"human-eval-infilling/{name}", "MIT", f"{INFILLING} : data/{name}", sha256, size)
 
 
@@ -127,9 +126,26 @@ FILES: dict[str, BenchFile] = {
             for lang, (sha256, size, upstream) in MULTIPLE.items()
         ),
         # HumanEval-infilling, MIT: ships as published (already gzipped), LICENSE beside
-        _infilling("SingleLine", "1277073e7ddce163ef68598c2bca777f688a53df99422f097e37362090f88e1f", 75058),
-        _infilling("MultiLine", "2f341612eee1d35da1357a4f365e0c0b3ba6e2b62eb491e88aaefa4855af0349", 170082),
-        _infilling("RandomSpan", "b4f330d8a8ff97bf85d9def497dffcae4d741e506449386a877236e422e33e8d", 89591),
+        _infilling(
+            "HumanEval-SingleLineInfilling.jsonl.gz",
+            "1277073e7ddce163ef68598c2bca777f688a53df99422f097e37362090f88e1f",
+            75058,
+        ),
+        _infilling(
+            "HumanEval-MultiLineInfilling.jsonl.gz",
+            "2f341612eee1d35da1357a4f365e0c0b3ba6e2b62eb491e88aaefa4855af0349",
+            170082,
+        ),
+        _infilling(
+            "HumanEval-RandomSpanInfilling.jsonl.gz",
+            "b4f330d8a8ff97bf85d9def497dffcae4d741e506449386a877236e422e33e8d",
+            89591,
+        ),
+        _infilling(  # one span per problem, drawn apart from random-span's (read_problems misnames it)
+            "HumanEval-RandomSpanInfillingLight.jsonl.gz",
+            "1432250ecac0cb56e6f97f8faf0970419ef892a98fda7e1f5aa4c4b87209b760",
+            45730,
+        ),
         # SAFIM, MIT: ships as published (already gzipped), LICENSE beside, so it evaluates offline (the
         # files left the repository after this commit; its current release is on a dataset hub)
         _safim("api", "90ec4750379f3bbe91310624dbee16bd299e148bf32036c9c4d7fe0c74688f33", 45229),

@@ -169,10 +169,11 @@ def santacoder_fim(data: str | None = None, **_) -> list[Task]:
     return tasks
 
 
-INFILLING = {
-    "single-line": "SingleLine",
-    "multi-line": "MultiLine",
-    "random-span": "RandomSpan",
+INFILLING = {  # suite: the published file
+    "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
+    "random-span": "HumanEval-RandomSpanInfilling.jsonl.gz",
+    "random-span-light": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
 }
 
 
@@ -184,7 +185,7 @@ def humaneval_infilling(kind: str, data: str | None = None, fim_mode: str = "psm
     end with one), as the reference harnesses cut at the first newline."""
     if fim_mode not in ("psm", "spm"):
         raise UserError("--fim-mode must be psm or spm")
-    name = f"human-eval-infilling/HumanEval-{INFILLING[kind]}Infilling.jsonl.gz"
+    name = f"human-eval-infilling/{INFILLING[kind]}"
     single = kind == "single-line"
     tasks = []
     for line in benchdata.read_text(_data(data, name)).splitlines():

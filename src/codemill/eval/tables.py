@@ -17,7 +17,7 @@ NL2CODE = {"humaneval": "HumanEval", "mbpp": "MBPP", "multipl-e-cpp": "C++", "mu
 SANTACODER = ("Python", "JavaScript", "Java")  # the paper's column orders
 CCEVAL = ("Python", "Java", "TypeScript", "C#")
 FIM_EVAL = ("Java", "C++", "JavaScript", "Python")  # the paper's column order
-INFILLING = ("single-line", "multi-line", "random-span")
+INFILLING = ("single-line", "multi-line", "random-span", "random-span-light")
 SAFIM = ("block", "control", "api")
 SAFIM_LANGS = ("C++", "Java", "Python", "C#")  # the SAFIM paper's column order
 
@@ -157,7 +157,7 @@ def executed_fim(runs: list[dict]) -> str | None:
     rows, langs = [], []
     for model, by_suite in models.items():
         vals = [by_suite[s]["summary"]["all"].get("pass@1") if s in by_suite else None for s in suites]
-        rows.append([model, *map(_fmt, vals), _mean_row(vals[3:])])
+        rows.append([model, *map(_fmt, vals), _mean_row(vals[len(INFILLING) :])])
         for kind in SAFIM:
             run = by_suite.get(f"safim/{kind}")
             if run is None:
