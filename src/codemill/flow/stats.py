@@ -81,6 +81,16 @@ def paired_interval(diff: np.ndarray, nbytes: np.ndarray, groups: np.ndarray, re
     return out[0] if diff.ndim == 2 else out
 
 
+def task_repository(task_id: str) -> str:
+    """The held-out repository a fim-loss item names (FIM-Eval/<language>/<repository>/<path>#<type>,
+    <repository>/<path>:<line>; an npm scope's slash kept), or the id itself (its own group)."""
+    parts = task_id.split("/")
+    parts = parts[2:] if parts[0] == "FIM-Eval" else parts
+    if len(parts) < 2:
+        return task_id
+    return "/".join(parts[:2]) if parts[0].startswith("@") and len(parts) > 2 else parts[0]
+
+
 def verdict(low: float, high: float, margin: float = MARGIN) -> str:
     """The page's wording rule (docs/results.md, Method), for A − B where negative favours A:
     detected when the interval excludes 0 (a two-sided test at 5%), its size said against the margin;
@@ -110,7 +120,8 @@ def power(seed_sd: float, seeds: int, item_se: float = 0.0, margin: float = MARG
     df = max(seeds - 1, 1)
     crit = stats.t.ppf(0.5 + level / 2, df)
     ncp = margin / se
-    return float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    wrong_side = stats.nct.cdf(-crit, df, ncp)  # scipy returns nan where this underflows (ncp ≳ 20)
+    return float(stats.nct.sf(crit, df, ncp) + (0.0 if np.isnan(wrong_side) else wrong_side))
 
 
 def seeds_for(
