@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_train import losses, run, train_cmd
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -76,27 +77,43 @@ def test_a_diverging_run_skips_non_finite_steps_then_stops_naming_the_last_good_
     assert not (out / "final").exists()
 
 
-def verify(out) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "codemill.cli", "train", "verify", str(out)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
+def verify(out):
+    """`codemill train verify OUT`, in this process (exit code, output)."""
+    from typer.testing import CliRunner
+
+    from codemill.cli import app
+
+    return CliRunner().invoke(app, ["train", "verify", str(out)], terminal_width=200)
+
+
+# three steps with a checkpoint after each: the undisturbed run that faulted runs are held to
+SAVES = ["--set", "max_steps=3", "--set", "ckpt_every=1", "--set", "keep_last=3"]
+
+
+@pytest.fixture(scope="module")
+def straight(code_corpus, bpe_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run(train_cmd(code_corpus, bpe_dir, out, *SAVES))
+    return out
+
+
+def same_run(a, b) -> None:
+    """The same losses and final weights, bitwise (CPU)."""
+    assert losses(a) == losses(b)
+    wa, wb = (load_file(p / "final" / "model.safetensors") for p in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_a_damaged_checkpoint_is_found_and_resume_takes_the_newest_that_verifies(
-    code_corpus, bpe_dir, tmp_path
+    code_corpus, bpe_dir, tmp_path, straight
 ):
     """A byte flipped in the latest checkpoint, the one before it cut short: `train verify` names both
-    and exits 1; the resume says which it skipped and why, goes on from the one left whole, and takes
-    the same steps again."""
+    and exits 1; the resume says which it skipped and why, goes on from the one left whole, and ends
+    as the undisturbed run did."""
     out = tmp_path / "run"
-    extra = ["--set", "ckpt_every=1", "--set", "keep_last=3"]
-    run(train_cmd(code_corpus, bpe_dir, out, "--set", "max_steps=3", *extra))
-    first = losses(out)
+    shutil.copytree(straight, out)
     r = verify(out)
-    assert r.returncode == 0 and r.stdout.count(" ok ") == 3, r.stdout
+    assert r.exit_code == 0 and r.output.count(" ok ") == 3, r.output
     state = out / "state"
     meta = json.loads((state / "step-00000003" / "meta.json").read_text())
     assert {"size", "xxh3_128"} <= meta["files"]["__0_0.distcp"].keys() and ".metadata" in meta["files"]
@@ -107,18 +124,83 @@ def test_a_damaged_checkpoint_is_found_and_resume_takes_the_newest_that_verifies
     cut = state / "step-00000002" / "__0_0.distcp"
     os.truncate(cut, cut.stat().st_size - 100)
     r = verify(out)
-    said = " ".join(r.stdout.split())
-    assert (
-        r.returncode == 1 and "does not match its checksum" in said and "2 of 3 checkpoints fail" in said
-    ), said
-    r = run(train_cmd(code_corpus, bpe_dir, out, "--set", "max_steps=4", *extra))
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "does not match its checksum" in said and "2 of 3 checkpoints fail" in said, (
+        said
+    )
+    shutil.rmtree(out / "final")
+    r = run(train_cmd(code_corpus, bpe_dir, out, *SAVES))
     said = " ".join(r.stdout.split())
     assert "step-00000003 fails verification (__0_0.distcp does not match its checksum)" in said, said
     assert (
         "step-00000002 fails verification (__0_0.distcp has" in said and "kept as step-00000002.bad" in said
     )
-    again = losses(out)
-    assert again[:3] == first and len(again) == 4  # steps 2 and 3 retaken from step 1, bitwise
-    assert verify(out).returncode == 1  # the damaged ones are kept aside, and still reported
-    names = ["step-00000002", "step-00000002.bad", "step-00000003", "step-00000003.bad", "step-00000004"]
+    same_run(out, straight)  # steps 2 and 3 retaken from step 1
+    assert verify(out).exit_code == 1  # the damaged ones are kept aside, and still reported
+    names = ["step-00000001", "step-00000002", "step-00000002.bad", "step-00000003", "step-00000003.bad"]
     assert sorted(p.name for p in state.iterdir()) == names
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mounted in the test's directory, resizable with `remount` (the tests run as root)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+
+    def mount(size: str) -> None:
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        )
+        if r.returncode:
+            pytest.skip(
+                f"cannot mount a tmpfs here ({r.stderr.decode().strip()}): run as root to test full disks"
+            )
+
+    def remount(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True)
+
+    yield where, mount, remount
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_one_and_a_rerun_finishes_the_same(
+    code_corpus, bpe_dir, small_disk, straight
+):
+    """Room for one checkpoint (2.5 MB) but not two: saving step 2 fails with one line saying what,
+    where and how much; step 1 stays whole, nothing half-written stays; after the disk grows, the same
+    command ends as an undisturbed run does."""
+    disk, mount, remount = small_disk
+    mount("3m")
+    extra = [*SAVES, "--set", "keep_last=1"]
+    r = fails(train_cmd(code_corpus, bpe_dir, disk / "run", *extra))
+    said = " ".join(r.stdout.split())
+    state = disk / "run" / "state"
+    assert (
+        f"no space left on the disk while writing checkpoint step 2 to {state / 'step-00000002.tmp'}" in said
+    )
+    assert "MB needed" in said and "rerun the same command" in said, said
+    assert (
+        sorted(p.name for p in state.iterdir()) == ["step-00000001"] and verify(disk / "run").exit_code == 0
+    )
+    remount("16m")
+    run(train_cmd(code_corpus, bpe_dir, disk / "run", *extra))
+    same_run(disk / "run", straight)
+
+
+def test_a_full_disk_cuts_no_metrics_line_in_half(tmp_path, small_disk):
+    """metrics.jsonl on a disk with no room left: one line saying so, the file as it was before."""
+    from codemill.errors import UserError
+    from codemill.train.metrics import Metrics
+
+    disk, mount, _ = small_disk
+    mount("64k")
+    metrics = Metrics(disk, True, 0)
+    metrics.log({"step": 1, "loss": 2.0})
+    before = (disk / "metrics.jsonl").read_bytes()
+    (disk / "filler").write_bytes(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize))
+    with pytest.raises(
+        UserError, match=r"while writing the training metrics to .*metrics.jsonl \(about 10\.\d kB"
+    ):
+        metrics.log({"step": 2, "loss": 1.0, "note": "x" * 10_000})
+    metrics.close()
+    assert (disk / "metrics.jsonl").read_bytes() == before

@@ -28,7 +28,7 @@ def size_text(n: float) -> str:
 
 def disk_full_cause(e: BaseException) -> OSError | None:
     """The ENOSPC / EDQUOT OSError behind `e`, if any: raised directly, chained, or collected by
-    torch.distributed.checkpoint (which wraps each rank's failure in a CheckpointException)."""
+    torch.distributed.checkpoint (each rank's failure as (exception, trace) in a CheckpointException)."""
     seen: set[int] = set()
     todo = [e]
     while todo:
@@ -39,16 +39,19 @@ def disk_full_cause(e: BaseException) -> OSError | None:
         if isinstance(x, OSError) and x.errno in FULL:
             return x
         todo += [x.__cause__, x.__context__]
-        todo += [getattr(f, "exc", f) for f in getattr(x, "failures", {}).values()]
+        todo += [f[0] if isinstance(f, tuple) else f for f in getattr(x, "failures", {}).values()]
     return None
+
+
+def _free(where: Path) -> int:
+    return shutil.disk_usage(next((p for p in (where, *where.parents) if p.exists()), Path("/"))).free
 
 
 def disk_full(what: str, where: str | Path, need: int | None = None) -> UserError:
     """The one message for a full disk: what was being written, where, how much it needed and how
     much is free there, and that a rerun resumes."""
     where = Path(where)
-    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe).free
+    free = _free(where)
     needed = f"about {size_text(need)} needed, " if need else ""
     return UserError(
         f"no space left on the disk while writing {what} to {where} ({needed}{size_text(free)} free there): "
@@ -58,11 +61,15 @@ def disk_full(what: str, where: str | Path, need: int | None = None) -> UserErro
 
 @contextlib.contextmanager
 def writing(what: str, where: str | Path, need: int | None = None) -> Iterator[None]:
-    """Turn a full disk met inside the block into `disk_full`'s one line; other errors pass."""
+    """Turn a full disk met inside the block into `disk_full`'s one line; other errors pass. Some
+    writers lose the errno (torch.save's zip writer raises `RuntimeError: unexpected pos`), so a
+    failure with less room left than `need` (or than 1 MB) counts as a full disk too."""
     try:
         yield
-    except Exception as e:
-        if disk_full_cause(e) is None:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        if disk_full_cause(e) is None and _free(Path(where)) >= max(need or 0, 1 << 20):
             raise
         raise disk_full(what, where, need) from None
 
