@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from codemill.flow.stats import compressed_bits_per_byte, paired_interval, power, seeds_for, verdict
+from codemill.flow.stats import (
+    compressed_bits_per_byte,
+    paired_interval,
+    power,
+    seeds_for,
+    task_repository,
+    verdict,
+)
 
 SIMS = 2000
 
@@ -80,3 +87,67 @@ def test_compressors_pool_by_bytes():
     got = compressed_bits_per_byte([text, "x"])
     assert 0 < got["xz -9"] < 1.0 and 0 < got["gzip -9"] < 1.0  # repetitive code compresses well
     assert compressed_bits_per_byte(["x"])["gzip -9"] > 8  # one byte costs its header
+
+
+def test_task_repository():
+    assert (
+        task_repository("FIM-Eval/TypeScript/@nestjs/core@12.5.1/lib/a.ts#if_statement")
+        == "@nestjs/core@12.5.1"
+    )
+    assert task_repository("FIM-Eval/Python/pip-26.3/src/pip/x.py#single_line") == "pip-26.3"
+    assert task_repository("aiohttp-cors-0.8.1/aiohttp_cors/abc.py:31") == "aiohttp-cors-0.8.1"
+    assert task_repository("@nestjs/core@12.5.1/lib/a.ts:3") == "@nestjs/core@12.5.1"
+    assert task_repository("t7") == "t7"
+
+
+def test_ablation_tables_mark_primaries_count_intervals_and_report_loss_tokens(tmp_path):
+    """Three seeds of ntp and ntp-fim written as fim-loss and training write them: FIM middles 0.05 bit
+    per byte better with FIM in every repository at every seed, files no different; ntp-fim pads (fewer
+    loss tokens). The tables say so with the page's wording, mark the primary rows and count intervals."""
+    import json
+    import math
+
+    from codemill.flow.ablate import paired_table, seeds_table, type_table
+
+    rng = np.random.default_rng(0)
+    dirs = []
+    for seed in range(3):
+        for name, gain, tokens in (("ntp", 0.0, 8192), ("ntp-fim", -0.05, 7000)):
+            run = tmp_path / f"seed{seed}" / name
+            (run / "eval" / "fim-loss").mkdir(parents=True)
+            (run / "train").mkdir()
+            rows = [
+                {"step": s, "loss": 3.0, "tokens_ntp": tokens, "tokens_fim": 0, "tokens_sfim": 0}
+                for s in (1, 2)
+            ]
+            (run / "train" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tasks = [
+                {"task_id": f"FIM-Eval/Python/repo{i % 6}/f{i}.py#{kind}", "task_type": kind, "bytes": 100,
+                 "psm_nats": (2.0 + gain + rng.normal(0, 0.01)) * 100 * math.log(2)}
+                for i in range(60) for kind in ("if_statement", "for_statement")
+            ]  # fmt: skip
+            files = [
+                {"nats": (3.0 + rng.normal(0, 0.05)) * 500 * math.log(2), "bytes": 500} for _ in range(30)
+            ]
+            summary = {"all": {"psm_bits_per_byte": 2.0 + gain}, "left-to-right": {"bits_per_byte": 3.0}}
+            results = {
+                "suite": "fim-loss",
+                "summary": summary,
+                "tasks": tasks,
+                "files": files,
+                "crossfile": [],
+            }
+            (run / "eval" / "fim-loss" / "results.json").write_text(json.dumps(results))
+        dirs.append(tmp_path / f"seed{seed}")
+    text = paired_table(dirs, ["ntp", "ntp-fim"], [f"r{i % 5}" for i in range(30)])
+    assert "| ntp-fim − ntp (primary) | FIM middles, PSM | 120 (6) |" in text
+    assert "detected, A better (by at least 0.02)" in text
+    assert "| ntp-fim − ntp (primary) | files, left to right | 30 (5) |" in text and "not detected" in text
+    assert "2 intervals: at 95% each, about 0.1" in text
+    types = type_table(dirs, [("ntp-fim", "ntp")])
+    assert "2 intervals" in types and types.count("detected, A better") == 2
+    means = seeds_table(dirs, ["ntp", "ntp-fim"])  # loss tokens in millions: 2 × 8,192 and 2 × 7,000
+    assert (
+        "| ntp | 3.000 ± 0.000 | 0.016 ± 0.000 |" in means
+        and "| ntp-fim | 3.000 ± 0.000 | 0.014 ± 0.000 |" in means
+    )

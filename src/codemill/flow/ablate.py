@@ -27,6 +27,7 @@ from codemill.flow.stats import (
     paired_interval,
     power,
     seeds_for,
+    task_repository,
     verdict,
 )
 from codemill.train.metrics import loss_token_mix, mix_text
@@ -167,18 +168,12 @@ def per_item(
             else [str(i) for i in range(len(files))]
         )
         return {str(i): (f["nats"], f["bytes"], repos[i]) for i, f in enumerate(files)}
-    rows, part = ((r.get("crossfile") or []), 0) if measure in ("infile", "retrieval") else (r["tasks"], 2)
-    return {  # task ids: FIM-Eval/<language>/<repository>/<path>#<type>; <repository>/<path>:<line>
-        t["task_id"]: (t[f"{measure}_nats"], t["bytes"], _repository(t["task_id"], part))
+    rows = (r.get("crossfile") or []) if measure in ("infile", "retrieval") else r["tasks"]
+    return {
+        t["task_id"]: (t[f"{measure}_nats"], t["bytes"], task_repository(t["task_id"]))
         for t in rows
         if f"{measure}_nats" in t
     }
-
-
-def _repository(task_id: str, part: int) -> str:
-    """The repository named in a task id, or the id itself (its own group) when it names none."""
-    parts = task_id.split("/")
-    return parts[part] if len(parts) > part + 1 else task_id
 
 
 def paired(dirs: list[Path], a: str, b: str, measure: str, file_repos: list[str] | None = None,
@@ -257,7 +252,7 @@ def type_table(dirs: list[Path], pairs: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def heldout_files(shared: Path, n: int) -> tuple[list[str], list[str]]:
+def heldout_files(shared: Path, n: int) -> tuple[list[str], list[str] | None]:
     """The held-out files fim-loss scored (eval/loss.py `heldout_texts`, the same sample) and their
     repositories, which fim-loss does not record: the interval resamples files by repository."""
     import pyarrow.parquet as pq
