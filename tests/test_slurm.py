@@ -38,6 +38,7 @@ def _free_port() -> int:
 
 
 def _conf(root: Path, host: str) -> str:
+    """slurm.conf for this host alone; cred_expire=5: a requeued job may start 6 s later, not 121."""
     mem_mb = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
     return f"""ClusterName=codemilltest
 SlurmctldHost={host}(127.0.0.1)
@@ -47,7 +48,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/run/munge.sock
+AuthInfo=socket={root}/run/munge.sock,cred_expire=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -209,7 +210,8 @@ train:
 
 
 def _steps(out: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in (out / "state").glob("step-*"))
+    names = (p.name.removeprefix("step-") for p in (out / "state").glob("step-*"))
+    return sorted(int(n) for n in names if n.isdigit())  # published checkpoints, not *.tmp
 
 
 def test_train_job_from_the_plan_is_preempted_cancelled_and_resumed_exactly(
