@@ -112,7 +112,7 @@ def test_suites_score_the_reference_and_the_empty_answer(tmp_path):
     assert [s["task_id"] for s in ref["samples"] if s["verdict"] != "passed"] == ["block_completion_000077"]
     assert ref["summary"]["all"]["pass@1"] == 87.5
     report = (tmp_path / "api" / "report.md").read_text()  # the FIM tables: per suite, per language
-    assert "| reference | - | - | - | - | - | 87.5 | - |" in report
+    assert "| reference | - | - | - | - | - | - | 87.5 | - |" in report
     assert "| reference | api | 100.0 | 0.0 | 100.0 | 100.0 | 87.5 | 0 |" in report
     empty = evaluate("safim/api", Empty(), tmp_path / "empty", limit=8, workers=2)
     assert empty["summary"]["all"]["pass@1"] == 0.0
@@ -161,7 +161,7 @@ def test_a_language_that_cannot_run_here_is_skipped_and_counted(tmp_path, monkey
     """Without mono on PATH the C# task is not judged: no verdict, counted as not executed."""
     bin_dir = Path(tempfile.mkdtemp(prefix="codemill-path-"))  # searchable by the sandbox's uid
     bin_dir.chmod(0o755)
-    for tool in ("bwrap", "g++", "javac", "java"):
+    for tool in ("bwrap", "g++", "javac", "java", "pypy3"):
         os.symlink(f"/usr/bin/{tool}", bin_dir / tool)
     monkeypatch.setenv("PATH", str(bin_dir))
     request.addfinalizer(lambda: shutil.rmtree(bin_dir))
@@ -185,3 +185,13 @@ def test_a_bad_data_line_is_named(tmp_path):
     bad.write_text(good.replace("# TODO: Your code here", "") + "\n")
     with pytest.raises(UserError, match="line 1: unknown language 'python' or not exactly one hole"):
         SUITES["safim/control"].load(data=str(bad))
+
+
+def test_a_csharp_task_mcs_cannot_compile_is_skipped_not_failed(tmp_path):
+    """Debian's mcs takes C# 7; a ground truth using newer C# (here a local function's `void` where
+    mcs expects an expression) cannot run here, so no answer to that task is scored."""
+    gt = split("block")["block_completion_000434"]["ground_truth"]
+    gens = write(tmp_path / "g.jsonl", [{"task_id": "block_completion_000434", "completion": gt}])
+    res = evaluate("safim/block", Generations(gens), tmp_path / "out", workers=2)
+    assert "does not compile here" in res["samples"][0]["skipped"]
+    assert res["summary"]["C#"] == {"tasks": 1}

@@ -156,8 +156,10 @@ def _syntax_cut(r, completion: str) -> str:
     return completion if cut == -1 else completion[:cut]
 
 
-def _main_metric(row: dict) -> str:
-    return next(k for k in ("pass@1", "exact_match", "edit_similarity") if k in row)
+def _main_metric(rows: list[dict]) -> str | None:
+    """The suite's main score, from any row that has one (a language whose tasks were all skipped,
+    SAFIM's C# without mono, has none)."""
+    return next((k for k in ("pass@1", "exact_match", "edit_similarity") if any(k in r for r in rows)), None)
 
 
 def chart(results: dict, path: Path) -> Path | None:
@@ -168,9 +170,9 @@ def chart(results: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = {k: v for k, v in results["summary"].items() if k != "all"}
-    if not rows:
+    metric = _main_metric(list(rows.values()))
+    if metric is None:
         return None
-    metric = _main_metric(next(iter(rows.values())))
     names = list(rows)
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4.5), dpi=110)
     ax.bar(range(len(names)), [rows[n].get(metric, 0.0) for n in names], color="#4C72B0")
