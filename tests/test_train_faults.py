@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +206,56 @@ def test_a_full_disk_cuts_no_metrics_line_in_half(tmp_path, small_disk):
         metrics.log({"step": 2, "loss": 1.0, "note": "x" * 10_000})
     metrics.close()
     assert (disk / "metrics.jsonl").read_bytes() == before
+
+
+def planted(root, tokenizer) -> tuple[Path, int]:
+    """A corpus with a repository of random rare tokens between two of code, and the step (of 4
+    windows of 64 tokens) whose windows are all from it, found by reading the training stream."""
+    from conftest import STDLIB, write_corpus
+
+    from codemill.data.config import DataConfig
+    from codemill.data.stream import TrainingStream
+    from codemill.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    rng = random.Random(0)
+    noise = tok.decode([rng.randrange(1500, tok.vocab_size) for _ in range(130)])
+    code = {
+        n: (STDLIB / "json" / n).read_text() for n in ("__init__.py", "decoder.py", "scanner.py", "tool.py")
+    }
+    repos = {"a/json": {"json/__init__.py": code.pop("__init__.py")}, "b/noise": {"noise.py": noise},
+             "c/json": {f"json/{n}": t for n, t in code.items()}}  # fmt: skip
+    corpus = write_corpus(root, repos, rows_per_file=40)
+    stream = TrainingStream(corpus, tok, DataConfig.from_dict({"seq_len": 64, "shuffle_repos": False}))
+    units = [next(stream) and stream.state["current"]["unit"] for _ in range(160)]
+    return corpus, next(s + 1 for s in range(40) if units[4 * s : 4 * s + 4] == [1] * 4)
+
+
+def test_a_planted_loss_spike_is_rolled_back_and_its_data_skipped(bpe_dir, tmp_path):
+    """The noise repository's step spikes over 1.2 x the median of the 4 steps before: the run goes
+    back to its last checkpoint, on past the spike's data, records what it skipped, and a resume from
+    before the spike does it all again the same way."""
+    corpus, spike = planted(tmp_path / "corpus", bpe_dir)
+    back, end = (spike - 1) // 5 * 5, spike + 5
+    out = tmp_path / "run"
+    cmd = train_cmd(corpus, bpe_dir, out, "--set", f"max_steps={end}", "--set", "ckpt_every=5", "--set",
+                    "keep_last=9", "--set", "lr=1e-2", "--set", "data.shuffle_repos=false", "--set",
+                    "spike={window: 4, factor: 1.2, action: rollback}")  # fmt: skip
+    r = run(cmd)
+    said = " ".join(r.stdout.split())
+    assert f"step {spike}: loss spike" in said and f"rolled back to step-{back:08d}" in said, said
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("spike", spike), ("rollback", spike)], events
+    assert events[1]["skipped_steps"] == [back + 1, spike] and events[1]["skipped_windows"] == 4 * (
+        spike - back
+    )
+    rows = records(out)
+    assert [x["step"] for x in rows] == list(range(1, end + 1))  # the steps redone are logged once
+    assert rows[-1]["spikes"] == 1 and rows[-1]["skipped_steps"] == 1
+    first = losses(out), {p: (out / p).read_bytes() for p in ("events.jsonl", "final/model.safetensors")}
+    for p in out.glob("state/step-*"):
+        if int(p.name[5:]) > back:
+            shutil.rmtree(p)
+    shutil.rmtree(out / "final")
+    run(cmd)  # from the checkpoint before the spike: the same spike, rollback and skip
+    assert (losses(out), {p: (out / p).read_bytes() for p in first[1]}) == first
