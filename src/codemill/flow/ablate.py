@@ -343,7 +343,8 @@ COLUMNS = [  # (header, suite directory or None for the training log, metric)
 def values(run: Path) -> dict[str, float | str | None]:
     """A variant's number (or text) per column."""
     rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
-    tail = rows[-5:]  # the mean of the last five logged losses, less noisy than the last
+    # the mean of the last five logged losses, less noisy than the last (skipped steps have none)
+    tail = [r for r in rows if r["loss"] is not None][-5:] or [{"loss": float("nan")}]
     summaries = {suite: _summary(run, suite) for _, suite, _ in COLUMNS if suite}
     out: dict[str, float | str | None] = {}
     for header, suite, metric in COLUMNS:

@@ -485,8 +485,10 @@ def _training_text(rows: list[dict], train: Path) -> str:
     from codemill.train.metrics import loss_token_mix, mix_text
 
     run = json.loads((train / "run.json").read_text())
-    end = rows[-5:]  # one logged step is one batch of files: a mean says more than the last point
-    loss = sum(r["loss"] for r in end) / len(end)
+    # one logged step is one batch of files: a mean says more than the last point (records of steps that
+    # were all skipped, non-finite or spiking, have no loss)
+    end = [r for r in rows if r["loss"] is not None][-5:] or rows[-1:]
+    loss = sum(r["loss"] for r in end) / len(end) if end[0]["loss"] is not None else float("nan")
     drawn = mix_text(run["data"]["code_objectives"])
     text = (f"{rows[-1]['step']} steps, {rows[-1]['tokens']:,} tokens; loss {loss:.3f} at the end (mean of steps "
             f"{end[0]['step']}-{end[-1]['step']}; a step's loss depends on the files its windows hold, so the "
