@@ -12,7 +12,6 @@ import importlib
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import PurePosixPath
 
 from codemill.errors import UserError
 
@@ -191,7 +190,7 @@ def header_lang(text: str) -> str:
 def detect(path: str, text: str | None = None) -> Lang | None:
     """Language of a repository path by file name, then extension; None if unknown. Given the
     file's text, a `.h` header is C, C++ or Objective-C by its content (`header_lang`)."""
-    name = PurePosixPath(path).name
+    name = path.rpartition("/")[2]  # not PurePosixPath: detect runs on every file walked
     if name in _BY_FILENAME:
         return _BY_FILENAME[name]
     dot = name.rfind(".")

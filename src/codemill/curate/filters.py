@@ -95,13 +95,13 @@ BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/=]{64,}")
 # holds Unicode tables of up to 453 bytes as `0xad, ` (2,720 characters; 604 as base64), code, not
 # an embedded blob.
 HEX_RUN = re.compile(r"(?:(?:0x|\\x)[0-9a-fA-F]{2}[,\s]*){64,}")
-NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 UNICODE_RUN = re.compile(r"(?:\\u[0-9a-fA-F]{4}){16,}")
 # bytes.translate tables: base64 characters -> "a", the rest -> " "; and the ASCII non-alphanumerics
 _B64 = bytes(
     ord("a") if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/=") else ord(" ") for b in range(256)
 )
 _NOT_ALNUM = bytes(b for b in range(128) if not chr(b).isalnum())
+_ASCII = bytes(range(128))
 
 
 def check_file(path: str, lang: str, data: bytes, cfg: CurateConfig) -> tuple[str | None, str, str]:
@@ -119,7 +119,8 @@ def check_file(path: str, lang: str, data: bytes, cfg: CurateConfig) -> tuple[st
     lines = text.splitlines()
     if len(lines) > cfg.max_lines:
         return None, "too_many_lines", ""
-    if max(map(len, lines)) > cfg.max_line_length and _mostly_long(lines, len(text), cfg.max_line_length):
+    longest = max(map(len, lines))
+    if longest > cfg.max_line_length and _mostly_long(lines, len(text), cfg.max_line_length):
         return None, "long_line", ""
     if _trivial(text, data, lang, lines, cfg):
         return None, "trivial", ""
@@ -128,8 +129,7 @@ def check_file(path: str, lang: str, data: bytes, cfg: CurateConfig) -> tuple[st
     marker = generated_marker(lines)
     if marker:
         return None, "generated", f"marker:{marker}"
-    nonblank = [len(line) for line in lines if line.strip()]
-    if len(nonblank) > 1 and sum(nonblank) / len(nonblank) > 100 and _joined(lines):
+    if longest > 100 and _minified(lines):  # no line over 100: the average cannot be
         return None, "minified", ""
     if _encoded(text, data, cfg):
         return None, "encoded_data", ""
@@ -156,6 +156,12 @@ def _mostly_long(lines: list[str], n_chars: int, limit: int) -> bool:
 MIN_JOINED = 4
 
 
+def _minified(lines: list[str]) -> bool:
+    """Non-blank lines of over 100 characters on average, their long lines joined statements."""
+    nonblank = [len(line) for line in lines if line.strip()]
+    return len(nonblank) > 1 and sum(nonblank) / len(nonblank) > 100 and _joined(lines)
+
+
 def _joined(lines: list[str]) -> bool:
     """Whether the lines over 100 characters hold MIN_JOINED statement or block delimiters each, on
     average."""
@@ -168,8 +174,8 @@ def _trivial(text: str, data: bytes, lang: str, lines: list[str], cfg: CurateCon
     """Under two lines of code besides comments, or too few letters and digits to be code."""
     alnum = len(data.translate(None, _NOT_ALNUM))
     if not data.isascii():  # count the non-ASCII characters that are letters or digits, not their bytes
-        high = "".join(NON_ASCII.findall(text))
-        alnum += sum(map(str.isalnum, high)) - len(high.encode("utf-8"))
+        high = data.translate(None, _ASCII)  # a character's UTF-8 bytes are all ASCII or all not
+        alnum += sum(map(str.isalnum, high.decode("utf-8"))) - len(high)
     if alnum < cfg.min_alnum_fraction * len(text.strip()):
         return True
     comment = BY_NAME[lang].line_comment

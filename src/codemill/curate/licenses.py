@@ -4,7 +4,7 @@ a file's own from its head.
 The permissive list is data (`data/licenses.json`): the Blue Oak Council list by tier and The Stack's
 list, each with its source and date. ScanCode is the well-kept classifier; its index loads once per
 process (about 5 s) and only when a repository has no usable metadata, and verdicts are cached by
-the SHA-256 of the license text.
+the SHA-256 of the license text, in memory and in `$CODEMILL_CACHE/licenses`.
 
 A file decides for itself when its head says so (`file_license`): an `SPDX-License-Identifier:`
 line, else license notices (Apache's "Licensed under the Apache License, Version 2.0", MIT's
@@ -17,14 +17,18 @@ SPDX license plus a note reads as that license (`LicenseRef-scancode-protobuf`: 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 from functools import cache, lru_cache
 from importlib import resources
+from importlib.metadata import version
 
 from license_expression import ExpressionError, LicenseSymbol, get_spdx_licensing
 
+from codemill.cache import cache_dir
 from codemill.curate.config import CurateConfig
 
 LICENSE_FILE = re.compile(
@@ -306,11 +310,29 @@ def classify_text(text: str) -> str | None:
     """SPDX expression of the license that covers most of a license text; None if none found."""
     key = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
     if key not in _TEXT_CACHE:
-        _TEXT_CACHE[key] = _scancode_classify(text)
+        found = _scancode_verdict(key, text)
+        _TEXT_CACHE[key] = code_equivalent(found) if found else None
     return _TEXT_CACHE[key]
 
 
-def _scancode_classify(text: str) -> str | None:
+def _scancode_verdict(key: str, text: str) -> str:
+    """ScanCode's expression for a text ("" for none), kept on disk per ScanCode version: loading
+    its index costs each process about 5 s (a tenth of curating the installed packages on 2 cores)
+    and the same license texts come back run after run. The cache is only a cache: unreadable or
+    unwritable, the verdict is computed."""
+    path = cache_dir("licenses") / version("scancode-toolkit-mini") / key
+    with contextlib.suppress(OSError):
+        return path.read_text()
+    found = _scancode_classify(text)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{key}.{os.getpid()}.tmp")
+        tmp.write_text(found)
+        os.replace(tmp, path)
+    return found
+
+
+def _scancode_classify(text: str) -> str:
     from licensedcode.cache import build_spdx_license_expression, get_index
 
     coverage: dict[str, int] = {}
@@ -319,6 +341,6 @@ def _scancode_classify(text: str) -> str | None:
         coverage[expr] = coverage.get(expr, 0) + m.len()
     coverage.pop("unknown-license-reference", None)
     if not coverage:
-        return None
+        return ""
     best = max(sorted(coverage), key=coverage.get)
-    return code_equivalent(build_spdx_license_expression(best))
+    return build_spdx_license_expression(best)

@@ -10,20 +10,15 @@ often a built `dist/` that the curation rules (minified, generated, near-duplica
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from codemill.cache import cache_dir
 from codemill.errors import UserError
 
 SPEC = re.compile(r"^(@[\w.-]+/)?[\w.-]+(@[\w.^~<>=*-]+)?$")
-
-
-def cache_dir() -> Path:
-    root = Path(os.environ.get("CODEMILL_CACHE", Path.home() / ".cache" / "codemill"))
-    return root / "npm"
 
 
 def specs(source: str) -> list[str]:
@@ -47,7 +42,7 @@ def fetch(items: list[str]) -> list[tuple[str, Path]]:
     (a package under development) is packed each time."""
     if shutil.which("npm") is None:
         raise UserError("npm sources need the npm command: apt-get install npm (or nodejs)")
-    dest = cache_dir()
+    dest = cache_dir("npm")
     dest.mkdir(parents=True, exist_ok=True)
     index = dest / "index.json"  # pinned spec -> its tarball, for what was fetched before
     known = json.loads(index.read_text()) if index.is_file() else {}

@@ -182,23 +182,24 @@ def _read_license_text(read: Callable[[int], bytes]) -> str | None:
 
 
 def _walk(root: Path) -> Iterator[RawFile]:
-    """Files under root, sorted, never following directory symlinks; errors become RawFiles."""
-    stack = [root]
+    """Files under root, sorted, never following directory symlinks; errors become RawFiles. Paths
+    are joined as strings: pathlib's parsing took a third of the walk on the installed packages."""
+    stack = [(str(root), "")]
     while stack:
-        d = stack.pop()
+        d, prefix = stack.pop()
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name, reverse=True)
         except OSError as e:
-            yield RawFile(str(d.relative_to(root)), 0, error=f"unreadable_dir:{e.errno}")
+            yield RawFile(prefix.rstrip("/") or ".", 0, error=f"unreadable_dir:{e.errno}")
             continue
         for e in entries:
-            if d == root and e.name == ".codemill-repo.json":  # metadata (_read_repo_json), not a file
+            if not prefix and e.name == ".codemill-repo.json":  # metadata (_read_repo_json), not a file
                 continue
-            rel = str(Path(e.path).relative_to(root))
+            rel = prefix + e.name
             try:
                 if e.is_dir(follow_symlinks=False):
                     if e.name not in SKIP_DIRS:
-                        stack.append(Path(e.path))
+                        stack.append((e.path, rel + "/"))
                     continue
                 st = os.stat(e.path)  # follows file symlinks; loops raise ELOOP
             except OSError as err:
