@@ -7,7 +7,7 @@ vanish mid-stream. uvicorn's own limits answer most of it: idle keep-alive conne
 after `KEEP_ALIVE_S`, a request head over `MAX_HEAD_BYTES` is refused, and past `MAX_CONNECTIONS`
 connections uvicorn answers 503 instead of holding more. uvicorn 0.55 has no deadline for a request's
 head, so `HeadDeadline` adds one: a connection that has not sent a whole head `HEAD_S` after it
-opened, or after its last answer, is closed. A client that vanishes mid-stream is seen by the handler
+opened, or after a head's first bytes, is closed. A client that vanishes mid-stream is seen by the handler
 (serve/http.py), which gives its slot back.
 """
 
@@ -35,37 +35,40 @@ MAX_CONNECTIONS = 4096  # connections and tasks held at once; beyond, uvicorn an
 
 
 class HeadDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's head (slowloris)."""
+    """uvicorn's h11 protocol with a deadline for each request's head (slowloris): it starts when the
+    connection opens or a new head's first bytes come, and ends when the head is whole; an idle
+    keep-alive connection is the keep-alive timeout's."""
 
     head_s = HEAD_S
     timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self.timer = self.loop.call_later(self.head_s, self._expire)
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm()
+    def data_received(self, data: bytes) -> None:
+        if self.timer is None and (self.cycle is None or self.cycle.response_complete):
+            self.timer = self.loop.call_later(self.head_s, self._expire)  # a new head begins
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a head arrived whole: its request is being answered
+            self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    def _disarm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.loop.call_later(self.head_s, self._expire, self.cycle)
+            self.timer = None
 
-    def _expire(self, cycle) -> None:
-        """No request head since the deadline was set: the cycle it saw is still the latest (none, or
-        the one answered) and nothing is being answered now."""
-        if (
-            self.cycle is cycle
-            and (cycle is None or cycle.response_complete)
-            and not self.transport.is_closing()
-        ):
+    def _expire(self) -> None:
+        self.timer = None
+        if not self.transport.is_closing():
             self.transport.close()
 
 
