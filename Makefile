@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 # explicit -mno-* flags win over -march=native in any order. --no-cache-dir: pip keys its wheel cache by
 # the source, not CMAKE_ARGS, so a llama.cpp built earlier with AMX would be reused.
 LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
-SYSPKGS := git libmagic1 bubblewrap python3 g++ cmake default-jdk-headless nodejs libjavatuples-java mono-mcs pypy3
+# slurm-wlm munge: the one-node Slurm that tests/test_slurm.py starts (its daemons, sbatch, srun)
+SYSPKGS := git libmagic1 bubblewrap python3 g++ cmake default-jdk-headless nodejs libjavatuples-java mono-mcs pypy3 slurm-wlm munge
 
 .PHONY: demo test lint sysdeps clean
 
