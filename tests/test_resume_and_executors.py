@@ -97,7 +97,7 @@ def test_kill_9_then_resume_gives_the_same_corpus(many_repos, clean_run, tmp_pat
     assert _corpus(killed) == _corpus(clean_run)
 
 
-def test_resume_with_other_settings_is_refused_but_not_other_executor_options(many_repos, tmp_path):
+def test_resume_with_other_settings_is_refused(many_repos, tmp_path):
     out = tmp_path / "c"
     curate([str(many_repos / "json")], out, CurateConfig(tasks=1, workers=1), quiet=True)
     with pytest.raises(ValueError, match="other sources or settings"):
