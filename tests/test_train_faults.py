@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,67 @@ def test_a_planted_loss_spike_is_rolled_back_and_its_data_skipped(bpe_dir, tmp_p
     shutil.rmtree(out / "final")
     run(cmd)  # from the checkpoint before the spike: the same spike, rollback and skip
     assert (losses(out), {p: (out / p).read_bytes() for p in first[1]}) == first
+
+
+def codemill(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "codemill.cli", *args], capture_output=True, text=True, env=ENV
+    )
+
+
+def one_line_disk_error(r: subprocess.CompletedProcess) -> str:
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    assert said.count("error:") == 1 and "no space left on the disk while writing" in said, said
+    assert "rerun the same command" in said
+    return said
+
+
+def test_a_full_disk_while_curating_keeps_finished_tasks_and_a_rerun_gives_the_same_corpus(
+    tmp_path, small_disk
+):
+    """A disk with room for 70% of what curation writes: one line, the stages done are kept (their
+    completion marks), and once the disk grows the same command gives the undisturbed run's corpus."""
+    from conftest import MIT, STDLIB
+    from test_resume_and_executors import _corpus
+
+    src = tmp_path / "src"
+    for name in ("json", "http", "urllib", "email"):
+        shutil.copytree(STDLIB / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
+        (src / name / "LICENSE").write_text(MIT)
+    cmd = ["curate", str(src), "--set", "tasks=2", "--set", "workers=1", "--out"]
+    assert codemill(*cmd, str(tmp_path / "clean")).returncode == 0
+    written = sum(f.stat().st_size for f in (tmp_path / "clean").rglob("*") if f.is_file())
+    disk, mount, remount = small_disk
+    mount(f"{written * 7 // 10 // 1024}k")
+    said = one_line_disk_error(codemill(*cmd, str(disk / "c")))
+    assert str(disk / "c") in said
+    assert any((disk / "c" / ".work" / "logs" / "scan" / "completions").iterdir())  # finished tasks stay
+    remount(f"{written * 4 // 1024}k")
+    assert codemill(*cmd, str(disk / "c")).returncode == 0
+    assert _corpus(disk / "c") == _corpus(tmp_path / "clean")
+
+
+def test_a_full_disk_while_writing_eval_results_says_so_and_a_rerun_gives_the_same_results(
+    tmp_path, small_disk
+):
+    from codemill.eval.sandbox import available
+
+    if not available():
+        pytest.skip("bubblewrap is not installed (make installs it)")
+    disk, mount, _ = small_disk
+    mount("256k")
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize))
+    cmd = ["eval", "humaneval", "--model", "reference", "--limit", "2", "--out"]
+    said = one_line_disk_error(codemill(*cmd, str(disk / "ev")))
+    assert f"the output of eval to {disk / 'ev'}" in said, said
+    filler.unlink()
+    assert codemill(*cmd, str(disk / "ev")).returncode == 0
+    assert codemill(*cmd, str(tmp_path / "ev")).returncode == 0
+    a, b = (json.loads((p / "results.json").read_text()) for p in (disk / "ev", tmp_path / "ev"))
+    assert a["summary"] == b["summary"] and a["summary"]["all"] == {
+        "tasks": 2,
+        "pass@1": 100.0,
+        "executed": 2,
+    }

@@ -987,8 +987,12 @@ def _reporting(command):
         except OSError as e:  # a full disk met outside the writers that name what they write
             if e.errno not in FULL:
                 raise
-            where = Path(e.filename) if e.filename else Path.cwd()
-            console.print(f"[red]error:[/red] {disk_full(where.name if e.filename else 'a file', where)}")
+            name = command.__name__.rstrip("_").replace("_", " ")
+            what, where = (
+                (Path(e.filename).name, e.filename) if e.filename else (f"the output of {name}", None)
+            )
+            where = where or kwargs.get("out") or Path.cwd()
+            console.print(f"[red]error:[/red] {disk_full(what, where)}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             again = "; rerun the same command to resume: finished work is kept"

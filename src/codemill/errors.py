@@ -18,6 +18,10 @@ class UserError(ValueError):
     """Raised with a message that says what to do next."""
 
 
+class DiskFull(UserError):
+    """A full disk, said once (`disk_full`): callers that wrap failures pass it on as it is."""
+
+
 def size_text(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -47,13 +51,19 @@ def _free(where: Path) -> int:
     return shutil.disk_usage(next((p for p in (where, *where.parents) if p.exists()), Path("/"))).free
 
 
-def disk_full(what: str, where: str | Path, need: int | None = None) -> UserError:
+def short_of_space(where: str | Path, need: int | None = None) -> bool:
+    """Whether the disk of `where` has less room than `need` (or than 1 MB): after a failed write,
+    the sign of a full disk when the error itself lost its errno."""
+    return _free(Path(where)) < max(need or 0, 1 << 20)
+
+
+def disk_full(what: str, where: str | Path, need: int | None = None) -> DiskFull:
     """The one message for a full disk: what was being written, where, how much it needed and how
     much is free there, and that a rerun resumes."""
     where = Path(where)
     free = _free(where)
     needed = f"about {size_text(need)} needed, " if need else ""
-    return UserError(
+    return DiskFull(
         f"no space left on the disk while writing {what} to {where} ({needed}{size_text(free)} free there): "
         "free some space and rerun the same command; what was finished before is kept"
     )
@@ -69,7 +79,7 @@ def writing(what: str, where: str | Path, need: int | None = None) -> Iterator[N
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException
-        if disk_full_cause(e) is None and _free(Path(where)) >= max(need or 0, 1 << 20):
+        if isinstance(e, DiskFull) or (disk_full_cause(e) is None and not short_of_space(where, need)):
             raise
         raise disk_full(what, where, need) from None
 

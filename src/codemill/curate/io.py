@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from codemill.errors import atomic_write, writing
+
 BATCH = 256
 TEXT_COLUMNS = ("content", "excerpt")
 
@@ -24,17 +26,18 @@ def parquet_options(schema: pa.Schema) -> dict:
 
 
 def atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=dict))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=dict), path.name)
 
 
 def atomic_parquet(table: pa.Table, path: Path, **kw) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, **parquet_options(table.schema) | kw)
-    os.replace(tmp, path)
+    try:
+        with writing(path.name, path, table.nbytes):
+            pq.write_table(table, tmp, **parquet_options(table.schema) | kw)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class ShardWriter:
@@ -55,12 +58,15 @@ class ShardWriter:
 
     def flush(self) -> None:
         if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            table = pa.Table.from_pylist(self.rows, schema=self.schema)
+            with writing(f"the shard {self.path.name}", self.tmp, table.nbytes):
+                self.writer.write_table(table)
             self.rows = []
 
     def close(self) -> None:
         self.flush()
-        self.writer.close()
+        with writing(f"the shard {self.path.name}", self.tmp):
+            self.writer.close()
         self.tmp.replace(self.path)
 
 
@@ -88,7 +94,9 @@ class PartitionWriter:
         for part, tables in sorted(self.buffers.items()):
             path = self.root / f"{part:05d}" / f"{self.name}-{self.flushes:04d}.parquet.tmp"
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.concat_tables(tables).cast(self.schema), path, **parquet_options(self.schema))
+            table = pa.concat_tables(tables).cast(self.schema)
+            with writing(f"partition {part} of {self.name}", path, table.nbytes):
+                pq.write_table(table, path, **parquet_options(self.schema))
             self.written.append(path)
         self.buffers, self.size = {}, 0
         self.flushes += 1

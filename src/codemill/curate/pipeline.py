@@ -38,7 +38,7 @@ from codemill.curate.ledger import merge
 from codemill.curate.sources import Unit, expand
 from codemill.curate.steps import RefineStep, ScanStep
 from codemill.curate.tables import ShuffleStep, n_buckets, pieces
-from codemill.errors import UserError
+from codemill.errors import DiskFull, UserError, disk_full, disk_full_cause, short_of_space
 from codemill.progress import Bar
 
 TOOLS = (
@@ -338,6 +338,10 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
             with contextlib.nullcontext() if os.environ.get("CODEMILL_VERBOSE") else _stderr_to(log):
                 ex.run()
         except Exception as e:
+            if isinstance(e, DiskFull):  # a task's writer said what and where
+                raise DiskFull(str(e)) from None
+            if (cause := disk_full_cause(e)) is not None:
+                raise disk_full(f"the files of stage {name}", cause.filename or work) from None
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise UserError(
                 f"stage {name} failed: {e}\n--- {log} (tail) ---\n{tail}\nFix the cause and rerun the same command: finished tasks are kept."
@@ -346,6 +350,8 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
             done.set()
             thread.join()
         incomplete = ex.get_incomplete_ranks()
+        if incomplete and short_of_space(work):  # its traceback may not have fitted in the log either
+            raise disk_full(f"the files of stage {name}", work)
         if incomplete:
             tail = log.read_text(errors="replace")[-3000:]
             raise UserError(f"stage {name}: tasks {incomplete} did not finish; see {log}\n{tail}")
