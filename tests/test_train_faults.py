@@ -324,3 +324,25 @@ def test_a_full_disk_while_writing_eval_results_says_so_and_a_rerun_gives_the_sa
         "pass@1": 100.0,
         "executed": 2,
     }
+
+
+@pytest.mark.parametrize("action", ["warn", "skip", "rollback"])
+def test_the_spike_watch_judges_by_the_running_median(action):
+    """The judge the loop asks before each update: no verdict until the window is full, a loss over
+    factor x its median gets the action (warn applies it and lets it into the window, the others
+    count a bad step), a non-finite loss or gradient is always skipped, a good step ends a bad run."""
+    from codemill.train.config import TrainConfig
+    from codemill.train.loop import Watch
+
+    watch = Watch(TrainConfig.from_dict({"spike": {"window": 3, "factor": 2.0, "action": action}}))
+    assert [watch.judge(x, False).apply for x in (9.0, 5.0, 4.0)] == [True] * 3  # filling the window
+    v = watch.judge(10.1, False)  # median 5
+    assert (v.apply, v.action, v.event["median"]) == (action == "warn", action, 5.0)
+    assert list(watch.losses) == ([5.0, 4.0, 10.1] if action == "warn" else [9.0, 5.0, 4.0])
+    assert watch.bad_in_row == (action != "warn") and watch.spikes == 1
+    assert not watch.judge(float("nan"), False).apply and not watch.judge(4.0, True).apply
+    assert watch.skipped == 2 + (action != "warn") and watch.bad_in_row == 2 + (action != "warn")
+    assert watch.judge(4.5, False).apply and watch.bad_in_row == 0
+    again = Watch(TrainConfig.from_dict({"spike": {"window": 3, "factor": 2.0, "action": action}}))
+    again.load(json.loads(json.dumps(watch.state())))  # as a checkpoint's meta.json carries it
+    assert again.state() == watch.state()
