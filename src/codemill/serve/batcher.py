@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from codemill.serve.engine import Completion, Engine, Session
 from codemill.serve.request import Request
 
-# (text, then the end: the Completion, `Replaced`, a RequestError or a bug's exception; None before)
+# (text, then the end: the Completion, `Replaced` or a bug's exception; None before it)
 Emit = Callable[[str, Completion | Exception | None], None]
 
 

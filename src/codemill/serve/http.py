@@ -24,6 +24,7 @@ import json
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -229,6 +230,8 @@ def create_app(
                 ready(engine())
             except Exception as e:  # the server says why on every route
                 state.error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                if not isinstance(e, UserError):  # possibly a bug: its traceback goes to the log
+                    traceback.print_exception(e, file=sys.stderr)
                 if on_load_error is not None:
                     on_load_error(state.error)
 
@@ -465,8 +468,6 @@ async def execute(request: HTTPRequest, req: Request, stream_piece=None) -> Any:
             if isinstance(result, Replaced):
                 stats["replaced"] += 1
                 return error(409, "replaced by a newer request from the same client", "request_replaced")
-            if isinstance(result, RequestError):
-                return error(result.status, str(result), param=result.param)
             if isinstance(result, Exception):  # a bug: the engine thread logged its traceback
                 return error(500, f"{type(result).__name__}: {result}", "server_error")
             if await request.is_disconnected():
