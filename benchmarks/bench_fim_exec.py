@@ -29,9 +29,10 @@ from codemill.eval import safim, sandbox
 from codemill.eval.suites import END, SUITES
 
 
-def keyed(rows: list[dict], n: int) -> list[dict]:
-    """The first n rows by SHA-256 of their task id: a fixed sample, the same on every machine."""
-    ordered = sorted(rows, key=lambda r: hashlib.sha256(r["task_id"].encode()).hexdigest())
+def keyed(rows: list[dict], n: int, offset: int = 0) -> list[dict]:
+    """n rows (all: n <= 0) from `offset` in SHA-256 order of their task ids: a fixed sample, the same
+    on every machine, extended without repeats by a later offset."""
+    ordered = sorted(rows, key=lambda r: hashlib.sha256(r["task_id"].encode()).hexdigest())[offset:]
     return ordered if n <= 0 else ordered[:n]
 
 
@@ -72,12 +73,14 @@ def speed(workers: int, sample: int) -> None:
               f"(both modes in {wall:.0f} s wall)")  # fmt: skip
 
 
-def ground_truth(kind: str, per_language: int, langs: list[str], workers: int, out: str | None) -> None:
+def ground_truth(
+    kind: str, per_language: int, offset: int, langs: list[str], workers: int, out: str | None
+) -> None:
     by_lang = defaultdict(list)
     for r in safim.rows(kind):
         if r["lang"] in langs:
             by_lang[r["lang"]].append(r)
-    todo = [r for rows in by_lang.values() for r in keyed(rows, per_language)]
+    todo = [r for rows in by_lang.values() for r in keyed(rows, per_language, offset)]
     runnable = [r for r in todo if not safim.missing(r["lang"])]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -109,11 +112,14 @@ def main() -> None:
     ap.add_argument("--safim-sample", type=int, default=120, help="SAFIM block tasks timed (keyed)")
     ap.add_argument("--ground-truth", choices=("block", "control"))
     ap.add_argument("--per-language", type=int, default=0, help="keyed sample per language; 0: all")
+    ap.add_argument("--offset", type=int, default=0, help="start of the keyed sample per language")
     ap.add_argument("--langs", default="cpp,java,python,csharp", help="SAFIM's names, comma-separated")
     ap.add_argument("--out", help="ground truth: write counts and failures as JSON")
     args = ap.parse_args()
     if args.ground_truth:
-        ground_truth(args.ground_truth, args.per_language, args.langs.split(","), args.workers, args.out)
+        ground_truth(
+            args.ground_truth, args.per_language, args.offset, args.langs.split(","), args.workers, args.out
+        )
     else:
         speed(args.workers, args.safim_sample)
 
