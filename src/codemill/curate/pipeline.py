@@ -177,6 +177,9 @@ def _run_on_slurm(stages: list, cfg: CurateConfig, work: Path, quiet: bool) -> d
             try:
                 prev.run()  # sbatch, or nothing when every task of the stage is complete
             except (subprocess.CalledProcessError, OSError) as e:
+                sent = [str(ex.job_id) for ex in executors if ex.job_id not in (None, -1)]
+                if sent:  # the stages before would run for nothing
+                    subprocess.run(["scancel", *sent], capture_output=True)
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise UserError(f"sbatch refused stage {name}: {e}\n{tail}") from e
             executors.append(prev)
