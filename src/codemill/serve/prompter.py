@@ -13,13 +13,19 @@ import re
 from codemill.formats import Format, encode_prompt
 from codemill.serve.request import RequestError
 
+CHUNK_ENTRIES = 1024
+
 
 class Prompter:
     def __init__(self, fmt: Format, tok, max_len: int, vocab_size: int):
         from codemill.data.tokenizer import ChunkCache
 
         self.fmt, self.tok, self.max_len, self.vocab_size = fmt, tok, max_len, vocab_size
-        self.chunks = ChunkCache(tok)  # prompts: an editor's file, again on every keystroke
+        # prompts: an editor's file, again on every keystroke. Each request adds the segments' last
+        # chunks (about 16 KiB each, rarely met again) while its file's others stay hot, so a bound
+        # of 1,024 (about 16 MiB) keeps some 20 files of 100 kB and fills within minutes: a server's
+        # memory is flat after that (the default, 8,192, would grow for an hour, to some 130 MiB)
+        self.chunks = ChunkCache(tok, entries=CHUNK_ENTRIES)
         specials = sorted(fmt.specials, key=len, reverse=True)
         self._specials, self._split = (
             set(specials),
