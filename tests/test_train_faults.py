@@ -349,10 +349,9 @@ def test_the_spike_watch_judges_by_the_running_median(action):
 
 
 def test_hostile_archives_are_read_in_memory_inside_the_repository_and_bounded(tmp_path):
-    """Curation never extracts an archive: a tar member named with `../` or an absolute path becomes a
+    """Curation never extracts an archive: a member named with `../` or an absolute path becomes a
     path inside the repository, a link member is dropped as not a regular file, and a zip bomb's
-    member (16 MB of zeros in 16 kB) is read only up to the size limit; nothing is written anywhere.
-    (A zip member named `../x` keeps that name in the corpus: docs/reliability.md.)"""
+    member (16 MB of zeros in 16 kB) is read only up to the size limit; nothing is written anywhere."""
     import io
     import tarfile
     import zipfile
@@ -370,6 +369,7 @@ def test_hostile_archives_are_read_in_memory_inside_the_repository_and_bounded(t
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("../up.py", code)
         zf.writestr("zeros.py", b"\0" * (16 << 20))
     before = sorted(p for p in tmp_path.parent.rglob("*") if tmp_path not in p.parents)
     cfg = CurateConfig()
@@ -377,10 +377,16 @@ def test_hostile_archives_are_read_in_memory_inside_the_repository_and_bounded(t
     for name in ("evil-1.0.tar.gz", "bomb.zip"):
         [unit] = expand(str(tmp_path / name), cfg)
         seen |= {f.path: f for f in open_unit(unit, cfg)[1]}
-    assert {p for p in seen if not p.startswith(".")} >= {"escape.py", "etc/abs.py", "passwd.py", "zeros.py"}
+    assert {p for p in seen if not p.startswith(".")} >= {
+        "escape.py",
+        "etc/abs.py",
+        "passwd.py",
+        "up.py",
+        "zeros.py",
+    }
     assert all(not p.startswith(("/", "..")) for p in seen), list(seen)
     assert seen["passwd.py"].error == "not_regular"
-    assert read_bytes(seen["escape.py"], 10**6)[0] == code
+    assert read_bytes(seen["escape.py"], 10**6)[0] == code == read_bytes(seen["up.py"], 10**6)[0]
     assert len(read_bytes(seen["zeros.py"], 10**6)[0]) == 10**6 + 1  # at the limit, so dropped as too large
     assert sorted(p for p in tmp_path.parent.rglob("*") if tmp_path not in p.parents) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.zip", "evil-1.0.tar.gz"]

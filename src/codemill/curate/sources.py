@@ -363,7 +363,7 @@ def _tar_files(path: str, cap: int) -> list[RawFile]:
         for m in tf:
             if m.isdir():
                 continue
-            name = m.name.lstrip("./")
+            name = _member(m.name)
             if not m.isfile():
                 out.append(RawFile(name, 0, error="not_regular"))
                 continue
@@ -376,13 +376,19 @@ def _tar_files(path: str, cap: int) -> list[RawFile]:
     return out
 
 
+def _member(name: str) -> str:
+    """An archive member's name as a path inside the repository: `.`, `..` and a leading `/` dropped
+    (nothing is extracted, but the name becomes the file's path in the corpus and in benchmarks)."""
+    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", ".", ".."))
+
+
 def _zip_files(path: str) -> list[RawFile]:
     out = []
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             if info.is_dir():
                 continue
-            out.append(RawFile(info.filename, info.file_size, read=_zip_reader(path, info.filename)))
+            out.append(RawFile(_member(info.filename), info.file_size, read=_zip_reader(path, info.filename)))
     return out
 
 
