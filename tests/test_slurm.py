@@ -222,9 +222,12 @@ def test_train_job_from_the_plan_is_preempted_cancelled_and_resumed_exactly(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
     train = ["-m", "codemill.cli", "train", "--corpus", str(code_corpus), "--tokenizer", str(bpe_dir), "--recipe", str(recipe)]  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        *train, "--out", str(straight)], capture_output=True, text=True, env=env)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    # the run never interrupted: 2 tasks of one srun step, no torchrun (train reads SLURM_*)
+    r = subprocess.run(["srun", "-n", "2", "-c", "1", sys.executable, *train, "--out", str(straight)],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    ranks = {f.name for f in (straight / "state" / "step-00000060").glob("rng-rank-*.pt")}
+    assert ranks == {"rng-rank-0.pt", "rng-rank-1.pt"}, "one run of world size 2, not two of 1"
 
     out, script = tmp_path / "run", tmp_path / "train.sbatch"
     plan = [sys.executable, "-m", "codemill.cli", "train", "plan", str(recipe), "--gpus", "2", "--cpu", "--sbatch",
