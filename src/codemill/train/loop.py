@@ -143,11 +143,6 @@ def _stop_signals():
             signal.signal(s, h)
 
 
-def _signalled(d: Dist) -> bool:
-    """Whether any rank received a stop signal: every rank stops after the same step."""
-    return all_reduce(torch.tensor(float(bool(_received)), device=d.device), d).item() > 0
-
-
 def _stopped(out: Path, step: int, d: Dist) -> None:
     """After the checkpoint of a signalled step: stopped.json tells a batch script to requeue."""
     name = signal.Signals(_received[0]).name if _received else "a signal on another rank"
@@ -271,13 +266,15 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
             ((losses * mask).sum() * (d.world / max(count, 1.0))).backward()
             sums += objective_sums(losses.detach().double(), c)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        # the step's loss sums and each rank's verdict on its gradient shard, in the one all-reduce
-        # the step makes anyway: every rank then takes the same decision
+        # the step's loss sums, each rank's verdict on its gradient shard and whether it received a
+        # stop signal, in the one all-reduce the step makes anyway: every rank takes the same decision
         local = grad_norm.to_local() if hasattr(grad_norm, "to_local") else grad_norm
-        reduced = all_reduce(torch.cat([sums.flatten(), (~torch.isfinite(local)).double().reshape(1)]), d)
-        sums = reduced[:-1].view_as(sums)
+        flags = torch.stack([(~torch.isfinite(local)).double().reshape(()), torch.tensor(float(bool(_received)),
+                             dtype=torch.float64, device=d.device)])  # fmt: skip
+        reduced = all_reduce(torch.cat([sums.flatten(), flags]), d)
+        sums, stop = reduced[:-2].view_as(sums), reduced[-1].item() > 0
         loss = (sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)).item()
-        verdict = watch.judge(loss, reduced[-1].item() > 0)
+        verdict = watch.judge(loss, reduced[-2].item() > 0)
         lr = lr_at(step, tcfg)
         if verdict.apply:
             for group in optim.param_groups:
@@ -303,7 +300,6 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
         step += 1
         tokens_seen += tcfg.global_batch * dcfg.seq_len
         diverged = watch.bad_in_row >= tcfg.max_bad_steps
-        stop = _signalled(d)
         last = diverged or step >= tcfg.max_steps or _past(deadline, tcfg, d)
         if step % tcfg.log_every == 0 or last:
             sums, interval = interval, torch.zeros_like(interval)
