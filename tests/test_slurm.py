@@ -25,6 +25,8 @@ from safetensors.torch import load_file
 
 from codemill.curate.config import CurateConfig
 from codemill.curate.pipeline import curate
+from codemill.train.dist import slurm_env
+from codemill.train.plan import sbatch_script
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # small dedup fan-out: every task is a Slurm job whose Python start costs ~1.5 s of CPU
@@ -74,6 +76,30 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-1500:] if path.exists() else f"({path} not written)"
+
+
+def test_srun_tasks_become_torchrun_ranks_and_the_batch_shell_stays_one_process():
+    env = {"SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
+           "SLURM_STEP_NODELIST": "gpu[3-4,7]", "SLURM_JOB_ID": "4321"}  # fmt: skip
+    slurm_env(env)
+    assert [env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")] == [
+        "9", "16", "1", "gpu3", "33821"]  # fmt: skip
+    batch = {"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_JOB_ID": "4321"}  # no step: the batch shell
+    slurm_env(batch)
+    assert "RANK" not in batch
+
+
+def test_the_batch_script_has_the_plans_shape_and_parses(tmp_path):
+    text = sbatch_script(["--corpus", "/data/my corpus"], tmp_path / "run", nodes=8, procs_per_node=8,
+                         gpus_per_node=8, time="24:00:00", partition="gpu", signal_s=120)  # fmt: skip
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    for line in ("#SBATCH --nodes=8", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --requeue", "#SBATCH --signal=USR1@120", "#SBATCH --partition=gpu"):  # fmt: skip
+        assert line in text.splitlines()
+    assert (
+        "--nproc-per-node=8" in text and "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in text
+    )
+    assert "'/data/my corpus'" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ each block and then the root (torchtitan's recipe); a single process runs the sa
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 import torch
@@ -39,7 +41,7 @@ def setup() -> Dist:
     return Dist(rank, world, local, torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 
-def slurm_env(env: dict[str, str] = os.environ) -> None:
+def slurm_env(env: MutableMapping[str, str] = os.environ) -> None:
     """torchrun's variables from those `srun` gives each task of a step, when it started more than
     one: rank and world from the step (the batch script itself has no SLURM_STEP_NUM_TASKS), the
     rendezvous on the step's first node at a port derived from the job id (unless MASTER_* are set)."""
@@ -50,8 +52,12 @@ def slurm_env(env: dict[str, str] = os.environ) -> None:
     env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
     if "MASTER_ADDR" not in env:
         nodes = env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True)
-        env["MASTER_ADDR"] = hosts.stdout.split()[0] if hosts.returncode == 0 else nodes
+        try:
+            hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True)
+            env["MASTER_ADDR"] = hosts.stdout.split()[0]
+        except (OSError, IndexError):  # no scontrol: the list's first name, `node[3-4,7]` -> node3
+            first = re.match(r"([^,\[]*)(?:\[(\d+))?", nodes)
+            env["MASTER_ADDR"] = first.group(1) + (first.group(2) or "")
     env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
 
 
