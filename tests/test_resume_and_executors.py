@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import MIT, STDLIB
+from conftest import MIT, STDLIB, corpus_tables
 
 from codemill.curate.config import CurateConfig
 from codemill.curate.pipeline import curate
@@ -42,17 +40,6 @@ def many_repos(tmp_path_factory) -> Path:
         shutil.copytree(STDLIB / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
         (root / name / "LICENSE").write_text(MIT)
     return root
-
-
-def _corpus(out: Path) -> dict:
-    files = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("files-*.parquet"))])
-    return {
-        "files": files.to_pylist(),
-        "shards": sorted(p.name for p in out.glob("files-*.parquet")),
-        "repos": pq.read_table(out / "repos.parquet").to_pylist(),
-        "clusters": pq.read_table(out / "dedup_clusters.parquet").to_pylist(),
-        "drops": sorted(map(str, pq.read_table(out / "drops.parquet").to_pylist())),
-    }
 
 
 def _cli(src: Path, out: Path) -> list[str]:
@@ -94,7 +81,7 @@ def test_kill_9_then_resume_gives_the_same_corpus(many_repos, clean_run, tmp_pat
     assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
     res = subprocess.run(_cli(many_repos, killed), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert _corpus(killed) == _corpus(clean_run)
+    assert corpus_tables(killed) == corpus_tables(clean_run)
 
 
 def test_resume_with_other_settings_is_refused(many_repos, tmp_path):
