@@ -213,8 +213,9 @@ def _python_parses(code: str) -> bool:
 
 
 # Runs inside the sandbox with the system Python: compile once, run each test with ExecEval's
-# limits (wall time 2 s x factor, address space), compare as its validate_outputs, stop at the first
-# failure; one JSON line, then the end marker only when every test passed.
+# limits (wall time 2 s x factor, address space, an unlimited stack), compare as its
+# validate_outputs, stop at the first failure; one JSON line, then the end marker only when every
+# test passed.
 DRIVER = r"""
 import json, resource, signal, subprocess
 from decimal import Decimal, InvalidOperation
@@ -245,6 +246,8 @@ def limit():
     mem = spec["memory_mb"] * 1024 ** 2
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_CPU, (spec["timeout_s"], spec["timeout_s"] + 1))
+    hard = resource.getrlimit(resource.RLIMIT_STACK)[1]  # ExecEval: stack unlimited (big local arrays)
+    resource.setrlimit(resource.RLIMIT_STACK, (hard, hard))
 
 
 def say(result, **more):
