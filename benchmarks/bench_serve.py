@@ -19,8 +19,8 @@ Same checkpoint, same prompt ids (a real file split at a line), 64 new tokens, g
 
 `--quick` (benchmarks/gpu_check.sh, on a GPU): codemill alone on `--device`, no transformers or llama.cpp:
 cold, warm and typing latency and decode tokens/s of the served configuration (`--parallel` slots with
-drafts, the device's default dtype), one slot, the other dtype and (`--compile-quick`) the compiled
-step; `--parallel` real positions decoded at once; then the concurrent clients through `codemill serve`
+drafts, the device's default dtype), one slot, the other dtype (on a CPU only with `--quick-bf16`) and
+(`--compile-quick`) the compiled step; `--parallel` real positions decoded at once; then the concurrent clients through `codemill serve`
 (`--clients 4,8`). `--json` writes every number.
 
 Then, through `codemill serve` on 127.0.0.1 with `--parallel` slots, in its own process as an editor
@@ -88,6 +88,7 @@ def main() -> None:
     )
     ap.add_argument("--device", default=None, help="--quick: cuda or cpu (default: cuda when there is one)")
     ap.add_argument("--compile-quick", action="store_true", help="--quick: the compiled step too")
+    ap.add_argument("--quick-bf16", action="store_true", help="--quick on a CPU: bf16 too (slow)")
     ap.add_argument("--json", type=Path, default=None, help="--quick: write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -222,8 +223,9 @@ def quick_table(args, files: list[Path]) -> dict:
     cut = text.index("\n", len(text) // 3) + 1
     prefix, suffix = text[:cut] + "    ", text[cut:]
     p, other = args.parallel, "fp32" if device == "cuda" else "bf16"
-    configs = [(f"{p} slots (served)", {"parallel": p}), ("1 slot", {"parallel": 1}),
-               (f"{p} slots, {other}", {"parallel": p, "dtype": other})]  # fmt: skip
+    configs = [(f"{p} slots (served)", {"parallel": p}), ("1 slot", {"parallel": 1})]
+    if device == "cuda" or args.quick_bf16:  # bf16 on a CPU without AMX: some 30x slower, never served
+        configs.append((f"{p} slots, {other}", {"parallel": p, "dtype": other}))
     if args.compile_quick:
         configs.append((f"{p} slots, --compile", {"parallel": p, "compile": True}))
     table = Table(title=f"{args.tokens}-token greedy completion on {device}, medians of {args.repeats}")
