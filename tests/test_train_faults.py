@@ -281,8 +281,7 @@ def test_a_full_disk_while_curating_keeps_finished_tasks_and_a_rerun_gives_the_s
 ):
     """A disk with room for 70% of what curation writes: one line, the stages done are kept (their
     completion marks), and once the disk grows the same command gives the undisturbed run's corpus."""
-    from conftest import MIT, STDLIB
-    from test_resume_and_executors import _corpus
+    from conftest import MIT, STDLIB, corpus_tables
 
     src = tmp_path / "src"
     for name in ("json", "http", "urllib", "email"):
@@ -298,7 +297,7 @@ def test_a_full_disk_while_curating_keeps_finished_tasks_and_a_rerun_gives_the_s
     assert any((disk / "c" / ".work" / "logs" / "scan" / "completions").iterdir())  # finished tasks stay
     remount(f"{written * 4 // 1024}k")
     assert codemill(*cmd, str(disk / "c")).returncode == 0
-    assert _corpus(disk / "c") == _corpus(tmp_path / "clean")
+    assert corpus_tables(disk / "c") == corpus_tables(tmp_path / "clean")
 
 
 def test_a_full_disk_while_writing_eval_results_says_so_and_a_rerun_gives_the_same_results(
