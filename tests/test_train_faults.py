@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import losses, run, train_cmd
+from test_train import BASE, losses, train_cmd
+
+from codemill.errors import UserError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -89,6 +91,26 @@ def verify(out):
     return CliRunner().invoke(app, ["train", "verify", str(out)], terminal_width=200)
 
 
+def train_here(corpus, tokenizer, out, *sets: str) -> str:
+    """`codemill train` in this process (the same call the command makes, without its start-up: the
+    runs below are many and short); `sets` as on the command line. Returns what it said."""
+    import io
+
+    from rich.console import Console
+
+    from codemill.cli import _train_configs
+    from codemill.train.loop import train
+
+    said = io.StringIO()
+    dcfg, tcfg = _train_configs(None, [*BASE[1::2], *sets[1::2]])
+    threads = torch.get_num_threads()
+    try:
+        train(corpus, tokenizer, out, dcfg, tcfg, Console(file=said, width=200))
+    finally:
+        torch.set_num_threads(threads)  # train.threads=1 is for the run, not for the tests after it
+    return " ".join(said.getvalue().split())
+
+
 # three steps with a checkpoint after each: the undisturbed run that faulted runs are held to
 SAVES = ["--set", "max_steps=3", "--set", "ckpt_every=1", "--set", "keep_last=3"]
 
@@ -96,7 +118,7 @@ SAVES = ["--set", "max_steps=3", "--set", "ckpt_every=1", "--set", "keep_last=3"
 @pytest.fixture(scope="module")
 def straight(code_corpus, bpe_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    run(train_cmd(code_corpus, bpe_dir, out, *SAVES))
+    train_here(code_corpus, bpe_dir, out, *SAVES)
     return out
 
 
@@ -132,8 +154,7 @@ def test_a_damaged_checkpoint_is_found_and_resume_takes_the_newest_that_verifies
         said
     )
     shutil.rmtree(out / "final")
-    r = run(train_cmd(code_corpus, bpe_dir, out, *SAVES))
-    said = " ".join(r.stdout.split())
+    said = train_here(code_corpus, bpe_dir, out, *SAVES)
     assert "step-00000003 fails verification (__0_0.distcp does not match its checksum)" in said, said
     assert (
         "step-00000002 fails verification (__0_0.distcp has" in said and "kept as step-00000002.bad" in said
@@ -175,8 +196,9 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_one_and_a_rerun_fi
     disk, mount, remount = small_disk
     mount("3m")
     extra = [*SAVES, "--set", "keep_last=1"]
-    r = fails(train_cmd(code_corpus, bpe_dir, disk / "run", *extra))
-    said = " ".join(r.stdout.split())
+    with pytest.raises(UserError) as e:
+        train_here(code_corpus, bpe_dir, disk / "run", *extra)
+    said = " ".join(str(e.value).split())
     state = disk / "run" / "state"
     assert (
         f"no space left on the disk while writing checkpoint step 2 to {state / 'step-00000002.tmp'}" in said
@@ -186,13 +208,12 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_one_and_a_rerun_fi
         sorted(p.name for p in state.iterdir()) == ["step-00000001"] and verify(disk / "run").exit_code == 0
     )
     remount("16m")
-    run(train_cmd(code_corpus, bpe_dir, disk / "run", *extra))
+    train_here(code_corpus, bpe_dir, disk / "run", *extra)
     same_run(disk / "run", straight)
 
 
 def test_a_full_disk_cuts_no_metrics_line_in_half(tmp_path, small_disk):
     """metrics.jsonl on a disk with no room left: one line saying so, the file as it was before."""
-    from codemill.errors import UserError
     from codemill.train.metrics import Metrics
 
     disk, mount, _ = small_disk
@@ -239,11 +260,9 @@ def test_a_planted_loss_spike_is_rolled_back_and_its_data_skipped(bpe_dir, tmp_p
     corpus, spike = planted(tmp_path / "corpus", bpe_dir)
     back, end = (spike - 1) // 5 * 5, spike + 5
     out = tmp_path / "run"
-    cmd = train_cmd(corpus, bpe_dir, out, "--set", f"max_steps={end}", "--set", "ckpt_every=5", "--set",
-                    "keep_last=9", "--set", "lr=1e-2", "--set", "data.shuffle_repos=false", "--set",
-                    "spike={window: 4, factor: 1.2, action: rollback}")  # fmt: skip
-    r = run(cmd)
-    said = " ".join(r.stdout.split())
+    sets = ["--set", f"max_steps={end}", "--set", "ckpt_every=5", "--set", "keep_last=9", "--set", "lr=1e-2",
+            "--set", "data.shuffle_repos=false", "--set", "spike={window: 4, factor: 1.2, action: rollback}"]  # fmt: skip
+    said = train_here(corpus, bpe_dir, out, *sets)
     assert f"step {spike}: loss spike" in said and f"rolled back to step-{back:08d}" in said, said
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events] == [("spike", spike), ("rollback", spike)], events
@@ -258,7 +277,7 @@ def test_a_planted_loss_spike_is_rolled_back_and_its_data_skipped(bpe_dir, tmp_p
         if int(p.name[5:]) > back:
             shutil.rmtree(p)
     shutil.rmtree(out / "final")
-    run(cmd)  # from the checkpoint before the spike: the same spike, rollback and skip
+    train_here(corpus, bpe_dir, out, *sets)  # from the checkpoint before the spike: the same spike and skip
     assert (losses(out), {p: (out / p).read_bytes() for p in first[1]}) == first
 
 
