@@ -288,7 +288,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
         rollback = verdict.action == "rollback" and watch.bad_in_row < tcfg.max_bad_steps
         if rollback and (back := checkpoint.newest_whole(state_dir, d, say)) is not None:
             meta, data = checkpoint.load(back, model, optim, shards, d)  # the streams stay where they are
-            event = watch.rolled_back(meta, step + 1, per_shard * len(shards) * d.world)
+            event = watch.rolled_back(meta, step + 1, tcfg.global_batch)
             metrics.event(event)
             say(f"rolled back to {back.name}; the data of steps {event['skipped_steps']} is skipped")
             step, tokens_seen = meta["step"], meta["tokens"]
