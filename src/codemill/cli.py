@@ -808,14 +808,14 @@ def ablate_(
     seeds: str = typer.Option(
         None,
         help="Comma-separated seeds (data and training): every variant at each, then means ± sd and "
-        "paired per-task differences with bootstrap intervals.",
+        "paired differences with intervals (t over seeds, repositories resampled), verdicts and power.",
     ),
     shared: Path = typer.Option(None, help="Reuse the corpus, tokenizer and benchmarks in this directory."),
     generation_seeds: int = typer.Option(
         None, help="Run the generation suites at the first N seeds only (fim-loss runs at every seed)."
     ),
 ) -> None:
-    """NTP vs NTP+FIM vs the paper's mix, and Algorithm 1 vs random order, at equal token budgets."""
+    """NTP vs NTP+FIM vs the paper's mix, and Algorithm 1 vs random order, at equal windows."""
     from codemill.flow.ablate import ablate
 
     try:
