@@ -10,10 +10,12 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import tree_digest
+from conftest import MIT, tree_digest
 
+from codemill.curate.checks import FileRules
 from codemill.curate.config import CurateConfig
 from codemill.curate.pipeline import curate
+from codemill.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +148,22 @@ def test_repositories_say_why_the_score_cut_took_them_or_not(corpus):
     # directories: test files are counted in the whole tree, so that signal is always known
     assert all("tests" in r["score_signals"].split(",") for r in repos if r["kind"] == "dir")
     assert manifest["repositories"]["score_unranked"] == sum(r["score_signals"] == "" for r in repos)
+
+
+def test_a_bug_in_a_check_keeps_its_traceback(tmp_path, monkeypatch):
+    """A check that fails by a bug surfaces as itself, traceback and all, not as a UserError line."""
+
+    def planted(self, doc):
+        return 1 / 0
+
+    monkeypatch.setattr(FileRules, "check", planted)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "LICENSE").write_text(MIT)
+    (repo / "a.py").write_text("x = 1\n")
+    cfg = CurateConfig(tasks=1, workers=1, drop_lowest_fraction=0.0)  # in this process: the plant holds
+    with pytest.raises(ZeroDivisionError) as info:
+        curate([str(repo)], tmp_path / "out", cfg, quiet=True)
+    assert not isinstance(info.value, UserError)
+    assert any(entry.name == "planted" for entry in info.traceback)
+    assert any(note.startswith("stage scan failed") for note in info.value.__notes__)

@@ -340,15 +340,19 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
         try:
             with contextlib.nullcontext() if os.environ.get("CODEMILL_VERBOSE") else _stderr_to(log):
                 ex.run()
+        except DiskFull as e:  # a task's writer said what and where
+            raise DiskFull(str(e)) from None
+        except UserError as e:  # what the user can fix: its message, without the worker's traceback
+            raise UserError(
+                f"stage {name}: {e} (rerun the same command once fixed: finished tasks are kept)"
+            ) from None
         except Exception as e:
-            if isinstance(e, DiskFull):  # a task's writer said what and where
-                raise DiskFull(str(e)) from None
             if (cause := disk_full_cause(e)) is not None:
                 raise disk_full(f"the files of stage {name}", cause.filename or work) from None
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise UserError(
-                f"stage {name} failed: {e}\n--- {log} (tail) ---\n{tail}\nFix the cause and rerun the same command: finished tasks are kept."
-            ) from e
+            if short_of_space(work):  # a writer's error that lost its errno
+                raise disk_full(f"the files of stage {name}", work) from None
+            e.add_note(f"stage {name} failed; datatrove's log: {log}")
+            raise  # a bug keeps its type and traceback
         finally:
             done.set()
             thread.join()
