@@ -103,7 +103,7 @@ class TrainingStream:
             self.weights["text"] = cfg.text_share
         shard, shards = rank * workers + worker, world * workers
         if not 0 <= shard < shards:
-            raise UserError(f"shard {shard} out of range for world {world} x workers {workers}")
+            raise ValueError(f"shard {shard} out of range for world {world} x workers {workers}")
         self.shard, self.shards = shard, shards
         self.excluded: set[int] = set()
         if cfg.exclude_repos:  # held-out repositories never enter the stream

@@ -8,8 +8,6 @@ import re
 
 import numpy as np
 
-from codemill.errors import UserError
-
 
 def pass_at_k(n: list[int], c: list[int | bool], k: int) -> float:
     """The unbiased pass@k estimator (Chen et al. 2021), averaged over problems: 1 - C(n-c, k) / C(n, k)
@@ -18,7 +16,7 @@ def pass_at_k(n: list[int], c: list[int | bool], k: int) -> float:
     for ni, ci in zip(n, c, strict=True):
         ci = int(ci)
         if ni < k:
-            raise UserError(f"pass@{k} needs at least {k} samples per problem, got {ni}")
+            raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {ni}")
         if ni - ci < k:
             scores.append(1.0)
         else:

@@ -83,7 +83,7 @@ def _ended(language: str, code: str) -> str:
     if language == "Java":
         return (f"{code}\nclass CodemillMain {{\n    public static void main(String[] args) {{\n"
                 f'        Problem.main(args);\n        System.out.println("\\n{END}");\n    }}\n}}\n')  # fmt: skip
-    raise UserError(f"no runner for {language}")
+    raise ValueError(f"no runner for {language}")  # RUNNERS and this function name the same languages
 
 
 # stop strings of the code; the format's stop tokens (formats.py) end a completion by id, whatever the model
