@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from codemill.cache import cache_dir
 from codemill.errors import UserError
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
@@ -168,7 +169,7 @@ FILES: dict[str, BenchFile] = {
 
 def cache_root() -> Path:
     """Where downloaded benchmark files are kept: $CODEMILL_CACHE/benchmarks (~/.cache/codemill)."""
-    return Path(os.environ.get("CODEMILL_CACHE") or Path.home() / ".cache" / "codemill") / "benchmarks"
+    return cache_dir("benchmarks")
 
 
 def sha256_of(path: Path) -> str:
