@@ -19,7 +19,7 @@ import pytest
 from conftest import STDLIB, bench_file, near_copy, stdlib
 
 from codemill.curate import licenses, minhash
-from codemill.curate.checks import Doc, Drop, License, StaticAnalysis, Syntax, precheck, run_checks
+from codemill.curate.checks import CheckedFile, Drop, License, StaticAnalysis, Syntax, precheck, run_checks
 from codemill.curate.config import CurateConfig
 from codemill.curate.decontam import Decontaminator
 from codemill.curate.dedup_steps import is_cut, is_vendored, score_boundary
@@ -170,7 +170,7 @@ def test_license_check_on_real_package_files():
     code = licenses.code_license(meta.license)
     assert not licenses.is_permissive(code, CFG)
     wanted = {"cluecode/copyrights.py", "licensedcode/seq.py"}
-    docs = [Doc(meta.name, f.path, f.size, code, False, raw=f) for f in files if f.path in wanted]
+    docs = [CheckedFile(meta.name, f.path, f.size, code, False, raw=f) for f in files if f.path in wanted]
     verdicts = {d.path: License(CFG).check(d) for d in docs}
     assert verdicts["cluecode/copyrights.py"] is None  # its own SPDX line: Apache-2.0
     assert verdicts["licensedcode/seq.py"].reason == "not_permissive"  # no header: the package decides
@@ -314,7 +314,7 @@ def test_the_kept_copy_is_one_that_passes_the_quality_checks(dup_corpus):
 
 def test_quality_verdicts_taken_ahead_are_applied_at_their_stage(tmp_path):
     texts = {"ok.py": stdlib("textwrap.py"), "bad.py": "def f(:\n    pass\n"}
-    docs = [Doc("r", p, len(t), lang="Python", text=t) for p, t in texts.items()]
+    docs = [CheckedFile("r", p, len(t), lang="Python", text=t) for p, t in texts.items()]
     precheck(docs, [Syntax(CFG), StaticAnalysis(CFG)])
     assert docs[0].verdicts == {"syntax": None, "static_analysis": None}
     assert isinstance(docs[1].verdicts["syntax"], Drop) and "static_analysis" not in docs[1].verdicts

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codemill.curate.checks import Doc, StaticAnalysis, Syntax
+from codemill.curate.checks import CheckedFile, StaticAnalysis, Syntax
 from codemill.curate.config import CurateConfig
 from codemill.curate.static import DROPPING, RECORDED, RUFF_RULES, Ruff
 
@@ -43,7 +43,7 @@ def test_real_modules_the_audit_saw_dropped_are_kept_with_their_findings_recorde
         recorded = {d.rule for d in defects if d.severity == RECORDED}
         assert AUDITED[path] <= recorded, (path, recorded)
     # through the pipeline's own checks: the syntax check runs ruff, static analysis keeps them all
-    docs = [Doc("r", str(p), len(t), lang="Python", text=t) for p, t in texts.items()]
+    docs = [CheckedFile("r", str(p), len(t), lang="Python", text=t) for p, t in texts.items()]
     assert not any(Syntax(cfg).check_batch(docs))
     assert not any(StaticAnalysis(cfg).check_batch(docs))
 
@@ -68,8 +68,8 @@ def test_what_cpython_cannot_compile_still_drops():
         with pytest.raises(SyntaxError):
             compile(text, "textwrap.py", "exec")
     cfg = CurateConfig()
-    docs = [Doc("r", f"{rule}.py", len(t), lang="Python", text=t) for rule, t in planted.items()]
-    docs.append(Doc("r", "textwrap.py", len(real), lang="Python", text=real))
+    docs = [CheckedFile("r", f"{rule}.py", len(t), lang="Python", text=t) for rule, t in planted.items()]
+    docs.append(CheckedFile("r", "textwrap.py", len(real), lang="Python", text=real))
     assert not any(Syntax(cfg).check_batch(docs))  # ruff and tree-sitter both parse them
     verdicts = StaticAnalysis(cfg).check_batch(docs)
     assert [v.reason if v else None for v in verdicts] == [f"bug:{r}" for r in COMPILE_ERRORS] + [None]
@@ -82,6 +82,6 @@ def test_undefined_names_are_recorded_not_dropped():
     assert [(d.rule, d.category, d.severity) for d in defects] == [("F821", "bug", RECORDED)]
     # a recipe that wants the old behaviour adds the severity
     strict = CurateConfig(drop_severities=("blocker", "critical", RECORDED))
-    doc = Doc("r", "bug.py", len(text), lang="Python", text=text)
+    doc = CheckedFile("r", "bug.py", len(text), lang="Python", text=text)
     Syntax(strict).check_batch([doc])
     assert StaticAnalysis(strict).check(doc).reason == "bug:F821"

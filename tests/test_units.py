@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from conftest import STDLIB, near_copy, stdlib
 
 from codemill.curate import dedup, minhash
-from codemill.curate.checks import Doc, StaticAnalysis, Syntax
+from codemill.curate.checks import CheckedFile, StaticAnalysis, Syntax
 from codemill.curate.config import CurateConfig
 from codemill.curate.decontam import Decontaminator
 from codemill.curate.dedup_steps import score_boundary
@@ -168,7 +168,7 @@ def test_syntax_check_parses_python_once_with_ruff_and_asks_tree_sitter_what_ruf
     }
     assert check_syntax("Python", "star.py", texts["star.py"], 2.0) == "syntax_error"
     docs = [
-        Doc("r", p, len(t), lang="Java" if p.endswith(".java") else "Python", text=t)
+        CheckedFile("r", p, len(t), lang="Java" if p.endswith(".java") else "Python", text=t)
         for p, t in texts.items()
     ]
     verdicts = dict(zip(texts, Syntax(cfg).check_batch(docs), strict=True))
@@ -178,7 +178,7 @@ def test_syntax_check_parses_python_once_with_ruff_and_asks_tree_sitter_what_ruf
     static = dict(zip(texts, StaticAnalysis(cfg).check_batch(docs), strict=True))
     assert {p for p, v in static.items() if v} == {"bug.py"} and static["bug.py"].reason == "bug:F701"
     no_static = CurateConfig(static_analysis=False)
-    docs = [Doc("r", p, len(t), lang="Python", text=t) for p, t in texts.items() if p.endswith(".py")]
+    docs = [CheckedFile("r", p, len(t), lang="Python", text=t) for p, t in texts.items() if p.endswith(".py")]
     assert [v.reason for v in Syntax(no_static).check_batch(docs) if v] == ["syntax_error"]
     assert not any(StaticAnalysis(no_static).check_batch(docs))
 

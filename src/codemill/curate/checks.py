@@ -29,7 +29,7 @@ from codemill.langs import detect
 
 
 @dataclass
-class Doc:
+class CheckedFile:
     """One file on its way through the checks."""
 
     repo: str
@@ -64,13 +64,13 @@ class Check:
     def __init__(self, cfg: CurateConfig):
         self.cfg = cfg
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         raise NotImplementedError
 
-    def check_batch(self, docs: list[Doc]) -> list[Drop | None]:
+    def check_batch(self, docs: list[CheckedFile]) -> list[Drop | None]:
         return [self.check(d) for d in docs]
 
-    def verdicts(self, docs: list[Doc]) -> list[Drop | None]:
+    def verdicts(self, docs: list[CheckedFile]) -> list[Drop | None]:
         """check_batch on the files whose verdict for this stage was not taken ahead (precheck)."""
         known = [d.verdicts.get(self.stage, _TODO) if d.verdicts else _TODO for d in docs]
         todo = [d for d, k in zip(docs, known, strict=True) if k is _TODO]
@@ -87,14 +87,14 @@ _TODO = object()
 class Read(Check):
     stage = "read"
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         return Drop(doc.raw.error, excerpt="") if doc.raw.error else None
 
 
 class Language(Check):
     stage = "language"
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         lang = detect(doc.path)
         if lang is None:
             return Drop("unknown_language", excerpt="")
@@ -111,7 +111,7 @@ class License(Check):
 
     stage = "license"
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         own = self._own(doc)
         if own is not None:
             expression, how = own
@@ -125,14 +125,14 @@ class License(Check):
             return Drop("not_permissive", doc.license, excerpt="")
         return Drop("unknown_license", excerpt="") if self.cfg.drop_unknown_license else None
 
-    def _own(self, doc: Doc) -> tuple[str, str] | None:
+    def _own(self, doc: CheckedFile) -> tuple[str, str] | None:
         if doc.size > self.cfg.max_bytes:  # the file rules drop it unread
             return None
         data, err = read_once(doc, self.cfg.max_bytes)
         return None if err else licenses.file_license(data, self.cfg)
 
 
-def read_once(doc: Doc, limit: int) -> tuple[bytes, str | None]:
+def read_once(doc: CheckedFile, limit: int) -> tuple[bytes, str | None]:
     """The file's bytes (at most limit + 1) or why they cannot be read, read on first use."""
     if doc.read_error is None and not doc.data:
         data, err = read_bytes(doc.raw, limit)
@@ -143,7 +143,7 @@ def read_once(doc: Doc, limit: int) -> tuple[bytes, str | None]:
 class FileRules(Check):
     stage = "file_rules"
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         if doc.size > self.cfg.max_bytes:
             return Drop("too_large", f"{doc.size} bytes", excerpt="")
         data, err = read_once(doc, self.cfg.max_bytes)
@@ -163,7 +163,7 @@ class FileRules(Check):
 
 
 class _DedupDecision(Check):
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         if doc.removed and doc.removed[0] == self.stage:
             return Drop(doc.removed[1], doc.removed[2])
         return None
@@ -194,14 +194,14 @@ class Syntax(Check):
         super().__init__(cfg)
         self.analyzers = analyzers(cfg.drop_severities if cfg.static_analysis else ())
 
-    def check_batch(self, docs: list[Doc]) -> list[Drop | None]:
+    def check_batch(self, docs: list[CheckedFile]) -> list[Drop | None]:
         for analyzer in {id(a): a for a in self.analyzers.values()}.values():
             mine = [d for d in docs if d.lang in analyzer.langs]
             for d, defects in zip(mine, analyzer.analyze([(d.path, d.text) for d in mine]), strict=True):
                 d.defects = defects
         return [self.check(d) for d in docs]
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         if doc.defects is not None and not any(x.rule == SYNTAX_RULE for x in doc.defects):
             return None
         reason = check_syntax(
@@ -215,7 +215,7 @@ class StaticAnalysis(Check):
 
     stage = "static_analysis"
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         bad = [d for d in doc.defects or () if d.severity in self.cfg.drop_severities]
         if self.cfg.static_analysis and bad:
             return Drop(f"{bad[0].category}:{bad[0].rule}", f"line {bad[0].line}: {bad[0].message}")
@@ -232,7 +232,7 @@ class SensitiveWordsCheck(Check):
             words += [w.strip() for w in Path(cfg.sensitive_words_file).read_text().splitlines() if w.strip()]
         self.words = SensitiveWords(words)
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         word = self.words.find(doc.text)
         return Drop("sensitive_word", word) if word else None
 
@@ -242,7 +242,7 @@ class Pii(Check):
 
     stage = "pii"
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         if self.cfg.pii:
             red = redact(doc.text, doc.lang)
             if red.reverted:  # replacements that would have broken the file's parse: undone, counted
@@ -261,7 +261,7 @@ class Decontamination(Check):
 
     stage = "decontamination"
 
-    def check(self, doc: Doc) -> Drop | None:
+    def check(self, doc: CheckedFile) -> Drop | None:
         return Drop("benchmark_overlap", doc.benchmark) if doc.benchmark else None
 
 
@@ -280,8 +280,8 @@ STAGES: tuple[str, ...] = tuple(c.stage for c in SCAN + REFINE)
 QUALITY: tuple[type[Check], ...] = (Syntax, StaticAnalysis)  # taken at scan, before dedup
 
 
-def precheck(docs: list[Doc], checks: list[Check]) -> None:
-    """Take the QUALITY checks' verdicts now and keep them on the files (`Doc.verdicts`), in stage
+def precheck(docs: list[CheckedFile], checks: list[Check]) -> None:
+    """Take the QUALITY checks' verdicts now and keep them on the files (`CheckedFile.verdicts`), in stage
     order: a file that fails one is not analysed by the next, as in run_checks."""
     for d in docs:
         d.verdicts = {}
@@ -291,7 +291,7 @@ def precheck(docs: list[Doc], checks: list[Check]) -> None:
         docs = [d for d in docs if d.verdicts[c.stage] is None]
 
 
-def quality_failure(doc: Doc) -> tuple[str, str, str] | None:
+def quality_failure(doc: CheckedFile) -> tuple[str, str, str] | None:
     """(stage, reason, detail) of the QUALITY check the file fails, or None when it passes."""
     for stage, v in (doc.verdicts or {}).items():
         if v is not None:
@@ -300,7 +300,7 @@ def quality_failure(doc: Doc) -> tuple[str, str, str] | None:
 
 
 def verdicts_from(failure: tuple[str, str, str] | None) -> dict[str, Drop | None]:
-    """Doc.verdicts back from quality_failure's value (as the scan table stores it)."""
+    """CheckedFile.verdicts back from quality_failure's value (as the scan table stores it)."""
     out: dict[str, Drop | None] = {}
     for c in QUALITY:
         if failure and failure[0] == c.stage:
@@ -310,7 +310,7 @@ def verdicts_from(failure: tuple[str, str, str] | None) -> dict[str, Drop | None
     return out
 
 
-def run_checks(docs: list[Doc], checks: list[Check], ledger) -> list[Doc]:
+def run_checks(docs: list[CheckedFile], checks: list[Check], ledger) -> list[CheckedFile]:
     """The files that pass every check, in order; the ledger gets every stage's counts and drops."""
     for c in checks:
         sizes = [d.size for d in docs]

@@ -29,7 +29,7 @@ from codemill.curate.checks import (
     QUALITY,
     REFINE,
     SCAN,
-    Doc,
+    CheckedFile,
     precheck,
     quality_failure,
     run_checks,
@@ -122,12 +122,12 @@ class _Pending:
     BYTES = 8 << 20  # bytes, held at most (the scan task's memory: their text and bytes)
 
     def __init__(self):
-        self.docs: list[Doc] = []
+        self.docs: list[CheckedFile] = []
         self.owners: list[dict] = []
         self.repos: list[dict] = []
         self.bytes = 0
 
-    def add(self, repo: dict, docs: list[Doc]) -> None:
+    def add(self, repo: dict, docs: list[CheckedFile]) -> None:
         self.docs += docs
         self.owners += [repo] * len(docs)
         self.bytes += sum(d.size for d in docs)
@@ -168,7 +168,9 @@ class ScanStep(PipelineStep):
                 pending.repos.append(repo)
                 files = iter(files)
                 while batch := list(itertools.islice(files, BATCH)):
-                    docs = [Doc(meta.name, f.path, f.size, code_license, permissive, raw=f) for f in batch]
+                    docs = [
+                        CheckedFile(meta.name, f.path, f.size, code_license, permissive, raw=f) for f in batch
+                    ]
                     stats["files"] += len(docs)
                     stats["bytes"] += sum(f.size for f in batch)
                     stats["test_files"] += sum(bool(TEST_PATH.search(f.path)) for f in batch)
@@ -219,7 +221,7 @@ class ScanStep(PipelineStep):
             self._route(sigs, repo["rows"], repo["score"], repo["stars"], repo["scored"])
             repos.append(repo["record"])
 
-    def _write(self, docs: list[Doc], rank: int, writer: ShardWriter, perms) -> list[dict]:
+    def _write(self, docs: list[CheckedFile], rank: int, writer: ShardWriter, perms) -> list[dict]:
         """Writes the kept files and returns their signature rows; MinHash and decontamination run on
         groups of files at once, each group's text bounded so the hashing arrays stay small."""
         rows = []
@@ -281,7 +283,9 @@ class RefineStep(PipelineStep):
         for batch in src.iter_batches(batch_size=BATCH):
             docs = []
             for r in batch.to_pylist():
-                d = Doc(r["repo"], r["path"], r["size"], r["license"], lang=r["lang"], text=r["content"])
+                d = CheckedFile(
+                    r["repo"], r["path"], r["size"], r["license"], lang=r["lang"], text=r["content"]
+                )
                 d.sha256, d.removed, d.benchmark = r["sha256"], removed.get(row), r["benchmark"]
                 stage = r["quality_stage"]
                 d.verdicts = verdicts_from(stage and (stage, r["quality_reason"], r["quality_detail"]))
