@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from codemill.errors import UserError
+from codemill.errors import UserError, atomic_write
 from codemill.eval import sandbox
 from codemill.eval.metrics import pass_at_k
 from codemill.eval.models import Generations, Model
@@ -132,22 +132,24 @@ def evaluate(
         "not_judged": not_judged,
         "samples": judged,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_samples(judged, out / "samples.jsonl")
-    (out / "report.md").write_text(report(results))
+    atomic_write(out / "report.md", report(results), "the eval report")
     chart(results, out / "by_task_type.png")
+    # last, whole or not at all: a results.json on disk means the run finished (eval compare, run)
+    atomic_write(out / "results.json", json.dumps(results, indent=1) + "\n", "the eval results")
     return results
 
 
 def write_samples(judged: list[dict], path: Path) -> None:
     """One line per sample, the shape other harnesses' per-sample files have: `passed` is the
     execution verdict where the suite runs programs, else its exact match; `result` the verdict."""
-    with path.open("w") as f:
-        for s in judged:
-            passed = s["verdict"] == "passed" if "verdict" in s else s.get("exact_match")
-            row = {"task_id": s["task_id"], "sample": s["sample"], "completion": s["completion"],
-                   "passed": passed, "result": s.get("verdict")}  # fmt: skip
-            f.write(json.dumps(row) + "\n")
+    lines = []
+    for s in judged:
+        passed = s["verdict"] == "passed" if "verdict" in s else s.get("exact_match")
+        row = {"task_id": s["task_id"], "sample": s["sample"], "completion": s["completion"],
+               "passed": passed, "result": s.get("verdict")}  # fmt: skip
+        lines.append(json.dumps(row) + "\n")
+    atomic_write(path, "".join(lines), "the per-sample verdicts")
 
 
 def _syntax_cut(r, completion: str) -> str:
