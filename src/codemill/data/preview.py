@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from codemill.data.stream import Doc, TrainingStream
+from codemill.data.document import TokenDoc
+from codemill.data.stream import TrainingStream
 from codemill.errors import UserError
 
 STYLES = {
@@ -30,7 +31,7 @@ def _clip(text: str, role: str, limit: int) -> str:
     return text[:limit] + "…"
 
 
-def render(doc: Doc, limit: int = 600) -> Text:
+def render(doc: TokenDoc, limit: int = 600) -> Text:
     out = Text()
     for part in doc.parts:
         text = part.text if part.role == "special" else _clip(part.text, part.role, limit)
@@ -38,7 +39,7 @@ def render(doc: Doc, limit: int = 600) -> Text:
     return out
 
 
-def title(doc: Doc, sfim_policy: str) -> str:
+def title(doc: TokenDoc, sfim_policy: str) -> str:
     s = doc.sample
     what = s.objective.upper()
     if s.suffix is not None:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.table import Table
 
+from codemill.data.document import TokenDoc
 from codemill.data.objectives import Objective
 
 PAD = Objective.PADDING.label
-
-if TYPE_CHECKING:
-    from codemill.data.stream import Doc
 
 
 class StreamStats:
@@ -34,7 +31,7 @@ class StreamStats:
         self.strategies[strategy] += 1
         self.repos += 1
 
-    def doc(self, d: Doc, continued: bool = False) -> None:
+    def doc(self, d: TokenDoc, continued: bool = False) -> None:
         """A document packed; `continued`: a later piece of a file cut at context level."""
         if d.sample is None:  # repository metadata
             return

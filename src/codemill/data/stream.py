@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,48 +28,19 @@ import numpy as np
 import xxhash
 
 from codemill.data.config import DataConfig
+from codemill.data.document import TokenDoc
 from codemill.data.objectives import Objective, Sample, fim_split, make_sample
 from codemill.data.ordering import draw, order_files
 from codemill.data.repo import CodeCorpus, SourceFile, TextCorpus, lines_of
 from codemill.data.stats import StreamStats
 from codemill.errors import UserError
-from codemill.formats import Format, Part, Pieces, fit, get_format
+from codemill.formats import Format, Pieces, fit, get_format
 
 EMPTY = np.zeros(0, dtype=np.int32)
 
 
 def keyed_rng(*key: object) -> random.Random:
     return random.Random(xxhash.xxh64_intdigest("\x00".join(map(str, key))))
-
-
-@dataclass
-class Doc:
-    ids: np.ndarray  # int32
-    objective: str
-    splittable: bool
-    path: str | None = None
-    sample: Sample | None = None
-    strategy: str | None = None
-    parts: list[Part] = field(default_factory=list)
-    # FIM documents: tokens before the first sentinel, and where the prefix's tokens lie in `ids`
-    opening: int = 0
-    prefix_at: int = 0
-    prefix_len: int = 0
-    frame: int = 0  # tokens that are not file content: specials, path, header
-    # code files, for context-level objectives: the file, its random key and the objective drawn for it
-    file: SourceFile | None = None
-    key: tuple = ()
-    drawn: str = ""
-    context: bool = False  # a file laid out as repository context for the next (`repo_context`)
-
-    def without_head(self, n: int) -> np.ndarray:
-        """The document with the first n tokens of its prefix moved out (spilled as NTP before it)."""
-        return np.concatenate([self.ids[: self.prefix_at], self.ids[self.prefix_at + n :]]) if n else self.ids
-
-    def head(self, start: int, n: int) -> np.ndarray:
-        """The file's opening and prefix tokens [start, start + n): what a spill puts before it."""
-        at = self.prefix_at + start
-        return np.concatenate([self.ids[: self.opening], self.ids[at : at + n]])
 
 
 class TrainingStream:
@@ -126,9 +97,9 @@ class TrainingStream:
             "emitted": dict.fromkeys(self.sources, 0),
             "current": None,  # {"source", "unit", "epoch", "doc", "part", "offset"}
         }
-        self._plan: list[Callable[[], Doc]] | None = None
-        self._batch: tuple[int, list[Doc]] = (0, [])
-        self._rest_doc: tuple[tuple, Doc | None] = ((), None)
+        self._plan: list[Callable[[], TokenDoc]] | None = None
+        self._batch: tuple[int, list[TokenDoc]] = (0, [])
+        self._rest_doc: tuple[tuple, TokenDoc | None] = ((), None)
         self._lines: tuple[SourceFile | None, np.ndarray, np.ndarray] = (None, EMPTY, EMPTY)
         self._tree: tuple[SourceFile | None, Any] = (None, None)
         self.batch_docs = 64
@@ -153,7 +124,7 @@ class TrainingStream:
         self._plan = None
 
     # --- documents -----------------------------------------------------------------------------
-    def plan(self, source: str, unit: int, epoch: int) -> list[Callable[[], list[Doc]]]:
+    def plan(self, source: str, unit: int, epoch: int) -> list[Callable[[], list[TokenDoc]]]:
         """The unit's documents in order, as makers (a file's documents each): only the ones packed
         next are built."""
         if source == "text":
@@ -171,12 +142,14 @@ class TrainingStream:
             self.stats.repo(strategy)
         plan = []
         if cfg.repo_metadata and self.fmt.repo_name:
-            plan.append(lambda: [Doc(EMPTY, "ntp", True, parts=self.fmt.repo_start(repo), strategy=strategy)])
+            plan.append(
+                lambda: [TokenDoc(EMPTY, "ntp", True, parts=self.fmt.repo_start(repo), strategy=strategy)]
+            )
         for i in order:
             plan.append(partial(self._file_doc, files[i], (epoch, repo), strategy, repo_objective))
         return plan
 
-    def _file_doc(self, f: SourceFile, key: tuple, strategy: str, objective: str | None) -> list[Doc]:
+    def _file_doc(self, f: SourceFile, key: tuple, strategy: str, objective: str | None) -> list[TokenDoc]:
         key = (self.cfg.seed, *key, f.path)
         rng = keyed_rng(*key)
         drawn = objective or draw(self.cfg.code_objectives, rng)
@@ -185,7 +158,7 @@ class TrainingStream:
         if context and keyed_rng(*key, "context").random() < self.cfg.repo_context:
             parts = self.fmt.context_file(f.path, f.text)  # for the next file, as an editor's snippets are
             return [
-                Doc(
+                TokenDoc(
                     EMPTY, "ntp", True, f.path, Sample("ntp", f.text), strategy, parts, **origin, context=True
                 )
             ]
@@ -215,18 +188,18 @@ class TrainingStream:
             tree=tree,
         )
 
-    def _text_doc(self, text: str, key: tuple) -> list[Doc]:
+    def _text_doc(self, text: str, key: tuple) -> list[TokenDoc]:
         rng = keyed_rng(self.cfg.seed, *key)
         if draw(self.cfg.text_objectives, rng) == "fim":
             pre, mid, suf = fim_split(text, rng)
             return [self._doc(None, Sample("fim", pre, mid, suf, rng.random() < self.cfg.fim_spm_rate), None)]
         return [self._doc(None, Sample("ntp", text), None)]
 
-    def _doc(self, path: str | None, s: Sample, strategy: str | None, **origin) -> Doc:
+    def _doc(self, path: str | None, s: Sample, strategy: str | None, **origin) -> TokenDoc:
         parts = self.fmt.document(path=path, prefix=s.prefix, middle=s.middle, suffix=s.suffix, spm=s.spm)
-        return Doc(EMPTY, s.objective, s.suffix is None, path, s, strategy, parts, **origin)
+        return TokenDoc(EMPTY, s.objective, s.suffix is None, path, s, strategy, parts, **origin)
 
-    def encode(self, docs: list[Doc]) -> list[list[Doc]]:
+    def encode(self, docs: list[TokenDoc]) -> list[list[TokenDoc]]:
         """Tokenize every text part of a batch of documents at once (specials go in by id); each
         document comes back as a group: itself, plus what a long FIM document spilled."""
         texts = [p.text for d in docs for p in d.parts if p.role != "special"]
@@ -242,7 +215,7 @@ class TrainingStream:
             out.append([d])
         return out
 
-    def _fit(self, d: Doc, pieces: Pieces) -> list[Doc]:
+    def _fit(self, d: TokenDoc, pieces: Pieces) -> list[TokenDoc]:
         """A FIM document longer than a window is cut as prompts are (`formats.fit`); the cut prefix
         head and suffix tail are not lost but spilled as NTP before and after it."""
         if sum(len(ids) for ids, role in pieces if role not in ("prefix", "suffix")) > self.window_len:
@@ -255,7 +228,10 @@ class TrainingStream:
         start = d.ids[: d.opening].tolist()
         end = [self.ids[self.fmt.eos]] if self.fmt.eos_per_file else []
         self._count("fim_context_spilled")
-        spill = lambda ids: Doc(np.asarray(ids, dtype=np.int32), "ntp", True, d.path, strategy=d.strategy)  # noqa: E731
+
+        def spill(ids: list[int]) -> TokenDoc:
+            return TokenDoc(np.asarray(ids, dtype=np.int32), "ntp", True, d.path, strategy=d.strategy)
+
         return ([spill(start + head)] if head else []) + [d] + ([spill(start + tail + end)] if tail else [])
 
     def _whole_chars(
@@ -288,7 +264,7 @@ class TrainingStream:
         return cut
 
     # --- context-level objectives ---------------------------------------------------------------
-    def _rest(self, d: Doc, char: int, ntp: bool) -> Doc:
+    def _rest(self, d: TokenDoc, char: int, ntp: bool) -> TokenDoc:
         """File `d`'s text from `char` on with the file's objective, or (`ntp`) its next line alone as
         NTP (a line longer than a window), built once."""
         if self._rest_doc[0] == (id(d), char, ntp):
@@ -316,7 +292,7 @@ class TrainingStream:
         first = int(np.searchsorted(ends, char, "right"))
         return int(tokens[-1] - (tokens[first - 1] if first else 0))
 
-    def _cut(self, d: Doc, room: int, char: int) -> tuple[Doc, int] | None:
+    def _cut(self, d: TokenDoc, room: int, char: int) -> tuple[TokenDoc, int] | None:
         """The longest head of `d`'s text ending at a line end whose document (the objective applied to
         it alone, SFIM choosing its node inside it) fits in `room` tokens, and its length in characters."""
         budget = room - d.frame - 4  # each cut may re-tokenize a token or two differently
@@ -337,7 +313,7 @@ class TrainingStream:
             fits -= max(1, fits // 8)
         return None
 
-    def _set_ids(self, d: Doc, pieces: Pieces) -> None:
+    def _set_ids(self, d: TokenDoc, pieces: Pieces) -> None:
         d.ids = np.fromiter((t for ids, _ in pieces for t in ids), dtype=np.int32)
         d.frame = sum(len(ids) for ids, role in pieces if role not in ("prefix", "middle", "suffix", "body"))
         if not d.splittable:  # where the file's opening ends and where its prefix lies
@@ -356,7 +332,7 @@ class TrainingStream:
                 i = roles.index("prefix")
                 d.prefix_at, d.prefix_len = int(starts[i]), len(pieces[i][0])
 
-    def _stat(self, d: Doc, continued: bool) -> None:
+    def _stat(self, d: TokenDoc, continued: bool) -> None:
         """Documents are counted as they are packed, each piece of a file cut at context level too."""
         if self.stats is not None:
             self.stats.doc(d, continued)
@@ -402,7 +378,7 @@ class TrainingStream:
         )
         return self.epochs is not None and last
 
-    def _group(self, k: int) -> list[Doc]:
+    def _group(self, k: int) -> list[TokenDoc]:
         """The documents of plan entry k, building and tokenizing the next batch when needed."""
         start, groups = self._batch
         if not start <= k < start + len(groups):
