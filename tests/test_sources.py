@@ -17,7 +17,7 @@ from conftest import MIT, stdlib
 
 from codemill.curate.config import CurateConfig
 from codemill.curate.sources import expand, open_unit, read_bytes
-from codemill.curate.tables import ShuffleStep, bucket_repositories, pieces
+from codemill.curate.table_sources import ShuffleStep, bucket_repositories, pieces
 from codemill.langs import detect
 
 CFG = CurateConfig()

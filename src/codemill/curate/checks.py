@@ -22,7 +22,8 @@ from pathlib import Path
 from codemill.curate import filters, licenses
 from codemill.curate.config import CurateConfig
 from codemill.curate.pii import SensitiveWords, redact
-from codemill.curate.sources import RawFile, read_bytes
+from codemill.curate.records import RawFile
+from codemill.curate.sources import read_bytes
 from codemill.curate.static import SYNTAX_RULE, Defect, analyzers
 from codemill.curate.syntax import check_syntax
 from codemill.langs import detect

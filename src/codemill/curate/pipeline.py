@@ -37,7 +37,7 @@ from codemill.curate.io import atomic_json, parquet_options
 from codemill.curate.ledger import merge
 from codemill.curate.sources import Unit, expand
 from codemill.curate.steps import RefineStep, ScanStep
-from codemill.curate.tables import ShuffleStep, n_buckets, pieces
+from codemill.curate.table_sources import ShuffleStep, n_buckets, pieces
 from codemill.errors import DiskFull, UserError, disk_full, disk_full_cause, short_of_space
 from codemill.progress import Bar
 
@@ -54,7 +54,7 @@ TOOLS = (
 )
 
 
-STEP_MODULES = ("codemill.curate.steps", "codemill.curate.dedup_steps", "codemill.curate.tables")
+STEP_MODULES = ("codemill.curate.steps", "codemill.curate.dedup_steps", "codemill.curate.table_sources")
 
 
 MMAP_THRESHOLD = 1 << 20  # glibc: allocations from 1 MB up are mapped, and unmapped when freed

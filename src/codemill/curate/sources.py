@@ -2,7 +2,7 @@
 `npm:` packages (npm.py) and `installed` (the standard library and every installed distribution).
 
 A source expands to an ordered list of `Unit`s, one per repository (a table is one unit, which
-tables.py's shuffle turns into buckets of repositories), so tasks can split the work by unit index. Opening a unit gives its metadata and a stream of `RawFile`s. Nothing here writes to
+table_sources.py's shuffle turns into buckets of repositories), so tasks can split the work by unit index. Opening a unit gives its metadata and a stream of `RawFile`s. Nothing here writes to
 the input; every failure to read becomes a `RawFile` with an `error`, counted downstream.
 """
 
@@ -20,11 +20,13 @@ import sysconfig
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from codemill.curate import licenses
 from codemill.curate.config import CurateConfig
+from codemill.curate.records import RawFile, RepoMeta
+from codemill.curate.table_sources import bucket_repositories
 from codemill.errors import UserError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
@@ -40,25 +42,6 @@ class Unit:
     name: str
     locator: str
     extra: tuple = ()
-
-
-@dataclass
-class RawFile:
-    path: str
-    size: int
-    read: Callable[[int], bytes] | None = None  # read(limit) -> at most limit bytes
-    error: str | None = None  # why it cannot be read: unreadable, not_regular, symlink_loop, ...
-
-
-@dataclass
-class RepoMeta:
-    name: str
-    source: str
-    license: str | None = None
-    license_source: str = "none"
-    stars: int | None = None
-    commits: int | None = None
-    license_texts: list[str] = field(default_factory=list)
 
 
 # -- expansion of a source argument into units ------------------------------------------------
@@ -79,7 +62,7 @@ def expand(source: str, cfg: CurateConfig) -> list[Unit]:
         if source.endswith(ARCHIVE_SUFFIXES):
             return [Unit("archive", _archive_name(p), str(p))]
         if source.endswith(TABLE_SUFFIXES):
-            return [Unit("table", p.name, str(p))]  # split into repositories by tables.py
+            return [Unit("table", p.name, str(p))]  # split into repositories by table_sources.py
         raise UserError(f"{source}: not an archive ({ARCHIVE_SUFFIXES}) nor a table {TABLE_SUFFIXES}")
     if _is_single_repo(p):
         return [_dir_unit(p)]
@@ -156,8 +139,6 @@ def _open_broken(unit: Unit, cfg: CurateConfig) -> tuple[RepoMeta, Iterator[RawF
 def repositories(unit: Unit, cfg: CurateConfig) -> Iterator[tuple[RepoMeta, Iterator[RawFile]]]:
     """The repositories of a unit: one, or those of a shuffled table bucket."""
     if unit.kind == "bucket":
-        from codemill.curate.tables import bucket_repositories
-
         yield from bucket_repositories(Path(unit.locator))
     else:
         yield open_unit(unit, cfg)

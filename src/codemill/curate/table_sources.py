@@ -27,7 +27,7 @@ from datatrove.pipeline.base import PipelineStep
 from codemill.curate import licenses
 from codemill.curate.config import CurateConfig
 from codemill.curate.io import PartitionWriter, Progress, atomic_json, read_part
-from codemill.curate.sources import RawFile, RepoMeta
+from codemill.curate.records import RawFile, RepoMeta
 from codemill.errors import UserError
 
 JSONL_PIECE = 32 << 20
