@@ -10,9 +10,9 @@ client at once, for `--seconds` (at most an hour) and at most `--max-requests` r
   first event, and the well-behaved client again, its latency compared with the unloaded p50;
 - flood: `--flood` requests at once from as many clients, more than the slots and the queue hold:
   the server sheds the rest with 503 and Retry-After.
-The server's RSS is sampled every `--sample-s`; growth is measured from the end of the warm-up (the
-first `--warmup` of the soak) to the largest sample after it. A closed idle connection is reopened
-5-20 s later (an editor that comes back), a slowloris one at once.
+The server's RSS is sampled every `--sample-s` until the flood; growth is measured from the end of
+the warm-up (the first `--warmup` of the soak) to the largest sample after it. A closed idle
+connection is reopened 5-20 s later (an editor that comes back), a slowloris one at once.
 
 Passes (exit 0) when: no 5xx other than the flood's 503s, each of those with Retry-After; the server
 alive and answering /health at the end; RSS growth within 5 %; the well-behaved p50 under load
@@ -135,7 +135,7 @@ async def soak(args) -> dict:
         t0 = time.perf_counter()
 
         async def sample() -> None:
-            while not stop.is_set():
+            while not stop.is_set() and not flooding.is_set():  # the soak's memory, not the flood's
                 samples.append((time.perf_counter() - t0, rss_mib(server.pid)))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.sample_s)
@@ -161,6 +161,7 @@ async def soak(args) -> dict:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         alive = server.poll() is None and httpx.get(f"{url}/health").status_code == 200
+        after_flood = rss_mib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -181,6 +182,7 @@ async def soak(args) -> dict:
         "shed_outside_flood": tally.status.get(503, 0) - flood_status.get(503, 0),
         "shed_without_retry_after": tally.shed_without_retry_after, "alive": alive,
         "rss_mib": [round(m, 1) for _, m in samples], "rss_growth_after_warmup": growth,
+        "rss_after_flood_mib": after_flood,
         "p50_unloaded_s": p50_unloaded, "p50_loaded_s": p50_loaded, "p50_ratio": p50_loaded / p50_unloaded,
         "p90_loaded_s": statistics.quantiles(loaded, n=10)[-1] if len(loaded) > 1 else p50_loaded,
         "well_behaved_served": len(loaded), "load_average": Path("/proc/loadavg").read_text().split()[:3],
