@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codemill.curate.corpus import shards
 from codemill.errors import UserError
 from codemill.formats import PII_TAGS
 
@@ -88,7 +89,7 @@ def _redaction_samples(corpus: Path, n: int, seed: int) -> dict[str, list[dict]]
     import pyarrow.parquet as pq
 
     samples = {t: _BottomK(n) for t in PII_TAGS}
-    for shard in sorted(corpus.glob("files-*.parquet")):
+    for shard in shards(corpus):
         f = pq.ParquetFile(shard)
         if "pii" not in f.schema_arrow.names:
             continue

@@ -35,6 +35,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from codemill.curate import dedup, minhash
 from codemill.curate.config import CurateConfig
+from codemill.curate.corpus import shard_path
 from codemill.curate.io import Progress, atomic_json, atomic_parquet, read_part, read_tables
 
 SIG_SCHEMA = pa.schema(
@@ -302,7 +303,7 @@ def _row_groups(work: Path, ids: np.ndarray, columns: list[str]) -> Iterator[pa.
     group that holds any, in id order."""
     shard, row = split_id(ids)
     for s in np.unique(shard):
-        pf = pq.ParquetFile(work / "scan" / f"files-{s:05d}.parquet")
+        pf = pq.ParquetFile(shard_path(work / "scan", s))
         starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
         mine = row[shard == s]
         group = np.searchsorted(starts, mine, side="right") - 1

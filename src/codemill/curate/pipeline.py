@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from codemill.curate.checks import STAGES
 from codemill.curate.config import EXECUTION, CurateConfig
+from codemill.curate.corpus import shards
 from codemill.curate.dedup_steps import (
     BucketStep,
     ClusterStep,
@@ -224,7 +225,7 @@ def _queued(job: str) -> bool:
 def _total(total: int | None, work: Path) -> int:
     """A stage's progress total; refine's (None) is the files the scan kept, known once it ran."""
     if total is None:
-        total = sum(pq.ParquetFile(p).metadata.num_rows for p in (work / "scan").glob("files-*.parquet"))
+        total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards(work / "scan"))
     return total
 
 
@@ -294,7 +295,7 @@ def _finished(out: Path, sources: list[str], cfg: CurateConfig, units: list[Unit
             return manifest | {"already_complete": True}
     if key.exists():
         return None  # an interrupted run, or another one: _check_resume decides
-    if path.exists() or any(out.glob("files-*.parquet")):
+    if path.exists() or shards(out):
         raise UserError(
             f"{out} holds a corpus of other sources or settings (or one whose .work was deleted); "
             "its shards would mix into this one: use a new --out or delete it"

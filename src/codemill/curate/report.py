@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codemill.curate.checks import STAGES
+from codemill.curate.corpus import shards
 
 
 def _mb(n: int) -> str:
@@ -49,7 +50,7 @@ def print_stats(corpus: Path, examples: int = 2, console: Console | None = None)
     for col in ("language", "files", "MB"):
         langs.add_column(col, justify="right" if col != "language" else "left")
     counts: dict[str, list[int]] = {}
-    for p in sorted(corpus.glob("files-*.parquet")):
+    for p in shards(corpus):
         t = pq.read_table(p, columns=["lang", "size"])
         for lang, size in zip(t.column("lang").to_pylist(), t.column("size").to_pylist(), strict=True):
             c = counts.setdefault(lang, [0, 0])

@@ -36,6 +36,7 @@ from codemill.curate.checks import (
     verdicts_from,
 )
 from codemill.curate.config import CurateConfig
+from codemill.curate.corpus import shard_path
 from codemill.curate.decontam import Decontaminator
 from codemill.curate.dedup_steps import SIG_SCHEMA, is_cut, is_vendored, sha_part
 from codemill.curate.io import BATCH, PartitionWriter, Progress, ShardWriter, atomic_parquet
@@ -155,7 +156,7 @@ class ScanStep(PipelineStep):
         checks = [c(cfg) for c in SCAN]
         quality = [c(cfg) for c in QUALITY]
         perms = minhash.permutations(cfg.num_perm, cfg.seed)
-        writer = ShardWriter(out / f"files-{rank:05d}.parquet", SCAN_SCHEMA)
+        writer = ShardWriter(shard_path(out, rank), SCAN_SCHEMA)
         sigs = PartitionWriter(self.work / "dedup" / "sig", f"{rank:05d}", SIG_SCHEMA, cfg.buffer_mb << 20)
         repos: list[dict] = []
         pending = _Pending()
@@ -277,8 +278,8 @@ class RefineStep(PipelineStep):
         repos = pq.read_table(self.work / "scan" / f"repos-{rank:05d}.parquet")
         score = dict(zip(repos.column("repo").to_pylist(), repos.column("score").to_pylist(), strict=True))
         kept: dict[str, int] = {}
-        writer = ShardWriter(self.out / f"files-{rank:05d}.parquet", CORPUS_SCHEMA)
-        src = pq.ParquetFile(self.work / "scan" / f"files-{rank:05d}.parquet")
+        writer = ShardWriter(shard_path(self.out, rank), CORPUS_SCHEMA)
+        src = pq.ParquetFile(shard_path(self.work / "scan", rank))
         row = 0
         for batch in src.iter_batches(batch_size=BATCH):
             docs = []

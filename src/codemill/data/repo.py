@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from codemill.curate.corpus import corpus_shards
 from codemill.errors import UserError
 from codemill.langs import ts_parser
 
@@ -58,9 +59,7 @@ class CodeCorpus:
     """The repositories of a corpus directory (`files-*.parquet`, rows of a repository together)."""
 
     def __init__(self, corpus: str | Path):
-        self.files = sorted(Path(corpus).glob("files-*.parquet"))
-        if not self.files:
-            raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
+        self.files = corpus_shards(corpus)
         self.repos: list[str] = []
         self.segments: list[list[Segment]] = []
         for fi, path in enumerate(self.files):

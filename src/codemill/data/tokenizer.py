@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from codemill.curate.corpus import corpus_shards, shards
 from codemill.errors import UserError
 from codemill.formats import PII_TOKENS, Format
 
@@ -331,7 +332,7 @@ def training_texts(corpus: str | Path, max_bytes: int, size: int = 1 << 16) -> t
 
     texts = chunks(corpus_texts(corpus, max_bytes), size)  # checks the corpus first
     n, seen = 0.0, 0
-    for f in sorted(Path(corpus).glob("files-*.parquet")):
+    for f in shards(corpus):
         meta = pq.ParquetFile(f).metadata
         col = meta.schema.to_arrow_schema().get_field_index("content")
         for g in range(meta.num_row_groups):
@@ -348,11 +349,8 @@ def corpus_texts(corpus: str | Path, max_bytes: int) -> Iterator[str]:
     """File contents of a curated corpus in corpus order, up to `max_bytes` of UTF-8."""
     import pyarrow.parquet as pq
 
-    files = sorted(Path(corpus).glob("files-*.parquet"))
-    if not files:
-        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
     seen = 0
-    for f in files:
+    for f in corpus_shards(corpus):
         for batch in pq.ParquetFile(f).iter_batches(columns=["content"], batch_size=256):
             for text in batch.column(0).to_pylist():
                 seen += len(text.encode("utf-8"))

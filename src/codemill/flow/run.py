@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codemill.config import Settings, at_least, fraction, load_recipe, positive
+from codemill.curate.corpus import shards
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
 from codemill.errors import UserError
 
@@ -301,7 +302,7 @@ def _holdout_unit(rcfg: RunConfig, corpus: Path) -> str:
     import pyarrow.parquet as pq
 
     repos = set()
-    for f in sorted(corpus.glob("files-*.parquet")):
+    for f in shards(corpus):
         repos |= set(pc.unique(pq.read_table(f, columns=["repo"]).column("repo")).to_pylist())
     return "repo" if len(repos) * rcfg.holdout >= rcfg.min_heldout_repos else "file"
 

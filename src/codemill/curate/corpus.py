@@ -1,0 +1,27 @@
+"""The shards of a curated corpus on disk, named in one place: curate writes `files-NNNNN.parquet`
+(one per task, a repository's rows together, in corpus order) and every reader finds them here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codemill.errors import UserError
+
+PATTERN = "files-*.parquet"
+
+
+def shard_path(directory: str | Path, rank: int) -> Path:
+    """Where task `rank` writes its shard: the scan's under .work/scan, refine's in the corpus."""
+    return Path(directory) / f"files-{rank:05d}.parquet"
+
+
+def shards(directory: str | Path) -> list[Path]:
+    """The shards under `directory` in corpus order; none when there are none."""
+    return sorted(Path(directory).glob(PATTERN))
+
+
+def corpus_shards(corpus: str | Path) -> list[Path]:
+    """A corpus's shards, for a reader that needs some: a directory without any is the user's error."""
+    if found := shards(corpus):
+        return found
+    raise UserError(f"{corpus} has no {PATTERN}; run `codemill curate ... --out {corpus}`")
