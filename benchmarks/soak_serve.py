@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=600.0, help="the soak's length (at most 3600)")
     ap.add_argument("--max-requests", type=int, default=200_000, help="requests sent, at most")
     ap.add_argument("--parallel", type=int, default=4, help="the server's slots")
+    ap.add_argument("--cache-ram", type=int, default=None, help="the server's --cache-ram (MiB)")
     ap.add_argument("--slowloris", type=int, default=200)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--typists", type=int, default=2)
@@ -66,12 +67,13 @@ def main() -> None:
     sys.exit(0 if out["passed"] else 1)
 
 
-def start_server(model: Path, parallel: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, parallel: int, cache_ram: int | None = None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "codemill.cli", "serve", str(model), "--host", HOST, "--port", str(port),
-           "--parallel", str(parallel), "--no-access-log"]  # fmt: skip
+           "--parallel", str(parallel), "--no-access-log",
+           *([] if cache_ram is None else ["--cache-ram", str(cache_ram)])]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     url = f"http://{HOST}:{port}"
     while True:
@@ -124,7 +126,7 @@ class Tally:
 
 
 async def soak(args) -> dict:
-    server, url = start_server(args.model, args.parallel)
+    server, url = start_server(args.model, args.parallel, args.cache_ram)
     tally = Tally(args.max_requests)
     probe_at = positions(1, seed=7)[0]
     try:
@@ -175,7 +177,7 @@ async def soak(args) -> dict:
         sum(n for s, n in tally.status.items() if s >= 500 and s != 503) + tally.shed_without_retry_after
     )
     out = {
-        "seconds": args.seconds, "parallel": args.parallel, "slowloris": args.slowloris, "idle": args.idle,
+        "seconds": args.seconds, "parallel": args.parallel, "cache_ram": args.cache_ram, "slowloris": args.slowloris, "idle": args.idle,
         "typists": args.typists, "vanishers": args.vanishers, "flood": args.flood, "requests": tally.sent,
         "status": dict(sorted(tally.status.items())), "flood_status": dict(sorted(flood_status.items())),
         "events": dict(tally.events), "unexpected_5xx": bad_5xx,
