@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from codemill.errors import UserError
@@ -25,3 +26,13 @@ def corpus_shards(corpus: str | Path) -> list[Path]:
     if found := shards(corpus):
         return found
     raise UserError(f"{corpus} has no {PATTERN}; run `codemill curate ... --out {corpus}`")
+
+
+def corpus_rows(corpus: str | Path, columns: list[str], batch_size: int = 512) -> Iterator[tuple]:
+    """The `columns` of every corpus file, one tuple a file, in corpus order, a batch at a time (a
+    corpus can be larger than memory)."""
+    import pyarrow.parquet as pq
+
+    for f in corpus_shards(corpus):
+        for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=batch_size):
+            yield from zip(*(c.to_pylist() for c in batch.columns), strict=True)

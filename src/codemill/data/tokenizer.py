@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from codemill.curate.corpus import corpus_shards, shards
+from codemill.curate.corpus import corpus_rows, shards
 from codemill.errors import UserError
 from codemill.formats import PII_TOKENS, Format
 
@@ -347,13 +347,9 @@ def training_texts(corpus: str | Path, max_bytes: int, size: int = 1 << 16) -> t
 
 def corpus_texts(corpus: str | Path, max_bytes: int) -> Iterator[str]:
     """File contents of a curated corpus in corpus order, up to `max_bytes` of UTF-8."""
-    import pyarrow.parquet as pq
-
     seen = 0
-    for f in corpus_shards(corpus):
-        for batch in pq.ParquetFile(f).iter_batches(columns=["content"], batch_size=256):
-            for text in batch.column(0).to_pylist():
-                seen += len(text.encode("utf-8"))
-                yield text
-                if seen >= max_bytes:
-                    return
+    for (text,) in corpus_rows(corpus, ["content"], 256):
+        seen += len(text.encode("utf-8"))
+        yield text
+        if seen >= max_bytes:
+            return

@@ -13,10 +13,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import tree_sitter
 import xxhash
 
+from codemill.curate.corpus import corpus_rows
 from codemill.errors import UserError
 from codemill.langs import BENCHMARK_NAMES, STRUCTURES, ts_language, ts_parser
 
@@ -76,14 +76,7 @@ class _Holdout:
 
 def _corpus_rows(corpus: str | Path):
     """(repo, path, lang, content) of every corpus file, in corpus order."""
-    files = sorted(Path(corpus).glob("files-*.parquet"))
-    if not files:
-        raise UserError(f"{corpus} has no files-*.parquet; run `codemill curate ... --out {corpus}`")
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(
-            columns=["repo", "path", "lang", "content"], batch_size=512
-        ):
-            yield from zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
+    return corpus_rows(corpus, ["repo", "path", "lang", "content"])
 
 
 def _functions(lang: str, tree) -> list[tree_sitter.Node]:

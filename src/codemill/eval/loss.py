@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codemill.curate.corpus import corpus_rows
 from codemill.eval.suites import crosscodeeval, fim_eval, subset
 from codemill.formats import Format, Part, fit, pieces
 
@@ -226,11 +227,7 @@ def interval(e: dict, prefix: str) -> str:
 
 
 def _rows(corpus: str | Path):
-    import pyarrow.parquet as pq
-
-    for f in sorted(Path(corpus).glob("files-*.parquet")):
-        for batch in pq.ParquetFile(f).iter_batches(columns=["repo", "path", "content"], batch_size=1024):
-            yield from zip(*(c.to_pylist() for c in batch.columns), strict=True)
+    return corpus_rows(corpus, ["repo", "path", "content"], 1024)
 
 
 def _held(repos_file: str | Path):

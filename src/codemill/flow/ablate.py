@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codemill.curate.corpus import corpus_rows
 from codemill.errors import UserError
 from codemill.eval.runner import compare
 from codemill.flow.run import run
@@ -255,7 +256,6 @@ def type_table(dirs: list[Path], pairs: list[tuple[str, str]]) -> str:
 def heldout_files(shared: Path, n: int) -> tuple[list[str], list[str] | None]:
     """The held-out files fim-loss scored (eval/loss.py `heldout_texts`, the same sample) and their
     repositories, which fim-loss does not record: the interval resamples files by repository."""
-    import pyarrow.parquet as pq
 
     from codemill.eval.loss import heldout_texts
 
@@ -264,11 +264,7 @@ def heldout_files(shared: Path, n: int) -> tuple[list[str], list[str] | None]:
         return [], None
     texts = heldout_texts(corpus, held, n)
     wanted, repo_of = set(texts), {}
-    for f in sorted(corpus.glob("files-*.parquet")):
-        for batch in pq.ParquetFile(f).iter_batches(columns=["repo", "content"], batch_size=1024):
-            repo_of.update(
-                (c, r) for r, c in zip(*(x.to_pylist() for x in batch.columns), strict=True) if c in wanted
-            )
+    repo_of.update((c, r) for r, c in corpus_rows(corpus, ["repo", "content"], 1024) if c in wanted)
     return texts, [repo_of[t] for t in texts]
 
 
