@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def tree_digest(root: Path) -> str:
             if p.is_file() and not p.is_symlink() and p.stat().st_size < 10_000_000:
                 h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def stdlib_package_repos(root: Path, packages: tuple[str, ...]) -> Path:
+    """One MIT-licensed repository per standard-library package (its tests left out): real code in
+    many files, for the executors' tests."""
+    for name in packages:
+        shutil.copytree(STDLIB / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
+        (root / name / "LICENSE").write_text(MIT)
+    return root
 
 
 @pytest.fixture(scope="session")

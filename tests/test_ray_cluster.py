@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MIT, STDLIB, corpus_tables
+from conftest import corpus_tables, stdlib_package_repos
 
 from codemill.curate.config import CurateConfig
 from codemill.curate.pipeline import curate
@@ -129,11 +129,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ray-repos")
-    for name in PACKAGES:
-        shutil.copytree(STDLIB / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
-        (root / name / "LICENSE").write_text(MIT)
-    return root
+    return stdlib_package_repos(tmp_path_factory.mktemp("ray-repos"), PACKAGES)
 
 
 @pytest.fixture(scope="module")

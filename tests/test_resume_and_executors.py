@@ -4,7 +4,6 @@ executors: test_ray_cluster.py, test_slurm.py)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MIT, STDLIB, corpus_tables
+from conftest import corpus_tables, stdlib_package_repos
 
 from codemill.curate.config import CurateConfig
 from codemill.curate.pipeline import curate
@@ -35,11 +34,7 @@ PACKAGES = (
 
 @pytest.fixture(scope="module")
 def many_repos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("many")
-    for name in PACKAGES:
-        shutil.copytree(STDLIB / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
-        (root / name / "LICENSE").write_text(MIT)
-    return root
+    return stdlib_package_repos(tmp_path_factory.mktemp("many"), PACKAGES)
 
 
 def _cli(src: Path, out: Path) -> list[str]:
