@@ -332,7 +332,7 @@ def test_a_full_disk_while_writing_eval_results_says_so_and_a_rerun_gives_the_sa
     filler.write_bytes(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize))
     cmd = ["eval", "humaneval", "--model", "reference", "--limit", "2", "--out"]
     said = one_line_disk_error(codemill(*cmd, str(disk / "ev")))
-    assert f"the output of eval to {disk / 'ev'}" in said, said
+    assert "no space left" in said and str(disk / "ev") in said, said  # what and where
     filler.unlink()
     assert codemill(*cmd, str(disk / "ev")).returncode == 0
     assert codemill(*cmd, str(tmp_path / "ev")).returncode == 0
