@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -341,8 +342,11 @@ def test_curate_where_no_file_survives_says_so(tmp_path):
 def test_an_interrupted_curate_says_a_rerun_resumes(tmp_path):
     src = Path(os.__file__).parent  # the standard library: its scan outlasts the signal by far
     cmd = [sys.executable, "-m", "codemill.cli", "curate", str(src), "--out", str(tmp_path / "out")]
+    # as from a terminal: a suite started in the background (`make test &`) ignores SIGINT, and Python
+    # then leaves Ctrl-C ignored in its children too
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "400"}, start_new_session=True)  # fmt: skip
+                            env={**os.environ, "COLUMNS": "400"}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while not (tmp_path / "out" / ".work" / "scan").is_dir() and time.time() < deadline:  # scan started
         time.sleep(0.2)
