@@ -272,9 +272,11 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
         flags = torch.stack([(~torch.isfinite(local)).double().reshape(()), torch.tensor(float(bool(_received)),
                              dtype=torch.float64, device=d.device)])  # fmt: skip
         reduced = all_reduce(torch.cat([sums.flatten(), flags]), d)
-        sums, stop = reduced[:-2].view_as(sums), reduced[-1].item() > 0
-        loss = (sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)).item()
-        verdict = watch.judge(loss, reduced[-2].item() > 0)
+        sums = reduced[:-2].view_as(sums)
+        step_loss = sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)
+        loss, bad, stop = torch.stack([step_loss, reduced[-2], reduced[-1]]).tolist()  # one host sync
+        stop = stop > 0
+        verdict = watch.judge(loss, bad > 0)
         lr = lr_at(step, tcfg)
         if verdict.apply:
             for group in optim.param_groups:
