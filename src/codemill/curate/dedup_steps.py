@@ -1,7 +1,7 @@
 """The dedup stages, sharded the way datatrove's MinHash stages are (signatures, buckets, cluster),
 with exact dedup and an exact-Jaccard verification stage added.
 
-A file is named by its id, `scan shard << 32 | row`. Scan tasks route one signature row per file
+A file is named by its id (`layout.file_id`: its scan shard and row). Scan tasks route one signature row per file
 to an exact-dedup part by its SHA-256 (`dedup/sig/{part}/`), with its rank inputs. The rank (best
 first, RANK_ORDER): a copy that passes the quality checks (their verdicts are taken at scan), then
 an upstream copy before a vendored one (`pip/_vendor/rich/console.py` gives way to
@@ -34,9 +34,11 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from codemill.curate import dedup, minhash
+from codemill.curate.checks import ExactDedup, NearDedup, RepoScore
 from codemill.curate.config import CurateConfig
 from codemill.curate.corpus import shard_path
 from codemill.curate.io import Progress, atomic_json, atomic_parquet, read_part, read_tables
+from codemill.curate.layout import Work, split_ids
 
 SIG_SCHEMA = pa.schema(
     [
@@ -122,20 +124,15 @@ def is_cut(score: np.ndarray, repo: pa.Array, cut: dict | None) -> np.ndarray:
     return (score < cut["score"]) | ((score == cut["score"]) & le_name)
 
 
-def split_id(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return (ids >> np.uint64(32)).astype(np.int64), (ids & np.uint64(0xFFFFFFFF)).astype(np.int64)
-
-
 class _Step(PipelineStep):
     type = "codemill"
 
-    def __init__(self, cfg: CurateConfig, work: str):
+    def __init__(self, cfg: CurateConfig, work: str | Path):
         super().__init__()
-        self.cfg, self.work = cfg, Path(work)
-        self.dir = self.work / "dedup"
+        self.cfg, self.work = cfg, Work(work)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        progress = Progress(self.work / "progress", self.name, rank)
+        progress = Progress(self.work.progress, self.name, rank)
         self.task(rank)
         progress.advance()
         progress.flush()
@@ -176,11 +173,11 @@ class ExactStep(_Step):
     name = "exact"
 
     def task(self, rank: int) -> None:
-        t = read_part(self.dir / "sig" / f"{rank:05d}", SIG_SCHEMA)
+        t = read_part(self.work.sig_part(rank), SIG_SCHEMA)
         score = t.column("score").to_numpy()
-        boundary = json.loads((self.dir / "cut.json").read_text())
+        boundary = json.loads(self.work.cut_json.read_text())
         cut = t.column("scored").to_numpy(zero_copy_only=False) & is_cut(score, t.column("repo"), boundary)
-        gone = [_removed(t.column("id").filter(cut), "repo_score", ["low_repo_score"] * int(cut.sum()),
+        gone = [_removed(t.column("id").filter(cut), RepoScore.stage, ["low_repo_score"] * int(cut.sum()),
                          [f"score {s:.3f}" for s in score[cut]])]  # fmt: skip
         t = t.filter(~cut)
         rank_of = np.empty(t.num_rows, np.int64)
@@ -192,7 +189,7 @@ class ExactStep(_Step):
         gone.append(
             _removed(
                 t.column("id").take(pa.array(dup, pa.int64())),
-                "exact_dedup",
+                ExactDedup.stage,
                 ["exact_duplicate"] * len(dup),
                 kept_name,
             )
@@ -206,11 +203,9 @@ class ExactStep(_Step):
                 kept_name,
                 [1.0] * len(dup),
             ),
-            self.dir / "clusters" / f"exact-{rank:05d}.parquet",
+            self.work.clusters / f"exact-{rank:05d}.parquet",
         )
-        atomic_parquet(
-            pa.concat_tables(gone).sort_by("id"), self.dir / "removed" / f"exact-{rank:05d}.parquet"
-        )
+        atomic_parquet(pa.concat_tables(gone).sort_by("id"), self.work.removed / f"exact-{rank:05d}.parquet")
         survives = np.ones(t.num_rows, bool)
         survives[dup] = False
         live = t.filter(pa.array(survives & (t.column("n_shingles").to_numpy() > 0)))
@@ -220,7 +215,7 @@ class ExactStep(_Step):
             order = np.argsort(bands[:, b], kind="stable")
             atomic_parquet(
                 pa.table({"key": bands[order, b], "id": ids[order]}),
-                self.dir / "bands" / f"{b:02d}" / f"{rank:05d}.parquet",
+                self.work.band(b) / f"{rank:05d}.parquet",
                 row_group_size=ROW_GROUP,
             )
 
@@ -237,9 +232,7 @@ class BucketStep(_Step):
         filters = pc.field("key") >= pa.scalar(lo, pa.uint64())
         if hi < 1 << 64:
             filters &= pc.field("key") < pa.scalar(hi, pa.uint64())
-        t = read_tables(
-            sorted((self.dir / "bands" / f"{band:02d}").glob("*.parquet")), BAND_SCHEMA, filters=filters
-        )
+        t = read_tables(sorted(self.work.band(band).glob("*.parquet")), BAND_SCHEMA, filters=filters)
         keys, ids = t.column("key").to_numpy(), t.column("id").to_numpy()
         pairs = dedup.bucket_pairs(keys, ids, self.cfg.max_bucket_pairs)
         part = ((pairs[:, 0] * _MIX) ^ pairs[:, 1]) * _MIX >> np.uint64(40)
@@ -247,7 +240,7 @@ class BucketStep(_Step):
         order = np.argsort(part, kind="stable")
         atomic_parquet(
             pa.table({"part": part[order], "i": pairs[order, 0], "j": pairs[order, 1]}),
-            self.dir / "pairs" / f"{band:02d}-{r:05d}.parquet",
+            self.work.pair_file(band, r),
             row_group_size=ROW_GROUP,
         )
 
@@ -258,7 +251,7 @@ class VerifyStep(_Step):
     name = "verify"
 
     def task(self, rank: int) -> None:
-        files = sorted((self.dir / "pairs").glob("*.parquet"))
+        files = sorted(self.work.pairs.glob("*.parquet"))
         got = read_tables(files, PAIR_SCHEMA, columns=["i", "j"], filters=[("part", "=", rank)])
         pairs = np.unique(np.stack([got.column("i").to_numpy(), got.column("j").to_numpy()], axis=1), axis=0)
         nodes, shingles = _shingled(self.work, np.unique(pairs), self.cfg.ngram)
@@ -266,18 +259,18 @@ class VerifyStep(_Step):
         similar = sims >= self.cfg.threshold
         keep = np.isin(nodes.column("id").to_numpy(), pairs[similar])
         t = nodes.filter(pa.array(keep))
-        atomic_parquet(_with_rank_inputs(self.work, t), self.dir / "nodes" / f"{rank:05d}.parquet")
+        atomic_parquet(_with_rank_inputs(self.work, t), self.work.nodes / f"{rank:05d}.parquet")
         atomic_parquet(
             pa.table({"i": pairs[similar, 0], "j": pairs[similar, 1], "jaccard": sims[similar]}),
-            self.dir / "similar" / f"{rank:05d}.parquet",
+            self.work.similar / f"{rank:05d}.parquet",
         )
         atomic_json(
-            self.dir / "similar" / f"{rank:05d}.json",
+            self.work.similar / f"{rank:05d}.json",
             {"candidates": len(pairs), "verified_similar": int(similar.sum())},
         )
 
 
-def _shingled(work: Path, ids: np.ndarray, n: int) -> tuple[pa.Table, dict[int, np.ndarray]]:
+def _shingled(work: Work, ids: np.ndarray, n: int) -> tuple[pa.Table, dict[int, np.ndarray]]:
     """The files named by ids (sorted) without their text, and their shingle sets by id. Texts are
     hashed as they are read, a group of about `minhash.KEPT_POWERS` characters at a time, and let
     go: held whole, the texts, their Python strings and the sets were ~3x the sets alone (a verify
@@ -298,12 +291,12 @@ def _shingled(work: Path, ids: np.ndarray, n: int) -> tuple[pa.Table, dict[int, 
     return pa.table({"id": pa.array([], pa.uint64()), **{c: [] for c in columns}}), shingles
 
 
-def _row_groups(work: Path, ids: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
+def _row_groups(work: Work, ids: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
     """Columns of the scan-shard rows named by ids (sorted), with their id, one table per row
     group that holds any, in id order."""
-    shard, row = split_id(ids)
+    shard, row = split_ids(ids)
     for s in np.unique(shard):
-        pf = pq.ParquetFile(shard_path(work / "scan", s))
+        pf = pq.ParquetFile(shard_path(work.scan, s))
         starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
         mine = row[shard == s]
         group = np.searchsorted(starts, mine, side="right") - 1
@@ -312,13 +305,13 @@ def _row_groups(work: Path, ids: np.ndarray, columns: list[str]) -> Iterator[pa.
             yield t.add_column(0, "id", pa.array(ids[shard == s][group == g], pa.uint64()))
 
 
-def _with_rank_inputs(work: Path, t: pa.Table) -> pa.Table:
+def _with_rank_inputs(work: Work, t: pa.Table) -> pa.Table:
     """Add each file's repository score and stars, from the scan shard that read its repository."""
-    shard, _ = split_id(t.column("id").to_numpy())
+    shard, _ = split_ids(t.column("id").to_numpy())
     score, stars = np.zeros(t.num_rows), np.zeros(t.num_rows, np.int64)
     paths = t.column("path").to_pylist()
     for s in np.unique(shard):
-        repos = pq.read_table(work / "scan" / f"repos-{s:05d}.parquet", columns=["repo", "score", "stars"])
+        repos = pq.read_table(Work.repos(work.scan, s), columns=["repo", "score", "stars"])
         mine = np.flatnonzero(shard == s)
         at = pc.index_in(t.column("repo").take(pa.array(mine)), repos.column("repo")).to_numpy()
         score[mine] = repos.column("score").to_numpy()[at]
@@ -343,8 +336,8 @@ class ClusterStep(_Step):
     name = "cluster"
 
     def task(self, rank: int) -> None:
-        sim = read_tables(sorted((self.dir / "similar").glob("*.parquet")), SIMILAR_SCHEMA)
-        nodes = read_tables(sorted((self.dir / "nodes").glob("*.parquet")), NODE_SCHEMA)
+        sim = read_tables(sorted(self.work.similar.glob("*.parquet")), SIMILAR_SCHEMA)
+        nodes = read_tables(sorted(self.work.nodes.glob("*.parquet")), NODE_SCHEMA)
         ids = nodes.column("id").to_numpy()
         _, first = np.unique(ids, return_index=True)
         nodes = nodes.take(pa.array(first))  # sorted by id, once each
@@ -365,21 +358,21 @@ class ClusterStep(_Step):
         atomic_parquet(
             _removed(
                 [ids[m] for m, _ in gone],
-                "near_dedup",
+                NearDedup.stage,
                 ["near_duplicate"] * len(gone),
                 [f"{name[k]} J={s:.3f}" for _, (k, s) in gone],
             ),
-            self.dir / "removed" / "near.parquet",
+            self.work.removed / "near.parquet",
         )
         kept = [name[removed[m][0]] if m in removed else None for m in range(len(ids))]
         sims = [removed[m][1] if m in removed else 1.0 for m in range(len(ids))]
         atomic_parquet(
             _cluster_rows("near", [name[c] for c in cluster_of], repo, path, kept, sims),
-            self.dir / "clusters" / "near.parquet",
+            self.work.clusters / "near.parquet",
         )
-        stats = [json.loads(p.read_text()) for p in sorted((self.dir / "similar").glob("*.json"))]
+        stats = [json.loads(p.read_text()) for p in sorted(self.work.similar.glob("*.json"))]
         atomic_json(
-            self.dir / "pairs.json",
+            self.work.pairs_json,
             {k: sum(s[k] for s in stats) for k in ("candidates", "verified_similar")},
         )
 
@@ -398,14 +391,14 @@ class ScoreCutStep(_Step):
 
     def task(self, rank: int) -> None:
         info: dict = {}
-        atomic_json(self.dir / "cut.json", score_boundary(self.work, self.cfg, info))
-        atomic_json(self.dir / "score.json", info)
+        atomic_json(self.work.cut_json, score_boundary(self.work, self.cfg, info))
+        atomic_json(self.work.score_json, info)
 
 
-def score_boundary(work: Path, cfg: CurateConfig, info: dict | None = None) -> dict | None:
+def score_boundary(work: Work | str | Path, cfg: CurateConfig, info: dict | None = None) -> dict | None:
     """The boundary (score, name): the cut takes the ranked repositories at or below it. `info`
     gets the counts behind it and the score of a tie kept whole."""
-    paths = sorted((work / "scan").glob("repos-*.parquet"))
+    paths = Work.every(Work(work).scan, "repos")
     tables = []
     for p in paths:
         t = pq.read_table(p)

@@ -35,6 +35,7 @@ from codemill.curate.dedup_steps import (
     ranges,
 )
 from codemill.curate.io import atomic_json, parquet_options
+from codemill.curate.layout import Work
 from codemill.curate.ledger import merge
 from codemill.curate.sources import Unit, expand
 from codemill.curate.steps import RefineStep, ScanStep
@@ -123,13 +124,13 @@ def curate(
 ) -> dict:
     bound_allocators()  # before the first Arrow allocation (tables' metadata in _stages)
     out = Path(out)
-    work = out / ".work"
+    work = Work.of(out)
     units = [u for s in sources for u in expand(s, cfg)]
     if not units:
         raise UserError(f"no repositories found in {sources}")
     if done := _finished(out, sources, cfg, units):
         return done
-    work.mkdir(parents=True, exist_ok=True)
+    work.root.mkdir(parents=True, exist_ok=True)
     _check_resume(work, sources, cfg, units)
     _clear_partial(out, work)
     stages, units = _stages(units, cfg, work, out)
@@ -137,7 +138,7 @@ def curate(
     timings = _run_on_slurm(stages, cfg, work, quiet) if executor == "slurm" else {}
     for name, step, tasks, total in [] if executor == "slurm" else stages:
         start = time.time()
-        ex = make_executor(executor, [step], tasks, cfg.workers, work / "logs" / name)
+        ex = make_executor(executor, [step], tasks, cfg.workers, work.logs(name))
         _run_with_progress(ex, name, _total(total, work), work, quiet)
         timings[name] = round(time.time() - start, 2)
     n_tasks = {name: tasks for name, _, tasks, _ in stages}
@@ -148,13 +149,13 @@ def slurm_scripts(sources: list[str], out: str | Path, cfg: CurateConfig) -> lis
     """(stage, batch script) as `--executor slurm` would submit them, each after the one before
     (`--dependency=afterok`); nothing is submitted (`codemill curate --dry-run`)."""
     out = Path(out)
-    work = out / ".work"
+    work = Work.of(out)
     units = [u for s in sources for u in expand(s, cfg)]
     if not units:
         raise UserError(f"no repositories found in {sources}")
     scripts = []
     for i, (name, step, tasks, _) in enumerate(_stages(units, cfg, work, out)[0]):
-        logs = work / "logs" / name
+        logs = work.logs(name)
         ex = make_executor("slurm", [step], tasks, cfg.workers, logs, cfg)
         run = f"srun -l -n 1 launch_pickled_pipeline {logs / 'executor.pik'}"
         after = f" --dependency=afterok:<job of {scripts[-1][0]}>" if i else ""
@@ -165,16 +166,16 @@ def slurm_scripts(sources: list[str], out: str | Path, cfg: CurateConfig) -> lis
     return scripts
 
 
-def _run_on_slurm(stages: list, cfg: CurateConfig, work: Path, quiet: bool) -> dict[str, float]:
+def _run_on_slurm(stages: list, cfg: CurateConfig, work: Work, quiet: bool) -> dict[str, float]:
     """Submit every stage with unfinished tasks as an array job after the previous stage's job, then
     wait for each in turn with a bar over its tasks' progress files (the work directory must be on a
     file system the nodes share). A stage whose tasks did not all finish cancels the later jobs."""
-    log = work / "logs" / "slurm.stderr"
+    log = work.stage_log("slurm")
     log.parent.mkdir(parents=True, exist_ok=True)
     executors, prev = [], None
     with contextlib.nullcontext() if os.environ.get("CODEMILL_VERBOSE") else _stderr_to(log):
         for name, step, tasks, _ in stages:
-            prev = make_executor("slurm", [step], tasks, cfg.workers, work / "logs" / name, cfg, depends=prev)
+            prev = make_executor("slurm", [step], tasks, cfg.workers, work.logs(name), cfg, depends=prev)
             try:
                 prev.run()  # sbatch, or nothing when every task of the stage is complete
             except (subprocess.CalledProcessError, OSError) as e:
@@ -222,10 +223,10 @@ def _queued(job: str) -> bool:
     return bool(r.stdout.strip())
 
 
-def _total(total: int | None, work: Path) -> int:
+def _total(total: int | None, work: Work) -> int:
     """A stage's progress total; refine's (None) is the files the scan kept, known once it ran."""
     if total is None:
-        total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards(work / "scan"))
+        total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards(work.scan))
     return total
 
 
@@ -242,9 +243,9 @@ def require_files(manifest: dict, out: Path) -> None:
     )
 
 
-def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tuple[list, list[Unit]]:
+def _stages(units: list[Unit], cfg: CurateConfig, work: Work, out: Path) -> tuple[list, list[Unit]]:
     """(name, step, tasks, progress total) in order, and the units the scan reads."""
-    w = str(work)
+    w = work.root
     stages = []
     tables = [u for u in units if u.kind == "table"]
     units = [u for u in units if u.kind != "table"]
@@ -261,10 +262,7 @@ def _stages(units: list[Unit], cfg: CurateConfig, work: Path, out: Path) -> tupl
         table_rows = sum(rows for *_, rows in found)
         tasks = max(1, min(cfg.tasks, len(all_pieces)))
         stages.append(("shuffle", ShuffleStep(all_pieces, buckets, cfg, w), tasks, len(all_pieces)))
-        units += [
-            Unit("bucket", f"table-bucket-{b:05d}", str(work / "shuffle" / f"{b:05d}"))
-            for b in range(buckets)
-        ]
+        units += [Unit("bucket", f"table-bucket-{b:05d}", str(work.bucket(b))) for b in range(buckets)]
     n_tasks = max(1, min(cfg.tasks, len(units)))
     cfg = replace(cfg, dedup_tasks=cfg.dedup_tasks or max(cfg.tasks, math.ceil(table_rows / cfg.part_files)))
     n_parts, n_buckets_tasks = parts(cfg), cfg.bands * ranges(cfg)
@@ -284,7 +282,7 @@ def _finished(out: Path, sources: list[str], cfg: CurateConfig, units: list[Unit
     """The manifest of a finished run of these sources, settings and repositories (marked
     `already_complete`); a corpus of another run, or one whose work directory is gone, is refused:
     its shards would mix into the new corpus."""
-    path, key = out / "manifest.json", out / ".work" / "run.json"
+    path, key = out / "manifest.json", Work.of(out).run_json
     if path.exists():
         manifest = json.loads(path.read_text())
         old = {k: v for k, v in manifest.get("config", {}).items() if k not in EXECUTION}
@@ -303,29 +301,29 @@ def _finished(out: Path, sources: list[str], cfg: CurateConfig, units: list[Unit
     return None
 
 
-def _check_resume(work: Path, sources: list[str], cfg: CurateConfig, units) -> None:
+def _check_resume(work: Work, sources: list[str], cfg: CurateConfig, units) -> None:
     """A resumed run must see the same repositories and settings, or its shards would not match
     (how it executes aside: workers, Slurm's options)."""
     key = {"sources": sources, "config": cfg.identity(), "repositories": [u.name for u in units]}
-    path = work / "run.json"
+    path = work.run_json
     if path.exists():
         if json.loads(path.read_text()) != json.loads(json.dumps(key)):
             raise UserError(
-                f"{work.parent} holds a run with other sources or settings; use a new --out or delete it"
+                f"{work.root.parent} holds a run with other sources or settings; use a new --out or delete it"
             )
     else:
         atomic_json(path, key)
 
 
-def _clear_partial(out: Path, work: Path) -> None:
-    for p in list(out.glob("*.tmp")) + list(work.rglob("*.tmp")):
+def _clear_partial(out: Path, work: Work) -> None:
+    for p in list(out.glob("*.tmp")) + list(work.root.rglob("*.tmp")):
         p.unlink()
 
 
-def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> None:
+def _run_with_progress(ex, name: str, total: int, work: Work, quiet: bool) -> None:
     """Run an executor while a bar sums the tasks' progress files; datatrove's log goes to a file
     (`codemill -v` leaves it on the console)."""
-    log = work / "logs" / f"{name}.stderr"
+    log = work.stage_log(name)
     log.parent.mkdir(parents=True, exist_ok=True)
     done = threading.Event()
     unit = {"shuffle": "pieces", "scan": "units", "refine": "files"}.get(name, "tasks")
@@ -349,26 +347,26 @@ def _run_with_progress(ex, name: str, total: int, work: Path, quiet: bool) -> No
             ) from None
         except Exception as e:
             if (cause := disk_full_cause(e)) is not None:
-                raise disk_full(f"the files of stage {name}", cause.filename or work) from None
-            if short_of_space(work):  # a writer's error that lost its errno
-                raise disk_full(f"the files of stage {name}", work) from None
+                raise disk_full(f"the files of stage {name}", cause.filename or work.root) from None
+            if short_of_space(work.root):  # a writer's error that lost its errno
+                raise disk_full(f"the files of stage {name}", work.root) from None
             e.add_note(f"stage {name} failed; datatrove's log: {log}")
             raise  # a bug keeps its type and traceback
         finally:
             done.set()
             thread.join()
         incomplete = ex.get_incomplete_ranks()
-        if incomplete and short_of_space(work):  # its traceback may not have fitted in the log either
-            raise disk_full(f"the files of stage {name}", work)
+        if incomplete and short_of_space(work.root):  # its traceback may not have fitted in the log either
+            raise disk_full(f"the files of stage {name}", work.root)
         if incomplete:
             tail = log.read_text(errors="replace")[-3000:]
             raise UserError(f"stage {name}: tasks {incomplete} did not finish; see {log}\n{tail}")
         bar.update(task, completed=total)
 
 
-def _progress(work: Path, name: str) -> int:
+def _progress(work: Work, name: str) -> int:
     n = 0
-    for p in (work / "progress").glob(f"{name}-*"):
+    for p in work.progress.glob(f"{name}-*"):
         with contextlib.suppress(OSError, ValueError):
             n += int(p.read_text() or 0)
     return n
@@ -413,23 +411,22 @@ def _concat(paths: list[Path], dest: Path) -> int:
     return n
 
 
-def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, timings, seconds) -> dict:
-    ledgers = sorted((work / "scan").glob("ledger-*.json")) + sorted((work / "refine").glob("ledger-*.json"))
+def _finalize(out: Path, work: Work, sources, cfg, units, n_tasks, executor, timings, seconds) -> dict:
+    ledgers = [p for d in (work.scan, work.refine) for p in Work.every(d, "ledger", ".json")]
     stages, extra = merge(ledgers)
-    for p in sorted((work / "shuffle").glob("broken-*.json")):  # table pieces that could not be read
+    for p in Work.every(work.shuffle, "broken", ".json"):  # table pieces that could not be read
         for b in json.loads(p.read_text()):
             reason = "broken_table:" + b["error"].split(":", 1)[0]
             stages["read"]["files_in"] += 1
             stages["read"]["drops"][reason] = stages["read"]["drops"].get(reason, 0) + 1
     _concat(
-        sorted((work / "scan").glob("drops-*.parquet")) + sorted((work / "refine").glob("drops-*.parquet")),
+        [p for d in (work.scan, work.refine) for p in Work.every(d, "drops")],
         out / "drops.parquet",
     )
-    clusters = work / "dedup" / "clusters"
     _concat(
-        [*sorted(clusters.glob("exact-*.parquet")), clusters / "near.parquet"], out / "dedup_clusters.parquet"
+        [*Work.every(work.clusters, "exact"), work.clusters / "near.parquet"], out / "dedup_clusters.parquet"
     )
-    repo_tables = sorted((work / "refine").glob("repos-*.parquet"))
+    repo_tables = Work.every(work.refine, "repos")
     n_repos = _concat(repo_tables, out / "repos.parquet")
     counts = {"not_permissive": 0, "score_cut": 0, "score_unranked": 0, "with_kept_files": 0}
     for p in repo_tables:
@@ -453,7 +450,7 @@ def _finalize(out: Path, work: Path, sources, cfg, units, n_tasks, executor, tim
         "files": {"out": last["files_out"], "bytes_out": last["bytes_out"]},
         "stages": {s: {**stages[s], "drops": dict(sorted(stages[s]["drops"].items()))} for s in STAGES},
         "pii_replacements": {k.split(":", 1)[1]: v for k, v in sorted(extra.items()) if k.startswith("pii:")},
-        "near_dedup_pairs": json.loads((work / "dedup" / "pairs.json").read_text()),
+        "near_dedup_pairs": json.loads(work.pairs_json.read_text()),
     }
     atomic_json(out / "manifest.json", manifest)
     return manifest

@@ -40,6 +40,7 @@ from codemill.curate.corpus import shard_path
 from codemill.curate.decontam import Decontaminator
 from codemill.curate.dedup_steps import SIG_SCHEMA, is_cut, is_vendored, sha_part
 from codemill.curate.io import BATCH, PartitionWriter, Progress, ShardWriter, atomic_parquet
+from codemill.curate.layout import Work, file_id
 from codemill.curate.ledger import Ledger
 from codemill.curate.sources import Unit, repositories
 
@@ -141,23 +142,23 @@ class ScanStep(PipelineStep):
     name = "scan"
     type = "codemill"
 
-    def __init__(self, units: list[Unit], cfg: CurateConfig, work: str):
+    def __init__(self, units: list[Unit], cfg: CurateConfig, work: str | Path):
         super().__init__()
-        self.units, self.cfg, self.work = units, cfg, Path(work)
+        self.units, self.cfg, self.work = units, cfg, Work(work)
         # built once here and sent to the tasks with the step: reading every benchmark takes ~0.5 s
         self.decont = Decontaminator(
             cfg.decontam_ngram, cfg.decontam_humaneval, cfg.decontam_files, cfg.decontam_shipped
         )
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        cfg, out = self.cfg, self.work / "scan"
+        cfg, out = self.cfg, self.work.scan
         out.mkdir(parents=True, exist_ok=True)
-        ledger, progress = Ledger(out, rank), Progress(self.work / "progress", "scan", rank)
+        ledger, progress = Ledger(out, rank), Progress(self.work.progress, "scan", rank)
         checks = [c(cfg) for c in SCAN]
         quality = [c(cfg) for c in QUALITY]
         perms = minhash.permutations(cfg.num_perm, cfg.seed)
         writer = ShardWriter(shard_path(out, rank), SCAN_SCHEMA)
-        sigs = PartitionWriter(self.work / "dedup" / "sig", f"{rank:05d}", SIG_SCHEMA, cfg.buffer_mb << 20)
+        sigs = PartitionWriter(self.work.sig, f"{rank:05d}", SIG_SCHEMA, cfg.buffer_mb << 20)
         repos: list[dict] = []
         pending = _Pending()
         for unit in self.units[rank::world_size]:
@@ -201,7 +202,7 @@ class ScanStep(PipelineStep):
         self._flush(pending, quality, rank, writer, perms, sigs, repos)
         writer.close()
         sigs.close()
-        atomic_parquet(pa.Table.from_pylist(repos, schema=REPO_SCHEMA), out / f"repos-{rank:05d}.parquet")
+        atomic_parquet(pa.Table.from_pylist(repos, schema=REPO_SCHEMA), Work.repos(out, rank))
         ledger.save()
         progress.flush()
         yield from ()
@@ -235,7 +236,7 @@ class ScanStep(PipelineStep):
             tasks = self.decont.match(tokens, words, bounds)
             for k, d in enumerate(group):
                 sha = hashlib.sha256(d.data).hexdigest()
-                sig = {"id": rank << 32 | writer.n, "sha256": sha, "repo": d.repo, "path": d.path}
+                sig = {"id": file_id(rank, writer.n), "sha256": sha, "repo": d.repo, "path": d.path}
                 failure = quality_failure(d)
                 stage, reason, detail = failure or (None, None, None)
                 writer.add(
@@ -264,22 +265,22 @@ class RefineStep(PipelineStep):
     name = "refine"
     type = "codemill"
 
-    def __init__(self, cfg: CurateConfig, work: str, out: str):
+    def __init__(self, cfg: CurateConfig, work: str | Path, out: str | Path):
         super().__init__()
-        self.cfg, self.work, self.out = cfg, Path(work), Path(out)
+        self.cfg, self.work, self.out = cfg, Work(work), Path(out)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         ledger, progress = (
-            Ledger(self.work / "refine", rank),
-            Progress(self.work / "progress", "refine", rank),
+            Ledger(self.work.refine, rank),
+            Progress(self.work.progress, "refine", rank),
         )
         removed = self._removed(rank)
         checks = [c(self.cfg) for c in REFINE]
-        repos = pq.read_table(self.work / "scan" / f"repos-{rank:05d}.parquet")
+        repos = pq.read_table(Work.repos(self.work.scan, rank))
         score = dict(zip(repos.column("repo").to_pylist(), repos.column("score").to_pylist(), strict=True))
         kept: dict[str, int] = {}
         writer = ShardWriter(shard_path(self.out, rank), CORPUS_SCHEMA)
-        src = pq.ParquetFile(shard_path(self.work / "scan", rank))
+        src = pq.ParquetFile(shard_path(self.work.scan, rank))
         row = 0
         for batch in src.iter_batches(batch_size=BATCH):
             docs = []
@@ -300,16 +301,16 @@ class RefineStep(PipelineStep):
                 )
             progress.advance(batch.num_rows)
         writer.close()
-        atomic_parquet(self._repos(repos, kept), self.work / "refine" / f"repos-{rank:05d}.parquet")
+        atomic_parquet(self._repos(repos, kept), Work.repos(self.work.refine, rank))
         ledger.save()
         progress.flush()
         yield from ()
 
     def _removed(self, shard: int) -> dict[int, tuple[str, str, str]]:
         """This shard's files that the dedup stages removed: row -> (stage, reason, detail)."""
-        lo, hi = shard << 32, (shard + 1) << 32
+        lo, hi = file_id(shard, 0), file_id(shard + 1, 0)
         out = {}
-        for p in sorted((self.work / "dedup" / "removed").glob("*.parquet")):
+        for p in sorted(self.work.removed.glob("*.parquet")):
             t = pq.read_table(p, filters=[("id", ">=", lo), ("id", "<", hi)])
             for i, s, r, d in zip(
                 *(t.column(c).to_pylist() for c in ("id", "stage", "reason", "detail")), strict=True
@@ -320,8 +321,8 @@ class RefineStep(PipelineStep):
     def _repos(self, repos: pa.Table, kept: dict[str, int]) -> pa.Table:
         """This shard's repositories as repos.parquet has them, with why the score cut took each
         or not."""
-        cut = json.loads((self.work / "dedup" / "cut.json").read_text())
-        info = json.loads((self.work / "dedup" / "score.json").read_text())
+        cut = json.loads(self.work.cut_json.read_text())
+        info = json.loads(self.work.score_json.read_text())
         has_files = pc.greater(repos.column("kept"), 0).to_numpy(zero_copy_only=False)
         scored = pc.not_equal(repos.column("score_signals"), "").to_numpy(zero_copy_only=False)
         taken = has_files & scored & is_cut(repos.column("score").to_numpy(), repos.column("repo"), cut)

@@ -27,6 +27,7 @@ from datatrove.pipeline.base import PipelineStep
 from codemill.curate import licenses
 from codemill.curate.config import CurateConfig
 from codemill.curate.io import PartitionWriter, Progress, atomic_json, read_part
+from codemill.curate.layout import Work
 from codemill.curate.records import RawFile, RepoMeta
 from codemill.errors import UserError
 
@@ -85,15 +86,13 @@ class ShuffleStep(PipelineStep):
     name = "shuffle"
     type = "codemill"
 
-    def __init__(self, all_pieces: list[Piece], buckets: int, cfg: CurateConfig, work: str):
+    def __init__(self, all_pieces: list[Piece], buckets: int, cfg: CurateConfig, work: str | Path):
         super().__init__()
-        self.pieces, self.buckets, self.cfg, self.work = all_pieces, buckets, cfg, Path(work)
+        self.pieces, self.buckets, self.cfg, self.work = all_pieces, buckets, cfg, Work(work)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        writer = PartitionWriter(
-            self.work / "shuffle", f"{rank:05d}", SHUFFLE_SCHEMA, self.cfg.buffer_mb << 20
-        )
-        progress = Progress(self.work / "progress", "shuffle", rank)
+        writer = PartitionWriter(self.work.shuffle, f"{rank:05d}", SHUFFLE_SCHEMA, self.cfg.buffer_mb << 20)
+        progress = Progress(self.work.progress, "shuffle", rank)
         broken = []
         for index in range(rank, len(self.pieces), world_size):
             piece = self.pieces[index]
@@ -110,7 +109,7 @@ class ShuffleStep(PipelineStep):
                 broken.append({"path": piece.path, "piece": piece.start, "error": f"{type(e).__name__}: {e}"})
             progress.advance()
         writer.close()
-        atomic_json(self.work / "shuffle" / f"broken-{rank:05d}.json", broken)
+        atomic_json(self.work.broken(rank), broken)
         progress.flush()
         yield from ()
 
