@@ -49,7 +49,7 @@ def main() -> None:
         for st in streams:
             for _ in range(batch // shards):
                 windows.append(next(st))
-                repos[st.sources["code"].repos[st.state["current"]["unit"]]] += 1
+                repos[st.sources["code"].repos[st.cursor.current.unit]] += 1
         seen |= set(repos)
         if step % args.every == 0:
             codes = np.bincount(

@@ -9,10 +9,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from conftest import stdlib
 
 from codemill.data.config import DataConfig
 from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
+from codemill.data.documents import keyed_rng
 from codemill.data.objectives import Span, fim_split, make_sample, sfim_span
 from codemill.data.ordering import (
     STRATEGIES,
@@ -26,7 +28,7 @@ from codemill.data.ordering import (
 )
 from codemill.data.repo import CodeCorpus, SourceFile
 from codemill.data.stats import StreamStats
-from codemill.data.stream import TrainingStream, keyed_rng
+from codemill.data.stream import TrainingStream
 from codemill.data.tokenizer import HFTokenizer, load_tokenizer
 from codemill.errors import UserError
 from codemill.formats import get_format
@@ -234,15 +236,12 @@ def test_stream_resumes_exactly(code_corpus, tok, level):
 def test_shards_cover_every_repository_once(code_corpus, tok):
     cfg = DataConfig(seq_len=512)
     seen = []
-    for rank in range(2):
-        for worker in range(2):
-            stats = StreamStats()
-            s = TrainingStream(
-                code_corpus, tok, cfg, rank=rank, world=2, worker=worker, workers=2, stats=stats, epochs=1
-            )
-            assert all(len(w["tokens"]) == 513 for w in s)
-            assert stats.repos == len(s.units("code", 0))  # one epoch read each of its repositories once
-            seen += s.units("code", 0)
+    for rank in range(4):
+        stats = StreamStats()
+        s = TrainingStream(code_corpus, tok, cfg, rank=rank, world=4, stats=stats, epochs=1)
+        assert all(len(w["tokens"]) == 513 for w in s)
+        assert stats.repos == len(s.units("code", 0))  # one epoch read each of its repositories once
+        seen += s.units("code", 0)
     n = len(CodeCorpus(code_corpus))
     assert sorted(seen) == list(range(n))
     # every epoch a new order of all repositories (a short run samples the corpus, not its head)
@@ -253,7 +252,7 @@ def test_shards_cover_every_repository_once(code_corpus, tok):
         "code", 2
     ) == list(range(n))
     with pytest.raises(ValueError, match="fewer than"):
-        TrainingStream(code_corpus, tok, cfg, world=4, workers=4)
+        TrainingStream(code_corpus, tok, cfg, world=16)
 
 
 @pytest.mark.parametrize("level", ["context", "document"])
@@ -337,11 +336,11 @@ def test_text_source_gets_its_share(tok, tmp_path):
     path.write_text("".join(json.dumps({"text": f.read_text()[-400:]}) + "\n" for f in files * 5))
     stats = StreamStats()
     s = TrainingStream(corpus, tok, DataConfig(seq_len=256, text=(str(path),), text_share=0.3), stats=stats)
-    while s.state["epoch"]["code"] < 10:  # sources switch between units: the error is one unit
+    while s.cursor.epoch["code"] < 10:  # sources switch between units: the error is one unit
         next(s)
-    emitted = s.state["emitted"]
+    emitted = s.cursor.emitted
     assert abs(emitted["text"] / (emitted["text"] + emitted["code"]) - 0.3) < 0.025
-    assert stats.objectives["fim"] > 0 and s.state["epoch"]["text"] > 0
+    assert stats.objectives["fim"] > 0 and s.cursor.epoch["text"] > 0
 
 
 def test_bad_settings_say_what_to_do(code_corpus, tok):
@@ -471,3 +470,56 @@ def test_lines_are_cut_at_line_feeds_only():
     text = 'a = "x\u2028y"\nb = "\x0c"\rc\r\nd'
     assert lines_of(text) == ['a = "x\u2028y"\n', 'b = "\x0c"\rc\r\n', "d"]
     assert "".join(lines_of(text)) == text and lines_of("") == []
+
+
+# --- issue 38: the trainer's DataLoader -------------------------------------------------------------
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_the_loader_gives_the_streams_batches_whatever_its_workers_and_records_what_was_taken(
+    code_corpus, tok, workers
+):
+    """4 shards, 2 windows of each per step: the batches are the in-process streams' windows in shard
+    order, and the recorded state is the one after the last step taken (workers pack ahead of it).
+    3 workers would not divide the shards: 2 are used."""
+    from codemill.data.loader import WindowLoader, worker_count
+
+    assert [worker_count(w, 4) for w in range(6)] == [0, 1, 2, 2, 4, 4]
+
+    cfg = DataConfig(seq_len=128)
+    shards = [0, 1, 2, 3]
+    streams = {s: TrainingStream(code_corpus, tok, cfg, rank=s, world=4) for s in shards}
+    loader = WindowLoader(code_corpus, tok, cfg, shards, 4, 2, workers)
+    for _ in range(3):
+        tokens, codes = loader.next_step()
+        want = [w for s in shards for w in windows(streams[s], 2)]
+        assert tokens.dtype == codes.dtype == torch.int64 and tokens.shape == (8, 129)
+        assert np.array_equal(tokens.numpy(), np.stack([w["tokens"] for w in want]))
+        assert np.array_equal(codes.numpy(), np.stack([w["objective"] for w in want]))
+    assert loader.state_dict() == {s: streams[s].state_dict() for s in shards}
+    # from the recorded states, a new loader goes on with the next step
+    again = WindowLoader(
+        code_corpus,
+        tok,
+        cfg,
+        shards,
+        4,
+        2,
+        workers,
+        {s: json.loads(json.dumps(st)) for s, st in loader.state_dict().items()},
+    )
+    assert torch.equal(again.next_step()[0], loader.next_step()[0])
+    loader.close()
+    again.close()
+
+
+def test_old_checkpoint_states_load_into_the_typed_cursor(code_corpus, tok):
+    """A `data-shard-S.json` as the untyped stream wrote it (no char / ntp before context level)."""
+    s = TrainingStream(code_corpus, tok, DataConfig(seq_len=128))
+    windows(s, 5)
+    old = s.state_dict()
+    assert set(old) == {"pos", "epoch", "emitted", "current"}
+    assert set(old["current"]) == {"source", "unit", "epoch", "doc", "part", "offset", "char", "ntp"}
+    b = TrainingStream(code_corpus, tok, DataConfig(seq_len=128))
+    b.load_state_dict(
+        {**old, "current": {k: v for k, v in old["current"].items() if k not in ("char", "ntp")}}
+    )
+    assert b.cursor.current.char == 0 and not b.cursor.current.ntp

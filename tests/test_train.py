@@ -67,6 +67,16 @@ def test_two_processes_take_the_same_steps_as_one(code_corpus, bpe_dir, tmp_path
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
 
 
+def test_loader_workers_train_on_the_batches_of_the_training_process(code_corpus, bpe_dir, tmp_path):
+    """The same steps, bit for bit, with the windows packed in-process and by two DataLoader workers."""
+    extra = ["--set", "max_steps=3", "--set", "data_shards=2"]
+    for n in (0, 2):
+        run(train_cmd(code_corpus, bpe_dir, tmp_path / f"w{n}", *extra, "--set", f"loader_workers={n}"))
+    assert losses(tmp_path / "w0") == losses(tmp_path / "w2")
+    wa, wb = (load_file(tmp_path / r / "final" / "model.safetensors") for r in ("w0", "w2"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_a_wall_clock_budget_ends_every_rank_at_one_step_and_exports(code_corpus, bpe_dir, tmp_path):
     extra = ["--set", "max_steps=100000", "--set", "max_minutes=0.002", "--set", "data_shards=2"]
     run(train_cmd(code_corpus, bpe_dir, tmp_path / "two", *extra, torchrun=2))

@@ -98,11 +98,11 @@ def train_here(corpus, tokenizer, out, *sets: str) -> str:
 
     from rich.console import Console
 
-    from codemill.cli import _train_configs
+    from codemill.flow.settings import train_settings
     from codemill.train.loop import train
 
     said = io.StringIO()
-    dcfg, tcfg = _train_configs(None, [*BASE[1::2], *sets[1::2]])
+    dcfg, tcfg = train_settings(None, [*BASE[1::2], *sets[1::2]])
     threads = torch.get_num_threads()
     try:
         train(corpus, tokenizer, out, dcfg, tcfg, Console(file=said, width=200))
@@ -249,7 +249,7 @@ def planted(root, tokenizer) -> tuple[Path, int]:
              "c/json": {f"json/{n}": t for n, t in code.items()}}  # fmt: skip
     corpus = write_corpus(root, repos, rows_per_file=40)
     stream = TrainingStream(corpus, tok, DataConfig.from_dict({"seq_len": 64, "shuffle_repos": False}))
-    units = [next(stream) and stream.state["current"]["unit"] for _ in range(160)]
+    units = [next(stream) and stream.cursor.current.unit for _ in range(160)]
     return corpus, next(s + 1 for s in range(40) if units[4 * s : 4 * s + 4] == [1] * 4)
 
 

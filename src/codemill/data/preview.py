@@ -79,7 +79,7 @@ def preview(stream: TrainingStream, console: Console, docs: int, limit: int, rep
     while shown < docs and unit < len(units):
         plan = stream.plan("code", units[unit], 0)
         for make in plan:
-            for doc in (d for group in stream.encode(make()) for d in group):
+            for doc in (d for group in stream.docs.encode(make()) for d in group):
                 if doc.sample is None:
                     continue  # repository metadata, spilled context
                 console.print(

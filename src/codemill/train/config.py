@@ -45,6 +45,10 @@ class TrainConfig(Settings):
     # streams the global batch is drawn from; 0 = world size. Fix it to make a run's data independent
     # of the world size (resume on another world size)
     data_shards: int = at_least(0, 0)
+    # DataLoader processes that pack this rank's windows ahead of the step, each streaming whole
+    # shards (so a divisor of the rank's shard count is used); 0: packed in the training process.
+    # The batches are the same either way
+    loader_workers: int = at_least(0, 1)
     # numerics and memory
     dtype: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or fp32 / bf16
     compile: bool = False

@@ -1,8 +1,9 @@
 """The training loop: one code path from a laptop CPU to torchrun on many nodes.
 
 The global batch is drawn from `data_shards` training streams, each contributing
-global_batch / data_shards windows per step, and rank r reads shards r, r + world, ... So the
-sequences of a step do not depend on the world size, the loss is normalized by the global count of
+global_batch / data_shards windows per step, and rank r reads shards r, r + world, ... (through a
+DataLoader whose `loader_workers` pack them ahead of the step; data/loader.py). So the sequences of a
+step do not depend on the world size nor on the workers, the loss is normalized by the global count of
 trained tokens, and one process and N processes take the same optimizer step (tested).
 """
 
@@ -21,12 +22,11 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from codemill.data.config import DataConfig
+from codemill.data.loader import WindowLoader
 from codemill.data.objectives import Objective
-from codemill.data.stream import TrainingStream
 from codemill.data.tokenizer import load_tokenizer
 from codemill.errors import UserError, atomic_write, writing
 from codemill.model import lora
@@ -39,6 +39,7 @@ from codemill.train.loss import objective_sums
 from codemill.train.metrics import Metrics, flops_per_token, peak_flops
 from codemill.train.optim import build_optimizer, lr_at
 
+TRAINED = [o for o in Objective if o != Objective.PADDING]  # the rows of the loss sums that carry a loss
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
@@ -158,7 +159,7 @@ def _stopped(out: Path, step: int, d: Dist) -> None:
 # would continue one run's weights and data position under another's settings
 RESUMABLE = {"train.max_steps", "train.max_minutes", "train.ckpt_every", "train.keep_last", "train.log_every",
              "train.threads", "train.peak_flops", "train.compile", "train.activation_checkpointing",
-             "train.loss_chunk", "train.max_bad_steps", "train.spike"}  # fmt: skip
+             "train.loss_chunk", "train.max_bad_steps", "train.spike", "train.loader_workers"}  # fmt: skip
 
 
 def _digest(tokenizer: Path) -> str:
@@ -201,15 +202,13 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
         for block in model.model.layers:
             block.compile()
     optim = build_optimizer(model, tcfg)
-    streams = {
-        s: TrainingStream(corpus, tok, dcfg, rank=s, world=tcfg.data_shards or d.world) for s in shards
-    }
     torch.manual_seed(tcfg.seed + 1 + d.rank)  # dropout streams, one per rank
 
     out.mkdir(parents=True, exist_ok=True)
     state_dir = out / "state"
     step, tokens_seen = 0, 0
     interval = torch.zeros(len(Objective), 2, dtype=torch.float64, device=d.device)  # sums since the last log
+    data: dict[int, dict] = {}  # the shards' stream states to start from
     config = {"data": dcfg.to_dict(), "train": tcfg.to_dict(), "model": model.cfg.to_dict(),
               "corpus": str(corpus.resolve()), "tokenizer": _digest(tokenizer)}  # fmt: skip
     config = json.loads(json.dumps(config))  # tuples as lists, as run.json reads back
@@ -235,11 +234,12 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
                 "said above): restore one from a copy, or rerun to start the run afresh"
             )
         meta, data = checkpoint.load(last, model, optim, shards, d)
-        for s, st in data.items():
-            streams[s].load_state_dict(st)
         step, tokens_seen = meta["step"], meta["tokens"]
         interval = torch.tensor(meta["interval"], dtype=torch.float64, device=d.device)
         watch.load(meta)
+    windows = WindowLoader(
+        corpus, tok, dcfg, shards, tcfg.data_shards or d.world, per_shard, tcfg.loader_workers, data
+    )
     if d.main:
         atomic_write(out / "run.json", json.dumps(config, indent=2) + "\n", "the run settings")
     metrics = Metrics(out, d.main, step, watch.events)
@@ -249,11 +249,10 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
     deadline, data_s, last, stop = t_last + tcfg.max_minutes * 60, 0.0, step >= tcfg.max_steps, False
     while not last:
         t = time.perf_counter()
-        batch = [w for s in shards for w in (next(streams[s]) for _ in range(per_shard))]
+        tokens, codes = windows.next_step()
         data_s += time.perf_counter() - t
-        tokens = torch.from_numpy(np.stack([w["tokens"] for w in batch]).astype(np.int64)).to(d.device)
-        codes = torch.from_numpy(np.stack([w["objective"] for w in batch]).astype(np.int64)).to(d.device)
-        count = all_reduce((codes[:, 1:] > 0).sum().double(), d).item()
+        tokens, codes = tokens.to(d.device), codes.to(d.device)
+        count = all_reduce((codes[:, 1:] != Objective.PADDING).sum().double(), d).item()
         sums = torch.zeros(len(Objective), 2, dtype=torch.float64, device=d.device)
         model.train()
         for m in range(accum):
@@ -261,7 +260,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
             x, y, c = tokens[rows, :-1], tokens[rows, 1:], codes[rows, 1:].flatten()
             with _autocast(tcfg, d.device):
                 losses = model(x, targets=y, loss_chunk=tcfg.loss_chunk)
-            mask = (c > 0).to(losses.dtype)
+            mask = (c != Objective.PADDING).to(losses.dtype)
             # FSDP averages gradients over ranks: scale by world so the step is the global token mean
             ((losses * mask).sum() * (d.world / max(count, 1.0))).backward()
             sums += objective_sums(losses.detach().double(), c)
@@ -273,7 +272,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
                              dtype=torch.float64, device=d.device)])  # fmt: skip
         reduced = all_reduce(torch.cat([sums.flatten(), flags]), d)
         sums = reduced[:-2].view_as(sums)
-        step_loss = sums[1:, 0].sum() / sums[1:, 1].sum().clamp(min=1)
+        step_loss = sums[TRAINED, 0].sum() / sums[TRAINED, 1].sum().clamp(min=1)
         loss, bad, stop = torch.stack([step_loss, reduced[-2], reduced[-1]]).tolist()  # one host sync
         stop = stop > 0
         verdict = watch.judge(loss, bad > 0)
@@ -289,7 +288,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
             say(f"step {step + 1}: {verdict.text}")
         rollback = verdict.action == "rollback" and watch.bad_in_row < tcfg.max_bad_steps
         if rollback and (back := checkpoint.newest_whole(state_dir, d, say)) is not None:
-            meta, data = checkpoint.load(back, model, optim, shards, d)  # the streams stay where they are
+            meta, _ = checkpoint.load(back, model, optim, shards, d)  # the streams stay where they are
             event = watch.rolled_back(meta, step + 1, tcfg.global_batch)
             metrics.event(event)
             say(f"rolled back to {back.name}; the data of steps {event['skipped_steps']} is skipped")
@@ -309,15 +308,15 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
             rate = (tokens_seen - tokens_last) / (now - t_last) / d.world
             t_last, tokens_last = now, tokens_seen
             norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            trained = sums[1:, 1].sum() > 0  # none when every step since the last record was skipped
+            trained = sums[TRAINED, 1].sum() > 0  # none when every step since the last record was skipped
             record = {
                 "step": step,
-                "loss": (sums[1:, 0].sum() / sums[1:, 1].sum()).item() if trained else None,
+                "loss": (sums[TRAINED, 0].sum() / sums[TRAINED, 1].sum()).item() if trained else None,
                 **{
                     f"loss_{name}": (sums[c, 0] / sums[c, 1]).item() if sums[c, 1] > 0 else None
-                    for c, name in ((o, o.label) for o in Objective if o)
+                    for c, name in ((o, o.label) for o in Objective if o != Objective.PADDING)
                 },
-                **{f"tokens_{o.label}": int(sums[o, 1].item()) for o in Objective if o},  # loss tokens
+                **{f"tokens_{o.label}": int(sums[o, 1].item()) for o in Objective if o != Objective.PADDING},
                 "lr": lr,
                 "grad_norm": norm if math.isfinite(norm) else None,
                 "skipped_steps": watch.skipped,  # the run's so far: updates not applied (non-finite, spikes)
@@ -326,7 +325,7 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
                 "tokens_per_s_per_device": rate,
                 "mfu": rate * fpt / peak if peak else None,
                 "padding": 1 - count / (tcfg.global_batch * dcfg.seq_len),
-                "data_s": data_s,  # spent drawing windows since the last record (not overlapped)
+                "data_s": data_s,  # spent waiting for windows since the last record
             }
             data_s = 0.0
             metrics.log(record)
@@ -342,11 +341,12 @@ def _train(corpus, tokenizer, out, dcfg, tcfg, d: Dist, console, resume_anyway: 
                     f"the weights are not finite after step {step}, whose loss and gradient norm were: the "
                     f"update overflowed them (lower train.lr); no checkpoint was written; {_last_good(state_dir)}"
                 )
-            data = {s: streams[s].state_dict() for s in shards}
+            data = windows.state_dict()  # what was trained on, not what the workers packed ahead
             meta = {"tokens": tokens_seen, "interval": interval.tolist(), **watch.state()}
             checkpoint.save(state_dir, step, model, optim, data, meta, d, tcfg.keep_last)
         if stop and not last:
             break
+    windows.close()
     if progress:
         progress[0].stop()
     metrics.close()
