@@ -261,11 +261,11 @@ def run_aixcoder(snapshot: Path, tmp: Path, pairs: list[dict]) -> dict:
     import codebleu.codebleu as cb
     import run_evaluate
 
-    from codemill.eval.codebleu import _dataflow_match, _strip_comments, _syntax_match
+    from codemill.eval.codebleu import _dataflow_match, _strip_comments, _syntax_match, lang_key
 
     def terms(term):  # codemill's term on the reference's inputs (it strips comments itself here)
         def corpus(refs, hyps, lang, _so):
-            key = {"cpp": "cpp"}.get(lang, lang)
+            key = lang_key(lang)  # the reference's key (python, cpp) as langs.py names the language
             clean = lambda x: _strip_comments(x, key)  # noqa: E731
             return term([clean(r[0]) for r in refs], [clean(h) for h in hyps], key)
 

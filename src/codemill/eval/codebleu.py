@@ -39,18 +39,18 @@ from codemill.errors import UserError
 from codemill.langs import lang_name, ts_parser
 
 KEYWORDS = {
-    "python": """False None True and as assert async await break class continue def del elif else except
+    "Python": """False None True and as assert async await break class continue def del elif else except
         finally for from global if import in is lambda nonlocal not or pass raise return try while with
         yield match case type""",
-    "java": """abstract assert boolean break byte case catch char class const continue default do double
+    "Java": """abstract assert boolean break byte case catch char class const continue default do double
         else enum extends final finally float for goto if implements import instanceof int interface long
         native new package private protected public return short static strictfp super switch
         synchronized this throw throws transient try void volatile while""",
-    "javascript": """await break case catch class const continue debugger default delete do else enum export
+    "JavaScript": """await break case catch class const continue debugger default delete do else enum export
         extends false finally for function if implements import in instanceof interface let new null
         package private protected public return super switch static this throw try True typeof var void
         while with yield""",
-    "cpp": """auto const double float int short struct unsigned break continue else for long signed switch
+    "C++": """auto const double float int short struct unsigned break continue else for long signed switch
         void case default enum goto register sizeof typedef volatile char do extern if return static union
         while asm dynamic_cast namespace reinterpret_cast bool explicit new static_cast typeid catch false
         try operator template typename class friend private this using const_cast inline public throw
@@ -58,19 +58,19 @@ KEYWORDS = {
         or xor cin endl INT_MIN iomanip main npos std cout include INT_MAX iostream MAX_RAND NULL string""",
 }  # the reference's keyword lists, quirks included (JavaScript's "True", C++'s library names)
 KEYWORDS = {k: frozenset(v.split()) for k, v in KEYWORDS.items()}
-KEYS = {"Python": "python", "Java": "java", "JavaScript": "javascript", "C++": "cpp"}  # the reference's keys
-NAMES = {key: name for name, key in KEYS.items()}
+LANGUAGES = frozenset(KEYWORDS)  # langs.py's names of the languages CodeBLEU is defined for
 
 
 def lang_key(language: str) -> str:
-    """The reference's key for a language of langs.py's table (or a common abbreviation of one)."""
+    """langs.py's name of a language CodeBLEU is defined for, however it is spelled: the table's name,
+    a common abbreviation (cpp) or the reference's own key (python, javascript), as `lang_name` reads them."""
     try:
         name = lang_name(language)
     except UserError:
         name = language
-    if name not in KEYS:
-        raise UserError(f"CodeBLEU is defined here for {', '.join(KEYS)}; got {language!r}")
-    return KEYS[name]
+    if name not in LANGUAGES:
+        raise UserError(f"CodeBLEU is defined here for {', '.join(KEYWORDS)}; got {language!r}")
+    return name
 
 
 def code_bleu(
@@ -133,7 +133,7 @@ def ngram_terms(
     references: list[str], predictions: list[str], key: str, tokenizer: Callable[[str], list[str]] = str.split
 ) -> dict[str, float]:
     """The two n-gram terms of CodeBLEU over `tokenizer`'s tokens of the stripped code (`key`: the
-    reference's language key, for its keywords)."""
+    language's name in langs.py, for its keywords)."""
     ref_tokens = [tokenizer(r.strip()) for r in references]
     hyp_tokens = [tokenizer(p.strip()) for p in predictions]
     return {
@@ -179,7 +179,7 @@ _C_COMMENT = re.compile(r'//.*?$|/\*.*?\*/|\'(?:\\.|[^\\\'])*\'|"(?:\\.|[^\\"])*
 def _strip_comments(code: str, key: str) -> str:
     """Comments (and Python docstrings) removed, blank lines dropped; the text unchanged where Python
     cannot tokenize it (a fragment), as in the reference."""
-    if key != "python":
+    if key != "Python":
         text = _C_COMMENT.sub(lambda m: " " if m.group(0).startswith("/") else m.group(0), code)
         return "\n".join(x for x in text.split("\n") if x.strip())
     out, prev, last_line, last_col = [], tokenize.INDENT, -1, 0
@@ -214,7 +214,7 @@ def _subtrees(root) -> list[str]:
 
 
 def _syntax_match(refs: list[str], hyps: list[str], key: str) -> float:
-    parser = ts_parser(NAMES[key])
+    parser = ts_parser(key)
     matched = total = 0
     for ref, hyp in zip(refs, hyps, strict=True):
         cand = set(_subtrees(parser.parse(hyp.encode()).root_node))
@@ -243,14 +243,14 @@ class FlowRules:
 
 
 FLOW = {
-    "python": FlowRules(
+    "Python": FlowRules(
         ("assignment", "augmented_assignment", "for_in_clause"),
         ("default_parameter",),
         branch=("if_statement",),
         each_loop=("for_statement",),
         first=("for_in_clause",),
     ),
-    "java": FlowRules(
+    "Java": FlowRules(
         ("assignment_expression",),
         ("variable_declarator",),
         ("update_expression",),
@@ -258,14 +258,14 @@ FLOW = {
         loop_init="local_variable_declaration",
         each_loop=("enhanced_for_statement",),
     ),
-    "javascript": FlowRules(
+    "JavaScript": FlowRules(
         ("assignment_pattern", "augmented_assignment_expression"),
         ("variable_declarator",),
         ("update_expression",),
         counted_loop=("for_statement",),
         loop_init="variable_declaration",
     ),
-    "cpp": FlowRules(  # the reference's C# rules
+    "C++": FlowRules(  # the reference's C# rules
         ("assignment_expression",),
         ("variable_declarator",),
         ("postfix_unary_expression",),
@@ -287,7 +287,7 @@ class _Flow:
     def __init__(self, source: str, key: str):
         self.key, self.rules = key, FLOW[key]
         lines = source.split("\n")
-        self.tree = ts_parser(NAMES[key]).parse(source.encode()).root_node
+        self.tree = ts_parser(key).parse(source.encode()).root_node
         self.tokens: dict = {}
         for i, node in enumerate(self._token_nodes(self.tree)):
             (r0, c0), (r1, c1) = node.start_point, node.end_point
@@ -323,7 +323,7 @@ class _Flow:
         if kind in r.definition:
             return self._definition(node, states)
         if kind in r.assignment:
-            return (self._py_assignment if self.key == "python" else self._assignment)(node, states)
+            return (self._py_assignment if self.key == "Python" else self._assignment)(node, states)
         if kind in r.increment:
             names = self._variables(node)
             edges = _define(names, names, "computedFrom", states)
@@ -362,7 +362,7 @@ class _Flow:
         return _by_index(edges), states
 
     def _definition(self, node, states):
-        if self.key == "cpp":  # the C# rule: positional name and value
+        if self.key == "C++":  # the C# rule: positional name and value
             name, value = node.children[0], node.children[1] if len(node.children) == 2 else None
         else:
             name, value = node.child_by_field_name("name"), node.child_by_field_name("value")
@@ -416,7 +416,7 @@ class _Flow:
     def _each_loop(self, node, states):
         edges = []
         for _ in range(2):
-            if self.key == "python":
+            if self.key == "Python":
                 lefts, rights = self._pairs(node)
                 for rn in rights:
                     e, states = self.walk(rn, states)
@@ -426,7 +426,7 @@ class _Flow:
                     e, states = self.walk(node.children[-1], states)
                     edges += e
                 continue
-            fields = ("left", "right") if self.key == "cpp" else ("name", "value")
+            fields = ("left", "right") if self.key == "C++" else ("name", "value")
             name, value = (node.child_by_field_name(f) for f in fields)
             e, states = self.walk(value, states)
             edges += e
@@ -436,7 +436,7 @@ class _Flow:
         return _merge_loop(edges), states
 
     def _branch(self, node, states):
-        python = self.key == "python"
+        python = self.key == "Python"
         edges, current, others = [], dict(states), []
         has_else = "else" in node.type
         in_else = False
@@ -456,7 +456,7 @@ class _Flow:
         others.append(current)
         if not has_else:
             others.append(states)
-        if self.key == "javascript":  # the reference's JavaScript rule also keeps the states before the if
+        if self.key == "JavaScript":  # the reference's JavaScript rule also keeps the states before the if
             others.append(states)
         merged: dict = {}
         for d in others:

@@ -15,7 +15,7 @@ by the runner, apart.
 
 from __future__ import annotations
 
-from codemill.eval.codebleu import KEYS as CODEBLEU_LANGS
+from codemill.eval.codebleu import LANGUAGES as CODEBLEU_LANGS
 from codemill.eval.codebleu import code_bleu, combine, ngram_terms, tokens_13a
 from codemill.eval.metrics import (
     bleu4,
@@ -41,7 +41,7 @@ def text_scores(task, completion: str) -> dict:
     if task.language in CODEBLEU_LANGS:
         terms = code_bleu([target], [completion], task.language, tokenizer=tokens_13a)
         out["codebleu"] = 100 * terms.pop("codebleu")
-        xglue = ngram_terms([target], [completion], CODEBLEU_LANGS[task.language])  # whitespace tokens
+        xglue = ngram_terms([target], [completion], task.language)  # whitespace tokens
         out["codebleu_codexglue"] = 100 * combine({**terms, **xglue}, dataflow="codexglue")
         out["codebleu_terms"] = terms
     return out
