@@ -6,6 +6,12 @@ that has the reference `codebleu` package (see benchmarks/codebleu_reference.py)
 scores the same pairs in the same run.
 
     python benchmarks/bench_eval.py --workers 2 [--codebleu-python /tmp/cbv/bin/python] [--checkpoint runs/demo/train/final]
+
+With `--suite`, only a suite's speed end to end (load, generate, execute): one JSON line of wall and
+CPU seconds and tasks per minute, for the codemill on the path (run it with PYTHONPATH set to an
+older checkout's src to compare, alternating runs on a loaded machine):
+
+    python benchmarks/bench_eval.py --checkpoint runs/demo/train/final --suite humaneval --limit 16
 """
 
 from __future__ import annotations
@@ -29,8 +35,13 @@ def main() -> None:
     ap.add_argument("--codebleu-python", help="a python with codebleu 0.7.0 installed, to time the reference")
     ap.add_argument("--pairs", type=int, default=16_000)
     ap.add_argument("--skip-sandbox", action="store_true")
-    ap.add_argument("--checkpoint", help="also time greedy generation, batched against one by one")
+    ap.add_argument("--checkpoint", help="also time greedy generation: the engine against transformers")
+    ap.add_argument("--suite", help="with --checkpoint: time this suite end to end, and nothing else")
+    ap.add_argument("--limit", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=None)
     args = ap.parse_args()
+    if args.suite:
+        return suite_speed(args.checkpoint, args.suite, args.limit, args.max_tokens, args.workers)
     if args.checkpoint:
         generation(args.checkpoint)
     if args.skip_sandbox:
@@ -59,22 +70,50 @@ def main() -> None:
 
 
 def generation(path: str, n: int = 32, tokens: int = 64) -> None:
-    """n HumanEval prompts, `tokens` new tokens each: 8 at a time (left-padded) against one by one."""
+    """n HumanEval prompts, `tokens` new tokens each: serve's engine (8 slots, as eval decodes) against
+    transformers' generate 8 at a time (left-padded), wall and CPU seconds."""
     import dataclasses
 
-    from codemill.eval.models import Checkpoint
+    from codemill.eval.models import Checkpoint, Transformers
 
-    model = Checkpoint(path)
     reqs = [dataclasses.replace(t.request, max_tokens=tokens) for t in humaneval()[:n]]
-    t0 = time.perf_counter()
-    batched = [a for i in range(0, n, 8) for a in model.complete(reqs[i : i + 8])]
-    t_batch = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    single = model._one_by_one(reqs)
-    t_one = time.perf_counter() - t0
-    same = sum(a == b for a, b in zip(batched, single, strict=True))
-    Console().print(f"greedy generation, {n} HumanEval prompts x {tokens} tokens: one by one {t_one:.1f} s, "
-                    f"8 at a time {t_batch:.1f} s ({t_one / t_batch:.2f}x), same answers {same}/{n}")  # fmt: skip
+    answers, line = {}, []
+    for name, model in (("engine", Checkpoint(path)), ("transformers", Transformers(path))):
+        t0, c0 = time.perf_counter(), time.process_time()
+        answers[name] = model.complete(reqs)
+        line.append(f"{name} {time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU)")
+    same = sum(a == b for a, b in zip(*answers.values(), strict=True))
+    Console().print(f"greedy generation, {n} HumanEval prompts x {tokens} tokens: {', '.join(line)}; "
+                    f"same answers {same}/{n}")  # fmt: skip
+
+
+def suite_speed(path: str, suite: str, limit: int, max_tokens: int | None, workers: int) -> None:
+    """`codemill eval SUITE --limit N` as the CLI runs it, timed: load, then generate and execute."""
+    import json
+    import resource
+    import tempfile
+
+    from codemill.eval.models import load_model
+    from codemill.eval.runner import evaluate
+
+    def cpu() -> float:
+        own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
+    model = load_model(path)
+    t1, c1 = time.perf_counter(), cpu()
+    with tempfile.TemporaryDirectory() as out:
+        res = evaluate(suite, model, out, limit=limit, max_tokens=max_tokens, workers=workers)
+    t2, c2 = time.perf_counter(), cpu()
+    tasks = len(res["samples"])
+    main = res["summary"]["all"]
+    print(json.dumps({"suite": suite, "tasks": tasks, "load_s": round(t1 - t0, 2), "load_cpu_s": round(c1 - c0, 2),
+                      "wall_s": round(t2 - t1, 2), "cpu_s": round(c2 - c1, 2),
+                      "tasks_per_min_wall": round(60 * tasks / (t2 - t1), 1),
+                      "tasks_per_min_cpu": round(60 * tasks / (c2 - c1), 1),
+                      "score": {k: round(v, 2) for k, v in main.items() if isinstance(v, float)},
+                      "chars": sum(len(s["completion"]) for s in res["samples"])}))  # fmt: skip
 
 
 REFERENCE_CODEBLEU = """

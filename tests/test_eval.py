@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -125,19 +124,20 @@ def test_checkpoint_model_generates_through_formats(tiny_checkpoint):
     from codemill.eval.models import Request, load_model
 
     m = load_model(str(tiny_checkpoint))
+    assert m.inference == "engine"  # a Llama: serve's engine decodes it
     outs = m.complete(
         [Request("def add(a, b):\n", max_tokens=8), Request("x = 1\n", "\ny = 2\n", max_tokens=8)]
     )
     assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
     assert "<fim_middle>" not in outs[1]
-    # greedy requests go through generate() together, left-padded: the same answers as one by one
+    # more requests than slots decode together, each starting as another ends: the same answers as alone
     import dataclasses
 
     from codemill.eval.suites import humaneval
 
-    reqs = [dataclasses.replace(t.request, max_tokens=24) for t in humaneval()[:6]]
+    reqs = [dataclasses.replace(t.request, max_tokens=24) for t in humaneval()[:10]]
     reqs.append(Request("x = 1\n", "\ny = 2\n", max_tokens=5))
-    assert m.complete(reqs) == m._one_by_one(reqs)
+    assert m.complete(reqs) == [m.complete([r])[0] for r in reqs]
 
 
 def test_without_bubblewrap_execution_is_refused(tmp_path):
@@ -358,11 +358,12 @@ def test_fim_loss_scores_the_middle_and_its_end_in_both_layouts(code_corpus, tin
     from codemill.data.tokenizer import load_tokenizer
     from codemill.eval.builders import build_crossfile, build_fim
     from codemill.eval.loss import fim_loss, heldout_texts, line_nll, middle_nll
-    from codemill.eval.models import Checkpoint
+    from codemill.eval.models import prompt_ids
     from codemill.eval.runner import compare
     from codemill.eval.suites import crosscodeeval, fim_eval
     from codemill.formats import checkpoint_format
     from codemill.model.hf import import_hf
+    from codemill.serve.prompter import Prompter
 
     build_fim(code_corpus, tmp_path / "fim", holdout=0.5, per_type=2, seed=3)
     model, tok, fmt = (
@@ -415,7 +416,7 @@ def test_fim_loss_scores_the_middle_and_its_end_in_both_layouts(code_corpus, tin
     retrieval = {t.id: t for t in crosscodeeval(str(tmp_path / "cc"), "retrieval")}
     task = next(t for t in infile if retrieval[t.id].request.context)
     for t in (task, retrieval[task.id]):
-        prompt = Checkpoint.prompt_ids(SimpleNamespace(fmt=fmt, tok=tok, context=10_000), t.request)
+        prompt = prompt_ids(Prompter(fmt, tok, 10_000, model.cfg.vocab_size), t.request)
         line = tok.encode_batch([t.request.reference])[0]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([prompt + line]))[0].float(), -1)

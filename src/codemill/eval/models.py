@@ -2,20 +2,28 @@
 solutions, or nothing.
 
 Every model takes `Request`s (a prefix, an optional suffix for FIM, stop strings) and returns one
-completion per request. Prompts for checkpoints are built by `formats.py`, the definitions training
-used, from the format named in the checkpoint's `codemill.json` (or given on the command line).
+completion per request. A checkpoint is decoded by serve's engine, so that eval measures what an
+editor gets from `codemill serve`; one of an architecture the engine does not run falls back to
+transformers (`load_model`). Prompts are built as serve builds them, by `formats.py` (the
+definitions training used) from the format in the checkpoint's `codemill.json` (or the one given).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from codemill.errors import UserError
-from codemill.formats import encode, get_format
+from codemill.formats import get_format
+from codemill.serve.request import Params, RequestError
+from codemill.stops import syntax_stop as syntax_rule
+
+if TYPE_CHECKING:
+    from codemill.serve.prompter import Prompter
 
 
 @dataclass
@@ -32,6 +40,7 @@ class Request:
     top_p: float = 0.95
     seed: int = 0  # sampling is reproducible per request
     spm: bool | None = None  # FIM layout: SPM, PSM, or None for the format's own
+    syntax_stop: bool = False  # FIM: stop where the completion closes a syntactic unit (stops.py)
     meta: dict = field(default_factory=dict)
 
     def snippets(self, tok) -> list[tuple[str, str]]:
@@ -49,6 +58,7 @@ class Request:
 
 class Model(Protocol):
     name: str
+    inference: str  # what decodes: engine, transformers, endpoint, or reference, empty, generations
 
     def complete(self, requests: list[Request]) -> list[str]: ...
 
@@ -59,19 +69,27 @@ def truncate(text: str, stops: tuple[str, ...]) -> str:
     return text[:cut]
 
 
+def syntax_cut(r: Request, text: str) -> str:
+    """With `r.syntax_stop`, a completion made without the rule cut where serve's syntax stop would
+    have stopped it: the same line end (stops.py), for models that do not apply it as they decode."""
+    until = syntax_rule(r.prefix, r.suffix, r.path) if r.syntax_stop and r.suffix is not None else None
+    cut = until(text) if until is not None else -1
+    return text if cut == -1 else text[:cut]
+
+
 class Reference:
     """Answers with the benchmark's own solution: every suite must score 100% (the harness self-test)."""
 
-    name = "reference"
+    name = inference = "reference"
 
     def complete(self, requests: list[Request]) -> list[str]:
-        return [r.reference for r in requests]
+        return [syntax_cut(r, r.reference) for r in requests]
 
 
 class Empty:
     """Answers nothing: the floor every suite must show."""
 
-    name = "empty"
+    name = inference = "empty"
 
     def complete(self, requests: list[Request]) -> list[str]:
         return ["" for _ in requests]
@@ -81,6 +99,8 @@ class Generations:
     """Completions made elsewhere (vLLM, llama.cpp, an API, another harness), read from a JSON Lines
     file of `{"task_id", "completion"}`, several lines per task for pass@k, so that they are judged by
     the same post-processing and execution as codemill's own. Request `seed` k is the task's k-th line."""
+
+    inference = "generations"
 
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -112,12 +132,62 @@ class Generations:
                 raise UserError(f"{self.path} line {n}: task {tid!r} is not one of {suite}'s")
 
     def complete(self, requests: list[Request]) -> list[str]:
-        return [truncate(self.by_task[r.meta["task_id"]][r.seed], r.stop) for r in requests]
+        return [syntax_cut(r, truncate(self.by_task[r.meta["task_id"]][r.seed], r.stop)) for r in requests]
 
 
 class Checkpoint:
-    """A codemill or Hugging Face checkpoint directory, decoded with transformers: greedy requests of a
-    batch together (left-padded), sampled ones one by one with their own seeds."""
+    """A checkpoint decoded by serve's `Engine`: the prompt layout and cut, KV-cache slots, stop rules
+    (stop strings, the format's stop tokens, the syntax stop) and decoding an editor gets from
+    `codemill serve`. Requests share `parallel` slots, a request starting as another ends; greedy
+    answers do not depend on which others decode beside them. Sampling uses the engine's sampler
+    seeded by the request's seed (reproducible, but not transformers' random stream)."""
+
+    inference = "engine"
+
+    def __init__(
+        self, path: str | Path, fmt: str | None = None, device: str | None = None, parallel: int = 8
+    ):
+        from codemill.serve.engine import Engine
+
+        # eval's prompts rarely recur beyond what the slots hold: no host-memory prompt cache
+        self.engine = Engine(path, fmt, device=device, parallel=parallel, cache_ram_mib=0)
+        self.name = self.engine.name
+
+    def prompt_ids(self, r: Request) -> list[int]:
+        return prompt_ids(self.engine.prompter, r)
+
+    def params(self, r: Request) -> Params:
+        """The request as serve decodes it (`syntax_stop`: serve's own rule, applied as tokens come)."""
+        until = syntax_rule(r.prefix, r.suffix, r.path) if r.syntax_stop and r.suffix is not None else None
+        sampled = r.temperature > 0
+        return Params(max_tokens=r.max_tokens, stop=r.stop, temperature=r.temperature,
+                      top_p=r.top_p if sampled else 1.0, seed=r.seed, until=until)  # fmt: skip
+
+    def complete(self, requests: list[Request]) -> list[str]:
+        jobs = [(self.prompt_ids(r), self.params(r)) for r in requests]
+        out = [""] * len(jobs)
+        try:
+            for i, done in self.engine.run(jobs):
+                out[i] = done.text
+        except RequestError as e:  # only a token cap as long as the context: nothing else is left
+            raise UserError(f"{self.name}: {e}; lower --max-tokens") from None
+        return out
+
+
+def prompt_ids(prompter: Prompter, r: Request) -> list[int]:
+    """A request's prompt ids as serve builds them (serve/prompter.py), with CrossCodeEval's
+    snippets where the format puts the repository's other files."""
+    return prompter.prompt(r.prefix, r.suffix, max_tokens=r.max_tokens, path=r.path, spm=r.spm,
+                           context=r.snippets(prompter.tok))  # fmt: skip
+
+
+class Transformers:
+    """A checkpoint decoded by transformers' `generate`: the fallback for architectures serve's engine
+    does not run (model/hf.py's import maps the Llama family only; StarCoder2, for one, is not), and
+    the reference the engine is tested against (tests/test_eval_engine.py). Greedy requests go 8 at a
+    time (left-padded), sampled ones one by one with their own seeds. Prompts are serve's."""
+
+    inference = "transformers"
 
     def __init__(self, path: str | Path, fmt: str | None = None, device: str | None = None):
         import torch
@@ -125,28 +195,28 @@ class Checkpoint:
 
         from codemill.data.tokenizer import load_tokenizer
         from codemill.formats import checkpoint_format, trained_context
+        from codemill.serve.prompter import Prompter
 
         path = Path(path)
-        self.fmt = checkpoint_format(path, fmt)
+        fmt_ = checkpoint_format(path, fmt)
         self.tok = load_tokenizer(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.name = path.name
-        self.stop_ids = [self.tok.token_id(t) for t in self.fmt.stop_tokens]
+        self.stop_ids = [self.tok.token_id(t) for t in fmt_.stop_tokens]
         self.context = trained_context(path, getattr(self.model.config, "max_position_embeddings", 2048))
-
-    def prompt_ids(self, r: Request) -> list[int]:
-        # the format puts cross-file snippets where training put other files of the repository
-        parts = self.fmt.prompt(r.prefix, r.suffix, path=r.path, spm=r.spm, context=r.snippets(self.tok))
-        return encode(parts, self.tok, self.context - r.max_tokens)
+        self.prompter = Prompter(fmt_, self.tok, self.context, self.model.config.vocab_size)
 
     def complete(self, requests: list[Request]) -> list[str]:
-        if len(requests) > 1 and all(r.temperature <= 0 for r in requests):
-            batched = self._greedy_batch(requests)
-            if batched is not None:
-                return batched
-        return self._one_by_one(requests)
+        out = []
+        for i in range(0, len(requests), 8):
+            chunk = requests[i : i + 8]
+            batched = None
+            if len(chunk) > 1 and all(r.temperature <= 0 for r in chunk):
+                batched = self._greedy_batch(chunk)
+            out += batched if batched is not None else self._one_by_one(chunk)
+        return out
 
     def _finish(self, r: Request, tokens: list[int]) -> str:
         tokens = tokens[: r.max_tokens]
@@ -155,13 +225,13 @@ class Checkpoint:
                 tokens = tokens[:i]
                 break
         text = self.tok.decode(tokens).removesuffix("\ufffd")  # a character cut by the token cap, as serve
-        return truncate(text, r.stop)
+        return syntax_cut(r, truncate(text, r.stop))
 
     def _greedy_batch(self, requests: list[Request]) -> list[str] | None:
         """Greedy requests decoded together, prompts left-padded; None when they do not fit the context."""
         import torch
 
-        prompts = [self.prompt_ids(r) for r in requests]
+        prompts = [prompt_ids(self.prompter, r) for r in requests]
         width, new = max(map(len, prompts)), max(r.max_tokens for r in requests)
         if width + new > self.context:
             return None
@@ -178,7 +248,7 @@ class Checkpoint:
 
         out = []
         for r in requests:
-            ids = torch.tensor([self.prompt_ids(r)], device=self.device)
+            ids = torch.tensor([prompt_ids(self.prompter, r)], device=self.device)
             sampling = {"do_sample": r.temperature > 0}
             if r.temperature > 0:
                 sampling.update(temperature=r.temperature, top_p=r.top_p)
@@ -201,6 +271,8 @@ class Endpoint:
     snippets travel as llama.cpp's `input_extra` and the file path as `path`, which codemill serve
     places by the model's format; a server that ignores them sees the in-file context only. Stop strings are also
     applied here, since OpenAI's API caps them at four."""
+
+    inference = "endpoint"
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None, workers: int = 4,
                  stops: tuple[str, ...] = ()):  # fmt: skip
@@ -234,6 +306,8 @@ class Endpoint:
             body["stop"] = list(r.stop[:4])
         if r.path is not None:
             body["path"] = r.path  # codemill serve's extension; other servers ignore it
+        if r.syntax_stop and r.suffix is not None and r.path is not None:
+            body["syntax_stop"] = True  # codemill serve's extension; cut below for other servers
         if r.context:
             body["input_extra"] = [{"filename": p, "text": c} for p, c in r.context]
         # concurrent requests are separate clients, or codemill serve would let each replace the last
@@ -247,7 +321,7 @@ class Endpoint:
             raise httpx.HTTPStatusError(
                 f"{resp.status_code}: {resp.text[:300]}", request=resp.request, response=resp
             )
-        return truncate(resp.json()["choices"][0]["text"], (*r.stop, *self.stops))
+        return syntax_cut(r, truncate(resp.json()["choices"][0]["text"], (*r.stop, *self.stops)))
 
     def complete(self, requests: list[Request]) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
@@ -259,6 +333,8 @@ class Endpoint:
 
 
 def load_model(spec: str, fmt: str | None = None, api_key: str | None = None) -> Model:
+    """`reference`, `empty`, an http(s):// endpoint, or a checkpoint directory: decoded by serve's
+    engine, or by transformers (said on stderr) when the engine cannot run its architecture."""
     if spec == "reference":
         return Reference()
     if spec == "empty":
@@ -271,4 +347,20 @@ def load_model(spec: str, fmt: str | None = None, api_key: str | None = None) ->
         raise UserError(
             f"{spec} is not a checkpoint directory (no config.json), an http(s):// endpoint, reference or empty"
         )
+    if (why := engine_problem(path)) is not None:
+        print(f"{path}: serve's engine cannot run it ({why}); generating with transformers instead, "
+              "so these numbers are transformers' decoding, not what `codemill serve` would answer", file=sys.stderr)  # fmt: skip
+        return Transformers(path, fmt)
     return Checkpoint(path, fmt)
+
+
+def engine_problem(path: Path) -> str | None:
+    """Why serve's engine cannot load a checkpoint's architecture (model/hf.py maps the Llama
+    family: Llama, Mistral, Qwen2, DeepSeek-Coder), or None when it can."""
+    from codemill.model.hf import hf_config
+
+    try:
+        hf_config(path)
+    except UserError as e:
+        return str(e)
+    return None

@@ -1,4 +1,7 @@
-"""Run a suite: generate in batches, execute in parallel in the sandbox, write results and report."""
+"""Run a suite: generate in batches, execute in parallel in the sandbox, write results and report.
+
+A batch goes to the model whole: a checkpoint decodes it through serve's engine slots, each request
+starting as another ends, so a batch of many tasks keeps every slot busy."""
 
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from codemill.eval.models import Generations, Model
 from codemill.eval.suites import END, SUITES, subset
 from codemill.eval.tables import paper_tables
 from codemill.progress import Bar
-from codemill.stops import syntax_stop
 
 
 def evaluate(
@@ -31,7 +33,7 @@ def evaluate(
     unsafe: bool = False,
     samples: int = 1,
     temperature: float = 0.0,
-    batch: int = 8,
+    batch: int = 64,
     max_tokens: int | None = None,
     syntax_stop: bool = False,
     console=None,
@@ -77,15 +79,13 @@ def evaluate(
                     t.request,
                     temperature=temperature,
                     seed=k,
+                    syntax_stop=syntax_stop,
                     meta={**t.request.meta, "task_id": t.id},
                     **cap,
                 )
                 for t, k in chunk
             ]
-            answers = model.complete(requests)
-            if syntax_stop:  # what serve's syntax-aware stop would have returned (same greedy tokens)
-                answers = [_syntax_cut(r, a) for r, a in zip(requests, answers, strict=True)]
-            completions += answers
+            completions += model.complete(requests)
             bar.advance(gen, len(chunk))
         run = bar.add_task(f"{suite}: executing in the sandbox", total=len(jobs))
 
@@ -124,6 +124,7 @@ def evaluate(
             "temperature": temperature,
             "max_tokens": max_tokens,
             "syntax_stop": syntax_stop,
+            "inference": model.inference,
             **({"generations": str(model.path)} if isinstance(model, Generations) else {}),
             "sandbox": "bubblewrap" if sandbox.available() else "unsafe",
             **options,
@@ -150,12 +151,6 @@ def write_samples(judged: list[dict], path: Path) -> None:
                "passed": passed, "result": s.get("verdict")}  # fmt: skip
         lines.append(json.dumps(row) + "\n")
     atomic_write(path, "".join(lines), "the per-sample verdicts")
-
-
-def _syntax_cut(r, completion: str) -> str:
-    until = syntax_stop(r.prefix, r.suffix, r.path) if r.suffix is not None else None
-    cut = until(completion) if until is not None else -1
-    return completion if cut == -1 else completion[:cut]
 
 
 def _main_metric(rows: list[dict]) -> str | None:

@@ -362,6 +362,36 @@ class Engine:
         *_, (_, result) = self.generate(ids, **params)
         return result
 
+    def run(self, requests: list[tuple[list[int], Params]]) -> Iterator[tuple[int, Completion]]:
+        """Decode many requests through the slots: each starts as a slot frees up and every one in
+        flight advances in the same `step` (the batcher's loop, without its queue and thread: eval
+        decodes a suite this way). Yields (index, Completion) as each ends; the answers are those
+        each request gets decoding alone. Every prompt is checked to fit before any starts."""
+        for ids, p in requests:
+            check_fits(ids, p.max_tokens, self.max_len)
+        waiting = list(enumerate(requests))[::-1]
+        live: list[tuple[int, Session]] = []
+        try:
+            while waiting or live:
+                while waiting and len(self.busy) < self.parallel:
+                    i, (ids, p) = waiting.pop()
+                    s = self.start(ids, p)
+                    if s.done:  # a warm-up: the prompt is in
+                        yield i, s.out
+                    else:
+                        live.append((i, s))
+                if not live:
+                    continue
+                self.step([s for _, s in live])
+                for i, s in live:
+                    if s.done:
+                        yield i, s.out
+                live = [(i, s) for i, s in live if not s.done]
+        finally:
+            for _, s in live:  # the caller stopped early, or a step failed
+                if not s.done:
+                    self.release(s)
+
     @staticmethod
     def _pick(logits: torch.Tensor, params: Params, gen: torch.Generator) -> int:
         temperature, top_p, top_k = params.temperature, params.top_p, params.top_k
