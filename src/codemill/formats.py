@@ -309,6 +309,7 @@ STARCODER2 = Format(
 )
 # codemill's own: StarCoder2's sentinels, an end token after every file, the PII placeholders
 CODEMILL = dataclasses.replace(STARCODER2, name="codemill", eos_per_file=True, pii=True)
+DEFAULT_FORMAT = CODEMILL.name  # a tokenizer's, a training stream's and an unlabelled checkpoint's
 
 FORMATS: dict[str, Format] = {
     f.name: f
@@ -370,7 +371,7 @@ def codemill_info(path: str | Path) -> dict:
 
 def checkpoint_format(path: str | Path, name: str | None = None) -> Format:
     """`name`, else the format a checkpoint was trained with (its `codemill.json`), else codemill's."""
-    return get_format(name or codemill_info(path).get("format") or "codemill")
+    return get_format(name or codemill_info(path).get("format") or DEFAULT_FORMAT)
 
 
 def trained_context(path: str | Path, positions: int) -> int:

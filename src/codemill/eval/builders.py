@@ -17,8 +17,11 @@ import tree_sitter
 import xxhash
 
 from codemill.curate.corpus import corpus_rows
+from codemill.data.objectives import _function_query
 from codemill.errors import UserError
-from codemill.langs import BENCHMARK_NAMES, STRUCTURES, ts_language, ts_parser
+from codemill.eval.suites import CCEVAL_FILES
+from codemill.flow.layout import HELDOUT_FILES, HELDOUT_REPOS
+from codemill.langs import BENCHMARK_NAMES, ts_language, ts_parser
 
 LANGS = BENCHMARK_NAMES["fim-eval"]  # FIM-Eval's four languages and TypeScript, named as its files are
 STATEMENTS = {
@@ -39,7 +42,6 @@ TYPES = (
     "method_body_bottom",
     *STATEMENTS,
 )
-_queries: dict[str, tree_sitter.Query] = {}
 
 
 def held_out(repo: str, fraction: float, seed: int, path: str | None = None) -> bool:
@@ -69,9 +71,9 @@ class _Holdout:
     def write(self, out: Path) -> None:
         """heldout_repos.txt (`data.exclude_repos`) and, holding out files, heldout_files.txt
         (`data.exclude_files`: repository and path, a tab between)."""
-        (out / "heldout_repos.txt").write_text("".join(r + "\n" for r in sorted(self.repos)))
+        (out / HELDOUT_REPOS).write_text("".join(r + "\n" for r in sorted(self.repos)))
         if self.files:
-            (out / "heldout_files.txt").write_text("".join(f"{r}\t{p}\n" for r, p in sorted(self.files)))
+            (out / HELDOUT_FILES).write_text("".join(f"{r}\t{p}\n" for r, p in sorted(self.files)))
 
 
 def _corpus_rows(corpus: str | Path):
@@ -80,10 +82,7 @@ def _corpus_rows(corpus: str | Path):
 
 
 def _functions(lang: str, tree) -> list[tree_sitter.Node]:
-    if lang not in _queries:
-        pattern = "[" + " ".join(f"({t})" for t in STRUCTURES[lang].functions) + "] @f"
-        _queries[lang] = tree_sitter.Query(ts_language(lang), pattern)
-    return tree_sitter.QueryCursor(_queries[lang]).captures(tree.root_node).get("f", [])
+    return tree_sitter.QueryCursor(_function_query(lang)).captures(tree.root_node).get("f", [])
 
 
 def _trim(src: bytes, a: int, b: int) -> tuple[int, int]:
@@ -294,18 +293,13 @@ def build_crossfile(
                     {**base, "crossfile_context": {"text": "", "list": _retrieve(chunks, query)}}
                 )
             made += 1
-    names = {
-        "infile": "line_completion.jsonl",
-        "retrieval": "line_completion_rg1_bm25.jsonl",
-        "oracle": "line_completion_oracle_bm25.jsonl",
-    }
     counts = {}
     for key, settings in rows.items():
         if not settings["infile"]:
             continue
         (out / key).mkdir(parents=True, exist_ok=True)
         for setting, items in settings.items():
-            (out / key / names[setting]).write_text("".join(json.dumps(r) + "\n" for r in items))
+            (out / key / CCEVAL_FILES[setting]).write_text("".join(json.dumps(r) + "\n" for r in items))
         counts[key] = len(settings["infile"])
     hold.write(out)
     return {"repos": len(targets & set(by_repo)), "files": len(hold.files), "tasks": counts}

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from codemill.curate.corpus import corpus_rows
+from codemill.errors import UserError
 from codemill.eval.suites import crosscodeeval, fim_eval, subset
+from codemill.flow.layout import HELDOUT_FILES, HELDOUT_REPOS
 from codemill.formats import Format, Part, fit, pieces
 
 BOOTSTRAP = 10_000
@@ -235,7 +237,7 @@ def _held(repos_file: str | Path):
     the `heldout_files.txt` beside it (benchmarks built holding out files)."""
     repos_file = Path(repos_file)
     names = set(repos_file.read_text().split())
-    files_file = repos_file.with_name("heldout_files.txt")
+    files_file = repos_file.with_name(HELDOUT_FILES)
     lines = files_file.read_text().splitlines() if files_file.exists() else []
     files = {tuple(line.split("\t", 1)) for line in lines if "\t" in line}
     return lambda repo, path: repo in names or (repo, path) in files
@@ -313,49 +315,73 @@ def unigram_summary(logp: np.ndarray, tok, fmt: Format, tasks, texts: list[str])
     return out
 
 
-def what_training_bought(checkpoint: str | Path, corpus: str | Path, bench: str | Path, out: str | Path, *,
-                         files: int = 100, limit: int | None = None, train_texts: int = 10_000_000,
-                         baselines: bool = True, base: str | Path | None = None, console=None) -> dict:  # fmt: skip
-    """fim-loss of a trained checkpoint beside (`baselines`) its untrained initialisation and a unigram
-    model of the training corpus, on the same held-out middles, files and cross-file lines: learning
-    shows here while exact match is 0. `base`: the checkpoint it was adapted from, scored the same
-    way (with the same tokenizer and format) in place of the untrained initialisation: what
-    adaptation bought."""
+def measure(checkpoint: str | Path, out: str | Path, *, data: str | Path | None = None, format: str | None = None,
+            corpus: str | Path | None = None, files: int = 100, crossfile: str | Path | None = None,
+            limit: int | None = None, baselines: bool = False, base: str | Path | None = None,
+            train_texts: int = 10_000_000, console=None) -> dict:  # fmt: skip
+    """The fim-loss suite (`codemill eval fim-loss`, and a run's fim-loss stage): a checkpoint on a
+    FIM-Eval-shaped directory `data`, `files` held-out files of `corpus` (those its
+    heldout_repos.txt names) and the target lines of a CrossCodeEval-shaped directory `crossfile`.
+    With `baselines`, beside it its untrained initialisation and a unigram model of the training
+    corpus, on the same middles, files and lines: learning shows here while exact match is 0. `base`:
+    the checkpoint it was adapted from, scored the same way (with the same tokenizer and format) in
+    place of the untrained initialisation: what adaptation bought."""
     from codemill.data.tokenizer import load_tokenizer
     from codemill.formats import checkpoint_format, trained_context
     from codemill.model.hf import import_hf
     from codemill.model.llama import Llama
 
-    checkpoint, bench, out = Path(checkpoint), Path(bench), Path(out)
-    tok, fmt = load_tokenizer(checkpoint), checkpoint_format(checkpoint)
-    held = bench / "fim" / "heldout_repos.txt"
-    texts = heldout_texts(corpus, held, files)
+    if data is None:
+        raise UserError("--data: a FIM-Eval-shaped directory (`codemill bench build fim` writes one)")
+    if not (Path(checkpoint) / "config.json").exists():
+        raise UserError(f"{checkpoint}: fim-loss needs a checkpoint directory (it reads the logits)")
+    checkpoint, data, out = Path(checkpoint), Path(data), Path(out)
+    held = data / HELDOUT_REPOS
+    texts = heldout_texts(corpus, held, files) if corpus and held.exists() else []
     trained = import_hf(checkpoint)
-    crossfile = bench / "crossfile" if (bench / "crossfile").is_dir() else None
+    tok, fmt = load_tokenizer(checkpoint), checkpoint_format(checkpoint, format)
     context = trained_context(checkpoint, trained.cfg.max_seq_len)
     kw = {"files": texts, "crossfile": crossfile, "limit": limit, "context": context,
           "console": console}  # fmt: skip
-    results = fim_loss(trained, tok, fmt, bench / "fim", out, name=checkpoint.name, **kw)
+    results = fim_loss(trained, tok, fmt, data, out, name=checkpoint.name, **kw)
     if not baselines:
         return results
     if base is not None:
-        before = fim_loss(import_hf(base), tok, fmt, bench / "fim", out / "base", name=Path(base).name, **kw)
+        before = fim_loss(import_hf(base), tok, fmt, data, out / "base", name=Path(base).name, **kw)
         results["baselines"] = {"base": before["summary"]}
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        (out / "report.md").write_text(report(results) + "\n\n" + bought_table(results) + "\n")
-        return results
-    torch.manual_seed(0)
-    init = Llama(trained.cfg)
-    init.init_weights()
-    untrained = fim_loss(init, tok, fmt, bench / "fim", out / "untrained", name="untrained", **kw)
-    logp = unigram(tok, _corpus_texts(corpus, _held(held), train_texts), trained.cfg.vocab_size)
-    results["baselines"] = {
-        "untrained": untrained["summary"],
-        "unigram": unigram_summary(logp, tok, fmt, subset(fim_eval(str(bench / "fim")), limit), texts),
-    }
+    else:
+        torch.manual_seed(0)
+        init = Llama(trained.cfg)
+        init.init_weights()
+        untrained = fim_loss(init, tok, fmt, data, out / "untrained", name="untrained", **kw)
+        logp = unigram(tok, _corpus_texts(corpus, _held(held), train_texts), trained.cfg.vocab_size)
+        results["baselines"] = {
+            "untrained": untrained["summary"],
+            "unigram": unigram_summary(logp, tok, fmt, subset(fim_eval(str(data)), limit), texts),
+        }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "report.md").write_text(report(results) + "\n\n" + bought_table(results) + "\n")
     return results
+
+
+def measured(results: dict, out: Path) -> str:
+    """One line of what `codemill eval fim-loss` measured."""
+    s = results["summary"]
+    return (f"fim-loss {results['model']}: FIM middles PSM {interval(s['all'], 'psm_')}, SPM "
+            f"{interval(s['all'], 'spm_')} bits/byte; held-out files {interval(s.get('left-to-right', {}), '')}; "
+            f"{out / 'report.md'}")  # fmt: skip
+
+
+def bought(results: dict) -> str:
+    """One line of what a run's fim-loss stage measured, beside its baselines."""
+    s = results["summary"]
+    line = f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM)"
+    if (base := results.get("baselines")) and "base" in base:
+        line += f", base before adaptation {base['base']['all']['psm_bits_per_byte']:.3f}"
+    elif base:
+        line += (f", untrained {base['untrained']['all']['psm_bits_per_byte']:.3f}, unigram "
+                 f"{base['unigram']['all']['psm_bits_per_byte']:.3f}")  # fmt: skip
+    return line
 
 
 def bought_table(results: dict) -> str:

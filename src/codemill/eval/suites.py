@@ -316,8 +316,28 @@ class Suite:
     name: str
     load: Callable[..., list[Task]]
     score: Callable[[Task, str], dict] = lambda task, completion: {}
-    options: tuple[str, ...] = ()  # of data, split, setting, fim_mode
+    options: tuple[str, ...] = ()  # of data, split, setting, fim_mode (fim-loss: corpus, files, crossfile)
     built: str | None = None  # the held-out benchmark `codemill run` builds for it (bench/<built>)
+    # scores a checkpoint's likelihoods itself in place of generating and judging (fim-loss)
+    measure: Callable[..., dict] | None = None
+
+    def taking(self, **given) -> dict:
+        """The options this suite takes among those `given` (None: not given)."""
+        return {k: v for k, v in given.items() if v is not None and k in self.options}
+
+
+def _fim_loss(model: str, out, **options) -> dict:
+    from codemill.eval.loss import measure  # eval/loss.py reads its tasks from this module
+
+    return measure(model, out, **options)
+
+
+def named(suite: str) -> tuple[Suite, str | None] | None:
+    """A suite as a recipe's `run.suites` names it, and its setting: NAME, or NAME/SETTING
+    (crosscodeeval/infile; a name with a `/` of its own, humaneval-infilling/single-line, is whole)."""
+    name, _, setting = (suite, "", "") if suite in SUITES else suite.partition("/")
+    spec = SUITES.get(name)
+    return None if spec is None else (spec, setting or None)
 
 
 SUITES: dict[str, Suite] = {
@@ -346,6 +366,14 @@ SUITES: dict[str, Suite] = {
         *(
             Suite(f"multipl-e-{name}", partial(multipl_e, language=name), options=("data",))
             for name in BENCHMARK_NAMES["multipl-e"].values()
+        ),
+        # bits per byte of FIM-Eval-shaped middles, held-out files and cross-file lines (eval/loss.py)
+        Suite(
+            "fim-loss",
+            fim_eval,
+            options=("data", "corpus", "files", "crossfile"),
+            built="fim",
+            measure=_fim_loss,
         ),
     )
 }

@@ -187,3 +187,20 @@ def paper_tables(runs: list[dict]) -> str:
     tables = (nl2code(runs), santacoder(runs), cceval(runs), fim_eval(runs), executed_fim(runs))
     parts = [t for t in tables if t]
     return "\n".join(parts)
+
+
+def summary_table(suite: str, results: dict):
+    """`codemill eval`'s console table: a suite's summary, one row per language."""
+    from rich.table import Table
+
+    table = Table(title=f"{suite}: {results['model']}")
+    cols = sorted({k for r in results["summary"].values() for k in r} - {"tasks"})
+    for c in ("language", "tasks", *cols):
+        table.add_column(c, justify="left" if c == "language" else "right")
+    for lang, r in results["summary"].items():
+        table.add_row(
+            lang,
+            str(r["tasks"]),
+            *(f"{r[c]:.1f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols),
+        )
+    return table

@@ -20,6 +20,7 @@ import numpy as np
 from codemill.curate.corpus import corpus_rows
 from codemill.errors import UserError
 from codemill.eval.runner import compare
+from codemill.flow.layout import RunLayout
 from codemill.flow.run import run
 from codemill.flow.stats import (
     MARGIN,
@@ -70,20 +71,18 @@ def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | N
                 train_overrides=over, suites=loss_only)  # fmt: skip
         (where / "ablation.md").write_text(table(where, names))
         fim = [
-            where / n / "eval" / "fim-eval"
+            RunLayout(where / n).eval_dir("fim-eval")
             for n in names
-            if (where / n / "eval" / "fim-eval" / "results.json").exists()
+            if RunLayout(where / n).eval_results("fim-eval").exists()
         ]
         if fim:  # Figure 4 across the variants, in CodeBLEU: exact match is near 0 at small scale
             compare(fim, where / "fim_codebleu_by_task_type.png", "codebleu")
     path = out / "ablation.md"
     first = (out if not seeds else out / f"seed{seeds[0]}") / names[0]
     files, file_repos, refs = [], None, ""
-    if (first / "eval" / "fim-loss" / "results.json").exists():
-        files, file_repos = heldout_files(Path(shared), len(_fim_loss(first).get("files") or []))
-        refs = "\n" + reference_table(
-            references(Path(shared), first / "train" / "final", out / "references", files)
-        )
+    if RunLayout(first).eval_results("fim-loss").exists():
+        files, file_repos = heldout_files(RunLayout(shared), len(_fim_loss(first).get("files") or []))
+        refs = "\n" + reference_table(references(RunLayout(shared), first, out / "references", files))
     if seeds:
         dirs = [out / f"seed{s}" for s in seeds]
         types = [(a, b) for a, b in (("ntp-fim", "ntp"), ("paper", "paper-fim")) if {a, b} <= set(names)]
@@ -93,6 +92,14 @@ def ablate(recipe: str | Path, out: str | Path, console, variants: list[str] | N
         (out / "ablation.md").write_text(table(out, names) + refs)
     console.print(f"ablation table: [bold]{path}[/bold]")
     return path
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """`--seeds 0,1,2`: whole numbers separated by commas (None: one run per variant, unseeded)."""
+    try:
+        return [int(x) for x in text.split(",")] if text else None
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
 
 
 def seeds_table(dirs: list[Path], names: list[str]) -> str:
@@ -148,7 +155,7 @@ PRIMARY = {
 
 
 def _fim_loss(run: Path) -> dict:
-    p = run / "eval" / "fim-loss" / "results.json"
+    p = RunLayout(run).eval_results("fim-loss")
     return json.loads(p.read_text()) if p.exists() else {}
 
 
@@ -253,13 +260,13 @@ def type_table(dirs: list[Path], pairs: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def heldout_files(shared: Path, n: int) -> tuple[list[str], list[str] | None]:
+def heldout_files(shared: RunLayout, n: int) -> tuple[list[str], list[str] | None]:
     """The held-out files fim-loss scored (eval/loss.py `heldout_texts`, the same sample) and their
     repositories, which fim-loss does not record: the interval resamples files by repository."""
 
     from codemill.eval.loss import heldout_texts
 
-    corpus, held = shared / "corpus", shared / "bench" / "fim" / "heldout_repos.txt"
+    corpus, held = shared.corpus, shared.heldout_repos
     if not n or not held.exists():
         return [], None
     texts = heldout_texts(corpus, held, n)
@@ -268,17 +275,19 @@ def heldout_files(shared: Path, n: int) -> tuple[list[str], list[str] | None]:
     return texts, [repo_of[t] for t in texts]
 
 
-def references(shared: Path, checkpoint: Path, out: Path, files: list[str]) -> dict:
+def references(shared: RunLayout, first: Path, out: Path, files: list[str]) -> dict:
     """Bits per byte of what needs no training, on the same held-out items: the untrained
     initialisation and a unigram model of the training corpus (eval/loss.py, scored once, kept in
-    `out`), and gzip / xz on the held-out files: how far the variants are from a compressor."""
-    from codemill.eval.loss import what_training_bought
+    `out`), and gzip / xz on the held-out files: how far the variants are from a compressor. `first`:
+    the first variant's run, whose checkpoint gives the shape and whose fim-loss the task count."""
+    from codemill.eval.loss import measure
 
     path = out / "references.json"
     if path.exists():
         return json.loads(path.read_text())
-    r = what_training_bought(checkpoint, shared / "corpus", shared / "bench", out / "fim-loss", files=len(files),
-                             limit=len(_fim_loss(checkpoint.parents[1])["tasks"]), baselines=True)  # fmt: skip
+    crossfile = shared.crossfile_bench if shared.crossfile_bench.is_dir() else None
+    r = measure(RunLayout(first).final, out / "fim-loss", data=shared.fim_bench, corpus=shared.corpus,
+                files=len(files), crossfile=crossfile, limit=len(_fim_loss(first)["tasks"]), baselines=True)  # fmt: skip
     refs = {"untrained": r["baselines"]["untrained"], "unigram": r["baselines"]["unigram"],
             "compressors": compressed_bits_per_byte(files)}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +319,7 @@ def reference_table(refs: dict) -> str:
 
 
 def _summary(run_dir: Path, suite_dir: str) -> dict:
-    p = run_dir / "eval" / suite_dir / "results.json"
+    p = RunLayout(run_dir).eval_results(suite_dir)
     return json.loads(p.read_text())["summary"] if p.exists() else {}
 
 
@@ -338,7 +347,7 @@ COLUMNS = [  # (header, suite directory or None for the training log, metric)
 
 def values(run: Path) -> dict[str, float | str | None]:
     """A variant's number (or text) per column."""
-    rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in RunLayout(run).metrics.read_text().splitlines()]
     # the mean of the last five logged losses, less noisy than the last (skipped steps have none)
     tail = [r for r in rows if r["loss"] is not None][-5:] or [{"loss": float("nan")}]
     summaries = {suite: _summary(run, suite) for _, suite, _ in COLUMNS if suite}

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codemill.config import Settings, at_least, fraction, load_recipe, positive
-from codemill.curate.corpus import shards
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
-from codemill.errors import UserError
+from codemill.flow.layout import RunLayout
+from codemill.flow.outputs import writable
 
 
 @dataclass
@@ -65,9 +65,8 @@ class Stages:
     done: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out: Path) -> Stages:
-        p = out / "stages.json"
-        return cls(p, json.loads(p.read_text()) if p.exists() else {})
+    def open(cls, path: Path) -> Stages:
+        return cls(path, json.loads(path.read_text()) if path.exists() else {})
 
     def fresh(self, name: str, stamp: str, output: Path) -> bool:
         return self.done.get(name) == stamp and output.exists()
@@ -97,24 +96,30 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
     `suites` replaces the recipe's."""
     from codemill.curate.config import CurateConfig
     from codemill.data.config import DataConfig
+    from codemill.flow.adapt import base_format, export, write_adapt_json
+    from codemill.flow.bench import build_heldout
+    from codemill.flow.curate import curate_corpus
+    from codemill.flow.evaluate import run_suite, stamp_settings
+    from codemill.flow.tokenizer import train_tokenizer
+    from codemill.formats import DEFAULT_FORMAT, get_format
     from codemill.train.config import TrainConfig
 
     recipe = load_recipe(recipe_path)
     rcfg = RunConfig.from_dict(recipe.get("run"))
     ccfg = CurateConfig.from_dict(recipe.get("curate"))
-    out = Path(out)
-    base = Path(shared) if shared else out
-    for d in (out, base):
+    here = RunLayout(out)
+    base = RunLayout(shared) if shared else here
+    for d in (here.root, base.root):
         d.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
     def stage(
-        name: str, stamp: str, output: Path, work, where: Path = out, restart: Path | None = None
+        name: str, stamp: str, output: Path, work, where: RunLayout = here, restart: Path | None = None
     ) -> None:
         """`restart`: a directory removed when the stage's settings changed since it was written, where
         the stage would otherwise resume or keep the old run (train, bench); curate refuses such a
         resume itself, the tokenizer and evals are written whole."""
-        stages = Stages.open(where)
+        stages = Stages.open(where.stages)
         if stages.fresh(name, stamp, output):
             console.print(f"[dim]{name}: up to date ({output})[/dim]")
             seconds[name] = 0.0
@@ -128,183 +133,87 @@ def run(recipe_path: str | Path, out: str | Path, console, *, shared: str | Path
         seconds[name] = time.perf_counter() - t0
         stages.finish(name, stamp)
 
-    corpus, tokenizer, bench = base / "corpus", base / "tokenizer", base / "bench"
-    adapting = _base_settings(rcfg, recipe)  # before any work: a bad base is said first
+    tokenizer = base.tokenizer
+    adapting = base_format(rcfg, recipe)  # before any work: a bad base is said first
     s_corpus = _stamp(rcfg.sources, ccfg.to_dict())
-    stage("curate", s_corpus, corpus / "manifest.json", lambda: _curate(rcfg, ccfg, corpus, console), base)
+    stage("curate", s_corpus, base.manifest, lambda: curate_corpus(list(rcfg.sources), base.corpus, ccfg, console),
+          base)  # fmt: skip
+    data_format = (recipe.get("data") or {}).get("format")
     if adapting:
         tokenizer = Path(rcfg.base)  # the base's own, never retrained
         s_tok = _stamp(s_corpus, str(tokenizer.resolve()), adapting)
     else:
-        s_tok = _stamp(
-            s_corpus,
-            rcfg.vocab_size,
-            rcfg.tokenizer_bytes,
-            rcfg.pretokenizer,
-            (recipe.get("data") or {}).get("format"),
-        )
-        stage(
-            "tokenizer",
-            s_tok,
-            tokenizer / "tokenizer.json",
-            lambda: _tokenizer(rcfg, recipe, corpus, tokenizer),
-            base,
-        )
+        s_tok = _stamp(s_corpus, rcfg.vocab_size, rcfg.tokenizer_bytes, rcfg.pretokenizer, data_format)
+        stage("tokenizer", s_tok, base.tokenizer_json,
+              lambda: train_tokenizer(base.corpus, base.tokenizer, vocab_size=rcfg.vocab_size,
+                                      max_bytes=rcfg.tokenizer_bytes, fmt=get_format(data_format or DEFAULT_FORMAT),
+                                      pretokenizer=rcfg.pretokenizer), base)  # fmt: skip
     s_bench = _stamp(s_corpus, rcfg.holdout, rcfg.fim_per_type, rcfg.crossfile_per_repo, rcfg.holdout_unit)
     stage(
         "bench",
         s_bench,
-        bench / "fim" / "heldout_repos.txt",
-        lambda: _bench(rcfg, corpus, bench, console),
+        base.heldout_repos,
+        lambda: build_heldout(rcfg, base, console),
         base,
-        restart=bench,
+        restart=base.bench,
     )
 
     data = {**(recipe.get("data") or {}), **(data_overrides or {})}
-    data["exclude_repos"] = str(bench / "fim" / "heldout_repos.txt")
-    if (bench / "fim" / "heldout_files.txt").exists():
-        data["exclude_files"] = str(bench / "fim" / "heldout_files.txt")
+    data["exclude_repos"] = str(base.heldout_repos)
+    if base.heldout_files.exists():
+        data["exclude_files"] = str(base.heldout_files)
     train = {**(recipe.get("train") or {}), **(train_overrides or {})}
     if adapting:
         data.setdefault("format", adapting)
         train.setdefault("init_from", rcfg.base)
     dcfg = DataConfig.from_dict(data)
     tcfg = TrainConfig.from_dict(train)
-    train_dir = out / "train"
     s_train = _stamp(s_tok, s_bench, dcfg.to_dict(), tcfg.to_dict())
-    stage(
-        "train",
-        s_train,
-        train_dir / "final" / "config.json",
-        lambda: _train(corpus, tokenizer, train_dir, dcfg, tcfg, console),
-        restart=train_dir,
-    )
+    stage("train", s_train, here.final_config,
+          lambda: _train(base.corpus, tokenizer, here.train, dcfg, tcfg, console), restart=here.train)  # fmt: skip
 
-    final = train_dir / "final"
     loaded: dict = {}
 
     def model():  # loaded once, by the first suite that is not up to date
         if "m" not in loaded:
             from codemill.eval.models import Checkpoint
 
-            loaded["m"] = Checkpoint(final)
-            loaded["m"].name = out.name  # the run's name, not "final"
+            loaded["m"] = Checkpoint(here.final)
+            loaded["m"].name = here.root.name  # the run's name, not "final"
         return loaded["m"]
 
     for suite in rcfg.suites if suites is None else suites:
-        name = f"eval {suite}"
-        target = out / "eval" / suite.replace("/", "-")
-        s_eval = (
-            _stamp(s_train, suite, rcfg.loss_limit, rcfg.loss_files, rcfg.loss_baselines)
-            if suite == "fim-loss"
-            else _stamp(s_train, suite, rcfg.eval_limit, rcfg.eval_max_tokens)
-        )
-        stage(
-            name,
-            s_eval,
-            target / "results.json",
-            (lambda t=target: _fim_loss(rcfg, final, corpus, bench, t, console))
-            if suite == "fim-loss"
-            else (lambda s=suite, t=target: _eval(rcfg, s, model(), bench, t, console)),
-        )
+        target = here.eval_dir(suite)
+        stage(f"eval {suite}", _stamp(s_train, suite, *stamp_settings(suite, rcfg)), here.eval_results(suite),
+              lambda s=suite, t=target: run_suite(s, rcfg, model, here.final, base, t, console))  # fmt: skip
     if adapting:
-        gguf = out / "adapted.gguf"
-        stage("export", s_train, gguf, lambda: _export(final, gguf, console))
-        _adapt_json(out, rcfg, adapting, bench)
-    report = write_report(out, base)
+        stage("export", s_train, here.adapted_gguf, lambda: export(here.final, here.adapted_gguf, console))
+        write_adapt_json(here, base, rcfg, adapting)
+    report = write_report(here, base)
     console.print(f"report: [bold]{report}[/bold]")
-    console.print(f"serve the model: [bold]codemill serve {final} --port 8012[/bold]")
+    console.print(f"serve the model: [bold]codemill serve {here.final} --port 8012[/bold]")
     return seconds
 
 
-def _base_settings(rcfg: RunConfig, recipe: dict) -> str | None:
-    """With `run.base`: the checkpoint whole, and the FIM format it was trained in (the recipe's
-    `data.format`, else its codemill.json's, else the family its tokenizer's special tokens name)."""
-    if rcfg.base is None:
-        return None
-    from codemill.data.tokenizer import load_tokenizer
-    from codemill.formats import codemill_info, detect_format, get_format, has_token
-    from codemill.model.hf import check_checkpoint, hf_config
-
-    base = Path(rcfg.base)
-    if not (base / "config.json").exists():
-        raise UserError(f"run.base {base} is not a checkpoint directory (no config.json)")
-    check_checkpoint(base)
-    tok = load_tokenizer(base)
-    if tok.vocab_size > (rows := hf_config(base).vocab_size):
-        raise UserError(
-            f"{base}'s tokenizer has {tok.vocab_size:,} ids but its embeddings {rows:,} rows: the tokenizer "
-            "is not the model's; put the base's own tokenizer files in its folder"
-        )
-    if name := (recipe.get("data") or {}).get("format") or codemill_info(base).get("format"):
-        fmt = get_format(name)
-        if missing := [t for t in fmt.specials if not has_token(tok, t)]:
-            raise UserError(
-                f"{base}'s tokenizer lacks {', '.join(missing)} of format {name}; pass another --format"
-            )
-        return name
-    return detect_format(tok).name
+def prepare(recipe: Path, out: Path | None) -> Path:
+    """`codemill run`'s directory (default runs/RECIPE-STEM), checked with the recipe before any work:
+    a bad recipe or an unwritable place is named before any output is made."""
+    out = out or Path("runs") / recipe.stem
+    load_recipe(recipe)
+    writable(out)
+    return out
 
 
-def _curate(rcfg: RunConfig, ccfg, corpus: Path, console) -> None:
-    from codemill.curate.pipeline import curate, require_files
-    from codemill.curate.report import summary
-
-    manifest = curate(list(rcfg.sources), corpus, ccfg)
-    console.print(summary(manifest))
-    require_files(manifest, corpus)
-
-
-def _tokenizer(rcfg: RunConfig, recipe: dict, corpus: Path, out: Path) -> None:
-    from codemill.data.tokenizer import save_tokenizer, train_bpe, training_texts
-    from codemill.formats import get_format
-
-    fmt = get_format((recipe.get("data") or {}).get("format", "codemill"))
-    texts, n = training_texts(corpus, rcfg.tokenizer_bytes)
-    tok = train_bpe(texts, rcfg.vocab_size, fmt, show_progress=True, pretokenizer=rcfg.pretokenizer, length=n)
-    save_tokenizer(tok, out, fmt)
-
-
-def _bench(rcfg: RunConfig, corpus: Path, bench: Path, console) -> None:
+def stages_table(title: str, seconds: dict[str, float]):
+    """The stages `run` went through, with their seconds or `up to date`."""
     from rich.table import Table
 
-    from codemill.eval.builders import build_crossfile, build_fim
-
-    unit = _holdout_unit(rcfg, corpus)
-    try:
-        cross = build_crossfile(
-            corpus, bench / "crossfile", holdout=rcfg.holdout, per_repo=rcfg.crossfile_per_repo, unit=unit
-        )
-    except UserError as e:  # a small corpus may have no cross-file language: FIM tasks still measure
-        console.print(f"[yellow]no cross-file benchmark:[/yellow] {e}")
-        cross = {"repos": 0, "tasks": {}}
-    fim = build_fim(corpus, bench / "fim", holdout=rcfg.holdout, per_type=rcfg.fim_per_type, unit=unit)
-    table = Table(
-        title=f"held-out benchmarks ({fim['repos']} repositories for FIM, {cross['repos']} cross-file)"
-    )
-    for col in ("language", "task type", "tasks"):
-        table.add_column(col, justify="right" if col == "tasks" else "left")
-    for key, n in sorted(fim["tasks"].items()):
-        table.add_row(*key.split("/", 1), str(n))
-    for key, n in sorted(cross["tasks"].items()):
-        table.add_row(key, "cross-file", str(n))
-    console.print(table)
-
-
-def _holdout_unit(rcfg: RunConfig, corpus: Path) -> str:
-    """Whole repositories when enough would be held out, else a keyed share of every repository's
-    files (a team with one repository still gets a benchmark, and trains on the rest)."""
-    if rcfg.holdout_unit not in ("auto", "repo", "file"):
-        raise UserError(f"run.holdout_unit is {rcfg.holdout_unit!r}; use auto, repo or file")
-    if rcfg.holdout_unit != "auto":
-        return rcfg.holdout_unit
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    repos = set()
-    for f in shards(corpus):
-        repos |= set(pc.unique(pq.read_table(f, columns=["repo"]).column("repo")).to_pylist())
-    return "repo" if len(repos) * rcfg.holdout >= rcfg.min_heldout_repos else "file"
+    table = Table(title=f"{title}: stages")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for name, s in seconds.items():
+        table.add_row(name, f"{s:.0f}" if s else "up to date")
+    return table
 
 
 def _train(corpus: Path, tokenizer: Path, out: Path, dcfg, tcfg, console) -> None:
@@ -315,135 +224,35 @@ def _train(corpus: Path, tokenizer: Path, out: Path, dcfg, tcfg, console) -> Non
     plot(out)
 
 
-def _eval(rcfg: RunConfig, suite: str, model, bench: Path, out: Path, console) -> None:
-    from codemill.eval.runner import evaluate
-    from codemill.eval.suites import SUITES
-
-    name, _, setting = (suite, "", "") if suite in SUITES else suite.partition("/")  # humaneval-infilling/...
-    if (spec := SUITES.get(name)) is None:
-        raise UserError(f"run.suites: unknown suite {suite!r}; choose from fim-loss, {', '.join(SUITES)}")
-    options = {"data": str(bench / spec.built)} if spec.built else {}
-    if setting and "setting" in spec.options:
-        options["setting"] = setting
-    results = evaluate(name, model, out, limit=rcfg.eval_limit, max_tokens=rcfg.eval_max_tokens,
-                       unsafe=rcfg.unsafe, console=console, **options)  # fmt: skip
-    row = results["summary"]["all"]
-    console.print(f"{suite}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)))
-
-
-def _fim_loss(rcfg: RunConfig, final: Path, corpus: Path, bench: Path, out: Path, console) -> None:
-    from codemill.eval.loss import what_training_bought
-
-    results = what_training_bought(final, corpus, bench, out, files=rcfg.loss_files, limit=rcfg.loss_limit,
-                                   baselines=rcfg.loss_baselines or rcfg.base is not None, base=rcfg.base,
-                                   console=console)  # fmt: skip
-    s = results["summary"]
-    line = f"fim-loss: FIM middles {s['all']['psm_bits_per_byte']:.3f} bits/byte (PSM)"
-    if (base := results.get("baselines")) and "base" in base:
-        line += f", base before adaptation {base['base']['all']['psm_bits_per_byte']:.3f}"
-    elif base:
-        line += (f", untrained {base['untrained']['all']['psm_bits_per_byte']:.3f}, unigram "
-                 f"{base['unigram']['all']['psm_bits_per_byte']:.3f}")  # fmt: skip
-    console.print(line)
-
-
-def _export(final: Path, gguf: Path, console) -> None:
-    """The adapted model for llama.cpp; an architecture the export does not write is said, not fatal
-    (the Hugging Face checkpoint in train/final serves and evaluates all the same)."""
-    from codemill.model.gguf import export_gguf
-
-    try:
-        info = export_gguf(final, gguf)
-    except UserError as e:
-        console.print(f"[yellow]no GGUF export:[/yellow] {e}")
-        return
-    n = info["context"]
-    console.print(f"GGUF: {gguf}; `llama-server -m {gguf} -c {n} -b {n // 2} -n 64` (docs/editors.md)")
-
-
-def _adapt_json(out: Path, rcfg: RunConfig, fmt: str, bench: Path) -> None:
-    """adapt.json: held-out bits per byte of the base and the adapted model, the format, what was held out."""
-    path = out / "eval" / "fim-loss" / "results.json"
-    if not path.exists():
-        return
-    r = json.loads(path.read_text())
-
-    def scores(summary: dict) -> dict:
-        a, ltr = summary.get("all", {}), summary.get("left-to-right", {})
-        return {"fim_bits_per_byte": a.get("psm_bits_per_byte"), "fim_spm_bits_per_byte": a.get("spm_bits_per_byte"),
-                "files_bits_per_byte": ltr.get("bits_per_byte")}  # fmt: skip
-
-    base_results = out / "eval" / "fim-loss" / "base" / "results.json"
-    change = _paired(r, json.loads(base_results.read_text())) if base_results.exists() else {}
-    held = bench / "fim" / "heldout_files.txt"
-    heldout = {
-        "unit": "file" if held.exists() else "repo",
-        "repositories": len((bench / "fim" / "heldout_repos.txt").read_text().split()),
-        "files": len(held.read_text().splitlines()) if held.exists() else None,
-    }
-    summary = {"base": {"path": rcfg.base, **scores(r.get("baselines", {}).get("base", {}))},
-               "adapted": {"path": str(out / "train" / "final"), **scores(r["summary"])},
-               "change": change, "format": fmt, "heldout": heldout}  # fmt: skip
-    (out / "adapt.json").write_text(json.dumps(summary, indent=1) + "\n")
-
-
-def _paired(adapted: dict, base: dict) -> dict:
-    """Adapted minus base bits per byte on the same held-out items (FIM middles PSM and SPM, files),
-    pooled as the suite pools them, with flow/stats.py's interval at one seed: the items resampled by
-    held-out repository (files each alone: fim-loss does not record their repository)."""
-    import math
-
-    import numpy as np
-
-    from codemill.flow.stats import paired_interval, task_repository
-
-    def items(r: dict, measure: str) -> dict:
-        if measure == "files":
-            return {str(i): (f["nats"], f["bytes"], str(i)) for i, f in enumerate(r.get("files") or [])}
-        return {t["task_id"]: (t[f"{measure}_nats"], t["bytes"], task_repository(t["task_id"]))
-                for t in r["tasks"] if f"{measure}_nats" in t}  # fmt: skip
-
-    out = {}
-    for measure in ("psm", "spm", "files"):
-        a, b = items(adapted, measure), items(base, measure)
-        keys = sorted(set(a) & set(b))
-        if not keys:
-            continue
-        diff = np.asarray([[a[k][0] - b[k][0]] for k in keys]) / math.log(2)  # [items, one seed]
-        got = paired_interval(diff, [a[k][1] for k in keys], [a[k][2] for k in keys])
-        out[measure] = {"bits_per_byte": got.mean, "ci95": [got.low, got.high], "items": len(keys)}
-    return out
-
-
-def write_report(out: Path, base: Path) -> Path:
+def write_report(here: RunLayout, base: RunLayout) -> Path:
     """report.md: corpus, held-out benchmarks, training curve, evaluation in the paper's tables."""
     from codemill.eval.tables import paper_tables
 
-    lines = [f"# codemill run: {out.name}", ""]
-    manifest = base / "corpus" / "manifest.json"
+    lines = [f"# codemill run: {here.root.name}", ""]
+    manifest = base.manifest
     if manifest.exists():
         m = json.loads(manifest.read_text())
         r, f = m["repositories"], m["files"]
         lines += ["## Corpus", "", f"Sources {', '.join(m['sources'])}: {r['in']:,} repositories in, "
                   f"{r['with_kept_files']:,} with kept files; {f['out']:,} files, {f['bytes_out'] / 1e6:.1f} MB kept; "
-                  f"curated in {m['seconds']:.0f} s. Per stage: `codemill corpus stats {base / 'corpus'}`.", ""]  # fmt: skip
-    held = base / "bench" / "fim" / "heldout_repos.txt"
+                  f"curated in {m['seconds']:.0f} s. Per stage: `codemill corpus stats {base.corpus}`.", ""]  # fmt: skip
+    held = base.heldout_repos
     if held.exists():
         n = len(held.read_text().split())
         lines += [f"{n} repositories held out of training for the built FIM and cross-file benchmarks.", ""]
-    metrics = out / "train" / "metrics.jsonl"
+    metrics = here.metrics
     if metrics.exists():
         rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
         if rows:
             lines += [
                 "## Training",
                 "",
-                _training_text(rows, out / "train"),
+                _training_text(rows, here.train),
                 "",
                 "![loss](train/loss.png)",
                 "",
             ]
-    runs = [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*/results.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(here.evals.glob("*/results.json"))]
     for r in runs:
         if r["suite"] == "fim-loss" and "baselines" in r:
             from codemill.eval.loss import bought_table
@@ -456,27 +265,27 @@ def write_report(out: Path, base: Path) -> Path:
             )
             lines += [f"## {title}", "", "Bits per byte (lower is better, 95% intervals) on the held-out "
                       f"code: FIM middles given prefix and suffix, and the files left to right; {beside} "
-                      f"(`{out / 'eval' / 'fim-loss' / 'report.md'}` per language and task type).", "",
+                      f"(`{here.eval_dir('fim-loss') / 'report.md'}` per language and task type).", "",
                       bought_table(r) + _compressor_rows(r, base), ""]  # fmt: skip
     runs = [r for r in runs if r["suite"] != "fim-loss"]
     if runs:
         lines += ["## Evaluation", "", paper_tables(runs), ""]
-    lines += ["## Serve", "", "```", f"codemill serve {out / 'train' / 'final'} --port 8012", "```", ""]
-    path = out / "report.md"
+    lines += ["## Serve", "", "```", f"codemill serve {here.final} --port 8012", "```", ""]
+    path = here.report
     path.write_text("\n".join(lines))
     return path
 
 
-def _compressor_rows(r: dict, base: Path) -> str:
+def _compressor_rows(r: dict, base: RunLayout) -> str:
     """gzip / xz rows under What training bought, on the same held-out files: the scale a model's
     bits per byte should be read against (a model above them has learned less than a compressor)."""
     from codemill.eval.loss import heldout_texts
     from codemill.flow.stats import compressed_bits_per_byte
 
-    held, n = base / "bench" / "fim" / "heldout_repos.txt", r["summary"].get("left-to-right", {}).get("files")
+    held, n = base.heldout_repos, r["summary"].get("left-to-right", {}).get("files")
     if "base" in r["baselines"] or not n or not held.exists():
         return ""
-    got = compressed_bits_per_byte(heldout_texts(base / "corpus", held, n))
+    got = compressed_bits_per_byte(heldout_texts(base.corpus, held, n))
     return "".join(f"\n| {name}, each file alone | - | - | {v:.3f} |" for name, v in got.items())
 
 

@@ -1,0 +1,5 @@
+"""`python -m codemill.cli` (and `torchrun ... -m codemill.cli train`)."""
+
+from codemill.cli import app
+
+app()
