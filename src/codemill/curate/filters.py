@@ -157,9 +157,11 @@ MIN_JOINED = 4
 
 
 def _minified(lines: list[str]) -> bool:
-    """Non-blank lines of over 100 characters on average, their long lines joined statements."""
-    nonblank = [len(line) for line in lines if line.strip()]
-    return len(nonblank) > 1 and sum(nonblank) / len(nonblank) > 100 and _joined(lines)
+    """Non-blank lines of over 100 characters on average, their long lines joined statements. The
+    non-blank lines are found by `filter(str.strip, ...)`, with no Python code per line (a list
+    comprehension was a fifth of the file rules' time)."""
+    nonblank = list(filter(str.strip, lines))
+    return len(nonblank) > 1 and sum(map(len, nonblank)) / len(nonblank) > 100 and _joined(lines)
 
 
 def _joined(lines: list[str]) -> bool:
