@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--windows", type=int, default=40, help="windows per shard (stream, loader)")
     ap.add_argument("--workers", default="0,1,2", help="loader workers to compare")
+    ap.add_argument("--train-workers", default="0,1,2", help="loader workers of the train runs (--against)")
     ap.add_argument("--steps", type=int, default=30, help="training steps (--against)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--against", type=Path, default=None, help="another codemill checkout (the before)")
@@ -143,7 +144,7 @@ def main() -> None:
     if args.against:
         train = (args.corpus, args.tokenizer, args.recipe, args.steps)
         cases["codemill train, before"] = lambda: train_rate(args.against / "src", *train, [])
-        for w in map(int, args.workers.split(",")):
+        for w in map(int, args.train_workers.split(",")):
             cases[f"codemill train, after, {w} workers"] = lambda w=w: train_rate(
                 here, *train, [f"loader_workers={w}"]
             )

@@ -55,7 +55,8 @@ def main() -> None:
             codes = np.bincount(
                 np.concatenate([w["objective"][1:] for w in windows]), minlength=len(Objective)
             )
-            mix = " ".join(f"{o.label} {codes[o] / max(codes[1:].sum(), 1):.0%}" for o in Objective if o)
+            trained = max(codes.sum() - codes[Objective.PADDING], 1)
+            mix = " ".join(f"{o.label} {codes[o] / trained:.0%}" for o in Objective if o != Objective.PADDING)
             print(f"step {step}: {len(seen)} repositories so far; {mix}; {dict(repos)}")
         if step in score:
             tokens = torch.from_numpy(np.stack([w["tokens"] for w in windows]).astype(np.int64))

@@ -15,7 +15,7 @@ from conftest import stdlib
 from codemill.data.config import DataConfig
 from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
 from codemill.data.documents import keyed_rng
-from codemill.data.objectives import Span, fim_split, make_sample, sfim_span
+from codemill.data.objectives import Objective, Span, fim_split, make_sample, sfim_span
 from codemill.data.ordering import (
     STRATEGIES,
     _path_vectors,
@@ -267,9 +267,10 @@ def test_packing_never_cuts_a_middle_masks_padding_and_loses_nothing(code_corpus
     for w in s:
         tokens, obj = w["tokens"], w["objective"]
         assert len(tokens) == 129
-        assert np.array_equal(tokens[obj == 0], np.full((obj == 0).sum(), ids["<fim_pad>"]))
-        assert (tokens[obj > 0] != ids["<fim_pad>"]).all()
-        trained += int((obj > 0).sum())
+        padding = obj == Objective.PADDING
+        assert np.array_equal(tokens[padding], np.full(padding.sum(), ids["<fim_pad>"]))
+        assert (tokens[~padding] != ids["<fim_pad>"]).all()
+        trained += int((~padding).sum())
         fim = np.isin(obj, (2, 3))
         if fim.any():  # FIM documents lie whole in the window: file_sep first, eos last
             starts = np.flatnonzero(fim & ~np.r_[False, fim[:-1]])

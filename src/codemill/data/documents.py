@@ -77,7 +77,7 @@ class DocumentBuilder:
             if len(src) < shards:
                 raise UserError(
                     f"the {name} source has {len(src)} units, fewer than the {shards} shards "
-                    "(train.data_shards, else the world size); use fewer or a larger corpus"
+                    "(train.data_shards, else the world size); use fewer shards or a larger corpus"
                 )
         self._units: dict[str, tuple[int, list[int]]] = {}  # per source: its current epoch's units
         self._rest_doc: tuple[tuple, TokenDoc | None] = ((), None)

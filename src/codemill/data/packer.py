@@ -20,7 +20,6 @@ from codemill.data.documents import DocumentBuilder
 from codemill.data.objectives import Objective
 from codemill.errors import UserError
 
-PADDING = int(Objective.PADDING)
 BATCH_DOCS = 64  # plan entries built and tokenized together
 
 
@@ -59,7 +58,7 @@ class Packer:
                 if not tokens:
                     raise StopIteration
                 room = w - len(tokens)  # the last window, padded
-                return self._emit(tokens + [pad_id] * room, objective + [PADDING] * room)
+                return self._emit(tokens + [pad_id] * room, objective + [Objective.PADDING] * room)
             cur = self.cursor.current
             if self._plan is None:
                 self._plan = self.docs.plan(cur.source, cur.unit, cur.epoch)
@@ -69,7 +68,7 @@ class Packer:
                 continue
             take, code, pad = self._place(cur, self._group(cur.doc), w - len(tokens))
             tokens += take.tolist() + [pad_id] * pad
-            objective += [code] * len(take) + [PADDING] * pad
+            objective += [code] * len(take) + [Objective.PADDING] * pad
             self.cursor.emitted[cur.source] += len(take)
             if len(tokens) == w:
                 return self._emit(tokens, objective)
