@@ -1,6 +1,6 @@
 """Curation speed and near-dedup quality, against references measured in the same run.
 
-    python benchmarks/bench_curate.py [--files N] [--e2e]
+    python benchmarks/bench_curate.py [--files N] [--e2e [--keep DIR]] [--compare A B]
         [--scale [--sizes 9500,38000,152000] [--rows definitions|module] [--set KEY=VALUE ...]]
 
 1. MinHash signatures (256 permutations, word 5-grams) on the same standard-library files:
@@ -9,7 +9,10 @@
 2. Near-dedup quality: every pair a loose LSH (64 bands x 4 rows) proposes is scored with exact
    Jaccard; recall of codemill's 21 x 12 banding + verification on pairs with J >= 0.85, and the
    worst best-match of any removed file.
-3. --e2e: `codemill curate installed` end to end, MB/s per core overall and per stage.
+3. --e2e: `codemill curate installed` end to end, MB/s per core overall and per stage; --keep DIR
+   keeps the corpus (a new directory). --compare A B: whether two corpora hold the same rows (every
+   shard's rows and columns, drops, dedup clusters, repositories), for a change that must not
+   change what is kept.
 4. --scale: unordered Stack-style tables of real code with planted copies at several sizes: wall
    time, MB/s per core, peak memory of the largest process, planted-copy recall (curate_scale.py).
    --rows module: rows shaped as whole modules (a file's imports and a run of its definitions,
@@ -97,13 +100,13 @@ def bench_quality(texts: list[str]) -> dict:
     }
 
 
-def bench_e2e() -> dict:
+def bench_e2e(keep: str | None = None) -> dict:
     from codemill.curate.config import CurateConfig
     from codemill.curate.pipeline import curate
 
     cfg = CurateConfig(tasks=8, workers=2)
     with tempfile.TemporaryDirectory() as tmp:
-        m = curate(["installed"], tmp, cfg)
+        m = curate(["installed"], keep or tmp, cfg)
     code_mb = m["stages"]["file_rules"]["bytes_in"] / 1e6
     return {
         "code_MB_read": round(code_mb, 1),
@@ -116,15 +119,39 @@ def bench_e2e() -> dict:
     }
 
 
+def compare(a: Path, b: Path) -> bool:
+    """Whether corpora a and b hold the same rows; prints each table's row counts and verdict.
+    Drops, clusters and repositories are compared as sets of rows (tasks append them in any order)."""
+    import pyarrow.parquet as pq
+
+    same = True
+    names = sorted(p.name for p in a.glob("files-*.parquet"))
+    if names != sorted(p.name for p in b.glob("files-*.parquet")):
+        print("shards differ:", names)
+        return False
+    for name in [*names, "drops.parquet", "dedup_clusters.parquet", "repos.parquet"]:
+        ra, rb = (pq.read_table(d / name).to_pylist() for d in (a, b))
+        if not name.startswith("files-"):
+            ra, rb = sorted(map(repr, ra)), sorted(map(repr, rb))
+        ok = ra == rb
+        same &= ok
+        print(f"{name}: {len(ra)} / {len(rb)} rows, {'same' if ok else 'DIFFERENT'}")
+    return same
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--e2e", action="store_true")
+    ap.add_argument("--keep", default=None, help="--e2e: keep the corpus in this new directory")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="compare two corpora")
     ap.add_argument("--scale", action="store_true")
     ap.add_argument("--sizes", default="9500,38000,152000")
     ap.add_argument("--rows", choices=("definitions", "module"), default="definitions")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a curate setting")
     args = ap.parse_args()
+    if args.compare:
+        raise SystemExit(0 if compare(*args.compare) else 1)
     if args.scale:
         from curate_scale import bench_scale
 
@@ -137,4 +164,4 @@ if __name__ == "__main__":
     print("signatures:", json.dumps(bench_signatures(texts)))
     print("quality:", json.dumps(bench_quality(texts)))
     if args.e2e:
-        print("end to end:", json.dumps(bench_e2e()))
+        print("end to end:", json.dumps(bench_e2e(args.keep)))
