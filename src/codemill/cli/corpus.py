@@ -18,14 +18,9 @@ def corpus_stats(
     corpus: Path, examples: int = typer.Option(2, help="Dropped files shown per reason.")
 ) -> None:
     """Print a corpus's summary table and examples of each drop reason."""
-    from codemill.curate.report import print_stats
+    from codemill.flow.curate import print_corpus_stats
 
-    if not (corpus / "manifest.json").exists():
-        console.print(
-            f"[red]error:[/red] {corpus} has no manifest.json; run `codemill curate ... --out {corpus}` first"
-        )
-        raise typer.Exit(2)
-    print_stats(corpus, examples, console)
+    print_corpus_stats(corpus, examples, console)
 
 
 @corpus_app.command("audit")

@@ -1,16 +1,13 @@
-"""`codemill serve` and `codemill complete`: a checkpoint answering editors (serve/,
-flow/complete.py)."""
+"""`codemill serve` and `codemill complete`: a checkpoint answering editors (flow/serving.py)."""
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import typer
 
 from codemill.cli.shared import console
-from codemill.errors import UserError
 
 
 def serve_(
@@ -63,23 +60,11 @@ def serve_(
     ),
 ) -> None:
     """Serve completions: OpenAI-compatible /v1/completions, llama-server's /infill and /completion."""
-    from codemill.model.hf import check_checkpoint, hf_config
-    from codemill.serve.engine import Engine
-    from codemill.serve.server import listen, serve
+    from codemill.flow.serving import serve_checkpoint
 
-    if not (model / "config.json").exists():
-        raise UserError(f"{model} is not a checkpoint directory (no config.json)")
-    check_checkpoint(model)  # config.json and the weights' headers: damage is said here, not as a 503
-    hf_config(model)  # a model codemill runs
-    sock = listen(host, port)
-    console.print(
-        f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /completion, /v1/models, "
-        "/health); "
-        "/health answers 503 until the model is loaded"
-    )
-    load = functools.partial(Engine, model, format, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup,
-                             draft_rows=draft_rows, prefill_chunk=prefill_chunk, cache_ram_mib=cache_ram)  # fmt: skip
-    serve(load, sock, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
+    serve_checkpoint(model, host, port, console, format=format, api_key=api_key, max_tokens=max_tokens,
+                     access_log=access_log, compile=compile, parallel=parallel, dtype=dtype, lookup=lookup,
+                     draft_rows=draft_rows, prefill_chunk=prefill_chunk, cache_ram_mib=cache_ram)  # fmt: skip
 
 
 def complete_(
@@ -90,6 +75,6 @@ def complete_(
 ) -> None:
     """Print the completion a model gives at a position in a file (the text before the cursor is the
     prefix, the text after it the suffix)."""
-    from codemill.flow.complete import complete
+    from codemill.flow.serving import complete
 
     sys.stdout.write(complete(position, model, max_tokens, format) + "\n")

@@ -51,3 +51,12 @@ def curate_command(sources: list[str], out: Path, recipe: Path | None, overrides
     console.print(
         f"corpus written to [bold]{out}[/bold]; `codemill corpus stats {out}` shows examples of every drop reason"
     )
+
+
+def print_corpus_stats(corpus: Path, examples: int, console) -> None:
+    """`codemill corpus stats`: the summary table and `examples` dropped files per reason."""
+    from codemill.curate.report import print_stats
+
+    if not (corpus / "manifest.json").exists():
+        raise UserError(f"{corpus} has no manifest.json; run `codemill curate ... --out {corpus}` first")
+    print_stats(corpus, examples, console)

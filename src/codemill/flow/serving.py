@@ -1,10 +1,34 @@
-"""`codemill complete FILE:LINE:COL`: a position in a file as an editor gives it, completed."""
+"""`codemill serve` and `codemill complete`: a checkpoint answering editors over HTTP, or once at a
+position in a file given as an editor gives it."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from codemill.errors import UserError
+
+
+def serve_checkpoint(model: Path, host: str, port: int, console, *, format: str | None, api_key: str | None,
+                     max_tokens: int, access_log: bool, **engine) -> None:  # fmt: skip
+    """Check the checkpoint whole, take the port, then load it (`engine`: serve.engine.Engine's
+    settings) while /health says loading, and answer until stopped."""
+    from codemill.model.hf import check_checkpoint, hf_config
+    from codemill.serve.engine import Engine
+    from codemill.serve.server import listen, serve
+
+    if not (model / "config.json").exists():
+        raise UserError(f"{model} is not a checkpoint directory (no config.json)")
+    check_checkpoint(model)  # config.json and the weights' headers: damage is said here, not as a 503
+    hf_config(model)  # a model codemill runs
+    sock = listen(host, port)
+    console.print(
+        f"serving {model.name} on http://{host}:{port} (/v1/completions, /infill, /completion, /v1/models, "
+        "/health); "
+        "/health answers 503 until the model is loaded"
+    )
+    load = functools.partial(Engine, model, format, **engine)
+    serve(load, sock, api_key=api_key, max_tokens=max_tokens, access_log=access_log)
 
 
 def cursor(position: str) -> tuple[str, str, int]:
