@@ -10,8 +10,14 @@ client at once, for `--seconds` (at most an hour) and at most `--max-requests` r
   first event, and the well-behaved client again, its latency compared with the unloaded p50;
 - flood: `--flood` requests at once from as many clients, more than the slots and the queue hold:
   the server sheds the rest with 503 and Retry-After.
-The server's RSS is sampled every `--sample-s` until the flood; growth is measured from the end of
-the warm-up (the first `--warmup` of the soak) to the largest sample after it. A closed idle
+The server's RSS is sampled every `--sample-s` until the flood, with its prompt cache's size
+(/metrics); growth is measured from the end of the warm-up to the largest sample after it (and,
+as `rss_trend_after_warmup`, between the means of the first and last eighths of the samples after
+it: the trend, without the swings of the transient allocations between heap trims). The
+warm-up is the first `--warmup` of the soak, and lasts until the prompt cache is full (64 prompts,
+or no room for another in `--cache-ram`): the cache is meant to fill, and takes more than 10 minutes
+to on a busy machine, while a leak or fragmentation goes on growing after it (a cache that never
+fills is said in `prompt_cache_full_s`: null, its growth then counted as the server's). A closed idle
 connection is reopened 5-20 s later (an editor that comes back), a slowloris one at once.
 
 Passes (exit 0) when: no 5xx other than the flood's 503s, each of those with Retry-After; the server
@@ -137,10 +143,12 @@ async def soak(args) -> dict:
         t0 = time.perf_counter()
 
         async def sample() -> None:
-            while not stop.is_set() and not flooding.is_set():  # the soak's memory, not the flood's
-                samples.append((time.perf_counter() - t0, rss_mib(server.pid)))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.sample_s)
+            async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+                while not stop.is_set() and not flooding.is_set():  # the soak's memory, not the flood's
+                    at, rss = time.perf_counter() - t0, rss_mib(server.pid)
+                    samples.append((at, rss, await prompt_cache(client)))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), args.sample_s)
 
         async def well_behaved() -> None:
             async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -167,8 +175,12 @@ async def soak(args) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    warm = [m for t, m in samples if t >= args.warmup * args.seconds]
+    full = next((t for t, _, cache in samples if cache_full(*cache)), None)
+    warm_s = max(args.warmup * args.seconds, full or 0.0)
+    warm = [m for t, m, _ in samples if t >= warm_s]
     growth = (max(warm) - warm[0]) / warm[0] if len(warm) > 1 else 0.0
+    k = max(1, len(warm) // 8)  # the first and last eighths after the warm-up: the trend, not the swings
+    trend = statistics.mean(warm[-k:]) / statistics.mean(warm[:k]) - 1 if warm else 0.0
     p50_unloaded, p50_loaded = (
         statistics.median(unloaded),
         statistics.median(loaded) if loaded else float("inf"),
@@ -183,7 +195,11 @@ async def soak(args) -> dict:
         "events": dict(tally.events), "unexpected_5xx": bad_5xx,
         "shed_outside_flood": tally.status.get(503, 0) - flood_status.get(503, 0),
         "shed_without_retry_after": tally.shed_without_retry_after, "alive": alive,
-        "rss_mib": [round(m, 1) for _, m in samples], "rss_growth_after_warmup": growth,
+        "rss_mib": [round(m, 1) for _, m, _ in samples], "rss_growth_after_warmup": growth,
+        "rss_trend_after_warmup": trend,
+        "warmup_end_s": warm_s, "prompt_cache_full_s": full,
+        "rss_start_warm_end_mib": [round(m, 1) for m in (samples[0][1], warm[0], warm[-1])] if warm else None,
+        "prompt_cache_mib": [round(b / 2**20, 1) for _, _, (_, _, b, _) in samples],
         "rss_after_flood_mib": after_flood,
         "p50_unloaded_s": p50_unloaded, "p50_loaded_s": p50_loaded, "p50_ratio": p50_loaded / p50_unloaded,
         "p90_loaded_s": statistics.quantiles(loaded, n=10)[-1] if len(loaded) > 1 else p50_loaded,
@@ -195,6 +211,18 @@ async def soak(args) -> dict:
         and not any(k.startswith(("well_behaved_", "flood_")) for k in tally.events)
     )  # fmt: skip
     return out
+
+
+async def prompt_cache(client: httpx.AsyncClient) -> tuple[int, int, int, int]:
+    """The server's prompt cache: prompts held, the most it holds, bytes, its limit (0s when off)."""
+    metrics = dict(line.split() for line in (await client.get("/metrics")).text.splitlines())
+    keys = ("prompts", "max_prompts", "bytes", "limit_bytes")
+    return tuple(int(metrics.get(f"codemill_prompt_cache_{k}", 0)) for k in keys)
+
+
+def cache_full(prompts: int, most: int, nbytes: int, limit: int) -> bool:
+    """The prompt cache holds as many prompts as it may, or has no room for one more of their mean size."""
+    return prompts >= most or (prompts > 0 and nbytes + nbytes / prompts > limit)
 
 
 async def probe(client: httpx.AsyncClient, at: tuple[str, str, str], tally: Tally) -> float | None:

@@ -105,3 +105,46 @@ def test_a_short_soak_has_no_5xx_and_sheds_the_flood(tiny_checkpoint, tmp_path):
     assert soak["unexpected_5xx"] == 0 and soak["shed_without_retry_after"] == 0 and soak["alive"], soak
     assert soak["flood_status"].get("503", 0) > 0 and soak["flood_status"].get("200", 0) > 0, soak
     assert soak["well_behaved_served"] > 0 and soak["events"].get("vanished_mid_stream", 0) > 0, soak
+    assert len(soak["prompt_cache_mib"]) == len(soak["rss_mib"]) > 0, soak  # the warm-up can see the cache
+
+
+GROWTH = """
+import ctypes
+from codemill.serve.server import bound_onednn_caches
+bound_onednn_caches()  # as `serve` does, before the first primitive
+import torch
+from codemill.model.packed import PackedLinear
+
+libc = ctypes.CDLL(None)
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks "
+                                               "uordblks fordblks keepcost").split()]
+libc.mallinfo2.restype = Info
+def in_use():
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+linear = PackedLinear(torch.nn.Linear(256, 688), 8)
+with torch.inference_mode():
+    for rows in range(1, 81):  # the caches fill
+        linear(torch.randn(rows, 256))
+    before = in_use()
+    for rows in range(81, 161):
+        linear(torch.randn(rows, 256))
+print(in_use() - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallinfo2")
+def test_the_servers_onednn_caches_stop_growing():
+    """Each prompt chunk's length is a new row count for the packed linears (model/packed.py), and
+    oneDNN and ideep each keep a compiled primitive per shape, 1,024 by default: the heap in use grows
+    some 0.6 MB a new length for this layer. `serve` bounds both caches before the model loads; then
+    80 new lengths after the caches are full leave it where it was (46 MB more unbounded)."""
+    from codemill.model import packed
+
+    if not packed.available():
+        pytest.skip("no oneDNN in this torch")
+
+    run = subprocess.run([sys.executable, "-c", GROWTH], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout.split()[-1]) < 4 << 20

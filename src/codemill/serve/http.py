@@ -20,6 +20,7 @@ or its bytes counted as they come: `BodyLimit`).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import sys
 import threading
@@ -217,6 +218,7 @@ def create_app(
     state = app.state
     state.limits = Limits(api_key, max_tokens, max_body_bytes, max_queue, access_log)
     state.stats, state.batcher, state.error = Counter(), None, None
+    state.trimmed = time.monotonic()
 
     def ready(e: Engine) -> None:  # the engine is the batcher's from here on
         state.prompter, state.name, state.batcher = e.prompter, e.name, Batcher(e, max_queue)
@@ -479,6 +481,7 @@ async def execute(request: HTTPRequest, req: Request, stream_piece=None) -> Any:
                 break
     finally:
         batcher.cancel(task)  # the client left, or its answer is complete: harmless then
+        trim_heap(state)
     stats["tokens_generated"] += len(result.tokens)
     stats["draft_tokens"] += result.draft_n
     stats["draft_tokens_accepted"] += result.draft_n_accepted
@@ -513,6 +516,22 @@ def stream(request: HTTPRequest, req: Request, piece, last, end: str = "") -> St
         await task
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+TRIM_S = 2.0  # the least time between two trims of the C heap
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; elsewhere None
+
+
+def trim_heap(state) -> None:
+    """After a request, at most every TRIM_S: glibc's malloc_trim gives the heap's free pages back to
+    the system. Each prompt's tensors have their own sizes (prefill chunks, prompt-cache copies), and
+    glibc serves them from its heaps, where the holes they leave kept the free part growing (25 to
+    52 MB over 100 requests of the demo model, RSS with it; trimmed, RSS flat). A trim takes 1-2 ms
+    (35 at worst on a loaded 2-core machine)."""
+    if _malloc_trim is None or time.monotonic() - state.trimmed < TRIM_S:
+        return
+    _malloc_trim(0)
+    state.trimmed = time.monotonic()
 
 
 # --- answering: each endpoint's response shape -----------------------------------------------------
