@@ -48,7 +48,8 @@ class TrainConfig(Settings):
     # DataLoader processes that pack this rank's windows ahead of the step, each streaming whole
     # shards (so a divisor of the rank's shard count is used); 0: packed in the training process.
     # The batches are the same either way. 0 by measurement: on CPU the workers take cores from the
-    # step (the demo on 2 cores: 1 worker 319 tokens/s, in-process 506; benchmarks/bench_loader.py);
+    # step (the demo on 2 loaded cores, medians of 3 alternated runs: 1 worker 319 tokens/s, 2 workers 330,
+    # in-process 506; benchmarks/bench_loader.py);
     # a GPU run, whose step leaves the CPU idle, can give 1 to overlap packing with the step
     loader_workers: int = at_least(0, 0)
     # numerics and memory
