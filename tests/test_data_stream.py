@@ -386,7 +386,7 @@ def test_sfim_treats_crlf_files_as_their_lf_twins():
     middle ends between `\\r` and `\\n`."""
     import tree_sitter
 
-    from codemill.data.objectives import _function_query, _inner_nodes
+    from codemill.data.objectives import _inner_nodes, function_query
 
     policy = DataConfig().sfim
     assert isinstance(sfim_span(SourceFile("a.py", "Python", "def f(x):\r\n    return x + 1\r\n"),
@@ -397,7 +397,7 @@ def test_sfim_treats_crlf_files_as_their_lf_twins():
         for kind, text in (("lf", lf), ("crlf", _crlf(lf))):
             f = SourceFile(name, "Python", text)
             tree = f.tree()
-            for fn in tree_sitter.QueryCursor(_function_query("Python")).captures(tree.root_node)["f"]:
+            for fn in tree_sitter.QueryCursor(function_query("Python")).captures(tree.root_node)["f"]:
                 counts[kind]["nodes"] += len(_inner_nodes(fn, f.src, 0, len(f.src)))
                 counts[kind]["functions without a node"] += not _inner_nodes(fn, f.src, 0, len(f.src))
             for seed in range(40):

@@ -430,3 +430,12 @@ def test_an_unknown_repository_names_some_that_exist():
     assert find_repo("python-stdlib", repos) == "python-stdlib-3.11"
     with pytest.raises(UserError, match=r"its 3 repositories: numpy-2\.1\.0, python-stdlib-3\.11, rich"):
         find_repo("zzzz", repos)
+
+
+def test_evaluate_refuses_a_suite_that_generates_nothing(tmp_path):
+    """fim-loss scores a checkpoint's loss: handing it to the generating runner would score nothing."""
+    from codemill.eval.models import Reference
+    from codemill.eval.runner import evaluate
+
+    with pytest.raises(UserError, match="generates nothing"):
+        evaluate("fim-loss", Reference(), tmp_path, unsafe=True)

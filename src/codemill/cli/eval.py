@@ -54,7 +54,9 @@ def eval_(
     temperature: float = typer.Option(0.0, help="0: greedy."),
     max_tokens: int = typer.Option(None, help="New tokens per task (default: the suite's, 512 for NL2Code)."),
     syntax_stop: bool = typer.Option(
-        False, "--syntax-stop", help="FIM: cut completions where they close a syntactic unit (as serve can)."
+        False,
+        "--syntax-stop",
+        help="FIM: stop where the completion closes a syntactic unit (serve's own syntax stop, applied as tokens are generated).",
     ),
     workers: int = typer.Option(None, help="Parallel sandboxed executions (default: CPU count)."),
     unsafe: bool = typer.Option(

@@ -8,13 +8,14 @@ from codemill.config import Settings, fraction, positive
 from codemill.data.objectives import OBJECTIVES, SfimPolicy
 from codemill.data.ordering import STRATEGIES
 from codemill.errors import UserError
+from codemill.formats import DEFAULT_FORMAT
 
 
 @dataclass
 class DataConfig(Settings):
     section = "data"
 
-    format: str = "codemill"
+    format: str = DEFAULT_FORMAT
     seq_len: int = 2048  # windows hold seq_len + 1 tokens
     seed: int = 0
     # Algorithm 1: one strategy per repository

@@ -117,7 +117,8 @@ def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
 _functions: dict[str, tree_sitter.Query | None] = {}
 
 
-def _function_query(lang: str) -> tree_sitter.Query | None:
+def function_query(lang: str) -> tree_sitter.Query | None:
+    """The tree-sitter query that captures a language's functions (SFIM's and the FIM benchmarks' unit)."""
     if lang not in _functions:
         s, language = STRUCTURES.get(lang), ts_language(lang)
         pattern = "[" + " ".join(f"({t})" for t in s.functions) + "] @f" if s else None
@@ -171,7 +172,7 @@ def sfim_span(
     """The SFIM middle of a file, or the reason SFIM does not apply to it. `within` (bytes lo, hi): a
     piece of the file packed at context level, whose function is one of those overlapping the piece
     (the first, in random order, with a node inside it) and whose node lies inside it."""
-    query = _function_query(file.lang)
+    query = function_query(file.lang)
     tree = tree or (file.tree() if query is not None else None)
     if query is None or tree is None:
         return "no_grammar"

@@ -17,7 +17,7 @@ import tree_sitter
 import xxhash
 
 from codemill.curate.corpus import corpus_rows
-from codemill.data.objectives import _function_query
+from codemill.data.objectives import function_query
 from codemill.errors import UserError
 from codemill.eval.suites import CCEVAL_FILES
 from codemill.flow.layout import HELDOUT_FILES, HELDOUT_REPOS
@@ -82,7 +82,7 @@ def _corpus_rows(corpus: str | Path):
 
 
 def _functions(lang: str, tree) -> list[tree_sitter.Node]:
-    return tree_sitter.QueryCursor(_function_query(lang)).captures(tree.root_node).get("f", [])
+    return tree_sitter.QueryCursor(function_query(lang)).captures(tree.root_node).get("f", [])
 
 
 def _trim(src: bytes, a: int, b: int) -> tuple[int, int]:

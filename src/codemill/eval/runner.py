@@ -46,6 +46,10 @@ def evaluate(
             "bubblewrap is not installed: install it (`make` does) or pass --unsafe to run generated code with limits only"
         )
     spec = SUITES[suite]
+    if spec.measure:
+        raise UserError(
+            f"{suite} scores a checkpoint's loss, it generates nothing: run `codemill eval {suite}`"
+        )
     try:
         loaded = spec.load(**options)
     except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:  # JSON, Parquet, fields
