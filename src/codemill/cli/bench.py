@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from codemill.cli.shared import CORPUS, console
-from codemill.flow.outputs import writable
+from codemill.errors import writable
 
 bench_app = typer.Typer(no_args_is_help=True, help="Build benchmarks from held-out repositories.")
 bench_build_app = typer.Typer(no_args_is_help=True, help="Build a benchmark of a published shape.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from codemill.cli.shared import console
-from codemill.flow.outputs import writable
+from codemill.errors import writable
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Inspect a curated corpus.")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from codemill.cli.shared import console
-from codemill.flow.outputs import writable
+from codemill.errors import writable
 
 export_app = typer.Typer(
     no_args_is_help=True, help="Write a checkpoint for other runtimes (llama.cpp, Ollama)."

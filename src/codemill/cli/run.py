@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from codemill.cli.shared import console
+from codemill.errors import writable
 from codemill.flow.layout import RunLayout
-from codemill.flow.outputs import writable
 
 
 def run_(

@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 from codemill.config import load_recipe, parse_overrides
-from codemill.errors import UserError
+from codemill.errors import UserError, writable
 from codemill.flow.layout import RunLayout
-from codemill.flow.outputs import writable
 
 # recipes/adapt.yaml without its example base and sources: what `codemill adapt` starts from
 ADAPT_DEFAULTS = """

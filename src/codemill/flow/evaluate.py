@@ -8,10 +8,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from codemill.errors import UserError
+from codemill.errors import UserError, writable
 from codemill.eval.suites import SUITES, named
 from codemill.flow.layout import RunLayout
-from codemill.flow.outputs import writable
 
 
 def compare_runs(runs: list[Path], out: Path | None, console) -> None:

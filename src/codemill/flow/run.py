@@ -17,8 +17,8 @@ from pathlib import Path
 
 from codemill.config import Settings, at_least, fraction, load_recipe, positive
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
+from codemill.errors import writable
 from codemill.flow.layout import RunLayout
-from codemill.flow.outputs import writable
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from codemill.flow.outputs import writable
+from codemill.errors import writable
 from codemill.flow.settings import training_stream
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from codemill.data.tokenizer import DEFAULT_PRETOKENIZER
-from codemill.flow.outputs import writable
+from codemill.errors import writable
 from codemill.formats import DEFAULT_FORMAT, Format, get_format
 
 

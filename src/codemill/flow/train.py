@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codemill.errors import UserError
-from codemill.flow.outputs import writable
+from codemill.errors import UserError, writable
 from codemill.flow.settings import train_settings
 
 

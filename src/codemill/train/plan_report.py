@@ -7,8 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from codemill.errors import UserError
-from codemill.flow.outputs import writable
+from codemill.errors import UserError, writable
 from codemill.train.plan import meta_model, plan, saved_activations, sbatch_script
 
 
