@@ -110,7 +110,7 @@ def test_a_short_soak_has_no_5xx_and_sheds_the_flood(tiny_checkpoint, tmp_path):
 
 GROWTH = """
 import ctypes
-from codemill.serve.server import bound_onednn_caches
+from codemill.model.packed import bound_onednn_caches
 bound_onednn_caches()  # as `serve` does, before the first primitive
 import torch
 from codemill.model.packed import PackedLinear

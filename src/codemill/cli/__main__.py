@@ -2,4 +2,5 @@
 
 from codemill.cli import app
 
-app()
+if __name__ == "__main__":  # not again in a spawned loader worker, which imports this as __mp_main__
+    app()

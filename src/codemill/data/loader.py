@@ -33,23 +33,35 @@ class Block:
 
 
 class ShardBlocks(IterableDataset):
-    """Blocks of `per_shard` windows from each stream in turn, forever (a worker: its share of them)."""
+    """Blocks of `per_shard` windows from each shard in turn, forever (a worker: its share of them).
 
-    def __init__(self, streams: dict[int, TrainingStream], per_shard: int):
+    The streams are built where they are read, from the shards' states: a stream holds parsed trees,
+    which do not pickle, and workers are spawned, not forked, because a fork of a process whose OpenMP
+    pool is running (scikit-learn's k-means in Algorithm 1, torch) hangs in the child's first k-means."""
+
+    def __init__(self, corpus: str | Path, tokenizer, cfg: DataConfig, world: int, per_shard: int,
+                 states: dict[int, dict]):  # fmt: skip
         super().__init__()
-        self.streams, self.per_shard = streams, per_shard
+        self.corpus, self.tokenizer, self.cfg, self.world = corpus, tokenizer, cfg, world
+        self.per_shard, self.states = per_shard, states
+
+    def stream(self, shard: int) -> TrainingStream:
+        stream = TrainingStream(self.corpus, self.tokenizer, self.cfg, rank=shard, world=self.world)
+        stream.load_state_dict(self.states[shard])
+        return stream
 
     def __iter__(self):
         info = get_worker_info()
-        shards = list(self.streams)[info.id :: info.num_workers] if info else list(self.streams)
+        shards = list(self.states)[info.id :: info.num_workers] if info else list(self.states)
+        streams = {s: self.stream(s) for s in shards}
         while True:
             for s in shards:
-                windows = [next(self.streams[s]) for _ in range(self.per_shard)]
+                windows = [next(streams[s]) for _ in range(self.per_shard)]
                 yield Block(
                     s,
                     np.stack([w["tokens"] for w in windows]),
                     np.stack([w["objective"] for w in windows]),
-                    self.streams[s].state_dict(),
+                    streams[s].state_dict(),
                 )
 
 
@@ -77,18 +89,20 @@ class WindowLoader:
         workers: int,
         states: dict[int, dict] | None = None,
     ):
-        streams = {s: TrainingStream(corpus, tokenizer, cfg, rank=s, world=world) for s in shards}
-        for s, state in (states or {}).items():
-            streams[s].load_state_dict(state)
+        states = dict(states or {})
+        for s in shards:
+            if s not in states:  # a new run: each shard's state before its first window
+                states[s] = TrainingStream(corpus, tokenizer, cfg, rank=s, world=world).state_dict()
         self.shards = shards
-        self.consumed = {s: streams[s].state_dict() for s in shards}
+        self.consumed = {s: states[s] for s in shards}
         n = worker_count(workers, len(shards))
         loader = DataLoader(
-            ShardBlocks(streams, per_shard),
+            ShardBlocks(corpus, tokenizer, cfg, world, per_shard, dict(self.consumed)),
             batch_size=None,
             num_workers=n,
             collate_fn=_as_is,
             prefetch_factor=2 if n else None,
+            multiprocessing_context="spawn" if n else None,
             generator=torch.Generator(),  # its seed draw leaves the global generator (dropout) alone
         )
         self._blocks = iter(loader)

@@ -10,7 +10,7 @@ head, so `HeadDeadline` adds one: a connection that has not sent a whole head `H
 opened, or after a head's first bytes, is closed. A client that vanishes mid-stream is seen by the handler
 (serve/http.py), which gives its slot back.
 
-A server runs for days, so every cache in it is bounded (`bound_onednn_caches`; the prompt cache by
+A server runs for days, so every cache in it is bounded (oneDNN's and ideep's by model/packed.py `bound_onednn_caches`; the prompt cache by
 `--cache-ram`; the prompter's chunk cache), and the C heap's free pages go back to the system after
 requests (serve/http.py `trim_heap`): the process's memory stops growing once the caches are full.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from codemill.errors import UserError
+from codemill.model.packed import bound_onednn_caches
 from codemill.serve.engine import Engine
 from codemill.serve.http import create_app
 
@@ -37,7 +37,6 @@ KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this (uvicor
 HEAD_S = 10.0  # a request's head must arrive whole within this, from the connection or the last answer
 MAX_HEAD_BYTES = 16 * 1024  # h11's limit on an incomplete request head
 MAX_CONNECTIONS = 4096  # connections and tasks held at once; beyond, uvicorn answers 503
-ONEDNN_CACHE = 64  # compiled oneDNN primitives kept, and ideep's entries for them (1,024 each by default)
 
 
 class HeadDeadline(H11Protocol):
@@ -102,17 +101,6 @@ def listen(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port}: {e.strerror or e}; check --host and --port"
         ) from None
     return sock
-
-
-def bound_onednn_caches(entries: int = ONEDNN_CACHE) -> None:
-    """Bound oneDNN's primitive cache and ideep's: the packed linears (model/packed.py) get a
-    primitive for each weight and row count, and each prompt chunk's length is a new row count. At
-    the default 1,024 entries each, the demo model's heap grew 2.3 MB a new length (226 MB over
-    lengths 1-100) and a soaked server's by hundreds of MB; at 64, not at all once full, and the
-    decode step's few shapes stay cached. Both libraries read these when they make their first
-    primitive: called before the model loads. A value already in the environment is kept."""
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
-    os.environ.setdefault("LRU_CACHE_CAPACITY", str(entries))  # ideep's
 
 
 def serve(engine: Engine | Callable[[], Engine], sock: socket.socket, **kw) -> None:
