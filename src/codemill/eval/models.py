@@ -69,10 +69,15 @@ def truncate(text: str, stops: tuple[str, ...]) -> str:
     return text[:cut]
 
 
+def syntax_until(r: Request):
+    """Serve's syntax stop for a FIM request that asks for it (stops.py), else None."""
+    return syntax_rule(r.prefix, r.suffix, r.path) if r.syntax_stop and r.suffix is not None else None
+
+
 def syntax_cut(r: Request, text: str) -> str:
     """With `r.syntax_stop`, a completion made without the rule cut where serve's syntax stop would
     have stopped it: the same line end (stops.py), for models that do not apply it as they decode."""
-    until = syntax_rule(r.prefix, r.suffix, r.path) if r.syntax_stop and r.suffix is not None else None
+    until = syntax_until(r)
     cut = until(text) if until is not None else -1
     return text if cut == -1 else text[:cut]
 
@@ -158,7 +163,7 @@ class Checkpoint:
 
     def params(self, r: Request) -> Params:
         """The request as serve decodes it (`syntax_stop`: serve's own rule, applied as tokens come)."""
-        until = syntax_rule(r.prefix, r.suffix, r.path) if r.syntax_stop and r.suffix is not None else None
+        until = syntax_until(r)
         sampled = r.temperature > 0
         return Params(max_tokens=r.max_tokens, stop=r.stop, temperature=r.temperature,
                       top_p=r.top_p if sampled else 1.0, seed=r.seed, until=until)  # fmt: skip
