@@ -243,3 +243,29 @@ def test_credentials_in_docs_tests_and_placeholders_are_examples():
     assert redact(code, "Python").counts == {"USERNAME": 1, "PASSWORD": 1}
     c = 'static const char *db_password = "Xk29fLq8Zr3Wp1";\n'
     assert redact(c, "C").counts == {"PASSWORD": 1}
+
+
+def test_triggers_found_in_one_pass_find_the_right_lines_in_any_script():
+    """The one-pass trigger search reads bytes: lines after multi-byte characters (and the Kelvin
+    sign, which lowercases to an ASCII "k") are still the lines the detectors scan, and a line a tag
+    changed is searched again for later detectors' triggers."""
+    ascii_text = '# Author: Grace Hopper\npassword = "hunter2horse"\ncontact = "grace.hopper@navy.mil"\n'
+    accented = "# Größe: ☃ naïve — 😀\n" + ascii_text
+    for text in (ascii_text, accented):
+        red = redact(text, "Python")
+        assert red.counts == {"NAME": 1, "PASSWORD": 1, "EMAIL": 1}, text
+        assert red.text.count("\n") == text.count("\n") and "navy.mil" not in red.text
+    kelvin = 'API_\u212aEY = "q8Zr2Lk9Xv4Tn7Bw1Yp3Hs6Jd"\n'  # "API_KEY" with a Kelvin sign
+    assert redact(kelvin).counts == redact(kelvin.replace("\u212a", "K")).counts == {"KEY": 1}
+    # a URL's credentials become <USERNAME>:<PASSWORD> on a line that held no "pass" before
+    url = 'DSN = "postgres://admin:S3cr3tPw@db.acme.io/app"\n'
+    assert redact(url).counts == {"USERNAME": 1, "PASSWORD": 1}
+
+
+def test_sensitive_words_are_caseless_and_name_the_first_to_end():
+    words = pii.SensitiveWords(["PROPRIETARY", "Confidential and Proprietary", "Größe"])
+    assert words.find("x = 1\n") is None
+    assert words.find("# confidential AND proprietary\n") == "Confidential and Proprietary"
+    assert words.find("# proprietary, confidential and proprietary") == "PROPRIETARY"
+    assert words.find("# ☃ GRÖSSE größe") == "Größe"
+    assert pii.SensitiveWords([]).find("anything") is None

@@ -49,7 +49,7 @@ TOOLS = (
     "tree-sitter",
     "ruff",
     "scancode-toolkit-mini",
-    "pyahocorasick",
+    "hyperscan",
     "xxhash",
     "pyarrow",
     "numpy",
