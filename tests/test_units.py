@@ -68,6 +68,26 @@ def test_batched_hashing_equals_one_file_at_a_time():
     assert found == [None, None, None, "HumanEval/HumanEval/0", None, None, None]
 
 
+def test_signatures_are_each_sets_minimum_across_chunks_and_row_blocks():
+    # signatures works a block of permutations on a chunk of columns at a time: sets that span
+    # chunks, sets inside one, empty sets anywhere and a permutation count that is not a multiple
+    # of the block must all give each set's plain minimum of the top 32 bits of a*x + b mod 2^64
+    rng = np.random.default_rng(1)
+    n = 3 * minhash._CHUNK + 123
+    shingles = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    small = rng.choice(np.arange(5 * minhash._CHUNK // 2, n), 30, replace=False)
+    # empty sets first, in the middle and last; a set over all of chunk 1; a set of one shingle
+    bounds = np.sort(np.r_[0, 0, minhash._CHUNK // 3, small, small[10], n - 1, n, n])
+    for num_perm in (256, 13):
+        a, b = perms = minhash.permutations(num_perm, 3)
+        sigs = minhash.signatures(shingles, bounds, perms)
+        assert sigs.shape == (len(bounds) - 1, num_perm) and sigs.dtype == np.uint32
+        for k in range(len(bounds) - 1):
+            x = shingles[bounds[k] : bounds[k + 1]]
+            want = ((a * x + b) >> np.uint64(32)).min(axis=1) if len(x) else np.full(num_perm, 2**32 - 1)
+            assert np.array_equal(sigs[k], want)
+
+
 def test_cluster_cover_keeps_every_member_close_to_a_kept_file():
     # a chain a ~ b ~ c where a and c are not similar: the cover keeps a and c, drops b
     base = stdlib("textwrap.py").splitlines()

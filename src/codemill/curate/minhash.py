@@ -4,8 +4,8 @@ Shingles are lowercased word-token n-grams (5 by default). Tokens are found and 
 operations over the text's bytes (no Python work per token), and an n-gram hash is a polynomial
 combination of its token hashes in uint64 arithmetic, so the whole file is hashed in a few array
 operations. The permutations are multiply-shift hashes
-(a·x + b mod 2^64, top 32 bits; Dietzfelbinger et al.), computed in chunks so memory stays bounded
-for large files. The same n-gram hashes serve decontamination.
+(a·x + b mod 2^64, top 32 bits; Dietzfelbinger et al.), computed in blocks that fit a core's L2
+cache, so memory stays bounded for large files. The same n-gram hashes serve decontamination.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
-_CHUNK = 4096
+_CHUNK, _ROWS = 16384, 8  # signatures' working array: 8 permutations x 16384 shingles
 _P = 0x100000001B3  # odd, so invertible mod 2^64
 _P_INV = pow(_P, -1, 1 << 64)
 # word bytes: ASCII letters, digits and "_", and every byte of a non-ASCII character
@@ -143,23 +143,35 @@ def signature(shingles: np.ndarray, perms: tuple[np.ndarray, np.ndarray]) -> np.
 def signatures(shingles: np.ndarray, bounds: np.ndarray, perms: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The signatures of many shingle sets at once (set k is shingles[bounds[k]:bounds[k+1]]), as
     a (sets, num_perm) uint32 array: a chunk of columns spans many small sets, and each set's
-    minimum is a `minimum.reduceat` over its columns."""
+    minimum is a `minimum.reduceat` over its columns.
+
+    The permutations are applied _ROWS at a time to a chunk of _CHUNK columns, so the array that
+    the multiply, the add and the minimum pass over (1 MB) stays in the core's L2 cache: all 256
+    rows of a 4096-column chunk at once (8 MB) took 2.4x the CPU on the standard library's files."""
     a, b = perms
-    sig = np.full((len(bounds) - 1, a.shape[0]), np.iinfo(np.uint64).max, dtype=np.uint64)
-    buf = np.empty((a.shape[0], min(_CHUNK, len(shingles))), dtype=np.uint64)
-    for start in range(0, len(shingles), _CHUNK):
-        x = shingles[start : start + _CHUNK][None, :]
-        stop = start + x.shape[1]
-        out = buf[:, : x.shape[1]]
-        np.multiply(a, x, out=out)
-        out += b
-        # the sets with columns in this chunk, and where each one's columns begin in it
-        first, last = np.searchsorted(bounds, start, "right") - 1, np.searchsorted(bounds, stop, "left")
-        lo, hi = bounds[first:last], bounds[first + 1 : last + 1]
-        sets = np.arange(first, last)[hi > lo]
-        cols = np.maximum(bounds[sets], start) - start
-        sig[sets] = np.minimum(sig[sets], np.minimum.reduceat(out, cols, axis=1).T)
-    return (sig >> np.uint64(32)).astype(np.uint32)
+    filled = np.flatnonzero(bounds[1:] > bounds[:-1])  # an empty set's signature stays all ones
+    cuts = bounds[filled]  # where each non-empty set's columns begin
+    mins = np.full((a.shape[0], len(filled)), np.iinfo(np.uint64).max, dtype=np.uint64)
+    n = int(bounds[-1])
+    buf = np.empty((_ROWS, min(_CHUNK, n)), dtype=np.uint64)
+    starts = np.arange(0, n, _CHUNK)
+    # per chunk, the sets with columns in it: [first, last), the first perhaps begun in a chunk before
+    firsts = np.searchsorted(cuts, starts, "right") - 1
+    lasts = np.searchsorted(cuts, starts + _CHUNK, "left")
+    for start, first, last in zip(starts.tolist(), firsts.tolist(), lasts.tolist(), strict=True):
+        x = shingles[start : min(start + _CHUNK, n)]
+        cols = np.maximum(cuts[first:last], start) - start
+        out = buf[:, : len(x)]
+        chunk = np.empty((a.shape[0], last - first), dtype=np.uint64)
+        for r in range(0, a.shape[0], _ROWS):
+            rows = out[: min(_ROWS, a.shape[0] - r)]
+            np.multiply(a[r : r + _ROWS], x, out=rows)
+            np.add(rows, b[r : r + _ROWS], out=rows)
+            np.minimum.reduceat(rows, cols, axis=1, out=chunk[r : r + _ROWS])
+        np.minimum(mins[:, first:last], chunk, out=mins[:, first:last])
+    sig = np.full((len(bounds) - 1, a.shape[0]), np.iinfo(np.uint32).max, dtype=np.uint32)
+    sig[filled] = (mins >> np.uint64(32)).T
+    return sig
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
