@@ -260,6 +260,16 @@ def test_triggers_found_in_one_pass_find_the_right_lines_in_any_script():
     # a URL's credentials become <USERNAME>:<PASSWORD> on a line that held no "pass" before
     url = 'DSN = "postgres://admin:S3cr3tPw@db.acme.io/app"\n'
     assert redact(url).counts == {"USERNAME": 1, "PASSWORD": 1}
+    # the narrower searches behind the triggers: a local part ending in "_", an IPv6 address at a
+    # line start and after a bracket (not C++'s `std::`), a key name in capitals before `:`
+    edges = (
+        'owner = "jane.doe_@gmail.com"\n'
+        "2607:f8b0:4005:80a::200e is the host\n"
+        "hosts = [2a00:1450:4001:82b::200e]\n"
+        "std::vector<int> v; using ns::abc;\n"
+        'CONFIG = {"GITHUB_TOKEN": "q8Zr2Lk9Xv4Tn7Bw1Yp3Hs6Jd"}\n'
+    )
+    assert redact(edges).counts == {"EMAIL": 1, "IP_ADDRESS": 2, "KEY": 1}
 
 
 def test_sensitive_words_are_caseless_and_name_the_first_to_end():

@@ -29,9 +29,11 @@ import re
 import warnings
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from itertools import accumulate
+from typing import NamedTuple
 from urllib.parse import unquote
 
 import hyperscan
@@ -408,50 +410,68 @@ def _private_key(m: re.Match, tag) -> str:
     return m.group(0) if body == m.group(2) else m.group(1) + body + m.group(3)
 
 
-# (substrings that must occur in a lowercased line, pattern, replacement given the match, its line
-# (the whole text for a detector without triggers), tag and the file's `_Context`)
+class Detector(NamedTuple):
+    """A PII detector: `pattern` runs on the lines holding one of `triggers` (lowercased; none: the
+    whole text) and `replace` gives a match's replacement (given the match, its line, `tag` and the
+    file's `_Context`). `near` and `needs` only narrow the lines scanned, never what matches: `near`
+    is a Vectorscan pattern every match implies in the lowercased UTF-8 line (its lookarounds left
+    out, Python's Unicode classes widened to any non-ASCII byte), `needs` groups of characters the
+    line must hold one of each."""
+
+    triggers: tuple[str, ...]
+    pattern: re.Pattern
+    replace: Callable
+    near: bytes | None = None
+    needs: tuple[str, ...] = ()
+
+
+_ASSIGNED_LITERAL = ("\"'", "=:")  # `name = "value"`, `"name": "value"`: a quote and an operator
+_HEX = rb"[0-9a-f]{1,4}"
 _DETECTORS = (
-    (
+    Detector(
         (
-            "akia",
-            "ghp_",
-            "gho_",
-            "ghu_",
-            "ghs_",
-            "ghr_",
-            "github_pat_",
-            "xox",
-            "aiza",
-            "_live_",
-            "_test_",
-            "sk-",
-            "glpat-",
-            "hf_",
-            "eyj",
+            *("akia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "aiza"),
+            *("_live_", "_test_", "sk-", "glpat-", "hf_", "eyj"),
         ),
         KEY_FORMATS,
         lambda m, line, tag, ctx: tag("KEY"),
     ),
-    (
+    Detector(
         ("secret", "token", "key"),
         SECRET_ASSIGN,
         lambda m, line, tag, ctx: _value(m, tag, "KEY", lambda v: not _gibberish(v)),
+        # the name, then its operator; "\xc5\xbf" is the long s, which (?i) takes for an s
+        near=rb"(?:secret|\xc5\xbfecret|token|key)[\w.\-\x80-\xff]*[\"']?[\s\x1c-\x1f\x80-\xff]*[:=]",
+        needs=_ASSIGNED_LITERAL,
     ),
-    (("://",), URL_CREDENTIALS, lambda m, line, tag, ctx: _url_credentials(m, line, tag, ctx)),
-    (
+    Detector(("://",), URL_CREDENTIALS, lambda m, line, tag, ctx: _url_credentials(m, line, tag, ctx)),
+    Detector(
         ("pass", "pwd"),
         PASSWORD_ASSIGN,
         lambda m, line, tag, ctx: _credential(m, tag, "PASSWORD", ctx),
+        needs=_ASSIGNED_LITERAL,
     ),
-    (
+    Detector(
         ("user", "login"),
         USER_ASSIGN,
         lambda m, line, tag, ctx: _credential(m, tag, "USERNAME", ctx),
+        needs=_ASSIGNED_LITERAL,
     ),
-    (("@",), EMAIL, lambda m, line, tag, ctx: tag("EMAIL") if _email(m, line) else m.group(0)),
-    ((), IPV4, lambda m, line, tag, ctx: tag("IP_ADDRESS") if _host_ip(m, line, ctx) else m.group(0)),
-    (("::",), IPV6, lambda m, line, tag, ctx: tag("IP_ADDRESS") if _host_ip(m, line, ctx) else m.group(0)),
-    (
+    Detector(
+        ("@",),
+        EMAIL,
+        lambda m, line, tag, ctx: tag("EMAIL") if _email(m, line) else m.group(0),
+        near=rb"[a-z0-9._%+\-]@[a-z0-9\-]+\.",  # a local part's last character: not a decorator
+    ),
+    Detector((), IPV4, lambda m, line, tag, ctx: tag("IP_ADDRESS") if _host_ip(m, line, ctx) else m.group(0)),
+    Detector(
+        ("::",),
+        IPV6,
+        lambda m, line, tag, ctx: tag("IP_ADDRESS") if _host_ip(m, line, ctx) else m.group(0),
+        # a group of hex digits not after a word character: not C++'s `std::vector`
+        near=rb"(?:^|[^a-z0-9_:])" + _HEX + rb":(?:" + _HEX + rb")?:",
+    ),
+    Detector(
         ("copyright", "(c)", "©", "author", "written by", "maintainer", "created by"),
         AUTHOR_LINE,
         lambda m, line, tag, ctx: m.group(1) + tag("NAME") if _name(m, line) else m.group(0),
@@ -473,20 +493,21 @@ _DOTTED_QUAD = rb"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
 
 @cache
 def _trigger_scanner() -> tuple[hyperscan.Database, tuple[int, ...]]:
-    """One Vectorscan database of every detector's triggers (caseless) and the dotted quad, and the
-    detector of each pattern id (-1: the dotted quad). One pass over a file finds them all; a
-    `str.find` per trigger was half of redaction's time (36 triggers, 36 passes)."""
+    """One Vectorscan database of every detector's triggers or `near` pattern (caseless) and the
+    dotted quad, and the detector of each pattern id (-1: the dotted quad). One pass over a file
+    finds them all; a `str.find` per trigger was half of redaction's time (36 triggers, 36 passes)."""
     patterns, owner = [], []
-    for k, (triggers, _, _) in enumerate(_DETECTORS):
-        for word in triggers:
-            patterns.append(re.escape(word).encode("utf-8"))
+    for k, d in enumerate(_DETECTORS):
+        for p in [d.near] if d.near else [re.escape(w).encode("utf-8") for w in d.triggers]:
+            patterns.append(p)
             owner.append(k)
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(
         expressions=[*patterns, _DOTTED_QUAD],
         ids=list(range(len(patterns) + 1)),
         elements=len(patterns) + 1,
-        flags=[hyperscan.HS_FLAG_CASELESS] * len(patterns) + [hyperscan.HS_FLAG_SINGLEMATCH],
+        flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_MULTILINE] * len(patterns)
+        + [hyperscan.HS_FLAG_SINGLEMATCH],
     )
     return db, (*owner, -1)
 
@@ -499,8 +520,8 @@ def _scan_bytes(text: str) -> bytes:
 
 
 def _trigger_lines(text: str) -> tuple[list[set[int]], bool]:
-    """Per detector, the numbers of the lines holding one of its triggers; and whether the text
-    holds a dotted quad."""
+    """Per detector, the numbers of the lines holding one of its triggers (or a match of its `near`
+    pattern); and whether the text holds a dotted quad."""
     db, owner = _trigger_scanner()
     data = _scan_bytes(text)
     ids: list[int] = []
@@ -525,13 +546,20 @@ def _trigger_lines(text: str) -> tuple[list[set[int]], bool]:
     return found, quad
 
 
+def _scans(d: Detector, line: str, lower: str | None = None) -> bool:
+    """Whether detector d looks at a line that passed the database's search (or a changed line:
+    `lower` given, the triggers are asked too)."""
+    if (lower is not None or d.near) and not any(w in (lower or _lower(line)) for w in d.triggers):
+        return False
+    return all(any(c in line for c in group) for group in d.needs)
+
+
 def _retrigger(found: list[set[int]], after: int, i: int, line: str) -> None:
-    """A replacement changed line i: which later detectors it holds a trigger of now (a tag can
-    bring one: `<PASSWORD>` holds "pass", or take one away)."""
+    """A replacement changed line i: which later detectors look at it now (a tag can bring a
+    trigger: `<PASSWORD>` holds "pass", or take one away)."""
     lower = _lower(line)
     for k in range(after + 1, len(_DETECTORS)):
-        triggers = _DETECTORS[k][0]
-        if triggers and any(w in lower for w in triggers):
+        if _DETECTORS[k].triggers and _scans(_DETECTORS[k], line, lower):
             found[k].add(i)
         else:
             found[k].discard(i)
@@ -558,7 +586,7 @@ def redact(text: str, lang: str | None = None) -> Redaction:
     ctx = _Context(original, lang)
     found, quad = _trigger_lines(text)
     lines = text.split("\n")
-    for k, (triggers, pattern, replace) in enumerate(_DETECTORS):
+    for k, (triggers, pattern, replace, *_) in enumerate(_DETECTORS):
         if not triggers:  # the whole text, where it holds a match at all
             if not quad:
                 continue
@@ -572,6 +600,8 @@ def redact(text: str, lang: str | None = None) -> Redaction:
             continue
         for i in sorted(found[k]):
             line = lines[i]
+            if not _scans(_DETECTORS[k], line):
+                continue
             ctx.line, ctx.span = i, line
             new = pattern.sub(lambda m, line=line, replace=replace: replace(m, line, tag, ctx), line)
             if new != line:
