@@ -415,17 +415,21 @@ class Detector(NamedTuple):
     whole text) and `replace` gives a match's replacement (given the match, its line, `tag` and the
     file's `_Context`). `near` and `needs` only narrow the lines scanned, never what matches: `near`
     is a Vectorscan pattern every match implies in the lowercased UTF-8 line (its lookarounds left
-    out, Python's Unicode classes widened to any non-ASCII byte), `needs` groups of characters the
-    line must hold one of each."""
+    out, Python's Unicode classes widened to any non-ASCII byte), `needs` a test of the line's
+    characters."""
 
     triggers: tuple[str, ...]
     pattern: re.Pattern
     replace: Callable
     near: bytes | None = None
-    needs: tuple[str, ...] = ()
+    needs: Callable[[str], bool] | None = None
 
 
-_ASSIGNED_LITERAL = ("\"'", "=:")  # `name = "value"`, `"name": "value"`: a quote and an operator
+def _assigns_literal(line: str) -> bool:
+    """`name = "value"`, `"name": "value"`: an operator and a quote."""
+    return ("=" in line or ":" in line) and ('"' in line or "'" in line)
+
+
 _HEX = rb"[0-9a-f]{1,4}"
 _DETECTORS = (
     Detector(
@@ -442,20 +446,20 @@ _DETECTORS = (
         lambda m, line, tag, ctx: _value(m, tag, "KEY", lambda v: not _gibberish(v)),
         # the name, then its operator; "\xc5\xbf" is the long s, which (?i) takes for an s
         near=rb"(?:secret|\xc5\xbfecret|token|key)[\w.\-\x80-\xff]*[\"']?[\s\x1c-\x1f\x80-\xff]*[:=]",
-        needs=_ASSIGNED_LITERAL,
+        needs=_assigns_literal,
     ),
     Detector(("://",), URL_CREDENTIALS, lambda m, line, tag, ctx: _url_credentials(m, line, tag, ctx)),
     Detector(
         ("pass", "pwd"),
         PASSWORD_ASSIGN,
         lambda m, line, tag, ctx: _credential(m, tag, "PASSWORD", ctx),
-        needs=_ASSIGNED_LITERAL,
+        needs=_assigns_literal,
     ),
     Detector(
         ("user", "login"),
         USER_ASSIGN,
         lambda m, line, tag, ctx: _credential(m, tag, "USERNAME", ctx),
-        needs=_ASSIGNED_LITERAL,
+        needs=_assigns_literal,
     ),
     Detector(
         ("@",),
@@ -549,9 +553,11 @@ def _trigger_lines(text: str) -> tuple[list[set[int]], bool]:
 def _scans(d: Detector, line: str, lower: str | None = None) -> bool:
     """Whether detector d looks at a line that passed the database's search (or a changed line:
     `lower` given, the triggers are asked too)."""
-    if (lower is not None or d.near) and not any(w in (lower or _lower(line)) for w in d.triggers):
+    if d.needs is not None and not d.needs(line):
         return False
-    return all(any(c in line for c in group) for group in d.needs)
+    if lower is None and d.near is None:
+        return True  # the database found a trigger
+    return any(w in line for w in d.triggers) or any(w in (lower or _lower(line)) for w in d.triggers)
 
 
 def _retrigger(found: list[set[int]], after: int, i: int, line: str) -> None:
