@@ -4,6 +4,7 @@ code, file rules, licenses, static analysis, syntax and the repository score cut
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -66,6 +67,24 @@ def test_batched_hashing_equals_one_file_at_a_time():
     tokens, words, bounds = minhash.batch_tokens(texts)
     found = Decontaminator(13, humaneval=True).match(tokens, words, bounds)
     assert found == [None, None, None, "HumanEval/HumanEval/0", None, None, None]
+
+
+def test_batch_tokens_are_a_plain_tokenizers_tokens_words_and_hashes():
+    # tokens found from byte classes; the words mask from runs of digits matched to tokens
+    texts = ["", "x = 0x1F + 12 + 3a + a3 + _9\n", "42", "99 Ünïcode ١٢٣ 7", "", "end_ 5", "6"]
+    hashes, words, bounds = minhash.batch_tokens(texts)
+    mask = (1 << 64) - 1
+
+    def token_hash(tok: bytes) -> int:
+        h = (sum(c * pow(minhash._P, i, 1 << 64) for i, c in enumerate(tok)) + len(tok)) & mask
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            h = ((h ^ (h >> shift)) * mult) & mask
+        return h ^ (h >> 31)
+
+    for k, text in enumerate(texts):
+        toks = re.findall(rb"[a-z0-9_\x80-\xff]+", text.lower().encode())
+        assert hashes[bounds[k] : bounds[k + 1]].tolist() == [token_hash(t) for t in toks]
+        assert words[bounds[k] : bounds[k + 1]].tolist() == [not t.isdigit() for t in toks]
 
 
 def test_signatures_are_each_sets_minimum_across_chunks_and_row_blocks():
