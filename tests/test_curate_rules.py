@@ -151,6 +151,33 @@ def test_a_license_notice_in_the_head_decides():
     assert licenses.file_license((STDLIB / "textwrap.py").read_bytes(), CFG) is None
 
 
+def test_notices_read_through_every_comment_style():
+    """The head is read with comment characters and line breaks as spaces: `--` (SQL, Lua, Haskell),
+    docstring quotes, `#`, `//` and boxes of `*`; a GNU notice takes the version that follows it."""
+    lua = b'-- Licensed under the Apache License,\n-- Version 2.0 (the "License");\nlocal x = 1\n'
+    assert licenses.file_license(lua, CFG) == ("Apache-2.0", "notice")
+    doc = b'"""Permission is hereby granted, free of charge, to any person obtaining a\ncopy of this software"""\n'
+    assert licenses.file_license(doc, CFG) == ("MIT", "notice")
+    box = (
+        b"/****\n * Redistribution and use in source and binary forms, with or without\n * modification, are "
+        b"permitted provided that ... Neither the name of the\n ****/\n"
+    )
+    assert licenses.file_license(box, CFG) == ("BSD-3-Clause", "notice")
+    gpl = (
+        b"# This program is free software; you can redistribute it and/or modify it under the terms of\n"
+        b"# the GNU General Public License as published by the Free Software Foundation; either\n"
+        b"# version 2 of the License, or (at your option) any later version.\n"
+    )
+    assert licenses.file_license(gpl, CFG) == ("GPL-2.0-or-later", "notice")
+    lgpl = b"// under the terms of the GNU Lesser General Public License\n// version 3 of the License.\n"
+    assert licenses.file_license(lgpl, CFG) == ("LGPL-3.0-only", "notice")
+    # an MIT and a GPL notice disagree: the repository decides; `---` keeps a `-`, breaking the words
+    assert licenses.file_license(doc + gpl, CFG) is None
+    assert licenses.file_license(b"-- Licensed under the Apache---License, Version 2.0\n", CFG) is None
+    # a notice past the first 2,048 bytes is not the head's
+    assert licenses.file_license(b"x = 1\n" * 400 + gpl, CFG) is None
+
+
 def test_package_expressions_read_for_code():
     # commoncode's license files: Apache-2.0 for the code, CC-BY-4.0 for ScanCode's license data
     assert licenses.code_license("Apache-2.0 AND CC-BY-4.0") == "Apache-2.0"

@@ -154,3 +154,41 @@ def test_npm_packages_are_repositories_with_their_package_json_license(tmp_path,
     assert detect(next(p for p in files if p.endswith(".js"))).name == "JavaScript"
     with pytest.raises(ValueError, match="not an npm package spec"):
         expand("npm:not a spec!", CFG)
+
+
+def test_installed_distributions_list_their_record_files_as_importlib_metadata_does():
+    """_open_dist reads RECORD itself: the same paths as `dist.files`, in order, sized by stat."""
+    import importlib.metadata as md
+    import os
+
+    for unit in expand("installed", CFG)[1:]:
+        dist = md.Distribution.at(unit.locator)
+        want = [p for p in sorted(map(str, dist.files or [])) if not p.startswith("..")]
+        _, files = open_unit(unit, CFG)
+        files = list(files)
+        assert [f.path for f in files] == want, unit.name
+        for f in files[:: max(1, len(files) // 20)]:
+            full = os.path.join(str(dist.locate_file("")), f.path)
+            assert f.size == (os.stat(full).st_size if os.path.exists(full) else 0)
+
+
+def test_the_standard_library_leaves_its_site_folder_to_the_distributions():
+    _, files = open_unit(expand("installed", CFG)[0], CFG)
+    paths = [f.path for f in files]
+    assert "textwrap.py" in paths and "json/decoder.py" in paths
+    assert not [p for p in paths if p.split("/", 1)[0] in ("site-packages", "dist-packages")]
+
+
+def test_a_file_read_after_it_grew_is_read_to_the_limit(tmp_path):
+    """The reader starts with the listed size but reads on, as a buffered open did."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("")
+    [unit] = expand(str(tmp_path), CFG)
+    _, files = _files(unit)
+    (tmp_path / "a.py").write_text("x = 1\n" * 30_000)  # 180,000 bytes: several reads
+    assert files["a.py"].size == 6
+    assert read_bytes(files["a.py"], 10**6) == (b"x = 1\n" * 30_000, None)
+    assert files["a.py"].read(100_000) == (b"x = 1\n" * 30_000)[:100_000]
+    assert read_bytes(files["b.py"], 10**6) == (b"", None)
+    (tmp_path / "b.py").unlink()
+    assert read_bytes(files["b.py"], 10**6) == (None, "unreadable")
