@@ -214,3 +214,40 @@ def test_comment_lines_do_not_make_a_header_cpp():
     assert header_lang("namespace at {\nint f();\n}\n") == "C++"
     assert header_lang("namespace at\n{\n}\n") == "C++"
     assert header_lang("class ARROW_EXPORT Status : public Base {\n};\n") == "C++"
+
+
+# blank_macros' outputs as the patterns read before they were rewritten for speed (a leading "\n" in
+# place of `^`, a lookbehind after the first character in place of `\b`); each pins a boundary.
+BLANKED = [
+    # a macro call on the line before a declarator ends at the newline that opens the next line's match
+    ("XMLPARSEAPI(void)\nPyAPI_FUNC(int) f(void);\n", "            void \n           int  f(void);\n"),
+    # line patterns at the text's first character, continuation lines
+    ("#define A 1\n#define B \\\n  2\n#undef A\nint x;", "           \n           \n   \n        \nint x;"),
+    (
+        "template class X<int>;\n  extern template class Y<int>;\n",
+        "         class X<int>;\n                  class Y<int>;\n",
+    ),
+    # word boundaries: `const`, a macro name, `__vector` inside a longer word stay
+    (
+        "int f() const NOEXCEPT;\nint g() xconst NOEXCEPT;\nint h(int) NOEXCEPT;\n",
+        "int f() const         ;\nint g() xconst NOEXCEPT;\nint h(int)         ;\n",
+    ),
+    (
+        "typedef __vector unsigned int v;\ntypedef a__vector unsigned int w;\n",
+        "typedef          unsigned int v;\ntypedef a__vector unsigned int w;\n",
+    ),
+    (
+        "class ARROW_EXPORT Status;\nclass xARROW_EXPORT Status;\n#if C10_API x\nint y;\n#endif\n",
+        "class              Status;\nclass xARROW_EXPORT Status;\n             \nint y;\n      \n",
+    ),
+    (
+        "int deflateInit OF((z_streamp strm, int level));\n",
+        "int deflateInit    (z_streamp strm, int level) ;\n",
+    ),
+    ("ARROW_RETURN_NOT_OK(\n    F(x));\n", "                    \n          \n"),
+]
+
+
+@pytest.mark.parametrize(("text", "blanked"), BLANKED)
+def test_blanking_reads_lines_and_word_boundaries_as_before(text, blanked):
+    assert blank_macros(text) == blanked
