@@ -375,6 +375,15 @@ def test_shapes_read_lines_and_runs_as_python_does():
     code = "".join(f"int f{i}(int x) {{ return x * {i} + 1; }}\n" for i in range(150))
     row = "\u00a00xad,\u00a00x78,\u00a00x79,\u00a00x8b,\u00a00x8d,\u00a00xa2,\u00a00x30,\u00a00x57,\n"
     assert check_file("icon.c", "C", (code + row * 200).encode(), CFG)[1] == "encoded_data"
+    # a bundle's lines apart by blank and whitespace-only lines: the average is over the others
+    bundle = "".join(
+        f"var a{i}=require('x{i}');function f{i}(e){{if(!e)return;e.n{i}=1;return e}}" * 6
+        + "\n"
+        + "  \t\n" * 4
+        + "\n" * 4
+        for i in range(5)
+    )
+    assert check_file("dist/bundle.js", "JavaScript", bundle.encode(), CFG)[1] == "minified"
     # base64 runs from the first byte to the last, and cut by a non-ASCII character
     for blob in ("A" * 1025, "A" * 600 + "é" + "A" * 600, "x = 1\ny = 2\n" + "B" * 63 + "\n"):
         assert _base64_runs(blob.encode()) == _base64_runs_by_regex(blob)

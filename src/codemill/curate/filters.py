@@ -210,7 +210,7 @@ def check_file(path: str, lang: str, data: bytes, cfg: CurateConfig) -> tuple[st
     marker = generated_marker(lines)
     if marker:
         return None, "generated", f"marker:{marker}"
-    if WIDE in shapes and _minified(lines):  # no line over 100: the average cannot be
+    if WIDE in shapes and _minified(lines, len(text)):  # no line over 100: the average cannot be
         return None, "minified", ""
     if _encoded(text, data, shapes, cfg):
         return None, "encoded_data", ""
@@ -237,14 +237,16 @@ def _mostly_long(lines: list[str], n_chars: int, limit: int) -> bool:
 MIN_JOINED = 4
 
 
-def _minified(lines: list[str]) -> bool:
+def _minified(lines: list[str], n_chars: int) -> bool:
     """Non-blank lines of over 100 characters on average, their long lines joined statements. The
     blank lines are counted with no Python code per line (a list comprehension was a fifth of the
-    file rules' time) and no stripped copies."""
+    file rules' time) and no stripped copies; the lengths are summed only where the text is long
+    enough for such an average."""
     spaces = list(filter(str.isspace, lines))
     nonblank = len(lines) - lines.count("") - len(spaces)
-    chars = sum(map(len, lines)) - sum(map(len, spaces))
-    return nonblank > 1 and chars / nonblank > 100 and _joined(lines)
+    if nonblank < 2 or n_chars <= 100 * nonblank:  # the non-blank lines hold at most n_chars
+        return False
+    return (sum(map(len, lines)) - sum(map(len, spaces))) / nonblank > 100 and _joined(lines)
 
 
 def _joined(lines: list[str]) -> bool:
