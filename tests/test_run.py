@@ -23,6 +23,10 @@ RECIPE = {
         "suites": ["fim-eval", "crosscodeeval/infile", "humaneval", "fim-loss"],
         "eval_limit": 6,
         "eval_max_tokens": 6,
+        # fim-loss scores every held-out file and task, twice (trained, untrained) in each of two runs:
+        # a few of each exercise the same path
+        "loss_files": 2,
+        "loss_limit": 6,
     },
     "curate": {"tasks": 2, "workers": 1},
     "data": {"seq_len": 128},
