@@ -150,13 +150,13 @@ _ATTR_MACRO = re.compile(rf"[A-Z](?<!\w[A-Z]){_MACRO_TAIL}\b(?=[ \t\n]+[A-Za-z_~
 # the `)` or `const` is matched, not looked behind at (a lookbehind is tried at every position), and
 # kept; the lookahead forbids a macro after a match, so no match starts inside the one before
 _AFTER_DECLARATOR = re.compile(
-    rf"(?:\)|c(?<!\wc)onst)([ \t]+{_MACRO}(?:\([^;{{}}()\n]*\))?)(?=[ \t\n]*[;{{]|[ \t]+const\b)"
+    rf"(?:\)|c(?<!\wc)onst)(?=[ \t]+[A-Z])([ \t]+{_MACRO}(?:\([^;{{}}()\n]*\))?)(?=[ \t\n]*[;{{]|[ \t]+const\b)"
 )
 # calls that precede a declaration on its line: PyAPI_FUNC(int) f(void); Py_DEPRECATED(3.7) ...
 # (a call whose argument is a type keeps the type), or a macro call on the line before it
 # (`XMLPARSEAPI(void)` / `XML_ParserFree(XML_Parser parser);`);
 _LEADING_CALLS = re.compile(
-    rf"\n([ \t]*)((?:\w+\([^()\n]*\)[ \t]+)+|{_MACRO}\([^()\n]*\)[ \t]*\n[ \t]*)(?=[A-Za-z_])"
+    rf"\n([ \t]*+)(?=\w++\()((?:\w+\([^()\n]*\)[ \t]+)+|{_MACRO}\([^()\n]*\)[ \t]*\n[ \t]*)(?=[A-Za-z_])"
 )
 _CALL = re.compile(r"(\w+)\(([^()\n]*)\)")
 _TYPE_ARG = re.compile(r"^[\w \t*&:<>,]+$")
@@ -167,7 +167,7 @@ _PROTOTYPE_WRAPPER = re.compile(r"([ \t](?<=\w[ \t])[ \t]*\w+\()(\([^;{}]*?\))(\
 # a compiler's extension keyword before a type or name (`__vector unsigned int`, `__extension__ int`);
 _EXTENSION = re.compile(r"_(?<!\w_)_[a-z]\w*(?=[ \t]+[A-Za-z_])")
 # an explicit template instantiation (`extern template class X<Loop>;`), which the grammar lacks;
-_INSTANTIATION = re.compile(r"\n[ \t]*(?:extern[ \t]+)?template(?=[ \t]+[A-Za-z_])")
+_INSTANTIATION = re.compile(r"\n[ \t]*+(?:extern[ \t]+)?template(?=[ \t]+[A-Za-z_])")
 # the `extern "C" {` ... `}` pair under `#ifdef __cplusplus`, which tree-sitter sees as unbalanced;
 _EXTERN_C = re.compile(
     r"\n([ \t]*#[ \t]*if(?:def[ \t]+__cplusplus|[ \t]+defined[ \t]*\(?[ \t]*__cplusplus\)?)[^\n]*\n)"
@@ -178,17 +178,17 @@ _DEFINE = re.compile(r"\n[ \t]*#[ \t]*(?:define|undef)\b(?:[^\n]*\\\n)*[^\n]*")
 # a macro call that is a statement or declaration of its own (`ARROW_ASSIGN_OR_RAISE(auto t, F(x));`,
 # `DEFINE_CAST(uint16_t, UInt16)`): its name at a line start, parentheses closed on a later line or
 # this one, then only `;` to the line end;
-_MACRO_CALL_START = re.compile(rf"\n[ \t]*{_MACRO}\(")
+_MACRO_CALL_START = re.compile(rf"\n[ \t]*+{_MACRO}\(")
 # conditional directives: a block without `#else`/`#elif` is blanked to its contents (what the
 # compiler reads when the condition holds; preprocessor lines inside initializer lists and enums
 # are errors to tree-sitter); a block with branches stays.
-_CONDITIONAL = re.compile(r"\n[ \t]*#[ \t]*(if|ifdef|ifndef|elif|elifdef|elifndef|else|endif)\b")
+_CONDITIONAL = re.compile(r"\n[ \t]*+#[ \t]*+(if|ifdef|ifndef|elif|elifdef|elifndef|else|endif)\b")
 _PAREN = re.compile(r"[()]")
 _NOT_NEWLINE = re.compile(r"[^\n]")
 
 
 def _spaces(s: str) -> str:
-    return _NOT_NEWLINE.sub(" ", s)
+    return _NOT_NEWLINE.sub(" ", s) if "\n" in s else " " * len(s)
 
 
 def _leading_calls(m: re.Match) -> str:
