@@ -140,6 +140,8 @@ def _balanced(code: str) -> bool:
 # that opens with a character or a set of them only where one stands. So the patterns below open with
 # one and check what comes before it with a lookbehind after it (`c(?<!\wc)onst` is `\bconst`), and
 # the line patterns open with "\n" in place of `^` (`_line_matches`): blanking took half the time.
+# Indentation (`[ \t]*+`) is never backtracked into, as nothing after it may be a blank, and a
+# lookahead (`(?=\w++\()`) rules out a line before the alternatives are tried: 0.7x once more.
 _MACRO_TAIL = r"(?:[A-Z0-9]*_[A-Z0-9_]*|[A-Z0-9]{3,})"
 _MACRO = rf"[A-Z]{_MACRO_TAIL}"
 # one before a declaration or an attribute (`class ARROW_EXPORT [[nodiscard]] Status`), not on
