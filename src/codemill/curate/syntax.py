@@ -204,12 +204,16 @@ def _leading_calls(m: re.Match) -> str:
 
 
 def _blank_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """Spans (in order of their starts) blanked; where two overlap (a statement macro inside another
+    macro's arguments on a later line), their union, so the text keeps its length."""
     if not spans:
         return text
     parts, pos = [], 0
     for a, b in spans:
-        parts += [text[pos:a], _spaces(text[a:b])]
-        pos = b
+        a = max(a, pos)
+        if b > a:
+            parts += [text[pos:a], _spaces(text[a:b])]
+            pos = b
     return "".join(parts) + text[pos:]
 
 
