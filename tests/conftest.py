@@ -74,6 +74,29 @@ def stdlib_package_repos(root: Path, packages: tuple[str, ...]) -> Path:
     return root
 
 
+# the executors' tests (Ray, Slurm): their corpus is compared with the local executor's, curated once
+EXECUTOR_PACKAGES = ("json", "http", "email", "logging")
+EXECUTOR_SETTINGS = {"tasks": 2, "workers": 2, "bands": 2}  # small fan-out: each task is a process to start
+
+
+@pytest.fixture(scope="session")
+def executor_repos(tmp_path_factory) -> Path:
+    """Four repositories of standard-library packages, for the Ray and Slurm executors' tests."""
+    return stdlib_package_repos(tmp_path_factory.mktemp("executor-repos"), EXECUTOR_PACKAGES)
+
+
+@pytest.fixture(scope="session")
+def executor_local_corpus(executor_repos, tmp_path_factory) -> dict:
+    """executor_repos curated by the local executor with EXECUTOR_SETTINGS (corpus_tables): what a Ray
+    or Slurm run of the same settings must give; curated once for the session, not once per module."""
+    from codemill.curate.config import CurateConfig
+    from codemill.curate.pipeline import curate
+
+    out = tmp_path_factory.mktemp("executor-local") / "c"
+    curate([str(executor_repos)], out, CurateConfig(**EXECUTOR_SETTINGS), quiet=True)
+    return corpus_tables(out)
+
+
 @pytest.fixture(scope="session")
 def repos(tmp_path_factory) -> Path:
     """Five repositories exercising every drop reason the curate stage knows."""

@@ -17,13 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import corpus_tables, stdlib_package_repos
-
-from codemill.curate.config import CurateConfig
-from codemill.curate.pipeline import curate
-
-SETTINGS = {"tasks": 2, "workers": 2, "bands": 2}  # every task is an actor: a worker process to start
-PACKAGES = ("json", "http", "email", "logging")
+from conftest import EXECUTOR_SETTINGS, corpus_tables
 
 
 def _free_port() -> int:
@@ -127,20 +121,8 @@ def ray_cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def repos(tmp_path_factory) -> Path:
-    return stdlib_package_repos(tmp_path_factory.mktemp("ray-repos"), PACKAGES)
-
-
-@pytest.fixture(scope="module")
-def local_corpus(repos, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("ray-local") / "c"
-    curate([str(repos)], out, CurateConfig(**SETTINGS), quiet=True)
-    return corpus_tables(out)
-
-
 def _cmd(repos: Path, out: Path) -> list[str]:
-    sets = [a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]
+    sets = [a for k, v in EXECUTOR_SETTINGS.items() for a in ("--set", f"{k}={v}")]
     return [
         sys.executable,
         "-m",
@@ -169,26 +151,30 @@ class Watch(threading.Thread):
 
 
 def test_two_node_cluster_runs_tasks_on_both_nodes_and_gives_the_local_corpus(
-    ray_cluster, repos, local_corpus, tmp_path
+    ray_cluster, executor_repos, executor_local_corpus, tmp_path
 ):
     watch = Watch(ray_cluster)
     watch.start()
     r = subprocess.run(
-        _cmd(repos, tmp_path / "ray"), capture_output=True, text=True, env=ray_cluster.env, timeout=600
+        _cmd(executor_repos, tmp_path / "ray"),
+        capture_output=True,
+        text=True,
+        env=ray_cluster.env,
+        timeout=600,
     )
     watch.done.set()
     watch.join()
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert watch.seen == watch.raylets, f"tasks ran under raylets {watch.seen} of {watch.raylets}"
-    assert corpus_tables(tmp_path / "ray") == local_corpus
+    assert corpus_tables(tmp_path / "ray") == executor_local_corpus
 
 
 def test_a_worker_killed_in_the_dedup_stages_is_retried_to_the_same_corpus(
-    ray_cluster, repos, local_corpus, tmp_path
+    ray_cluster, executor_repos, executor_local_corpus, tmp_path
 ):
     out = tmp_path / "ray"
     raylets = ray_cluster.raylets()
-    proc = subprocess.Popen(_cmd(repos, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(_cmd(executor_repos, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=ray_cluster.env)  # fmt: skip
     logs = out / ".work" / "logs"
     killed, stage = None, None
@@ -196,7 +182,7 @@ def test_a_worker_killed_in_the_dedup_stages_is_retried_to_the_same_corpus(
     while killed is None and time.time() < deadline and proc.poll() is None:
         stage = next((s for s in ("verify", "buckets", "exact") if (logs / s).is_dir()), None)
         busy = list(_busy(raylets)) if stage else []
-        if busy and len(list((logs / stage / "completions").glob("*"))) < SETTINGS["tasks"]:
+        if busy and len(list((logs / stage / "completions").glob("*"))) < EXECUTOR_SETTINGS["tasks"]:
             os.kill(busy[0], signal.SIGKILL)
             killed = busy[0]
         time.sleep(0.01)
@@ -205,4 +191,4 @@ def test_a_worker_killed_in_the_dedup_stages_is_retried_to_the_same_corpus(
     assert proc.returncode == 0, output[-3000:]
     warned = (logs / f"{stage}.stderr").read_text(errors="replace")
     assert "RayActorError" in warned or "WorkerCrashedError" in warned, warned[-2000:]  # retried, not lucky
-    assert corpus_tables(out) == local_corpus
+    assert corpus_tables(out) == executor_local_corpus

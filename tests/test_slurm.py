@@ -20,17 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MIT, STDLIB, corpus_tables
+from conftest import EXECUTOR_SETTINGS, corpus_tables
 from safetensors.torch import load_file
 
-from codemill.curate.config import CurateConfig
-from codemill.curate.pipeline import curate
 from codemill.train.dist import slurm_env
 from codemill.train.plan import sbatch_script
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
-# small dedup fan-out: every task is a Slurm job whose Python start costs ~1.5 s of CPU
-CURATE_SET = {"tasks": 2, "workers": 2, "bands": 2, "slurm_mem_per_cpu_gb": 1}
+# every task is a Slurm job whose Python start costs ~1.5 s of CPU; memory this one node can give
+CURATE_SET = {**EXECUTOR_SETTINGS, "slurm_mem_per_cpu_gb": 1}
 
 
 def _free_port() -> int:
@@ -182,19 +180,11 @@ def _sbatch(script: Path) -> str:
     return out.stdout.strip().split(";")[0]
 
 
-@pytest.fixture(scope="module")
-def small_repos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("slurm-repos")
-    for name in ("json", "http"):
-        shutil.copytree(STDLIB / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "test*"))
-        (root / name / "LICENSE").write_text(MIT)
-    return root
-
-
-def test_curate_under_slurm_equals_local_and_resubmits_only_unfinished_tasks(slurm, small_repos, tmp_path):
-    curate([str(small_repos)], tmp_path / "local", CurateConfig(**CURATE_SET), quiet=True)
+def test_curate_under_slurm_equals_local_and_resubmits_only_unfinished_tasks(
+    slurm, executor_repos, executor_local_corpus, tmp_path
+):
     out = tmp_path / "slurm"
-    cmd = [sys.executable, "-m", "codemill.cli", "curate", str(small_repos), "--out", str(out), "--executor",
+    cmd = [sys.executable, "-m", "codemill.cli", "curate", str(executor_repos), "--out", str(out), "--executor",
            "slurm", "--partition", "debug", "--time", "10", *(a for k, v in CURATE_SET.items() for a in ("--set", f"{k}={v}"))]  # fmt: skip
     dry = subprocess.run([*cmd, "--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr[-2000:]
@@ -207,7 +197,7 @@ def test_curate_under_slurm_equals_local_and_resubmits_only_unfinished_tasks(slu
     assert manifest["executor"] == "slurm" and manifest["files"]["out"] > 0
     logs = out / ".work" / "logs"
     assert list((logs / "buckets" / "slurm_logs").glob("*_1.out")), "buckets ran as a 2-task array job"
-    assert corpus_tables(out) == corpus_tables(tmp_path / "local")
+    assert corpus_tables(out) == executor_local_corpus
     # a lost task: its completion marker gone, the corpus not assembled; the rerun submits that task only
     (logs / "verify" / "completions" / "00001").unlink()
     (out / "manifest.json").unlink()
@@ -217,7 +207,7 @@ def test_curate_under_slurm_equals_local_and_resubmits_only_unfinished_tasks(slu
     assert json.loads((logs / "verify" / "ranks_to_run.json").read_text()) == [1]
     assert len(set((logs / "verify" / "slurm_logs").iterdir()) - before["verify"]) == 1
     assert set((logs / "scan" / "slurm_logs").iterdir()) == before["scan"]  # finished stages: not resubmitted
-    assert corpus_tables(out) == corpus_tables(tmp_path / "local")
+    assert corpus_tables(out) == executor_local_corpus
 
 
 RECIPE = """data:
