@@ -65,6 +65,24 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def wait_gone(pids: set[int], timeout: float) -> set[int]:
+    """Those of `pids` still running after at most `timeout` seconds (a zombie has exited): a stop
+    that waits as long as the processes take, not a fixed sleep."""
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
+
+    deadline = time.monotonic() + timeout
+    while (alive := {p for p in pids if running(p)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
 def stdlib_package_repos(root: Path, packages: tuple[str, ...]) -> Path:
     """One MIT-licensed repository per standard-library package (its tests left out): real code in
     many files, for the executors' tests."""

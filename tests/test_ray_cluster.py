@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXECUTOR_SETTINGS, corpus_tables
+from conftest import EXECUTOR_SETTINGS, corpus_tables, wait_gone
 
 
 def _free_port() -> int:
@@ -95,13 +95,14 @@ class Cluster:
                     children.add(p)
             except (OSError, IndexError, ValueError):
                 continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in ours | children:
+        alive = ours | children
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # a second for SIGTERM, then SIGKILL for the rest
+            for p in alive:
                 try:
                     os.kill(p, sig)
                 except OSError:
                     continue
-            time.sleep(1)
+            alive = wait_gone(alive, 1.0)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXECUTOR_SETTINGS, corpus_tables
+from conftest import EXECUTOR_SETTINGS, corpus_tables, wait_gone
 from safetensors.torch import load_file
 
 from codemill.train.dist import slurm_env
@@ -151,12 +151,15 @@ def slurm():
             yield root
         finally:
             subprocess.run(["scancel", "--full", "--user=root"], capture_output=True)
+            stopped: set[int] = set()
             for name, pid in reversed(started):  # only the daemons this fixture started, by their pid
                 try:
-                    os.kill(int(pid.read_text().split()[0]), signal.SIGTERM)
+                    daemon = int(pid.read_text().split()[0])
+                    os.kill(daemon, signal.SIGTERM)
+                    stopped.add(daemon)
                 except (OSError, ValueError, IndexError):
                     print(f"could not stop {name} ({pid})", file=sys.stderr)
-            time.sleep(1)
+            wait_gone(stopped, 1.0)
             shutil.rmtree(root, ignore_errors=True)
 
 
