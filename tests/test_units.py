@@ -288,3 +288,18 @@ def test_a_task_limit_takes_an_evenly_spaced_subset_of_every_group():
     got = subset(tasks, 10)
     assert len(got) == 10 and [lang for lang, _ in got].count("python") == 6 and ("typescript", 0) in got
     assert subset(tasks, None) == tasks == subset(tasks, 500)
+
+
+def test_the_verify_shingle_cache_is_bounded_and_least_recently_used_goes_first():
+    from codemill.curate.dedup_steps import _ShingleCache
+
+    cache = _ShingleCache(limit=3 * 800)  # three sets of 100 uint64
+    sets = {k: np.arange(100, dtype=np.uint64) + k for k in range(4)}
+    for k in range(3):
+        cache.put((str(k), 5), sets[k])
+    assert cache.get(("0", 5)) is sets[0]  # used: now the most recent
+    cache.put(("3", 5), sets[3])
+    assert cache.get(("1", 5)) is None and cache.get(("0", 5)) is sets[0] and cache.size == 2400
+    assert cache.get(("3", 4)) is None  # another n-gram size is another set
+    cache.put(("big", 5), np.zeros(400, np.uint64))  # larger than the whole cache: not kept
+    assert cache.get(("big", 5)) is None and cache.size <= cache.limit

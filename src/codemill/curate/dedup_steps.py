@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -270,30 +271,74 @@ class VerifyStep(_Step):
         )
 
 
+class _ShingleCache:
+    """Shingle sets by file content (SHA-256 and n-gram size), kept across the verify tasks of one
+    worker process: a file is a candidate in several parts (4.3 on average at 96k module rows, its
+    pairs hashed to parts by both ids) and was read and hashed again in each. Bounded by bytes, the
+    least recently used let go first, so a worker's memory does not grow with the input."""
+
+    def __init__(self, limit: int):
+        self.limit, self.size = limit, 0
+        self.sets: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> np.ndarray | None:
+        found = self.sets.get(key)
+        if found is not None:
+            self.sets.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, int], value: np.ndarray) -> None:
+        if key in self.sets or value.nbytes > self.limit:
+            return
+        self.sets[key] = value
+        self.size += value.nbytes
+        while self.size > self.limit:
+            self.size -= self.sets.popitem(last=False)[1].nbytes
+
+
+SHINGLE_CACHE = _ShingleCache(32 << 20)
+
+
 def _shingled(work: Work, ids: np.ndarray, n: int) -> tuple[pa.Table, dict[int, np.ndarray]]:
     """The files named by ids (sorted) without their text, and their shingle sets by id. Texts are
     hashed as they are read, a group of about `minhash.KEPT_POWERS` characters at a time, and let
     go: held whole, the texts, their Python strings and the sets were ~3x the sets alone (a verify
-    part's candidates grow with its duplicates: 620 files at 24k module rows, 4,900 at 96k)."""
+    part's candidates grow with its duplicates: 620 files at 24k module rows, 4,900 at 96k). A text
+    whose set this worker has (`SHINGLE_CACHE`) is not read again."""
     columns = ["repo", "path", "quality_stage"]
-    tables, shingles, texts, names, held = [], {}, [], [], 0
-    for t in _row_groups(work, ids, [*columns, "content"]):
-        texts += t.column("content").to_pylist()
-        names += t.column("id").to_pylist()
-        held += sum(map(len, texts[-t.num_rows :]))
-        tables.append(t.drop_columns(["content"]))
+    tables, shingles, texts, keys, held = [], {}, [], [], 0
+
+    def hash_held() -> None:
+        for (i, key), found in zip(keys, minhash.shingle_sets(texts, n), strict=True):
+            shingles[i] = found
+            SHINGLE_CACHE.put(key, found)
+
+    for t, read_texts in _row_groups(work, ids, [*columns, "sha256"]):
+        new = []
+        for i, sha in zip(t.column("id").to_pylist(), t.column("sha256").to_pylist(), strict=True):
+            found = SHINGLE_CACHE.get((sha, n))
+            if found is None:
+                new.append((i, (sha, n)))
+            else:
+                shingles[i] = found
+        tables.append(t.drop_columns(["sha256"]))
+        if new:
+            texts += read_texts([i for i, _ in new])
+            keys += new
+            held += sum(map(len, texts[-len(new) :]))
         if held >= minhash.KEPT_POWERS:
-            shingles.update(zip(names, minhash.shingle_sets(texts, n), strict=True))
-            texts, names, held = [], [], 0
-    shingles.update(zip(names, minhash.shingle_sets(texts, n), strict=True))
+            hash_held()
+            texts, keys, held = [], [], 0
+    hash_held()
     if tables:
         return pa.concat_tables(tables), shingles
     return pa.table({"id": pa.array([], pa.uint64()), **{c: [] for c in columns}}), shingles
 
 
-def _row_groups(work: Work, ids: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
+def _row_groups(work: Work, ids: np.ndarray, columns: list[str]) -> Iterator[tuple[pa.Table, Callable]]:
     """Columns of the scan-shard rows named by ids (sorted), with their id, one table per row
-    group that holds any, in id order."""
+    group that holds any, in id order; each with a function giving the texts of some of its ids
+    (read only when asked: the text column is most of a row group)."""
     shard, row = split_ids(ids)
     for s in np.unique(shard):
         pf = pq.ParquetFile(shard_path(work.scan, s))
@@ -301,8 +346,16 @@ def _row_groups(work: Work, ids: np.ndarray, columns: list[str]) -> Iterator[pa.
         mine = row[shard == s]
         group = np.searchsorted(starts, mine, side="right") - 1
         for g in np.unique(group):
-            t = pf.read_row_group(int(g), columns=columns).take(pa.array(mine[group == g] - starts[g]))
-            yield t.add_column(0, "id", pa.array(ids[shard == s][group == g], pa.uint64()))
+            here = ids[shard == s][group == g]
+            rows = pa.array(mine[group == g] - starts[g])
+            t = pf.read_row_group(int(g), columns=columns).take(rows)
+
+            def read_texts(wanted: list[int], g=int(g), here=here, rows=rows, pf=pf) -> list[str]:
+                content = pf.read_row_group(g, columns=["content"]).column("content").take(rows)
+                at = {int(i): k for k, i in enumerate(here)}
+                return content.take(pa.array([at[i] for i in wanted])).to_pylist()
+
+            yield t.add_column(0, "id", pa.array(here, pa.uint64())), read_texts
 
 
 def _with_rank_inputs(work: Work, t: pa.Table) -> pa.Table:

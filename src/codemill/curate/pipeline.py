@@ -404,7 +404,7 @@ def _concat(paths: list[Path], dest: Path) -> int:
     schema = pq.read_schema(paths[0])
     with pq.ParquetWriter(tmp, schema, **parquet_options(schema)) as w:
         for p in paths:
-            for batch in pq.ParquetFile(p).iter_batches(batch_size=8192):
+            for batch in pq.ParquetFile(p).iter_batches(batch_size=8192, use_threads=False):
                 w.write_batch(batch)
                 n += batch.num_rows
     tmp.replace(dest)
