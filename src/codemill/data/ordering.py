@@ -23,9 +23,6 @@ import random
 import re
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.neighbors import NearestNeighbors
 
 from codemill.data.deps import dependencies, dependency_kahn, dependency_walk
 from codemill.data.repo import SourceFile
@@ -48,6 +45,9 @@ def draw(probs: dict[str, float], rng: random.Random) -> str:
 
 def _clusters(files: list[SourceFile], rng: random.Random, max_clusters: int):
     """KMeans labels and distances to the centre, or None when no file has an identifier."""
+    from sklearn.cluster import KMeans  # here: importing sklearn costs 1.4 CPU s in every process
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     n = len(files)
     try:
         x = TfidfVectorizer(token_pattern=IDENTIFIER, lowercase=False, sublinear_tf=True, dtype=np.float32)
@@ -97,6 +97,8 @@ def _path_features(path: str) -> list[str]:
 
 def _path_vectors(files: list[SourceFile]):
     """Rows of unit length, so a dot product is the cosine similarity of two paths."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     return TfidfVectorizer(analyzer=_path_features).fit_transform([f.path for f in files])
 
 
@@ -124,6 +126,8 @@ def path_order(files: list[SourceFile], rng: random.Random) -> list[int]:
 
 def path_walk_order(files: list[SourceFile], rng: random.Random, neighbours: int = 16) -> list[int]:
     """Ours: from a random file to its nearest unvisited neighbour, jumping when none is left."""
+    from sklearn.neighbors import NearestNeighbors
+
     n = len(files)
     x = _path_vectors(files)
     k = min(neighbours, n)
