@@ -23,6 +23,7 @@ from pathlib import Path
 import hyperscan
 import numpy as np
 
+from codemill.curate import vectorscan
 from codemill.curate.config import CurateConfig
 from codemill.langs import BY_NAME
 
@@ -39,23 +40,12 @@ _HS_FLAGS = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_PREFILTER
 
 @cache
 def _database(patterns: tuple[bytes, ...], flags: int) -> hyperscan.Database:
-    """A hyperscan database of the patterns (ids: their places), built on first use in each process:
-    a Database does not pickle."""
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    n = len(patterns)
-    db.compile(expressions=list(patterns), ids=list(range(n)), elements=n, flags=[flags] * n)
-    return db
+    return vectorscan.database(patterns, flags)
 
 
-def _collect(i: int, start: int, end: int, flags: int, found: list[int]) -> None:
-    found.append(i)
-
-
-def _matching(patterns: tuple[bytes, ...], flags: int, data: bytes) -> list[int]:
-    """The places of the patterns that match somewhere in data (each once: SINGLEMATCH)."""
-    found: list[int] = []
-    _database(patterns, flags).scan(data, match_event_handler=_collect, context=found)
-    return found
+def _matching(patterns: tuple[bytes, ...], flags: int, data: bytes) -> set[int]:
+    """The places of the patterns that match somewhere in data."""
+    return vectorscan.found(_database(patterns, flags), data)
 
 
 _MARKER_FLAGS = _HS_FLAGS | hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_MULTILINE
@@ -169,7 +159,7 @@ _RUN_EXPRESSIONS = (
 LONG, WIDE, BASE64, HEX, UNICODE = range(5)  # a line over the limit, one over 100 characters, runs
 
 
-def _shapes(data: bytes, max_line_length: int) -> list[int]:
+def _shapes(data: bytes, max_line_length: int) -> set[int]:
     """The shapes (LONG, WIDE, BASE64, HEX, UNICODE) the file may have; one it has not is left out."""
     return _matching(_shape_expressions(max_line_length), _HS_FLAGS, data)
 
@@ -296,7 +286,7 @@ def _trivial(text: str, data: bytes, lang: str, lines: list[str], cfg: CurateCon
     return True
 
 
-def _encoded(text: str, data: bytes, shapes: list[int], cfg: CurateConfig) -> bool:
+def _encoded(text: str, data: bytes, shapes: set[int], cfg: CurateConfig) -> bool:
     """Runs of encoded data (their lengths as base64), searched for only where `_shapes` found they
     may be."""
     runs = _base64_runs(data) if BASE64 in shapes else []

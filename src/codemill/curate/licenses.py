@@ -30,6 +30,7 @@ import hyperscan
 from license_expression import ExpressionError, LicenseSymbol, get_spdx_licensing
 
 from codemill.cache import cache_dir
+from codemill.curate import vectorscan
 from codemill.curate.config import CurateConfig
 
 LICENSE_FILE = re.compile(
@@ -277,12 +278,12 @@ def file_license(data: bytes, cfg: CurateConfig) -> tuple[str, str] | None:
             return value, "spdx"
     head = head[:NOTICE_BYTES]
     hints, notices = _scanners()
-    if not _matched(hints, head):
+    if not vectorscan.found(hints, head):
         return None
     for run in _COMMENT_RUNS:
         head = head.replace(run, b" ")
     text = " ".join(head.translate(_COMMENT_CHARS).decode("utf-8", "replace").lower().split())
-    hits = _matched(notices, text.encode("utf-8"))
+    hits = vectorscan.found(notices, text.encode("utf-8"))
     if not hits:
         return None
     found = list(dict.fromkeys(_notice_id(_NOTICES[i], text) for i in sorted(hits)))
@@ -294,30 +295,13 @@ def file_license(data: bytes, cfg: CurateConfig) -> tuple[str, str] | None:
 @cache
 def _scanners() -> tuple[hyperscan.Database, hyperscan.Database]:
     """Vectorscan databases of the hints (literals) and of the notices (the same regular expressions,
-    on the text's UTF-8: they are ASCII), built once per process (a Database does not pickle). One
-    pass each: a search per hint and per notice was two thirds of reading the heads."""
-    out = []
-    for patterns, literal in (
-        (_NOTICE_HINTS, True),
-        ([p.pattern.encode("ascii") for p, _ in _NOTICES], False),
-    ):
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        db.compile(
-            expressions=list(patterns),
-            ids=list(range(len(patterns))),
-            elements=len(patterns),
-            flags=hyperscan.HS_FLAG_SINGLEMATCH,
-            literal=literal,
-        )
-        out.append(db)
-    return out[0], out[1]
-
-
-def _matched(db: hyperscan.Database, data: bytes) -> set[int]:
-    """The ids of the database's patterns found in data."""
-    ids: set[int] = set()
-    db.scan(data, match_event_handler=lambda i, _s, _e, _f, _c: ids.add(i))
-    return ids
+    on the text's UTF-8: they are ASCII), built once per process. One pass each: a search per hint
+    and per notice was two thirds of reading the heads."""
+    notices = [p.pattern.encode("ascii") for p, _ in _NOTICES]
+    return (
+        vectorscan.database(_NOTICE_HINTS, hyperscan.HS_FLAG_SINGLEMATCH, literal=True),
+        vectorscan.database(notices, hyperscan.HS_FLAG_SINGLEMATCH),
+    )
 
 
 def _notice_id(notice: tuple[re.Pattern, str], text: str) -> str:

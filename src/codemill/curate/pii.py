@@ -39,6 +39,7 @@ from urllib.parse import unquote
 import hyperscan
 import numpy as np
 
+from codemill.curate import vectorscan
 from codemill.formats import PII_TAGS
 
 TAGS = PII_TAGS
@@ -505,12 +506,9 @@ def _trigger_scanner() -> tuple[hyperscan.Database, tuple[int, ...]]:
         for p in [d.near] if d.near else [re.escape(w).encode("utf-8") for w in d.triggers]:
             patterns.append(p)
             owner.append(k)
-    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(
-        expressions=[*patterns, _DOTTED_QUAD],
-        ids=list(range(len(patterns) + 1)),
-        elements=len(patterns) + 1,
-        flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_MULTILINE] * len(patterns)
+    db = vectorscan.database(
+        [*patterns, _DOTTED_QUAD],
+        [hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_MULTILINE] * len(patterns)
         + [hyperscan.HS_FLAG_SINGLEMATCH],
     )
     return db, (*owner, -1)
@@ -787,13 +785,9 @@ class SensitiveWords:
         if not self.words:
             return None
         if self._db is None:  # made on first use: a Database does not pickle
-            self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            self._db.compile(
-                expressions=[w.encode("utf-8", "surrogatepass") for w in self.words],
-                ids=list(range(len(self.words))),
-                elements=len(self.words),
-                flags=hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH,
-                literal=True,
+            words = [w.encode("utf-8", "surrogatepass") for w in self.words]
+            self._db = vectorscan.database(
+                words, hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH, literal=True
             )
         data = text.encode("ascii") if text.isascii() else text.lower().encode("utf-8", "surrogatepass")
         ends: list[tuple[int, int]] = []
